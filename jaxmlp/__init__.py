@@ -1,0 +1,31 @@
+"""jaxmlp: the classic NumPy MNIST MLP notebook as a small, fast, tested JAX library.
+
+The functional core (params in, params out; keys passed explicitly)::
+
+    import jax, jaxmlp
+    data = jaxmlp.load_dataset("path/to/mnist")            # uint8 arrays
+    x = jaxmlp.normalize(jaxmlp.flatten(data.x_train))     # (60000, 784) float32 in [0, 1]
+    params = jaxmlp.init_params(jax.random.PRNGKey(0), [784, 128, 64, 10])
+    logits = jaxmlp.forward(params, x[:32])                # (32, 10)
+    grads = jax.grad(jaxmlp.loss)(params, x[:32], data.y_train[:32])
+    same = jaxmlp.manual_grad(params, x[:32], data.y_train[:32])   # the notebook's backprop
+"""
+from .backprop import autodiff_grad, finite_difference_grad, gradcheck, manual_grad, max_relative_error
+from .data import (Dataset, download, ensure_dataset, flatten, load_dataset, normalize, one_hot, read_idx,
+                   resolve_data_dir, write_idx)
+from .losses import accuracy, cross_entropy, loss, notebook_cross_entropy, notebook_loss
+from .model import (forward, forward_intermediates, init_layer, init_params, init_params_numpy, log_softmax, predict,
+                    relu, softmax)
+from .train import (DivergenceError, TrainConfig, TrainSpec, epoch, epoch_with_perm, evaluate, fit, fit_epochs,
+                    hparams_dict, run_epoch, sgd_step, train_epoch_loop)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Dataset", "DivergenceError", "TrainConfig", "TrainSpec", "accuracy", "autodiff_grad", "cross_entropy",
+    "download", "ensure_dataset", "epoch", "epoch_with_perm", "evaluate", "finite_difference_grad", "fit",
+    "fit_epochs", "flatten", "forward", "forward_intermediates", "gradcheck", "hparams_dict", "init_layer",
+    "init_params", "init_params_numpy", "load_dataset", "log_softmax", "loss", "manual_grad", "max_relative_error",
+    "normalize", "notebook_cross_entropy", "notebook_loss", "one_hot", "predict", "read_idx", "relu",
+    "resolve_data_dir", "run_epoch", "sgd_step", "softmax", "train_epoch_loop", "write_idx",
+]

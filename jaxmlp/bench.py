@@ -1,0 +1,368 @@
+"""``jaxmlp bench``: the ways of training the notebook's MLP, timed side by side in one process.
+
+Rows, all on the same data: the notebook's NumPy algorithm (float64 weights, float32 inputs, its
+forward / backward / update functions), a Python loop calling the jitted ``train.sgd_step``, the fused
+epoch (``train.run_epoch``: one compiled program per epoch), a vmapped learning-rate sweep
+(``sweep.group_epoch``) and a large-batch fused run. Every timing is steady state: programs are
+compiled (and the compile time reported) and run once before the clock starts; the best of the
+repeats is kept, as ``timeit`` does, because on a shared machine noise only ever adds time.
+
+Work per epoch is counted in matmul FLOPs, for layer sizes d_0..d_L and N examples::
+
+    FLOPs = N * (2 * S  +  2 * S  +  2 * (S - d_0 * d_1)),   S = sum_l d_{l-1} * d_l
+              forward   weight grads   activation grads (none for the input layer)
+
+i.e. 454,400 per example and 27.3 GFLOP per MNIST epoch for 784-128-64-10 (elementwise work ignored).
+Achieved GFLOP/s are set against a matmul peak measured in the same process (a jitted float32
+square matmul).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import sweep, train
+from .model import init_params
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+# ---------------------------------------------------------------- arithmetic and the machine
+
+
+def mlp_flops_per_example(layer_sizes) -> int:
+    """Matmul FLOPs of one training example (forward + backward) of an MLP; see the module docstring."""
+    s = sum(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
+    first = layer_sizes[0] * layer_sizes[1]
+    return 2 * s + 2 * s + 2 * (s - first)
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """Achieved GFLOP/s of a jitted float32 ``(size, size) @ (size, size)`` on the default device, best
+    of ``repeats`` runs after a warm-up."""
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(k1, (size, size), jnp.float32)
+    b = jax.random.normal(k2, (size, size), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    f(a, b).block_until_ready()
+    best = _best_of(lambda: f(a, b).block_until_ready(), repeats)
+    return 2.0 * size ** 3 / best / 1e9
+
+
+def machine_info() -> dict:
+    """Where the numbers come from: CPU model, cores, backend, device, versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system(), "python": platform.python_version(),
+            "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+            "device_count": jax.device_count(), "jax": jax.__version__, "numpy": np.__version__}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2 ** 20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def _best_of(fn: Callable[[], Any], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, int]:
+    """(best seconds of ``repeats`` calls, XLA compilations during them): the second number is the
+    check that steady-state calls reuse their compiled programs."""
+    with _CompileCounter() as counter:
+        best = _best_of(fn, repeats)
+    return best, counter.count
+
+
+class _CompileCounter:
+    """Counts XLA backend compilations while active (to show the timed loops never recompile)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def _listener(self, event, duration, **kwargs):
+        if event == COMPILE_EVENT:
+            self.count += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+# ---------------------------------------------------------------- the notebook's algorithm in NumPy
+
+
+def numpy_params(layer_sizes, seed: int = 42) -> list:
+    """The notebook's init with its own RNG: float64 ``randn * 0.01`` weights, zero (1, n) biases."""
+    rng = np.random.RandomState(seed)
+    return [{"W": rng.randn(a, b) * 0.01, "b": np.zeros((1, b))} for a, b in zip(layer_sizes[:-1], layer_sizes[1:])]
+
+
+def numpy_step(params: list, x: np.ndarray, y_onehot: np.ndarray, lr: float) -> float:
+    """One minibatch of the notebook: forward (ReLU, softmax), its epsilon cross-entropy, the
+    hand-written backward pass, the in-place SGD update. Returns the batch loss."""
+    acts, zs = [x], []
+    for i, p in enumerate(params):
+        z = np.dot(acts[-1], p["W"]) + p["b"]
+        zs.append(z)
+        if i < len(params) - 1:
+            acts.append(np.maximum(0, z))
+        else:
+            e = np.exp(z - np.max(z, axis=1, keepdims=True))
+            acts.append(e / np.sum(e, axis=1, keepdims=True))
+    m = x.shape[0]
+    loss = -np.sum(y_onehot * np.log(acts[-1] + 1e-8)) / m
+    dz = acts[-1] - y_onehot
+    for i in range(len(params) - 1, -1, -1):
+        dW = np.dot(acts[i].T, dz) / m
+        db = np.sum(dz, axis=0, keepdims=True) / m
+        if i > 0:
+            dz = np.dot(dz, params[i]["W"].T) * (zs[i - 1] > 0)
+        params[i]["W"] -= lr * dW
+        params[i]["b"] -= lr * db
+    return float(loss)
+
+
+def time_numpy(x: np.ndarray, y: np.ndarray, layer_sizes, batch_size: int, lr: float, steps: int,
+               repeats: int = 3) -> float:
+    """Seconds per epoch of the notebook's NumPy loop on x float32 (N, D), y int (N,): the epoch's
+    shuffled copy of the data plus ceil(N / batch_size) steps, each timed over ``steps`` steps."""
+    n = x.shape[0]
+    y1 = np.eye(layer_sizes[-1])[y]  # float64 one-hot, as the notebook's np.eye
+    rng = np.random.RandomState(0)
+
+    def shuffle():
+        idx = rng.permutation(n)
+        return x[idx], y1[idx]
+
+    xs, ys = shuffle()
+    shuffle_s = _best_of(shuffle, repeats)
+    params = numpy_params(layer_sizes)
+    steps = max(1, min(steps, n // batch_size))
+    for i in range(min(3, steps)):  # warm-up: BLAS threads, page faults
+        numpy_step(params, xs[i * batch_size:(i + 1) * batch_size], ys[i * batch_size:(i + 1) * batch_size], lr)
+
+    def run():
+        for i in range(steps):
+            s = slice(i * batch_size, (i + 1) * batch_size)
+            numpy_step(params, xs[s], ys[s], lr)
+
+    per_step = _best_of(run, repeats) / steps
+    return shuffle_s + per_step * -(-n // batch_size)
+
+
+# ---------------------------------------------------------------- the JAX rows
+
+
+def _setup(layer_sizes, batch_size, num_examples, lr):
+    spec = train.TrainSpec(batch_size=batch_size)
+    hp = train.hparams_dict(jnp.float32, lr=lr)
+    params = init_params(jax.random.PRNGKey(0), layer_sizes, scheme="notebook", dtype=jnp.float32)
+    return spec, hp, params, train.make_optimizer(spec, hp).init(params)
+
+
+def time_jit_loop(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr: float, steps: int,
+                  repeats: int = 3) -> tuple[float, float, int]:
+    """(seconds per epoch, compile seconds, recompilations while timed) of ``train.train_epoch_loop`` (a Python loop over the
+    jitted ``sgd_step``), timed on ``steps`` minibatches and scaled to the full epoch."""
+    n = x.shape[0]
+    steps = max(1, min(steps, n // batch_size))
+    xs, ys = x[: steps * batch_size], y[: steps * batch_size]
+    _, _, params, _ = _setup(layer_sizes, batch_size, n, lr)
+    key = jax.random.PRNGKey(1)
+    t0 = time.perf_counter()
+    jax.block_until_ready(train.train_epoch_loop(params, xs, ys, key, lr, batch_size))  # compiles sgd_step
+    compile_s = time.perf_counter() - t0
+    best, recompiles = _timed(
+        lambda: jax.block_until_ready(train.train_epoch_loop(params, xs, ys, key, lr, batch_size)), repeats)
+    return best / steps * -(-n // batch_size), compile_s, recompiles
+
+
+def time_fused(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr: float,
+               repeats: int = 3) -> tuple[float, float, int]:
+    """(seconds per epoch, compile seconds, recompilations while timed) of ``train.run_epoch``: a whole epoch, one program."""
+    spec, hp, params, opt_state = _setup(layer_sizes, batch_size, x.shape[0], lr)
+    key = jax.random.PRNGKey(1)
+    t0 = time.perf_counter()
+    compiled = train.run_epoch.lower(params, opt_state, key, x, y, hp, spec=spec).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(params, opt_state, key, x, y, hp))
+    # run_epoch itself (not the AOT executable) is timed: later calls must hit its jit cache.
+    best, recompiles = _timed(
+        lambda: jax.block_until_ready(train.run_epoch(params, opt_state, key, x, y, hp, spec=spec)), repeats)
+    return best, compile_s, recompiles
+
+
+def time_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lrs,
+               repeats: int = 2) -> tuple[float, float, int]:
+    """(seconds per epoch for all ``len(lrs)`` models, compile seconds, recompilations while timed) of one vmapped group program:
+    the lr sweep of ``jaxmlp sweep`` (one seed, so the members share the shuffle)."""
+    spec, _, params, _ = _setup(layer_sizes, batch_size, x.shape[0], 0.1)
+    k = len(lrs)
+    hps = sweep.stack([train.hparams_dict(jnp.float32, lr=float(lr)) for lr in lrs])
+    params_b = sweep.stack([params] * k)
+    states = sweep.stack([train.make_optimizer(spec, train.hparams_dict(jnp.float32)).init(params)] * k)
+    key = jax.random.PRNGKey(1)
+    t0 = time.perf_counter()
+    compiled = sweep.group_epoch.lower(params_b, states, key, hps, x, y, spec=spec, shared_key=True).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(params_b, states, key, hps, x, y))
+    best, recompiles = _timed(lambda: jax.block_until_ready(
+        sweep.group_epoch(params_b, states, key, hps, x, y, spec=spec, shared_key=True)), repeats)
+    return best, compile_s, recompiles
+
+
+# ---------------------------------------------------------------- the whole benchmark
+
+
+def load_bench_data(data_dir=None, dataset: str = "mnist", synthetic: bool = False,
+                    train_size: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """uint8 images (N, 784) and int labels (N,) for the bench, and a note saying where they came from.
+
+    Real data from ``data_dir`` / $JAXMLP_DATA_DIR / the cache when found there (never downloaded);
+    otherwise, or with ``synthetic``, random pixels and labels of MNIST's shape (timing does not
+    depend on the values)."""
+    from .data import DataError, load_dataset, resolve_data_dir
+
+    note = None
+    if not synthetic:
+        folder = resolve_data_dir(data_dir, dataset)
+        try:
+            ds = load_dataset(folder)
+            images, labels = ds.x_train.reshape(len(ds.x_train), -1), ds.y_train.astype(np.int32)
+            note = f"{dataset} from {folder}"
+        except DataError as err:
+            if data_dir is not None:
+                raise
+            note = f"synthetic ({dataset} not found: {str(err).splitlines()[0]})"
+    if note is None or note.startswith("synthetic"):
+        n = train_size or 60000
+        rng = np.random.default_rng(seed)
+        images = rng.integers(0, 256, (n, 784), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).astype(np.int32)
+        note = note or "synthetic (random pixels of MNIST's shape, by request)"
+    if train_size is not None:
+        if train_size > len(images):
+            raise ValueError(f"--train-size {train_size} exceeds the {len(images)} training examples")
+        images, labels = images[:train_size], labels[:train_size]
+    return images, labels, note
+
+
+def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch_size: int = 32,
+              lr: float = 0.1, large_batch: int = 512, sweep_size: int = 16, numpy_steps: int = 600,
+              loop_steps: int = 600, repeats: int = 3, peak_size: int = 2048, data_note: str = "",
+              on_row: Callable[[dict], None] | None = None) -> dict:
+    """Run every row on (images uint8 (N, D), labels (N,)) and return the report dict (see ``--json``)."""
+    n, d = images.shape
+    num_classes = max(int(labels.max()) + 1, 10)
+    sizes = [d, *[int(h) for h in hidden], num_classes]
+    flops_epoch = mlp_flops_per_example(sizes) * n
+    peak = matmul_peak(peak_size)
+    x32 = (images.astype(np.float32) / np.float32(255.0))
+    x = jnp.asarray(x32)
+    y = jnp.asarray(labels, jnp.int32)
+    rows: list[dict] = []
+
+    def add(name, bs, seconds, compile_s=None, models=1, note=""):
+        row = {"name": name, "batch_size": bs, "models": models, "seconds_per_epoch": seconds,
+               "seconds_per_model_epoch": seconds / models,
+               "samples_per_second": n * models / seconds,
+               "gflops": flops_epoch * models / seconds / 1e9,
+               "fraction_of_peak": flops_epoch * models / seconds / 1e9 / peak,
+               "compile_seconds": compile_s, "note": note}
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+        return row
+
+    np_s = time_numpy(x32, labels, sizes, batch_size, lr, numpy_steps, repeats)
+    add("numpy notebook", batch_size, np_s, note=f"float64 weights; {min(numpy_steps, n // batch_size)} steps timed")
+    loop_s, loop_c, r1 = time_jit_loop(x, y, sizes, batch_size, lr, loop_steps, repeats)
+    add("jit step, Python loop", batch_size, loop_s, loop_c, note=f"{min(loop_steps, n // batch_size)} steps timed")
+    fused_s, fused_c, r2 = time_fused(x, y, sizes, batch_size, lr, repeats)
+    add("fused epoch (lax.scan)", batch_size, fused_s, fused_c)
+    lrs = np.geomspace(1e-3, 0.5, sweep_size) if sweep_size > 1 else np.array([lr])
+    sweep_s, sweep_c, r3 = time_sweep(x, y, sizes, batch_size, lrs, max(2, repeats - 1))
+    add(f"vmapped sweep, {sweep_size} lrs", batch_size, sweep_s, sweep_c, models=sweep_size)
+    big_s, big_c, r4 = time_fused(x, y, sizes, large_batch, lr, repeats)
+    add("fused epoch, large batch", large_batch, big_s, big_c)
+    recompiles = r1 + r2 + r3 + r4
+
+    by = {r["name"]: r for r in rows}
+    ratios = {
+        "fused_speedup_vs_numpy": np_s / fused_s,
+        "fused_speedup_vs_jit_loop": loop_s / fused_s,
+        "jit_loop_speedup_vs_numpy": np_s / loop_s,
+        "sweep_cost_per_model_vs_fused": (sweep_s / sweep_size) / fused_s,
+        "large_batch_fraction_of_peak": by["fused epoch, large batch"]["fraction_of_peak"],
+    }
+    return {
+        "machine": machine_info(),
+        "data": data_note,
+        "train_examples": n,
+        "layer_sizes": sizes,
+        "lr": lr,
+        "flops_per_example": mlp_flops_per_example(sizes),
+        "flops_per_epoch": flops_epoch,
+        "flops_formula": "N * (2S + 2S + 2(S - d0*d1)), S = sum of d_{l-1}*d_l (forward, weight grads, "
+                         "activation grads)",
+        "matmul_peak_gflops": peak,
+        "matmul_peak_size": peak_size,
+        "timing": f"best of {repeats} after a warm-up; compile time separate",
+        "rows": rows,
+        "ratios": ratios,
+        "recompiles_while_timed": int(recompiles),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def format_report(report: dict) -> str:
+    """The report as an aligned text table plus the ratios."""
+    m = report["machine"]
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m['backend']} ({m['device']}), jax {m['jax']}",
+             f"data: {report['data']}; {report['train_examples']} examples; model "
+             f"{'-'.join(map(str, report['layer_sizes']))}; {report['flops_per_epoch'] / 1e9:.1f} GFLOP per epoch",
+             f"matmul peak ({report['matmul_peak_size']}^2 float32): {report['matmul_peak_gflops']:.1f} GFLOP/s", ""]
+    header = ["", "batch", "s/epoch", "samples/s", "GFLOP/s", "% peak", "vs numpy", "compile s"]
+    numpy_s = report["rows"][0]["seconds_per_model_epoch"]
+    table = []
+    for r in report["rows"]:
+        table.append([r["name"], str(r["batch_size"]),
+                      f"{r['seconds_per_model_epoch']:.3f}" + ("/model" if r["models"] > 1 else ""),
+                      f"{r['samples_per_second']:,.0f}", f"{r['gflops']:.1f}", f"{r['fraction_of_peak'] * 100:.0f}%",
+                      f"{numpy_s / r['seconds_per_model_epoch']:.1f}x",
+                      "-" if r["compile_seconds"] is None else f"{r['compile_seconds']:.2f}"])
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    lines += [fmt(header), *map(fmt, table), ""]
+    q = report["ratios"]
+    lines += [f"fused epoch: {q['fused_speedup_vs_numpy']:.2f}x the numpy notebook, "
+              f"{q['fused_speedup_vs_jit_loop']:.2f}x the jitted-step loop",
+              f"sweep: {q['sweep_cost_per_model_vs_fused']:.2f}x a single fused run per model-epoch",
+              f"large batch: {q['large_batch_fraction_of_peak'] * 100:.0f}% of the matmul peak",
+              f"recompilations while timed: {report['recompiles_while_timed']}",
+              f"peak RSS: {report['peak_rss_mb']:.0f} MiB"]
+    return "\n".join(lines)

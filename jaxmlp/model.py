@@ -1,0 +1,129 @@
+"""The MLP: params PyTree, initialisation, forward pass.
+
+Params are a list with one ``{"W": (fan_in, fan_out), "b": (fan_out,)}`` dict per layer, so any depth is
+just a longer list and every JAX transformation (grad, jit, vmap, tree_map) sees an ordinary PyTree.
+Hidden layers use ReLU; the last layer is linear and returns logits.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Params = list  # list[dict[str, jax.Array]]
+
+INIT_SCHEMES = ("notebook", "he", "glorot")
+
+
+def init_layer(key: jax.Array, fan_in: int, fan_out: int, scheme: str = "he", dtype=jnp.float32) -> dict:
+    """One dense layer's ``{"W": (fan_in, fan_out), "b": (fan_out,)}`` with zero biases.
+
+    notebook: N(0, 1) * 0.01 as in the seed; he: N(0, 2 / fan_in), suited to ReLU;
+    glorot: U(-a, a) with a = sqrt(6 / (fan_in + fan_out)).
+    """
+    if scheme == "notebook":
+        W = 0.01 * jax.random.normal(key, (fan_in, fan_out), dtype)
+    elif scheme == "he":
+        W = jnp.sqrt(2.0 / fan_in).astype(dtype) * jax.random.normal(key, (fan_in, fan_out), dtype)
+    elif scheme == "glorot":
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        W = jax.random.uniform(key, (fan_in, fan_out), dtype, -limit, limit)
+    else:
+        raise ValueError(f"unknown init scheme {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
+    return {"W": W, "b": jnp.zeros((fan_out,), dtype)}
+
+
+def init_params(key: jax.Array, layer_sizes: Sequence[int], scheme: str = "notebook", dtype=jnp.float32) -> Params:
+    """Params for an MLP with ``layer_sizes = [784, 128, 64, 10]`` (input, hidden..., output).
+
+    One key per layer is split off ``key``, so the same key always gives the same params.
+    """
+    sizes = [int(s) for s in layer_sizes]
+    if len(sizes) < 2 or any(s <= 0 for s in sizes):
+        raise ValueError(f"layer_sizes must hold >= 2 positive sizes, got {list(layer_sizes)}")
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [init_layer(k, m, n, scheme, dtype) for k, m, n in zip(keys, sizes[:-1], sizes[1:])]
+
+
+def init_params_numpy(seed: int, layer_sizes: Sequence[int], dtype=np.float64) -> Params:
+    """The notebook's exact initialisation: ``np.random.seed(seed)``, then W1, W2, ... drawn in order
+    with ``np.random.randn(fan_in, fan_out) * 0.01`` and zero biases.
+
+    Uses (and leaves advanced) NumPy's global RNG, as the notebook does, because the notebook's
+    per-epoch ``np.random.permutation`` draws continue from the same stream.
+    """
+    np.random.seed(seed)
+    params = []
+    for m, n in zip(layer_sizes[:-1], layer_sizes[1:]):
+        W = np.random.randn(m, n) * 0.01
+        params.append({"W": jnp.asarray(W, dtype), "b": jnp.zeros((n,), dtype)})
+    return params
+
+
+def layer_sizes(params: Params) -> list[int]:
+    """``[fan_in of layer 0, fan_out of each layer...]``."""
+    return [int(params[0]["W"].shape[0])] + [int(p["W"].shape[1]) for p in params]
+
+
+def relu(z: jax.Array) -> jax.Array:
+    # jnp.where rather than jnp.maximum: its derivative at exactly 0 is 0, the notebook's ``Z > 0`` mask
+    # (jnp.maximum's gradient splits the tie and gives 0.5 there).
+    return jnp.where(z > 0, z, jnp.zeros_like(z))
+
+
+def softmax(logits: jax.Array, axis: int = -1) -> jax.Array:
+    """Stable softmax: subtracting the row max keeps exp from overflowing."""
+    z = logits - jax.lax.stop_gradient(jnp.max(logits, axis=axis, keepdims=True))
+    e = jnp.exp(z)
+    return e / jnp.sum(e, axis=axis, keepdims=True)
+
+
+def log_softmax(logits: jax.Array, axis: int = -1) -> jax.Array:
+    """Stable log-softmax: ``z - max - log(sum(exp(z - max)))``, finite even when softmax underflows."""
+    z = logits - jax.lax.stop_gradient(jnp.max(logits, axis=axis, keepdims=True))
+    return z - jnp.log(jnp.sum(jnp.exp(z), axis=axis, keepdims=True))
+
+
+def inverted_dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
+    """Inverted dropout: zero each unit with probability ``rate`` and scale survivors by 1/(1-rate),
+    so the expectation is unchanged and evaluation needs no rescaling."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def forward(params: Params, x: jax.Array, *, key: jax.Array | None = None, dropout: float = 0.0) -> jax.Array:
+    """Logits ``(N, C)`` for inputs ``x`` ``(N, D)``.
+
+    Dropout on the hidden activations runs only when a ``key`` is given and ``dropout > 0``;
+    evaluation calls omit the key, so they are deterministic.
+    """
+    h = x
+    for i, layer in enumerate(params[:-1]):
+        h = relu(h @ layer["W"] + layer["b"])
+        if key is not None and dropout > 0:
+            h = inverted_dropout(jax.random.fold_in(key, i), h, dropout)
+    last = params[-1]
+    return h @ last["W"] + last["b"]
+
+
+def forward_intermediates(params: Params, x: jax.Array) -> dict:
+    """The notebook's forward pass with everything it keeps for backprop.
+
+    Returns ``{"Z1": ..., "A1": ..., ..., "ZL": logits, "AL": softmax probs}`` with L = len(params);
+    ``A0`` is the input. Hidden A's are ReLU(Z), the last A is softmax(Z).
+    """
+    cache = {"A0": x}
+    a = x
+    L = len(params)
+    for i, layer in enumerate(params, start=1):
+        z = a @ layer["W"] + layer["b"]
+        a = relu(z) if i < L else softmax(z)
+        cache[f"Z{i}"], cache[f"A{i}"] = z, a
+    return cache
+
+
+def predict(params: Params, x: jax.Array) -> jax.Array:
+    """Predicted class ``(N,)`` int32: argmax of the logits."""
+    return jnp.argmax(forward(params, x), axis=-1)

@@ -1,0 +1,412 @@
+"""Hyperparameter sweeps and seed ensembles: many models trained in one compiled program.
+
+A configuration is a ``train.TrainConfig``. Configurations whose compiled programs would be identical
+(same hidden sizes, batch size, optimizer, dtype, epochs, ...: see ``group_key``) form a *group*, and a
+group trains as ONE program: ``train.epoch`` under ``jax.vmap``, the params, optimizer state, PRNG
+keys and numeric hyperparameters (lr, momentum, ...) carrying a leading model axis of size K while the
+dataset is shared. Learning rates and seeds are just that batch axis; the init scheme is too, because
+params are drawn outside the program. Each member follows exactly the key stream of ``train.fit``
+with its config, so a member equals the single run of its config up to float round-off.
+
+When every member of a group has the same seed (an lr sweep), the shuffle key is passed *unbatched*:
+all members then see the same minibatch, so the first layer's K matmuls ``x_b @ W_k`` fuse into one
+wide matmul, which is where a sweep beats K separate runs on a CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import train
+from .model import log_softmax
+from .train import TrainConfig
+
+SWEEP_AXES = ("lr", "batch_size", "hidden", "seed", "init")
+
+
+# ---------------------------------------------------------------- building the configurations
+
+
+def _check_axes(axes: dict) -> None:
+    unknown = set(axes) - set(SWEEP_AXES)
+    if unknown:
+        raise ValueError(f"cannot sweep over {sorted(unknown)}; sweepable: {', '.join(SWEEP_AXES)}")
+    for name, values in axes.items():
+        if len(values) == 0:
+            raise ValueError(f"--{name.replace('_', '-')}: give at least one value")
+
+
+def grid(base: TrainConfig, **axes: Sequence) -> list[TrainConfig]:
+    """Every combination of the given axes (``lr=[...], batch_size=[...], hidden=[(128, 64), ...],
+    seed=[...], init=[...]``) over ``base``; axes not given keep ``base``'s value. Order: hidden,
+    batch_size, init, seed, lr (lr varies fastest)."""
+    _check_axes(axes)
+    names = [n for n in ("hidden", "batch_size", "init", "seed", "lr") if n in axes]
+    configs = []
+    for values in itertools.product(*(axes[n] for n in names)):
+        changes = dict(zip(names, values))
+        if "hidden" in changes:
+            changes["hidden"] = tuple(int(h) for h in changes["hidden"])
+        configs.append(dataclasses.replace(base, **changes).validate())
+    return configs
+
+
+def random_search(base: TrainConfig, num_trials: int, *, seed: int = 0,
+                  lr_range: tuple[float, float] | None = None, **choices: Sequence) -> list[TrainConfig]:
+    """``num_trials`` random configurations: lr log-uniform in ``lr_range`` (if given), every other
+    axis in ``choices`` drawn uniformly from its values. Reproducible from ``seed``."""
+    _check_axes(choices)
+    if num_trials < 1:
+        raise ValueError(f"--random must be positive, got {num_trials}")
+    if lr_range is not None:
+        lo, hi = float(min(lr_range)), float(max(lr_range))
+        if not lo > 0:
+            raise ValueError(f"--lr values for a random search must be positive, got {lr_range}")
+    rng = np.random.default_rng(seed)
+    configs = []
+    for _ in range(num_trials):
+        changes = {name: values[int(rng.integers(len(values)))] for name, values in choices.items()}
+        if lr_range is not None:
+            changes["lr"] = float(np.exp(rng.uniform(math.log(lo), math.log(hi))))
+        if "hidden" in changes:
+            changes["hidden"] = tuple(int(h) for h in changes["hidden"])
+        configs.append(dataclasses.replace(base, **changes).validate())
+    return configs
+
+
+def _check_sweepable(config: TrainConfig) -> None:
+    if config.notebook_exact:
+        raise ValueError("--notebook-exact draws from NumPy's global RNG and cannot be batched; "
+                         "train those runs one by one with `jaxmlp train`")
+    if config.val_split or config.patience:
+        raise ValueError("sweeps and ensembles train on the whole training set: --val-split/--patience "
+                         "are not supported here")
+
+
+def _dtype(config: TrainConfig):
+    return jnp.float64 if config.dtype == "float64" else jnp.float32
+
+
+def group_key(config: TrainConfig, num_examples: int, image_side: int = 28) -> tuple:
+    """What two configurations must share to train in one program: the static ``TrainSpec`` (batch
+    size, optimizer, schedule horizon, ...), the architecture's shapes and the dtype. lr, seed, init
+    scheme and the other numeric hyperparameters are left out: they batch."""
+    return (train.spec_for(config, num_examples, image_side), config.arch, tuple(int(h) for h in config.hidden),
+            config.dtype, config.epochs)
+
+
+def group_by_shape(configs: Sequence[TrainConfig], num_examples: int, image_side: int = 28,
+                   max_group: int | None = None) -> list[list[int]]:
+    """Indices of ``configs`` grouped by ``group_key`` (groups in order of first appearance), each
+    group cut into pieces of at most ``max_group`` members to bound memory."""
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(configs):
+        groups.setdefault(group_key(c, num_examples, image_side), []).append(i)
+    out = []
+    for members in groups.values():
+        step = max_group or len(members)
+        out.extend(members[i:i + step] for i in range(0, len(members), step))
+    return out
+
+
+# ---------------------------------------------------------------- training a group
+
+
+def _member_epoch(params, opt_state, key, hparams, x, y, spec):
+    # The key bookkeeping of train.fit_epochs, so a member replays its single run.
+    key, sub = jax.random.split(key)
+    params, opt_state, losses = train.epoch(params, opt_state, sub, x, y, hparams, spec)
+    return params, opt_state, key, losses
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "shared_key"))
+def group_epoch(params, opt_state, key, hparams, x, y, *, spec: train.TrainSpec, shared_key: bool = False):
+    """One epoch of K models in one program.
+
+    params, opt_state, hparams: PyTrees with a leading model axis K; key: (K, 2) keys, or one key when
+    ``shared_key`` (all members shuffle alike); x (N, D), y (N,) shared. Returns (params, opt_state,
+    key to continue from, batch losses (K, num_batches)). Compiled once per (shapes, spec, shared_key).
+    """
+    key_axis = None if shared_key else 0
+    run = jax.vmap(functools.partial(_member_epoch, spec=spec), in_axes=(0, 0, key_axis, 0, None, None),
+                   out_axes=(0, 0, key_axis, 0))
+    return run(params, opt_state, key, hparams, x, y)
+
+
+def stack(trees: Sequence[Any]) -> Any:
+    """A list of same-structured PyTrees -> one PyTree with a new leading axis."""
+    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack(tree: Any, index: int) -> Any:
+    """Member ``index`` of a stacked PyTree."""
+    return jax.tree_util.tree_map(lambda leaf: leaf[index], tree)
+
+
+class GroupResult(NamedTuple):
+    params: Any                 # stacked, leading axis K
+    opt_state: Any
+    history: np.ndarray         # (K, epochs) epoch losses (NaN once a member diverged)
+    compile_seconds: float
+    train_seconds: float        # epochs only, compilation excluded
+    shared_key: bool
+
+
+def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: int, spec: train.TrainSpec):
+    """Stacked (params, opt_state, keys (K, 2), hparams) for configs that share ``spec``, each member
+    initialised exactly as ``train.fit`` would with its config."""
+    params, states, keys, hps = [], [], [], []
+    for c in configs:
+        dtype = _dtype(c)
+        hp = train.hparams_dict(dtype, lr=c.lr, momentum=c.momentum, beta1=c.beta1, beta2=c.beta2,
+                                weight_decay=c.weight_decay, l2=c.l2)
+        key, init_key = jax.random.split(jax.random.PRNGKey(c.seed))
+        p = train.init_model(c, init_key, input_dim, num_classes)
+        params.append(p)
+        states.append(train.make_optimizer(spec, hp).init(p))
+        keys.append(key)
+        hps.append(hp)
+    return stack(params), stack(states), jnp.stack(keys), stack(hps)
+
+
+def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int = 10, *,
+                image_side: int = 28,
+                on_epoch: Callable[[int, np.ndarray], None] | None = None) -> GroupResult:
+    """Train configurations that share a ``group_key`` together, all epochs, one compiled program.
+
+    x (N, D) float, y (N,) int32, already on the device. ``on_epoch(epoch, losses (K,))`` after each
+    epoch. A diverging member does not stop the others: its losses become NaN.
+    """
+    keys = {group_key(c, x.shape[0], image_side) for c in configs}
+    if len(keys) != 1:
+        raise ValueError("train_group needs configurations of one shape group (see group_by_shape)")
+    for c in configs:
+        _check_sweepable(c)
+    first = configs[0]
+    n = x.shape[0]
+    spec = train.spec_for(first, n, image_side)
+    params, opt_state, member_keys, hparams = init_members(configs, x.shape[1], num_classes, spec)
+    shared = len({c.seed for c in configs}) == 1
+    key = member_keys[0] if shared else member_keys
+
+    t0 = time.perf_counter()
+    compiled = group_epoch.lower(params, opt_state, key, hparams, x, y, spec=spec, shared_key=shared).compile()
+    compile_seconds = time.perf_counter() - t0
+    history = np.full((len(configs), first.epochs), np.nan)
+    train_seconds = 0.0
+    for e in range(first.epochs):
+        t0 = time.perf_counter()
+        params, opt_state, key, losses = compiled(params, opt_state, key, hparams, x, y)
+        losses = np.asarray(losses)  # waits for the device
+        train_seconds += time.perf_counter() - t0
+        history[:, e] = [train.epoch_loss(row, n, spec.batch_size) for row in losses]
+        if on_epoch is not None:
+            on_epoch(e + 1, history[:, e])
+    return GroupResult(params, opt_state, history, compile_seconds, train_seconds, shared)
+
+
+# ---------------------------------------------------------------- evaluating many models
+
+
+@functools.partial(jax.jit, static_argnames=("arch",))
+def _members_eval_chunk(params, x, y, arch: str):
+    logits = jax.vmap(lambda p: train.apply_fn(arch)(p, x))(params)          # (K, n, C)
+    logp = log_softmax(logits)
+    picked = jnp.take_along_axis(logp, jnp.broadcast_to(y[None, :, None], (logp.shape[0], y.shape[0], 1)), axis=2)
+    nll = -jnp.sum(picked[..., 0], axis=1)                                  # (K,)
+    correct = jnp.sum(jnp.argmax(logits, axis=-1) == y[None, :], axis=1)    # (K,)
+    mean_probs = jnp.mean(jnp.exp(logp), axis=0)                            # (n, C): the ensemble
+    ens_nll = -jnp.sum(jnp.log(jnp.take_along_axis(mean_probs, y[:, None], axis=1)))
+    ens_correct = jnp.sum(jnp.argmax(mean_probs, axis=-1) == y)
+    return nll, correct, ens_nll, ens_correct
+
+
+def evaluate_members(params: Any, x: jax.Array, y: jax.Array, *, arch: str = "mlp",
+                     chunk_size: int = 5000) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Stacked models on (x, y): per-member mean losses (K,) and accuracies (K,), then the ensemble's
+    loss and accuracy, the ensemble predicting ``argmax`` of the members' *averaged probabilities*."""
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("cannot evaluate on an empty set")
+    nll = correct = 0.0
+    ens_nll = ens_correct = 0.0
+    for s in train.batch_slices(n, chunk_size):
+        a, b, c, d = _members_eval_chunk(params, x[s], y[s], arch)
+        nll, correct = nll + np.asarray(a, np.float64), correct + np.asarray(b, np.float64)
+        ens_nll, ens_correct = ens_nll + float(c), ens_correct + float(d)
+    return nll / n, correct / n, ens_nll / n, ens_correct / n
+
+
+def ensemble_probs(params: Any, x: jax.Array, *, arch: str = "mlp") -> jax.Array:
+    """Each stacked model's class probabilities on x: (K, N, C)."""
+    from .model import softmax
+
+    return jax.vmap(lambda p: softmax(train.apply_fn(arch)(p, x)))(params)
+
+
+def ensemble_accuracy(probs, labels) -> float:
+    """Accuracy of the averaged-probability ensemble: probs (K, N, C) per member, labels int (N,)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    if probs.ndim != 3 or probs.shape[1] != labels.shape[0]:
+        raise ValueError(f"probs must be (K, N, C) with N = len(labels), got {probs.shape} and {labels.shape}")
+    return float(np.mean(np.argmax(probs.mean(axis=0), axis=-1) == labels))
+
+
+# ---------------------------------------------------------------- sweeps and ensembles end to end
+
+
+class RunResult(NamedTuple):
+    config: TrainConfig
+    history: list           # the epoch losses
+    test_loss: float
+    test_accuracy: float    # a fraction in [0, 1]
+    diverged: bool          # a non-finite loss appeared
+    group: int              # index into SweepResult.groups
+
+
+class GroupInfo(NamedTuple):
+    members: list           # indices into the configurations
+    compile_seconds: float
+    train_seconds: float
+    shared_key: bool
+
+
+class SweepResult(NamedTuple):
+    runs: list              # RunResult per configuration, in the given order
+    groups: list            # GroupInfo per compiled program
+    wall_seconds: float
+
+
+def _prepared(data, configs):
+    """(x, y, x_test, y_test, num_classes, side) on the device in the configurations' dtype."""
+    dtypes = {c.dtype for c in configs}
+    if len(dtypes) != 1:
+        raise ValueError(f"one dtype per sweep, got {sorted(dtypes)}")
+    dtype = _dtype(configs[0])
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+    num_classes = max(int(max(data.y_train.max(), data.y_test.max())) + 1, 10)  # as train.fit
+    x = train.prepare(data.x_train, dtype)
+    y = jnp.asarray(data.y_train, jnp.int32)
+    x_test = train.prepare(data.x_test, dtype)
+    y_test = jnp.asarray(data.y_test, jnp.int32)
+    return x, y, x_test, y_test, num_classes, int(data.x_train.shape[1])
+
+
+def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = None,
+              on_group: Callable[[int, list[int]], None] | None = None,
+              on_epoch: Callable[[int, int, np.ndarray], None] | None = None) -> SweepResult:
+    """Train and test every configuration on ``data`` (a ``data.Dataset``), one program per shape group.
+
+    ``on_group(group_index, member_indices)`` before a group starts; ``on_epoch(group_index, epoch,
+    losses (K,))`` after each of its epochs. Returns results in the order of ``configs``.
+    """
+    if not configs:
+        raise ValueError("a sweep needs at least one configuration")
+    for c in configs:
+        c.validate()
+        _check_sweepable(c)
+    started = time.perf_counter()
+    x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
+    runs: list[RunResult | None] = [None] * len(configs)
+    groups = []
+    for g, members in enumerate(group_by_shape(configs, x.shape[0], side, max_group)):
+        if on_group is not None:
+            on_group(g, members)
+        cb = None if on_epoch is None else functools.partial(on_epoch, g)
+        res = train_group([configs[i] for i in members], x, y, num_classes, image_side=side, on_epoch=cb)
+        losses, accs, _, _ = evaluate_members(res.params, x_test, y_test, arch=configs[members[0]].arch)
+        for k, i in enumerate(members):
+            hist = res.history[k]
+            runs[i] = RunResult(configs[i], [float(v) for v in hist], float(losses[k]), float(accs[k]),
+                                bool(not np.all(np.isfinite(hist))), g)
+        groups.append(GroupInfo(list(members), res.compile_seconds, res.train_seconds, res.shared_key))
+    return SweepResult(runs, groups, time.perf_counter() - started)
+
+
+class EnsembleResult(NamedTuple):
+    members: list           # RunResult per member (seeds seed, seed + 1, ...)
+    ensemble_loss: float    # mean -log of the averaged probability of the true class
+    ensemble_accuracy: float
+    params: Any             # stacked, leading axis K
+    compile_seconds: float
+    train_seconds: float
+
+
+def fit_ensemble(config: TrainConfig, data, members: int, *,
+                 on_epoch: Callable[[int, np.ndarray], None] | None = None) -> EnsembleResult:
+    """Train ``members`` copies of ``config`` with seeds ``seed, seed + 1, ...`` together (one vmapped
+    program) and test each member and their averaged-probability ensemble."""
+    if members < 1:
+        raise ValueError(f"--ensemble must be positive, got {members}")
+    config.validate()
+    _check_sweepable(config)
+    configs = [dataclasses.replace(config, seed=config.seed + i) for i in range(members)]
+    x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
+    res = train_group(configs, x, y, num_classes, image_side=side, on_epoch=on_epoch)
+    losses, accs, ens_loss, ens_acc = evaluate_members(res.params, x_test, y_test, arch=config.arch)
+    runs = [RunResult(c, [float(v) for v in res.history[k]], float(losses[k]), float(accs[k]),
+                      bool(not np.all(np.isfinite(res.history[k]))), 0) for k, c in enumerate(configs)]
+    return EnsembleResult(runs, float(ens_loss), float(ens_acc), res.params, res.compile_seconds, res.train_seconds)
+
+
+# ---------------------------------------------------------------- reporting (strings and dicts; no printing)
+
+
+def _finite(v):
+    """JSON has no NaN: non-finite numbers become null."""
+    return float(v) if v is not None and np.isfinite(v) else None
+
+
+def run_record(run: RunResult) -> dict:
+    """One run as a JSON-ready dict: its ``config``, ``test_accuracy`` and the rest."""
+    return {"config": run.config.to_dict(), "test_accuracy": _finite(run.test_accuracy),
+            "test_loss": _finite(run.test_loss), "final_loss": _finite(run.history[-1] if run.history else None),
+            "history": [_finite(v) for v in run.history], "diverged": run.diverged, "group": run.group}
+
+
+def sweep_record(result: SweepResult) -> dict:
+    """The sweep as a JSON-ready dict: ``runs`` (one per configuration, best test accuracy first) and
+    ``groups`` (one per compiled program, with its compile and train seconds)."""
+    return {
+        "runs": [run_record(r) for r in sorted_runs(result.runs)],
+        "groups": [{"members": len(g.members), "config_indices": g.members, "compile_seconds": g.compile_seconds,
+                    "train_seconds": g.train_seconds, "shared_shuffle": g.shared_key} for g in result.groups],
+        "num_configs": len(result.runs),
+        "wall_seconds": result.wall_seconds,
+    }
+
+
+def sorted_runs(runs: Sequence[RunResult]) -> list[RunResult]:
+    """Best test accuracy first; diverged runs last."""
+    return sorted(runs, key=lambda r: (r.diverged, -(r.test_accuracy if np.isfinite(r.test_accuracy) else -1)))
+
+
+def format_table(runs: Sequence[RunResult], varying: Sequence[str] | None = None) -> str:
+    """A text table of runs sorted by test accuracy; ``varying`` picks the config columns (default: the
+    sweepable fields that differ between runs, else lr)."""
+    if varying is None:
+        varying = [a for a in SWEEP_AXES if len({str(getattr(r.config, a)) for r in runs}) > 1] or ["lr"]
+    header = ["rank", *varying, "final loss", "test acc"]
+    rows = []
+    for rank, r in enumerate(sorted_runs(runs), start=1):
+        cells = [str(rank)]
+        for a in varying:
+            v = getattr(r.config, a)
+            cells.append("-".join(str(h) for h in v) if a == "hidden" else f"{v:g}" if a == "lr" else str(v))
+        loss = r.history[-1] if r.history else float("nan")
+        cells.append("diverged" if r.diverged else f"{loss:.4f}")
+        cells.append(f"{r.test_accuracy * 100:.2f}%")
+        rows.append(cells)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])

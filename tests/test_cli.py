@@ -1,0 +1,468 @@
+"""The ``jaxmlp`` command line: checkpoints and resume, divergence, Ctrl-C, logs, plots, metrics,
+eval/predict, and one-line errors for bad input.
+
+Everything runs ``jaxmlp.cli.main`` in-process on a tiny synthetic IDX dataset (512 train / 128 test
+28x28 digits whose class is the row of a bright bar, learnable in an epoch or two), except one run of
+the installed console script. Runs use a 32-unit hidden layer to keep compilation short.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmlp.checkpoint import load_checkpoint, load_model
+from jaxmlp.cli import main
+from jaxmlp.data import read_idx, write_idx
+
+SMALL = ["--hidden", "32", "--init", "he"]
+PLOTS = ("curves.png", "confusion.png", "misclassified.png", "first_layer.png")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(*argv) -> tuple[int, str, str]:
+    """``main(argv)`` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(rc: int, err: str) -> None:
+    assert rc != 0
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxmlp"), err
+
+
+def synthetic_images(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (n, 28, 28) of faint noise with a bright bar on rows 2c..2c+5 for class c."""
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(labels):
+        images[i, 2 * c: 2 * c + 6, 4:24] = 255
+    return images, labels
+
+
+def write_dataset(folder: Path, n_train: int = 512, n_test: int = 128) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images, labels = synthetic_images(rng, n)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir) -> dict:
+    """One 2-epoch run with every output flag; several tests read its files."""
+    out = tmp_path_factory.mktemp("trained")
+    paths = {"ckpt": out / "ck.npz", "log": out / "log.jsonl", "metrics": out / "m.json", "plots": out / "plots"}
+    rc, stdout, stderr = run("train", "--data-dir", data_dir, "--epochs", 2, *SMALL, "--save", paths["ckpt"],
+                             "--log", paths["log"], "--metrics-out", paths["metrics"], "--plot-dir", paths["plots"])
+    assert rc == 0, stderr
+    return {**paths, "out": stdout, "err": stderr}
+
+
+def line_with(prefix: str, text: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(prefix))
+
+
+# ---------------------------------------------------------------- checkpoints and resume
+
+
+def test_resume_is_bit_exact(tmp_path, data_dir):
+    """`--epochs 2 --save A` then `--epochs 4 --resume A --save B` equals `--epochs 4 --save C`: every
+    array in B and C is identical (params, Adam's state, the PRNG key, epoch, config), and so are the
+    losses of the history in the checkpoint and in --metrics-out (timings aside)."""
+    # Adam (non-trivial optimizer state) and dropout (consumes the key) make a lossy restore visible.
+    flags = ["--data-dir", data_dir, *SMALL, "--optimizer", "adam", "--lr", "0.001", "--dropout", "0.1", "--quiet"]
+    a, b, c = tmp_path / "A.npz", tmp_path / "B.npz", tmp_path / "C.npz"
+    assert run("train", *flags, "--epochs", 2, "--save", a)[0] == 0
+    rc, out_b, err = run("train", *flags, "--epochs", 4, "--resume", a, "--save", b,
+                         "--metrics-out", tmp_path / "mb.json")
+    assert rc == 0, err
+    rc, out_c, err = run("train", *flags, "--epochs", 4, "--save", c, "--metrics-out", tmp_path / "mc.json")
+    assert rc == 0, err
+    assert out_b == out_c  # the same test loss and accuracy
+
+    with np.load(b, allow_pickle=False) as zb, np.load(c, allow_pickle=False) as zc:
+        assert sorted(zb.files) == sorted(zc.files)
+        assert any(name.startswith("opt_state/") for name in zb.files)
+        for name in zb.files:
+            if name != "extra/history":  # holds wall-clock seconds
+                assert np.array_equal(zb[name], zc[name]), name
+    hb, hc = (load_checkpoint(p).extra["history"] for p in (b, c))
+    assert [(r["epoch"], r["loss"]) for r in hb] == [(r["epoch"], r["loss"]) for r in hc]
+    assert [r["epoch"] for r in hb] == [1, 2, 3, 4]
+    mb, mc = (json.loads((tmp_path / n).read_text()) for n in ("mb.json", "mc.json"))
+    assert [(r["epoch"], r["loss"]) for r in mb["history"]] == [(r["epoch"], r["loss"]) for r in mc["history"]]
+    assert mb["resumed_from_epoch"] == 2 and mc["resumed_from_epoch"] is None
+    assert mb["test_accuracy"] == mc["test_accuracy"] and mb["config"] == mc["config"]
+
+
+def test_checkpoint_is_pickle_free_and_holds_the_run(trained):
+    """The --save file opens with allow_pickle=False and holds params, optimizer state, key, the
+    epoch reached and the config as JSON text."""
+    with np.load(trained["ckpt"], allow_pickle=False) as z:
+        names = set(z.files)
+        config = json.loads(str(z["config"]))
+        assert int(z["epoch"]) == 2
+    assert {"params/0/W", "params/0/b", "params/1/W", "params/1/b", "key", "epoch", "config"} <= names
+    assert any(n.startswith("opt_state/") for n in names)
+    assert config["hidden"] == [32] and config["epochs"] == 2 and config["lr"] == 0.1
+
+
+def test_resume_refuses_a_changed_setting_or_a_finished_run(tmp_path, data_dir, trained):
+    """--resume continues the saved run: a flag that differs from the saved config, or --epochs not
+    beyond the saved epoch, is one error line and writes nothing; repeating a saved value is fine."""
+    out = tmp_path / "out.npz"
+    rc, _, err = run("train", "--data-dir", data_dir, "--resume", trained["ckpt"], "--epochs", 3,
+                     "--lr", "0.5", "--save", out)
+    assert_one_line_error(rc, err)
+    assert "--lr" in err and not out.exists()
+    rc, _, err = run("train", "--data-dir", data_dir, "--resume", trained["ckpt"], "--epochs", 2, "--save", out)
+    assert_one_line_error(rc, err)
+    assert "epoch 2" in err and not out.exists()
+    rc, out_text, err = run("train", "--data-dir", data_dir, "--resume", trained["ckpt"], "--epochs", 3,
+                            *SMALL, "--lr", "0.1", "--save", out)
+    assert rc == 0, err
+    assert "Epoch 3/3" in out_text and "Epoch 1/" not in out_text
+    assert load_checkpoint(out).epoch == 3
+
+
+# ---------------------------------------------------------------- divergence and Ctrl-C
+
+
+def test_divergence_stops_with_one_line_and_keeps_the_old_checkpoint(tmp_path, data_dir, trained):
+    """A huge --lr: non-zero exit, one stderr line naming the epoch and suggesting a lower --lr; the
+    checkpoint from an earlier good run is byte-identical afterwards, and no non-finite params are
+    saved anywhere."""
+    keep = tmp_path / "keep.npz"
+    shutil.copy(trained["ckpt"], keep)
+    before = keep.read_bytes()
+    fresh = tmp_path / "fresh.npz"
+    for target in (keep, fresh):
+        rc, _, err = run("train", "--data-dir", data_dir, *SMALL, "--epochs", 3, "--lr", "1e12",
+                         "--save", target, "--quiet")
+        assert_one_line_error(rc, err)
+        assert re.search(r"epoch \d+", err) and "non-finite" in err and "lower --lr" in err
+    assert keep.read_bytes() == before
+    if fresh.exists():  # only epochs that finished with finite params may have been saved
+        params, _ = load_model(fresh)
+        assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(params))
+
+
+def test_non_finite_params_are_never_saved(tmp_path, data_dir, monkeypatch):
+    """Params that overflow in an epoch whose loss was still finite stop training like a non-finite
+    loss (epoch named, lower --lr suggested) and the checkpoint keeps the previous epoch."""
+    import jaxmlp.train as train
+
+    real = train.fit_epochs
+
+    def nan_params_in_epoch_2(*args, **kwargs):
+        for result in real(*args, **kwargs):
+            if result.epoch == 2:
+                nan = jax.tree_util.tree_map(lambda p: p * np.nan, result.params)
+                result = result._replace(params=nan)
+            yield result
+
+    monkeypatch.setattr(train, "fit_epochs", nan_params_in_epoch_2)
+    ckpt = tmp_path / "ck.npz"
+    rc, _, err = run("train", "--data-dir", data_dir, *SMALL, "--epochs", 3, "--save", ckpt, "--quiet")
+    assert_one_line_error(rc, err)
+    assert "epoch 2" in err and "lower --lr" in err and "keeps epoch 1" in err
+    assert load_checkpoint(ckpt).epoch == 1
+
+
+def test_ctrl_c_keeps_the_last_completed_epoch(tmp_path, data_dir, monkeypatch):
+    """KeyboardInterrupt while epoch 3 runs: exit 130, one stderr line, the checkpoint holds epoch 2
+    and loads as a model, the log holds epochs 1 and 2."""
+    import jaxmlp.train as train
+
+    real = train.fit_epochs
+
+    def interrupted_after_epoch_2(*args, **kwargs):
+        for result in real(*args, **kwargs):
+            yield result
+            if result.epoch == 2:
+                raise KeyboardInterrupt  # as if Ctrl-C landed while epoch 3 was computed
+
+    monkeypatch.setattr(train, "fit_epochs", interrupted_after_epoch_2)
+    ckpt, log = tmp_path / "ck.npz", tmp_path / "log.jsonl"
+    rc, out, err = run("train", "--data-dir", data_dir, *SMALL, "--epochs", 5, "--save", ckpt, "--log", log)
+    assert rc == 130
+    assert len(err.splitlines()) == 1 and "interrupted" in err and "epoch 2" in err
+    assert "Test Accuracy" not in out
+    assert load_checkpoint(ckpt).epoch == 2
+    params, config = load_model(ckpt)
+    assert len(params) == 2 and config["epochs"] == 5
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
+
+
+# ---------------------------------------------------------------- seeing what happens
+
+
+def test_log_appends_one_json_line_per_epoch(tmp_path, data_dir, trained):
+    """--log FILE gets one JSON object per epoch and is appended to, never truncated; --quiet prints
+    no per-epoch lines and nothing on stderr."""
+    log = tmp_path / "log.jsonl"
+    shutil.copy(trained["log"], log)
+    rc, out, err = run("train", "--data-dir", data_dir, *SMALL, "--epochs", 1, "--log", log, "--quiet")
+    assert rc == 0 and err == ""
+    assert "Epoch" not in out and line_with("Test Accuracy:", out)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 1]
+    assert all(np.isfinite(r["loss"]) and r["seconds"] >= 0 for r in records)
+
+
+def test_epoch_lines_and_no_progress_bar_off_a_terminal(trained):
+    """Not quiet: one "Epoch i/N - Loss: x" line per epoch on stdout; stderr is not a terminal here,
+    so no progress bar is drawn there."""
+    epoch_lines = [line for line in trained["out"].splitlines() if line.startswith("Epoch")]
+    assert [line.split(" - ")[0] for line in epoch_lines] == ["Epoch 1/2", "Epoch 2/2"]
+    assert "\r" not in trained["err"] and "#" not in trained["err"] and "[" not in trained["err"]
+
+
+def test_plot_dir_writes_four_pngs(trained):
+    """--plot-dir: curves, confusion matrix, misclassified digits and first-layer weights as PNGs."""
+    pytest.importorskip("matplotlib")
+    for name in PLOTS:
+        assert (trained["plots"] / name).read_bytes()[:8] == PNG_MAGIC, name
+
+
+def test_metrics_out_summarizes_the_run(trained):
+    """--metrics-out: every hyperparameter (hidden as a list), the per-epoch history, test metrics
+    (accuracy a fraction, matching the printed one), timings, backend and JAX version."""
+    from jaxmlp.train import TrainConfig
+
+    m = json.loads(trained["metrics"].read_text())
+    assert set(m["config"]) == set(TrainConfig.__dataclass_fields__)
+    assert m["config"]["hidden"] == [32] and m["config"]["init"] == "he"
+    assert [r["epoch"] for r in m["history"]] == [1, 2]
+    assert all({"epoch", "loss", "seconds"} <= set(r) for r in m["history"])
+    assert 0 <= m["test_accuracy"] <= 1 and m["test_accuracy"] > 0.5  # the bars are easy to learn
+    assert line_with("Test Accuracy:", trained["out"]) == f"Test Accuracy: {m['test_accuracy'] * 100:.2f}%"
+    assert m["train_seconds"] >= 0 and m["compile_seconds"] >= 0
+    assert m["backend"] == jax.default_backend() and m["jax_version"] == jax.__version__
+
+
+# ---------------------------------------------------------------- eval and predict
+
+
+def test_eval_reports_what_training_printed(tmp_path, data_dir, trained):
+    """`jaxmlp eval --load` prints the same test loss and accuracy lines as the training run and
+    writes them, as numbers, with --metrics-out."""
+    rc, out, err = run("eval", "--load", trained["ckpt"], "--data-dir", data_dir,
+                       "--metrics-out", tmp_path / "eval.json")
+    assert rc == 0, err
+    for prefix in ("Test Loss:", "Test Accuracy:"):
+        assert line_with(prefix, out) == line_with(prefix, trained["out"])
+    m = json.loads((tmp_path / "eval.json").read_text())
+    assert m["test_accuracy"] == json.loads(trained["metrics"].read_text())["test_accuracy"]
+    assert m["num_test"] == 128 and m["config"]["hidden"] == [32]
+
+
+def numpy_probs(params, x: np.ndarray) -> np.ndarray:
+    """An independent float64 NumPy forward pass + softmax of the MLP."""
+    h = x.astype(np.float64)
+    for layer in params[:-1]:
+        h = np.maximum(h @ np.asarray(layer["W"], np.float64) + np.asarray(layer["b"], np.float64), 0)
+    logits = h @ np.asarray(params[-1]["W"], np.float64) + np.asarray(params[-1]["b"], np.float64)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_predict_classifies_idx_and_npy_files(tmp_path, data_dir, trained):
+    """`jaxmlp predict --load CK FILE`: one "index<TAB>class<TAB>prob" line per image, the class the
+    argmax and the probability the softmax of an independent NumPy forward pass; IDX, uint8 .npy
+    (N, 28, 28) and float .npy (N, 784) in [0, 1] give the same lines; --top K lists K classes by
+    decreasing probability; --json gives one object per line."""
+    images = read_idx(data_dir / "t10k-images-idx3-ubyte.gz")
+    params, _ = load_model(trained["ckpt"])
+    ref = numpy_probs(params, images.reshape(len(images), -1) / 255.0)
+
+    rc, out, err = run("predict", "--load", trained["ckpt"], data_dir / "t10k-images-idx3-ubyte.gz")
+    assert rc == 0, err
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert [int(r[0]) for r in rows] == list(range(len(images)))
+    assert [int(r[1]) for r in rows] == list(ref.argmax(axis=1))
+    # Printed to 4 decimals from float32 probabilities: 1e-4 covers rounding plus float32 error.
+    assert np.allclose([float(r[2]) for r in rows], ref.max(axis=1), atol=1e-4)
+
+    np.save(tmp_path / "u8.npy", images)
+    np.save(tmp_path / "unit.npy", images.reshape(len(images), -1).astype(np.float32) / np.float32(255))
+    for name in ("u8.npy", "unit.npy"):
+        rc, out_npy, err = run("predict", "--load", trained["ckpt"], tmp_path / name)
+        assert rc == 0 and out_npy == out, (name, err)
+
+    rc, out, err = run("predict", "--load", trained["ckpt"], tmp_path / "u8.npy", "--top", 3)
+    assert rc == 0, err
+    for line, probs in zip(out.splitlines(), ref):
+        cols = line.split("\t")
+        assert len(cols) == 7
+        assert [int(c) for c in cols[1::2]] == list(np.argsort(-probs)[:3])
+        shown = [float(p) for p in cols[2::2]]
+        assert shown == sorted(shown, reverse=True)
+
+    rc, out, err = run("predict", "--load", trained["ckpt"], tmp_path / "u8.npy", "--json", "--top", 2)
+    assert rc == 0, err
+    objs = [json.loads(line) for line in out.splitlines()]
+    assert len(objs) == len(images)
+    assert all(o["label"] == o["top"][0][0] and len(o["top"]) == 2 for o in objs)
+    assert np.allclose([o["prob"] for o in objs], ref.max(axis=1), atol=1e-5)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _broken_data(tmp_path: Path, data_dir: Path, how: str) -> Path:
+    folder = tmp_path / "broken"
+    shutil.copytree(data_dir, folder)
+    images = folder / "train-images-idx3-ubyte.gz"
+    labels = folder / "train-labels-idx1-ubyte.gz"
+    if how == "truncated":
+        raw = images.read_bytes()
+        images.unlink()
+        import gzip
+
+        (folder / "train-images-idx3-ubyte").write_bytes(gzip.decompress(raw)[:5000])
+    elif how == "bad-gzip":
+        raw = bytearray(images.read_bytes())
+        raw[40:200] = bytes(160)  # keeps the gzip magic, breaks the deflate stream / CRC
+        images.write_bytes(bytes(raw))
+    elif how == "garbage":
+        images.write_bytes(b"this is not an IDX file at all" * 10)
+    elif how == "count-mismatch":
+        write_idx(labels, read_idx(labels)[:-1])
+    elif how == "label-range":
+        y = read_idx(labels)
+        y[7] = 12
+        write_idx(labels, y)
+    return folder
+
+
+def _bad_checkpoint(tmp_path: Path, trained: dict, how: str) -> Path:
+    path = tmp_path / "bad.npz"
+    if how == "garbage":
+        path.write_bytes(b"PK\x03\x04 definitely not a zip" * 20)
+    elif how == "truncated":
+        raw = trained["ckpt"].read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+    return path
+
+
+BAD_TRAIN_FLAGS = {
+    "lr-text": ["--lr", "abc"], "epochs-text": ["--epochs", "x"], "lr-zero": ["--lr", "0"],
+    "lr-negative": ["--lr", "-1"], "lr-nan": ["--lr", "nan"], "lr-inf": ["--lr", "inf"],
+    "batch-zero": ["--batch-size", "0"], "epochs-zero": ["--epochs", "0"], "epochs-negative": ["--epochs", "-2"],
+    "hidden-zero": ["--hidden", "0"], "hidden-negative": ["--hidden", "32", "-4"], "unknown-flag": ["--bogus"],
+    "save-is-a-folder": ["--save", "."],
+}
+
+
+@pytest.mark.parametrize("flags", BAD_TRAIN_FLAGS.values(), ids=BAD_TRAIN_FLAGS.keys())
+def test_bad_train_flags_give_one_line(tmp_path, data_dir, flags):
+    """Non-numeric or non-positive numbers: non-zero exit, one stderr line, no traceback, no files."""
+    outputs = ["--save", tmp_path / "ck.npz", "--metrics-out", tmp_path / "m.json", "--log", tmp_path / "l.jsonl"]
+    rc, out, err = run("train", "--data-dir", data_dir, *outputs, *flags)
+    assert_one_line_error(rc, err)
+    assert out == "" and list(tmp_path.iterdir()) == []
+
+
+BAD_DATA = ["missing", "empty", "truncated", "bad-gzip", "garbage", "count-mismatch", "label-range"]
+
+
+@pytest.mark.parametrize("how", BAD_DATA)
+def test_bad_data_gives_one_line_naming_the_problem(tmp_path, data_dir, how):
+    """A missing or empty folder, a truncated IDX, a corrupt gzip, garbage, mismatched image/label
+    counts, an out-of-range label: one stderr line, no traceback, nothing written."""
+    if how == "missing":
+        folder = tmp_path / "nowhere"
+    elif how == "empty":
+        folder = tmp_path / "empty"
+        folder.mkdir()
+    else:
+        folder = _broken_data(tmp_path, data_dir, how)
+    outs = tmp_path / "outs"
+    rc, out, err = run("train", "--data-dir", folder, *SMALL, "--epochs", 1, "--save", outs / "ck.npz",
+                       "--metrics-out", outs / "m.json", "--log", outs / "l.jsonl", "--plot-dir", outs / "plots")
+    assert_one_line_error(rc, err)
+    assert not outs.exists() and "Epoch" not in out
+    expected = {"missing": "does not exist", "empty": "empty", "truncated": "truncated", "bad-gzip": "gzip",
+                "garbage": "not an IDX", "count-mismatch": "labels", "label-range": "label 12"}[how]
+    assert expected in err
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "missing"])
+def test_corrupt_checkpoint_gives_one_line(tmp_path, data_dir, trained, how):
+    """A corrupt, truncated or missing checkpoint for train --resume, eval and predict: one stderr
+    line naming the file, no traceback, nothing written."""
+    bad = tmp_path / "nothing.npz" if how == "missing" else _bad_checkpoint(tmp_path, trained, how)
+    new = tmp_path / "new.npz"
+    for argv in (["train", "--data-dir", data_dir, "--resume", bad, "--epochs", 4, "--save", new],
+                 ["eval", "--load", bad, "--data-dir", data_dir, "--metrics-out", tmp_path / "m.json"],
+                 ["predict", "--load", bad, data_dir / "t10k-images-idx3-ubyte.gz"]):
+        rc, out, err = run(*argv)
+        assert_one_line_error(rc, err)
+        assert bad.name in err and out == ""
+    assert not new.exists() and not (tmp_path / "m.json").exists()
+
+
+def _bad_predict_file(tmp_path: Path, data_dir: Path, how: str) -> Path:
+    path = tmp_path / f"{how}.npy"
+    images = read_idx(data_dir / "t10k-images-idx3-ubyte.gz")[:4]
+    if how == "garbage":
+        path.write_bytes(b"\x93NUMPY garbage" * 5)
+    elif how == "text":
+        path.write_bytes(b"hello, these are not pixels\n")
+    elif how == "wrong-shape":
+        np.save(path, images[:, :10, :10])
+    elif how == "float-range":
+        np.save(path, images.astype(np.float32))  # 0..255 floats, not scaled to [0, 1]
+    elif how == "float-nan":
+        np.save(path, np.full((2, 784), np.nan))
+    elif how == "object":
+        np.save(path, np.array([images[0], "x"], dtype=object), allow_pickle=True)
+    elif how == "labels":
+        return data_dir / "t10k-labels-idx1-ubyte.gz"
+    elif how == "missing":
+        path = tmp_path / "none.npy"
+    return path
+
+
+@pytest.mark.parametrize("how", ["garbage", "text", "wrong-shape", "float-range", "float-nan", "object", "labels",
+                                 "missing"])
+def test_bad_predict_file_gives_one_line(tmp_path, data_dir, trained, how):
+    """predict FILE that is unreadable, not images, the wrong size, out of range, or needs pickle:
+    one stderr line naming the file, no output lines."""
+    path = _bad_predict_file(tmp_path, data_dir, how)
+    rc, out, err = run("predict", "--load", trained["ckpt"], path)
+    assert_one_line_error(rc, err)
+    assert path.name in err and out == ""
+
+
+def test_console_script_bad_flag_is_one_line_without_traceback():
+    """The installed `jaxmlp` entry point (a real process) turns a bad flag into one stderr line."""
+    script = Path(sys.executable).parent / "jaxmlp"
+    if not script.exists():
+        pytest.skip("the jaxmlp console script is not installed in this environment")
+    proc = subprocess.run([str(script), "train", "--lr", "abc"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "--lr" in proc.stderr

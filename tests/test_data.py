@@ -1,0 +1,383 @@
+"""Tests for jaxmlp.data: IDX parsing/writing, dataset loading, data location, preprocessing."""
+import gzip
+import struct
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from jaxmlp import data
+
+jax.config.update("jax_enable_x64", True)  # project policy for tests (also set in conftest)
+
+# The six IDX types, by their on-disk (big-endian) dtype and type code: written out here by hand
+# so the reference encoder below shares nothing with jaxmlp.data.
+CODES = {("u", 1): 0x08, ("i", 1): 0x09, ("i", 2): 0x0B, ("i", 4): 0x0C, ("f", 4): 0x0D, ("f", 8): 0x0E}
+NATIVE = [np.dtype(f"{kind}{size}") for kind, size in CODES]
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def encode_idx(array: np.ndarray) -> bytes:
+    """Independent reference IDX encoder (the file format written out with struct)."""
+    be = np.dtype(array.dtype).newbyteorder(">")
+    code = CODES[(be.kind, be.itemsize)]
+    header = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(be).tobytes()
+
+
+def same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-exact equality (NaN payloads and -0.0 included), same dtype, same shape."""
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+shapes = hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5)
+idx_arrays = st.sampled_from(NATIVE).flatmap(lambda dt: hnp.arrays(dt, shapes))
+
+
+# ---------------------------------------------------------------- read_idx / write_idx
+
+
+@FAST
+@given(array=idx_arrays, gz=st.booleans())
+def test_write_read_round_trip_is_exact(array, gz, tmp_path_factory):
+    """Any of the six dtypes, 1-4 dims (0-length dims included), gzip or raw: read(write(a)) == a bit
+    for bit, native-endian, and the raw file is exactly the reference encoding."""
+    folder = tmp_path_factory.mktemp("rt")
+    path = folder / ("a.idx.gz" if gz else "a.idx")
+    data.write_idx(path, array)
+    back = data.read_idx(path)
+    assert back.dtype.isnative
+    assert same_array(back, array)
+    raw = path.read_bytes()
+    assert (gzip.decompress(raw) if gz else raw) == encode_idx(array)
+
+
+def test_read_idx_decodes_hand_written_big_endian_bytes(tmp_path):
+    """A file written byte by byte decodes to the values the format defines (int16 and float64)."""
+    (tmp_path / "i16").write_bytes(bytes([0, 0, 0x0B, 2, 0, 0, 0, 1, 0, 0, 0, 2, 0x01, 0x02, 0xFF, 0xFE]))
+    a = data.read_idx(tmp_path / "i16")
+    assert a.dtype == np.int16 and a.shape == (1, 2) and a.tolist() == [[258, -2]]
+    (tmp_path / "f64").write_bytes(bytes([0, 0, 0x0E, 1, 0, 0, 0, 1]) + struct.pack(">d", -1.5))
+    assert data.read_idx(tmp_path / "f64").tolist() == [-1.5]
+
+
+def test_gzip_is_detected_by_magic_not_name(tmp_path):
+    """Compression is recognised from the bytes: gzip data named 'x' and raw data named 'x.gz' both load."""
+    array = np.arange(12, dtype=np.int32).reshape(3, 4)
+    (tmp_path / "x").write_bytes(gzip.compress(encode_idx(array)))
+    (tmp_path / "x.gz").write_bytes(encode_idx(array))
+    assert same_array(data.read_idx(tmp_path / "x"), array)
+    assert same_array(data.read_idx(tmp_path / "x.gz"), array)
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    (b"", "truncated"),
+    (b"\0\0\x08", "truncated"),
+    (b"\x01\0\x08\x01\0\0\0\0", "magic"),
+    (b"\0\x02\x08\x01\0\0\0\0", "magic"),
+    (b"\0\0\x0A\x01\0\0\0\0", "type code 0x0A"),
+    (b"\0\0\x08\0", "0 dimensions"),
+    (b"\0\0\x08\x03\0\0\0\x01\0\0\0\x01", "header declares 3 dimensions"),
+    (b"\0\0\x0C\x01\0\0\0\x02" + b"\0" * 7, "truncated: header declares 8 payload bytes, file has 7"),
+    (b"\0\0\x08\x01\0\0\0\x02" + b"\0" * 3, "unexpected bytes"),
+    (gzip.compress(b"\0\0\x08\x01\0\0\0\x01\x07")[:-5], "gzip"),
+    (gzip.compress(b"\0\0\x08\x01\0\0\0\x01\x07") + b"junk", "gzip"),
+])
+def test_malformed_files_raise_idx_error_naming_file(tmp_path, raw, fragment):
+    """Each kind of malformed file raises IDXError (a ValueError) whose message names the file and
+    the problem."""
+    path = tmp_path / "bad-file-idx1-ubyte"
+    path.write_bytes(raw)
+    with pytest.raises(data.IDXError) as info:
+        data.read_idx(path)
+    assert isinstance(info.value, ValueError)
+    assert str(path) in str(info.value) and fragment in str(info.value)
+
+
+def test_unreadable_paths_raise_idx_error(tmp_path):
+    """A missing file or a folder is reported as IDXError naming the path, not a bare OSError."""
+    with pytest.raises(data.IDXError, match="no such file"):
+        data.read_idx(tmp_path / "missing.gz")
+    with pytest.raises(data.IDXError, match=str(tmp_path)):
+        data.read_idx(tmp_path)
+
+
+def test_write_idx_rejects_unsupported_arrays(tmp_path):
+    """dtypes IDX cannot hold and 0-d arrays are refused with ValueError rather than written wrongly."""
+    for bad in (np.zeros(3, np.uint16), np.zeros(3, bool), np.zeros(3, np.int64), np.float32(1.0)):
+        with pytest.raises(ValueError):
+            data.write_idx(tmp_path / "x", bad)
+
+
+@st.composite
+def corrupted(draw):
+    array = draw(idx_arrays)
+    raw = encode_idx(array)
+    kind = draw(st.sampled_from(["truncate", "extend", "flip-header", "gz-truncate", "gz-flip"]))
+    if kind == "truncate":
+        bad = raw[:draw(st.integers(0, len(raw) - 1))]
+    elif kind == "extend":
+        bad = raw + draw(st.binary(min_size=1, max_size=8))
+    elif kind == "flip-header":
+        header = 4 + 4 * array.ndim
+        i = draw(st.integers(0, header - 1))
+        bad = raw[:i] + bytes([raw[i] ^ draw(st.integers(1, 255))]) + raw[i + 1:]
+    else:
+        gz = gzip.compress(raw, mtime=0)
+        if kind == "gz-truncate":
+            bad = gz[:draw(st.integers(0, len(gz) - 1))]
+        else:
+            i = draw(st.integers(0, len(gz) - 1))
+            bad = gz[:i] + bytes([gz[i] ^ draw(st.integers(1, 255))]) + gz[i + 1:]
+    return array, raw, kind, bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=corrupted())
+def test_corrupted_files_raise_idx_error_or_decode_faithfully(case):
+    """Truncations and extensions always raise IDXError. Header byte flips and gzip byte flips either
+    raise IDXError or yield exactly what the bytes encode (e.g. int8 read as uint8, or a harmless
+    gzip-header field): never another exception, never an array the bytes do not describe."""
+    array, raw, kind, bad = case
+    try:
+        got = data.parse_idx(bad, "f")
+    except data.IDXError:
+        return
+    assert kind not in ("truncate", "extend", "gz-truncate"), "a truncated/extended file was accepted"
+    if kind == "gz-flip":
+        # CRC-32 and length in the gzip trailer catch payload damage; only header fields may change.
+        assert same_array(got, array)
+    else:
+        assert encode_idx(got) == bad
+
+
+@settings(max_examples=200, deadline=None)
+@given(blob=st.one_of(st.binary(max_size=64),
+                      st.binary(max_size=60).map(lambda b: b"\0\0" + b),
+                      st.binary(max_size=40).map(lambda b: gzip.compress(b))))
+def test_arbitrary_bytes_never_escape_as_other_errors(blob):
+    """Random byte strings (raw, IDX-magic-prefixed, gzipped) either parse to the array they encode or
+    raise IDXError."""
+    try:
+        got = data.parse_idx(blob, "f")
+    except data.IDXError as err:
+        assert str(err).startswith("f: ")
+        return
+    assert encode_idx(got) == (gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob)
+
+
+# ---------------------------------------------------------------- load_dataset
+
+
+def make_folder(folder: Path, n_train=6, n_test=4, rows=5, cols=3, gz=True, dotted=False, seed=0):
+    """Write a small synthetic dataset in MNIST's layout; return its arrays."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, rows, cols), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, rows, cols), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, array in arrays.items():
+        name = stem.replace("-idx", ".idx") if dotted else stem
+        data.write_idx(folder / (name + (".gz" if gz else "")), array)
+    return arrays
+
+
+@pytest.mark.parametrize("gz, dotted", [(True, False), (False, False), (False, True), (True, True)])
+def test_load_dataset_reads_any_mnist_layout(tmp_path, gz, dotted):
+    """.gz or raw, distribution names or the notebook's dotted names, any rows/cols: arrays come back
+    exactly, uint8, in Dataset order."""
+    arrays = make_folder(tmp_path, rows=7, cols=2, gz=gz, dotted=dotted)
+    ds = data.load_dataset(tmp_path)
+    assert isinstance(ds, data.Dataset)
+    for got, stem in zip(ds, data.FILE_STEMS):
+        assert got.dtype == np.uint8 and np.array_equal(got, arrays[stem])
+    assert ds.x_train.shape == (6, 7, 2) and ds.y_test.shape == (4,)
+
+
+def _replace(folder: Path, stem: str, array):
+    data.write_idx(folder / f"{stem}.gz", array)
+
+
+def test_count_mismatch_is_reported(tmp_path):
+    """Images and labels of different lengths raise DataError naming both files."""
+    make_folder(tmp_path)
+    _replace(tmp_path, "train-labels-idx1-ubyte", np.zeros(5, np.uint8))
+    with pytest.raises(data.DataError, match="6 images.*5 labels"):
+        data.load_dataset(tmp_path)
+
+
+def test_labels_out_of_range_are_reported(tmp_path):
+    """A label >= num_classes raises DataError giving the label, its index and the file."""
+    make_folder(tmp_path)
+    _replace(tmp_path, "t10k-labels-idx1-ubyte", np.array([0, 9, 10, 1], np.uint8))
+    with pytest.raises(data.DataError, match=r"t10k-labels.*label 10 at index 2 .*\[0, 10\)"):
+        data.load_dataset(tmp_path)
+    _replace(tmp_path, "t10k-labels-idx1-ubyte", np.array([0, 9, 3, 1], np.uint8))
+    assert data.load_dataset(tmp_path).y_test.max() == 9
+    with pytest.raises(data.DataError, match=r"is outside \[0, 4\)"):
+        data.load_dataset(tmp_path, num_classes=4)
+
+
+@pytest.mark.parametrize("stem, array, fragment", [
+    ("train-labels-idx1-ubyte", np.zeros(6, np.int16), "1-D uint8 labels"),
+    ("train-labels-idx1-ubyte", np.zeros((6, 1), np.uint8), "1-D uint8 labels"),
+    ("t10k-images-idx3-ubyte", np.zeros((4, 15), np.uint8), "3-D uint8 images"),
+    ("t10k-images-idx3-ubyte", np.zeros((4, 5, 4), np.uint8), "image shapes differ"),
+])
+def test_wrong_kinds_of_arrays_are_reported(tmp_path, stem, array, fragment):
+    """Wrong dtype, wrong rank and train/test image shapes that disagree raise DataError."""
+    make_folder(tmp_path)
+    _replace(tmp_path, stem, array)
+    with pytest.raises(data.DataError, match=fragment):
+        data.load_dataset(tmp_path)
+
+
+def test_missing_empty_and_partial_folders_suggest_download(tmp_path):
+    """Missing folder, empty folder and a missing file give one-line DataErrors that name the folder
+    and suggest `jaxmlp download --data-dir`."""
+    cases = [tmp_path / "nope", tmp_path / "empty", tmp_path / "partial"]
+    (tmp_path / "empty").mkdir()
+    make_folder(tmp_path / "partial")
+    (tmp_path / "partial" / "t10k-images-idx3-ubyte.gz").unlink()
+    for folder, fragment in zip(cases, ["does not exist", "is empty", "t10k-images-idx3-ubyte"]):
+        with pytest.raises(data.DataError) as info:
+            data.load_dataset(folder)
+        msg = str(info.value)
+        assert "\n" not in msg and str(folder) in msg and fragment in msg
+        assert f"jaxmlp download --data-dir {folder}" in msg
+
+
+def test_truncated_file_is_reported(tmp_path):
+    """A truncated gzip member, and a raw file cut short, raise IDXError naming that file."""
+    make_folder(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(data.IDXError, match="train-images-idx3-ubyte.gz: corrupt or truncated gzip"):
+        data.load_dataset(tmp_path)
+    path.write_bytes(encode_idx(np.zeros((6, 5, 3), np.uint8))[:-1])
+    with pytest.raises(data.IDXError, match="truncated: header declares 90 payload bytes, file has 89"):
+        data.load_dataset(tmp_path)
+
+
+# ---------------------------------------------------------------- data location
+
+
+def test_resolve_data_dir_precedence(tmp_path, monkeypatch):
+    """The flag beats $JAXMLP_DATA_DIR, which beats $XDG_CACHE_HOME/jaxmlp/<dataset>, which beats
+    ~/.cache/jaxmlp/<dataset>."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("JAXMLP_DATA_DIR", raising=False)
+    assert data.resolve_data_dir(None) == tmp_path / "home" / ".cache" / "jaxmlp" / "mnist"
+    assert data.resolve_data_dir(None, "kmnist") == tmp_path / "home" / ".cache" / "jaxmlp" / "kmnist"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.resolve_data_dir(None, "fashion-mnist") == tmp_path / "xdg" / "jaxmlp" / "fashion-mnist"
+    monkeypatch.setenv("JAXMLP_DATA_DIR", str(tmp_path / "env"))
+    assert data.resolve_data_dir(None) == tmp_path / "env"
+    assert data.resolve_data_dir(tmp_path / "flag") == tmp_path / "flag"
+    monkeypatch.delenv("JAXMLP_DATA_DIR")
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        data.resolve_data_dir(None, "cifar")
+
+
+def test_ensure_dataset_never_downloads_into_explicit_folders(tmp_path, monkeypatch):
+    """An explicit folder (flag or $JAXMLP_DATA_DIR) lacking files is an error; nothing is fetched
+    (a download attempt would fail the test) and nothing is written there."""
+    def no_download(*args, **kwargs):
+        raise AssertionError("download attempted into an explicit folder")
+    monkeypatch.setattr(data, "download", no_download)
+    monkeypatch.delenv("JAXMLP_DATA_DIR", raising=False)
+    (tmp_path / "flag").mkdir()
+    with pytest.raises(data.DataError, match="is empty"):
+        data.ensure_dataset(tmp_path / "flag")
+    monkeypatch.setenv("JAXMLP_DATA_DIR", str(tmp_path / "env"))
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.ensure_dataset(None)
+    with pytest.raises(data.DataError, match="`jaxmlp download --dataset kmnist --data-dir "):
+        data.ensure_dataset(None, "kmnist")
+    assert list((tmp_path / "flag").iterdir()) == [] and not (tmp_path / "env").exists()
+    arrays = make_folder(tmp_path / "env")
+    assert np.array_equal(data.ensure_dataset(None).x_train, arrays["train-images-idx3-ubyte"])
+
+
+def test_registry_is_complete():
+    """Each registered dataset has the four files in Dataset order, a checksum for each, at least one
+    https mirror, and one class name per class."""
+    assert {"mnist", "fashion-mnist", "kmnist"} <= set(data.DATASETS)
+    for name, info in data.DATASETS.items():
+        assert info.name == name
+        assert [f.name for f in info.files] == [s + ".gz" for s in data.FILE_STEMS]
+        for f in info.files:
+            digests = [d for d in (f.content_sha256, f.gzip_sha256) if d is not None]
+            assert digests and all(len(d) == 64 and int(d, 16) >= 0 for d in digests)
+        assert info.mirrors and all(m.startswith("https://") and not m.endswith("/") for m in info.mirrors)
+        assert len(info.class_names) == info.num_classes
+
+
+def test_bad_mirror_urls_and_datasets_are_refused(tmp_path):
+    """A mirror that is not an http(s)/file URL, or an unknown dataset, is a ValueError before any
+    folder is created."""
+    with pytest.raises(data.DownloadError, match="ftp://example.org"):
+        data.download("mnist", tmp_path / "x", mirrors=["ftp://example.org/mnist"])
+    with pytest.raises(ValueError, match="unknown dataset 'cifar10'"):
+        data.download("cifar10", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def test_normalize_matches_notebook_exactly():
+    """normalize gives bit-for-bit the notebook's x.astype(float32) / 255.0 for every pixel value, in
+    [0, 1]; the float64 mode is exactly those float32 values widened; also under jit."""
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 4, 4)
+    notebook = pixels.astype(np.float32) / 255.0
+    got32 = np.asarray(data.normalize(pixels))
+    assert got32.dtype == np.float32 and np.array_equal(got32, notebook)
+    assert got32.min() == 0.0 and got32.max() == 1.0
+    got64 = np.asarray(data.normalize(pixels, dtype=jnp.float64))
+    assert got64.dtype == np.float64 and np.array_equal(got64, notebook.astype(np.float64))
+    jitted = jax.jit(data.normalize, static_argnames="dtype")(jnp.asarray(pixels), dtype=jnp.float32)
+    assert np.array_equal(np.asarray(jitted), notebook)
+
+
+def test_flatten_matches_notebook_reshape():
+    """flatten(images) == images.reshape(N, rows*cols), for numpy and jax inputs."""
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    for x in (images, jnp.asarray(images)):
+        flat = np.asarray(data.flatten(x))
+        assert flat.shape == (5, 784) and flat.dtype == np.uint8
+        assert np.array_equal(flat, images.reshape(images.shape[0], 28 * 28))
+    assert data.flatten(np.zeros((0, 3, 2), np.uint8)).shape == (0, 6)
+
+
+def test_one_hot_matches_notebook_eye():
+    """one_hot(y) equals the notebook's np.eye(num_classes)[y] (float64 there), shape (N, C), with the
+    requested dtype; also under jit."""
+    labels = np.array([7, 0, 9, 3, 3, 1], np.uint8)
+    got = np.asarray(data.one_hot(labels, dtype=jnp.float64))
+    assert got.shape == (6, 10) and np.array_equal(got, np.eye(10)[labels])
+    assert np.asarray(data.one_hot(labels)).dtype == np.float32
+    assert np.array_equal(np.asarray(data.one_hot(labels, 12, jnp.float32)), np.eye(12, dtype=np.float32)[labels])
+    jitted = jax.jit(data.one_hot, static_argnames=("num_classes", "dtype"))(jnp.asarray(labels))
+    assert np.array_equal(np.asarray(jitted), np.eye(10)[labels])
+
+
+@pytest.mark.realdata
+def test_real_mnist_loads_and_preprocesses(mnist):
+    """The real MNIST (conftest: $JAXMLP_DATA_DIR or ../shared/data/mnist) loads as 60000/10000 28x28
+    uint8 images with labels 0-9, and preprocessing gives (N, 784) values in [0, 1] and one-hot rows."""
+    ds = mnist
+    assert ds.x_train.shape == (60000, 28, 28) and ds.x_test.shape == (10000, 28, 28)
+    assert sorted(np.unique(ds.y_train).tolist()) == list(range(10))
+    x = data.normalize(data.flatten(ds.x_test))
+    assert x.shape == (10000, 784) and float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert np.array_equal(np.asarray(data.one_hot(ds.y_test)).argmax(1), ds.y_test)

@@ -1,0 +1,132 @@
+"""Model: params PyTree, initialisation, forward pass, softmax, dropout."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from jaxmlp.model import (forward, forward_intermediates, init_params, init_params_numpy, inverted_dropout,
+                          layer_sizes, log_softmax, relu, softmax)
+
+
+@pytest.mark.parametrize("scheme", ["notebook", "he", "glorot"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_init_shapes_dtypes_and_zero_biases(scheme, dtype):
+    """Every scheme gives {"W": (fan_in, fan_out), "b": (fan_out,)} per layer in the asked dtype, biases zero."""
+    params = init_params(jax.random.PRNGKey(0), [784, 128, 64, 10], scheme=scheme, dtype=dtype)
+    assert [p["W"].shape for p in params] == [(784, 128), (128, 64), (64, 10)]
+    assert [p["b"].shape for p in params] == [(128,), (64,), (10,)]
+    assert all(leaf.dtype == dtype for leaf in jax.tree_util.tree_leaves(params))
+    assert all(float(jnp.abs(p["b"]).max()) == 0.0 for p in params)
+    assert layer_sizes(params) == [784, 128, 64, 10]
+
+
+def test_init_scales_match_their_definitions():
+    """notebook: std 0.01; he: std sqrt(2/fan_in); glorot: uniform within sqrt(6/(fan_in+fan_out)).
+
+    With 100k draws the sample std is within ~1% of the true one (relative s.e. ~ 1/sqrt(2n)), so 5% is safe."""
+    key = jax.random.PRNGKey(1)
+    W = init_params(key, [400, 250], "notebook")[0]["W"]
+    assert abs(float(W.std()) - 0.01) < 0.05 * 0.01
+    W = init_params(key, [400, 250], "he")[0]["W"]
+    assert abs(float(W.std()) - np.sqrt(2 / 400)) < 0.05 * np.sqrt(2 / 400)
+    W = init_params(key, [400, 250], "glorot")[0]["W"]
+    limit = np.sqrt(6 / 650)
+    assert float(jnp.abs(W).max()) <= limit and abs(float(W.std()) - limit / np.sqrt(3)) < 0.05 * limit / np.sqrt(3)
+
+
+def test_init_is_a_function_of_the_key():
+    """Same key, same params; different key, different params."""
+    a = init_params(jax.random.PRNGKey(3), [20, 7, 3])
+    b = init_params(jax.random.PRNGKey(3), [20, 7, 3])
+    c = init_params(jax.random.PRNGKey(4), [20, 7, 3])
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    assert not np.array_equal(a[0]["W"], c[0]["W"])
+
+
+@pytest.mark.parametrize("sizes", [[5], [0, 3], [4, -1, 2]])
+def test_init_rejects_bad_sizes(sizes):
+    """Fewer than two sizes or non-positive sizes raise ValueError; an unknown scheme too."""
+    with pytest.raises(ValueError):
+        init_params(jax.random.PRNGKey(0), sizes)
+    with pytest.raises(ValueError, match="scheme"):
+        init_params(jax.random.PRNGKey(0), [3, 2], scheme="xavier-ish")
+
+
+def test_init_params_numpy_is_the_notebooks_draw():
+    """np.random.seed(42) then randn(784,128), randn(128,64), randn(64,10), each * 0.01, in that order."""
+    params = init_params_numpy(42, [784, 128, 64, 10])
+    np.random.seed(42)
+    W1 = np.random.randn(784, 128) * 0.01
+    W2 = np.random.randn(128, 64) * 0.01
+    W3 = np.random.randn(64, 10) * 0.01
+    for p, W in zip(params, (W1, W2, W3)):
+        assert p["W"].dtype == jnp.float64 and np.array_equal(np.asarray(p["W"]), W)
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 12), min_size=2, max_size=5), n=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_forward_shapes_any_depth(sizes, n, seed):
+    """forward maps (N, D) to (N, C) for any depth; the intermediates' last Z equals the logits and
+    their last A is softmax of them."""
+    params = init_params(jax.random.PRNGKey(seed), sizes, "he", jnp.float64)
+    x = jax.random.normal(jax.random.PRNGKey(seed + 1), (n, sizes[0]), jnp.float64)
+    logits = forward(params, x)
+    assert logits.shape == (n, sizes[-1])
+    cache = forward_intermediates(params, x)
+    L = len(params)
+    np.testing.assert_allclose(cache[f"Z{L}"], logits, rtol=0, atol=0)
+    np.testing.assert_allclose(cache[f"A{L}"], softmax(logits), rtol=1e-15, atol=0)
+    for i in range(1, L):
+        assert float(cache[f"A{i}"].min()) >= 0.0
+
+
+def test_forward_matches_a_numpy_reference():
+    """Two ReLU layers and a linear head, written out in numpy, give the same logits (float64)."""
+    params = init_params(jax.random.PRNGKey(0), [6, 5, 4, 3], "he", jnp.float64)
+    x = np.random.default_rng(0).normal(size=(7, 6))
+    P = [{k: np.asarray(v) for k, v in p.items()} for p in params]
+    h = np.maximum(0, x @ P[0]["W"] + P[0]["b"])
+    h = np.maximum(0, h @ P[1]["W"] + P[1]["b"])
+    np.testing.assert_allclose(forward(params, jnp.asarray(x)), h @ P[2]["W"] + P[2]["b"], rtol=1e-13)
+
+
+def test_softmax_and_log_softmax_are_stable():
+    """Huge logits do not overflow: rows sum to 1 and log_softmax stays finite where softmax underflows."""
+    logits = jnp.array([[1000.0, 0.0, -1000.0], [1.0, 2.0, 3.0]], jnp.float64)
+    p = softmax(logits)
+    assert bool(jnp.all(jnp.isfinite(p)))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-15)
+    lp = log_softmax(logits)
+    assert bool(jnp.all(jnp.isfinite(lp)))
+    assert float(lp[0, 2]) == pytest.approx(-2000.0)
+    ref = np.log(np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum())
+    np.testing.assert_allclose(lp[1], ref, rtol=1e-14)
+
+
+def test_relu_derivative_at_zero_is_zero():
+    """The notebook's ReLU derivative is the mask Z > 0, so 0 at exactly 0; model.relu agrees under autodiff,
+    whereas jnp.maximum(0, z) would give 0.5 there."""
+    g = jax.grad(lambda z: relu(z).sum())(jnp.array([-1.0, 0.0, 2.0]))
+    np.testing.assert_array_equal(g, [0.0, 0.0, 1.0])
+    g_max = jax.grad(lambda z: jnp.maximum(0.0, z).sum())(jnp.array([0.0]))
+    assert float(g_max[0]) == 0.5  # the alternative we chose against
+
+
+def test_dropout_rate_zero_is_identity_and_eval_is_deterministic():
+    """rate 0 returns the input; forward without a key ignores dropout entirely."""
+    x = jnp.arange(12.0).reshape(3, 4)
+    np.testing.assert_array_equal(inverted_dropout(jax.random.PRNGKey(0), x, 0.0), x)
+    params = init_params(jax.random.PRNGKey(0), [4, 8, 2], "he", jnp.float64)
+    np.testing.assert_array_equal(forward(params, x, dropout=0.5), forward(params, x))
+    np.testing.assert_array_equal(forward(params, x, key=jax.random.PRNGKey(1), dropout=0.0), forward(params, x))
+
+
+def test_dropout_preserves_the_expectation():
+    """Inverted dropout keeps E[output] = input: the mean over 4M Bernoulli(0.7) draws of x/0.7 is within
+    4 standard errors (s.e. = sqrt(0.3/0.7)/sqrt(n) ~ 3e-4) of x; about 30% of units are zeroed."""
+    x = jnp.ones((2000, 2000))
+    out = inverted_dropout(jax.random.PRNGKey(7), x, 0.3)
+    assert abs(float(out.mean()) - 1.0) < 4 * np.sqrt(0.3 / 0.7) / 2000
+    assert abs(float((out == 0).mean()) - 0.3) < 0.002
+    assert not np.array_equal(out, inverted_dropout(jax.random.PRNGKey(8), x, 0.3))

@@ -1,0 +1,212 @@
+"""Sweeps and ensembles: configuration building, shape grouping, vmapped members vs single runs,
+the averaged-probability ensemble, the CLI's table and JSON."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmlp import cli, sweep, train
+from jaxmlp.data import Dataset, write_idx
+
+
+def tiny_dataset(n_train=250, n_test=60, seed=0) -> Dataset:
+    """Random 28x28 uint8 digits with labels that depend on the pixels, so training moves the loss.
+    250 is not a multiple of the batch size 32 used below: the short last batch is exercised too."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n_train + n_test, 28, 28), dtype=np.uint8)
+    y = (x[:, 10:18, 10:18].mean(axis=(1, 2)) // 26).clip(0, 9).astype(np.uint8)
+    return Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+
+BASE = train.TrainConfig(hidden=(8,), epochs=2, batch_size=32, dtype="float64")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return tiny_dataset()
+
+
+# ---------------------------------------------------------------- building configurations
+
+
+def test_grid_is_the_cartesian_product_lr_fastest():
+    """grid() yields every combination once, with lr varying fastest and other fields from the base."""
+    configs = sweep.grid(BASE, lr=[0.1, 0.01], hidden=[(8,), (4, 4)], seed=[1, 2])
+    assert len(configs) == 8
+    assert [(c.hidden, c.seed, c.lr) for c in configs[:3]] == [((8,), 1, 0.1), ((8,), 1, 0.01), ((8,), 2, 0.1)]
+    assert {(c.hidden, c.seed, c.lr) for c in configs} == {
+        (h, s, lr) for h in [(8,), (4, 4)] for s in [1, 2] for lr in [0.1, 0.01]}
+    assert all(c.epochs == 2 and c.dtype == "float64" for c in configs)
+
+
+def test_grid_rejects_unknown_axes_and_empty_lists():
+    """Sweeping a non-sweepable field or giving no values is a ValueError naming it."""
+    with pytest.raises(ValueError, match="dropout"):
+        sweep.grid(BASE, dropout=[0.1])
+    with pytest.raises(ValueError, match="--lr"):
+        sweep.grid(BASE, lr=[])
+
+
+def test_random_search_is_reproducible_and_stays_in_range():
+    """Random draws repeat for the same seed, lrs lie in the log range, choices come from the lists."""
+    a = sweep.random_search(BASE, 20, seed=3, lr_range=(1e-3, 1e-1), batch_size=[16, 32], init=["he", "glorot"])
+    b = sweep.random_search(BASE, 20, seed=3, lr_range=(1e-3, 1e-1), batch_size=[16, 32], init=["he", "glorot"])
+    assert a == b
+    lrs = np.array([c.lr for c in a])
+    assert np.all((lrs >= 1e-3) & (lrs <= 1e-1))
+    assert lrs.min() < 1e-2 < lrs.max()  # log-uniform: both decades are visited in 20 draws
+    assert {c.batch_size for c in a} <= {16, 32} and {c.init for c in a} <= {"he", "glorot"}
+
+
+def test_group_by_shape_batches_lr_seed_init_but_not_shapes():
+    """lr, seed and init share a program; hidden sizes and batch sizes split groups; max_group caps size."""
+    configs = sweep.grid(BASE, lr=[0.1, 0.01], seed=[1, 2], init=["notebook", "he"], hidden=[(8,), (4,)],
+                         batch_size=[32, 64])
+    groups = sweep.group_by_shape(configs, 250)
+    assert len(groups) == 4 and all(len(g) == 8 for g in groups)
+    for g in groups:
+        assert len({(configs[i].hidden, configs[i].batch_size) for i in g}) == 1
+    assert sorted(i for g in groups for i in g) == list(range(len(configs)))
+    capped = sweep.group_by_shape(configs, 250, max_group=3)
+    assert [len(g) for g in capped] == [3, 3, 2] * 4
+
+
+# ---------------------------------------------------------------- vmapped members == single runs
+
+
+@pytest.mark.parametrize("seeds", [[5], [5, 6]], ids=["shared-shuffle", "per-member-shuffle"])
+def test_sweep_members_equal_single_runs(data, seeds):
+    """Each member of a vmapped group reproduces train.fit of its own config: the same epoch losses,
+    test loss and accuracy, whether the shuffle key is shared (one seed) or batched (several)."""
+    configs = sweep.grid(BASE, lr=[0.5, 0.05], seed=seeds, init=["notebook", "he"])
+    result = sweep.run_sweep(configs, data)
+    assert len(result.groups) == 1 and result.groups[0].shared_key == (len(seeds) == 1)
+    for config, run in zip(configs, result.runs):
+        single = train.fit(config, data)
+        # float64 throughout; vmap only reorders sums inside batched matmuls, so agreement is to ~1e-15
+        # relative per step, amplified over 16 SGD steps: 1e-10 leaves ample margin and still fails on
+        # any real difference (a wrong key, lr or init changes the loss in the 3rd-4th digit).
+        np.testing.assert_allclose(run.history, [h["loss"] for h in single.history], rtol=1e-10)
+        np.testing.assert_allclose(run.test_loss, single.test_loss, rtol=1e-10)
+        assert run.test_accuracy == pytest.approx(single.test_accuracy, abs=1e-12)
+    assert len({round(r.history[-1], 8) for r in result.runs}) == len(configs)  # members really differ
+
+
+def test_second_group_call_does_not_recompile(data):
+    """Training the same shapes again (another lr, another seed) reuses the compiled group program."""
+    configs = sweep.grid(BASE, lr=[0.1, 0.2])
+    x = train.prepare(data.x_train, np.float64)
+    y = jax.numpy.asarray(data.y_train, jax.numpy.int32)
+    sweep.train_group(configs, x, y)
+    compiles = []
+
+    def listener(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        sweep.train_group([dataclasses.replace(c, lr=c.lr * 3, seed=9) for c in configs], x, y)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+
+
+# ---------------------------------------------------------------- ensembles
+
+
+def test_ensemble_accuracy_averages_probabilities_not_votes():
+    """The ensemble predicts argmax of the mean probabilities: two members narrowly prefer class 0,
+    one strongly prefers class 1, so the average picks 1 where a majority vote would pick 0."""
+    probs = np.array([[[0.55, 0.45], [0.9, 0.1]],
+                      [[0.55, 0.45], [0.8, 0.2]],
+                      [[0.01, 0.99], [0.3, 0.7]]])   # (K=3, N=2, C=2)
+    labels = np.array([1, 0])
+    # mean probs: example 0 -> [0.37, 0.63] (class 1, right), example 1 -> [0.667, 0.333] (class 0, right)
+    assert sweep.ensemble_accuracy(probs, labels) == 1.0
+    votes = np.array([np.bincount(np.argmax(probs[:, i], -1), minlength=2).argmax() for i in range(2)])
+    assert np.mean(votes == labels) == 0.5
+    with pytest.raises(ValueError):
+        sweep.ensemble_accuracy(probs[0], labels)
+
+
+def test_fit_ensemble_members_and_ensemble_metrics(data):
+    """fit_ensemble trains seeds seed..seed+K-1; each member equals its single run, and the reported
+    ensemble accuracy equals the averaged-probability accuracy computed from the members' probs."""
+    config = dataclasses.replace(BASE, seed=11, lr=0.3, epochs=1)
+    res = sweep.fit_ensemble(config, data, 3)
+    assert [m.config.seed for m in res.members] == [11, 12, 13]
+    single = train.fit(dataclasses.replace(config, seed=12), data)
+    np.testing.assert_allclose(res.members[1].test_loss, single.test_loss, rtol=1e-10)
+    x_test = train.prepare(data.x_test, np.float64)
+    probs = sweep.ensemble_probs(res.params, x_test)
+    assert probs.shape == (3, len(data.y_test), 10)
+    assert res.ensemble_accuracy == pytest.approx(sweep.ensemble_accuracy(probs, data.y_test), abs=1e-12)
+    mean_p = np.asarray(probs).mean(0)[np.arange(len(data.y_test)), data.y_test]
+    assert res.ensemble_loss == pytest.approx(-np.mean(np.log(mean_p)), rel=1e-10)
+
+
+# ---------------------------------------------------------------- reporting and the CLI
+
+
+def test_run_record_turns_nan_into_null():
+    """A diverged run's NaN losses become JSON nulls, and it sorts after every finite run."""
+    bad = sweep.RunResult(BASE, [2.3, float("nan")], float("nan"), 0.1, True, 0)
+    good = sweep.RunResult(BASE, [2.3, 1.0], 1.1, 0.05, False, 0)
+    rec = sweep.run_record(bad)
+    assert rec["history"] == [2.3, None] and rec["test_loss"] is None and rec["diverged"] is True
+    json.dumps(rec, allow_nan=False)
+    assert sweep.sorted_runs([bad, good]) == [good, bad]
+
+
+def write_dataset_dir(folder, data: Dataset):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr in (("train-images-idx3-ubyte", data.x_train), ("train-labels-idx1-ubyte", data.y_train),
+                      ("t10k-images-idx3-ubyte", data.x_test), ("t10k-labels-idx1-ubyte", data.y_test)):
+        write_idx(folder / name, arr)
+    return folder
+
+
+def test_cli_sweep_table_and_json(tmp_path, data, capsys):
+    """`jaxmlp sweep` prints a table sorted by test accuracy and writes runs (config + test_accuracy,
+    best first) and one entry per compiled program (2 here: the two hidden sizes)."""
+    folder = write_dataset_dir(tmp_path / "mnist", data)
+    out = tmp_path / "sweep.json"
+    rc = cli.main(["sweep", "--data-dir", str(folder), "--lr", "0.5", "0.05", "--hidden", "8", "4,4",
+                   "--batch-size", "32", "--epochs", "1", "--dtype", "float64", "--metrics-out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "2 compiled program(s)" in text and "test acc" in text
+    report = json.loads(out.read_text())
+    assert len(report["runs"]) == 4 and len(report["groups"]) == 2
+    accs = [r["test_accuracy"] for r in report["runs"]]
+    assert accs == sorted(accs, reverse=True)
+    assert {(r["config"]["lr"], tuple(r["config"]["hidden"])) for r in report["runs"]} == {
+        (0.5, (8,)), (0.05, (8,)), (0.5, (4, 4)), (0.05, (4, 4))}
+    assert report["devices"] == 1 and all(g["members"] == 2 for g in report["groups"])
+
+
+def test_cli_sweep_bad_hidden_is_one_line_error(capsys):
+    """A malformed --hidden value is one line on stderr and exit status 1."""
+    assert cli.main(["sweep", "--hidden", "128,x"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--hidden" in err[0]
+
+
+def test_cli_train_ensemble(tmp_path, data, capsys):
+    """`jaxmlp train --ensemble 2` reports each member and the ensemble, and writes them to JSON."""
+    folder = write_dataset_dir(tmp_path / "mnist", data)
+    out = tmp_path / "ens.json"
+    rc = cli.main(["train", "--data-dir", str(folder), "--ensemble", "2", "--hidden", "8", "--epochs", "1",
+                   "--dtype", "float64", "--quiet", "--metrics-out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "member seed 42" in text and "member seed 43" in text and "Ensemble of 2" in text
+    report = json.loads(out.read_text())
+    assert report["ensemble"] == 2 and len(report["members"]) == 2
+    assert 0 <= report["ensemble_accuracy"] <= 1
+    assert cli.main(["train", "--data-dir", str(folder), "--ensemble", "2", "--save", str(tmp_path / "c.npz")]) == 1
