@@ -84,7 +84,10 @@ def _zero_step() -> jax.Array:
 
 
 def _with_decay(grads: PyTree, params: PyTree, weight_decay) -> PyTree:
-    """Coupled L2: g + wd * p (a no-op numerically when wd == 0)."""
+    """Coupled L2: g + wd * p. A python 0 skips the add so plain sgd stays the notebook's
+    exact ``p - lr * g`` (a traced wd, e.g. in a vmapped sweep, always adds)."""
+    if isinstance(weight_decay, (int, float)) and weight_decay == 0:
+        return jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
     return jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype) + _as(weight_decay, p) * p,
                                   grads, params)
 

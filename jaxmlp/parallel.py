@@ -56,8 +56,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Every array leaf of ``tree`` placed, whole, on every device of ``mesh``."""
-    return jax.device_put(tree, replicated(mesh))
+    """Every array leaf of ``tree`` placed, whole, on every device of ``mesh``.
+
+    With several processes (``jax.distributed``) each one builds its devices' copies from its own
+    value of the leaf, so every process must pass the same values (same data, config and seed).
+    """
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(leaf):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def data_parallel_spec(spec, mesh: Mesh):

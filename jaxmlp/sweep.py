@@ -9,8 +9,9 @@ params are drawn outside the program. Each member follows exactly the key stream
 with its config, so a member equals the single run of its config up to float round-off.
 
 When every member of a group has the same seed (an lr sweep), the shuffle key is passed *unbatched*:
-all members then see the same minibatch, so the first layer's K matmuls ``x_b @ W_k`` fuse into one
-wide matmul, which is where a sweep beats K separate runs on a CPU.
+all members then see the same minibatch, so the first layer's K matmuls ``x_b @ W_k`` become one wide
+matmul. For plain SGD groups the first layer is then also *stored* side by side (``_wide_sgd_epoch``),
+which saves XLA re-laying out the largest tensor twice per step.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import os
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -25,8 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import train
-from .model import log_softmax
+from . import optim, train
+from .losses import cross_entropy
+from .model import log_softmax, relu
 from .train import TrainConfig
 
 SWEEP_AXES = ("lr", "batch_size", "hidden", "seed", "init")
@@ -127,18 +130,114 @@ def _member_epoch(params, opt_state, key, hparams, x, y, spec):
     return params, opt_state, key, losses
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "shared_key"))
-def group_epoch(params, opt_state, key, hparams, x, y, *, spec: train.TrainSpec, shared_key: bool = False):
-    """One epoch of K models in one program.
+def widens(spec: train.TrainSpec, shared_key: bool) -> bool:
+    """Whether a group trains with the side-by-side first layer (see ``_wide_sgd_epoch``): plain MLP,
+    SGD at a constant lr, no dropout or augmentation, one shuffle for all members."""
+    return (shared_key and spec.arch == "mlp" and spec.optimizer == "sgd" and spec.schedule == "constant"
+            and not spec.dropout and spec.augment is None and spec.loss == "ce" and spec.batch_sharding is None)
 
-    params, opt_state, hparams: PyTrees with a leading model axis K; key: (K, 2) keys, or one key when
-    ``shared_key`` (all members shuffle alike); x (N, D), y (N,) shared. Returns (params, opt_state,
-    key to continue from, batch losses (K, num_batches)). Compiled once per (shapes, spec, shared_key).
+
+def _wide_loss(wide, xb, yb, l2, num_models: int):
+    """Sum over the K members of (cross-entropy + l2 * 0.5 * sum W^2), and the K cross-entropies.
+
+    ``wide[0]`` holds the first layer of all members side by side, W (D, K*H1) and b (K*H1,), so the
+    first matmul is ONE (B, D) @ (D, K*H1) product; later layers are stacked (K, fan_in, fan_out).
+    Members share no parameters, so the gradient of the sum is each member's own gradient.
     """
+    b = xb.shape[0]
+    h = jnp.transpose((xb @ wide[0]["W"] + wide[0]["b"]).reshape(b, num_models, -1), (1, 0, 2))
+    for layer in wide[1:]:
+        h = jnp.einsum("kbi,kio->kbo", relu(h), layer["W"]) + layer["b"][:, None, :]
+    values = jax.vmap(cross_entropy, in_axes=(0, None))(h, yb)                     # (K,)
+    l2_cols = jnp.repeat(l2, wide[0]["W"].shape[1] // num_models)
+    penalty = jnp.sum(l2_cols * jnp.square(wide[0]["W"])) + sum(
+        jnp.sum(l2[:, None, None] * jnp.square(layer["W"])) for layer in wide[1:])
+    return jnp.sum(values) + 0.5 * penalty, values
+
+
+def _wide_sgd_epoch(params, opt_state, key, hparams, x, y, spec):
+    """``_member_epoch`` for every member at once, for groups where ``widens`` holds.
+
+    Same keys, same minibatches, same update ``p - lr * (g + weight_decay * p)`` per member as
+    ``optim.sgd``; only the layout differs. Under ``vmap`` XLA keeps the K first-layer matrices as a
+    (K, D, H1) batch and re-lays them out (D, K*H1) for the matmul every step, then transposes the
+    gradient back: two full copies of the largest tensor per step. Here they live side by side
+    throughout, so each step is one wide matmul forward and one backward, and no copies.
+    """
+    key, sub = jax.random.split(key)
+    perm_key, _ = jax.random.split(sub)  # the second half drives dropout/augmentation: none here
+    perm = jax.random.permutation(perm_key, x.shape[0])
+    k, d, h1 = params[0]["W"].shape
+    wide = [{"W": jnp.transpose(params[0]["W"], (1, 0, 2)).reshape(d, k * h1), "b": params[0]["b"].reshape(k * h1)},
+            *params[1:]]
+    lr, wd, l2 = hparams["lr"], hparams["weight_decay"], hparams["l2"]
+    per_member = [jnp.repeat(lr, h1)] + [lr[:, None, None]] * (len(params) - 1)
+    per_member_b = [jnp.repeat(lr, h1)] + [lr[:, None]] * (len(params) - 1)
+    decay = [jnp.repeat(wd, h1)] + [wd[:, None, None]] * (len(params) - 1)
+    decay_b = [jnp.repeat(wd, h1)] + [wd[:, None]] * (len(params) - 1)
+
+    def step(wide, idx):
+        (_, values), grads = jax.value_and_grad(_wide_loss, has_aux=True)(wide, x[idx], y[idx], l2, k)
+        new = [{"W": p["W"] - lr_w * (g["W"] + wd_w * p["W"]), "b": p["b"] - lr_b * (g["b"] + wd_b * p["b"])}
+               for p, g, lr_w, lr_b, wd_w, wd_b in zip(wide, grads, per_member, per_member_b, decay, decay_b)]
+        return new, values
+
+    n, bs = perm.shape[0], spec.batch_size
+    num_full, rest = divmod(n, bs)
+    wide, losses = jax.lax.scan(step, wide, perm[: num_full * bs].reshape(num_full, bs))
+    if rest:
+        wide, last = step(wide, perm[num_full * bs:])
+        losses = jnp.concatenate([losses, last[None]])
+    params = [{"W": jnp.transpose(wide[0]["W"].reshape(d, k, h1), (1, 0, 2)), "b": wide[0]["b"].reshape(k, h1)},
+              *wide[1:]]
+    return params, optim.SgdState(opt_state.step + losses.shape[0]), key, losses.T
+
+
+def _chain_epoch(params, opt_state, key, hparams, x, y, spec, shared_key):
+    if widens(spec, shared_key):
+        return _wide_sgd_epoch(params, opt_state, key, hparams, x, y, spec)
     key_axis = None if shared_key else 0
     run = jax.vmap(functools.partial(_member_epoch, spec=spec), in_axes=(0, 0, key_axis, 0, None, None),
                    out_axes=(0, 0, key_axis, 0))
     return run(params, opt_state, key, hparams, x, y)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "shared_key", "chains"))
+def group_epoch(params, opt_state, key, hparams, x, y, *, spec: train.TrainSpec, shared_key: bool = False,
+                chains: int = 1):
+    """One epoch of K models in one program.
+
+    params, opt_state, hparams: PyTrees with a leading model axis K; key: (K, 2) keys, or one key when
+    ``shared_key`` (all members shuffle alike); x (N, D), y (N,) shared. Returns (params, opt_state,
+    key to continue from, batch losses (K, num_batches)). Compiled once per (shapes, spec, shared_key,
+    chains).
+
+    ``chains`` > 1 cuts the members into that many independent scans inside the one program. XLA's CPU
+    runtime executes independent operations concurrently, so the chains spread over the cores, where a
+    single chain of small matmuls would keep one core busy; smaller chains also keep each one's weights
+    in cache. The math per member is unchanged.
+    """
+    k = jax.tree_util.tree_leaves(params)[0].shape[0]
+    chains = max(1, min(int(chains), k))
+    if chains == 1:
+        return _chain_epoch(params, opt_state, key, hparams, x, y, spec, shared_key)
+    bounds = np.linspace(0, k, chains + 1).astype(int)
+    part = lambda tree, a, b: jax.tree_util.tree_map(lambda leaf: leaf[a:b], tree)  # noqa: E731
+    outs = [_chain_epoch(part(params, a, b), part(opt_state, a, b), key if shared_key else key[a:b],
+                         part(hparams, a, b), x, y, spec, shared_key)
+            for a, b in zip(bounds[:-1], bounds[1:])]
+    join = lambda i: jax.tree_util.tree_map(lambda *leaves: jnp.concatenate(leaves), *(o[i] for o in outs))  # noqa: E731
+    return join(0), join(1), outs[0][2] if shared_key else join(2), join(3)
+
+
+def default_chains(num_models: int) -> int:
+    """How many independent chains ``group_epoch`` should use: on a CPU about two models per chain,
+    at least two chains per core, at most 16 (each chain adds compile time); 1 on accelerators,
+    where one wide program is what keeps the device busy."""
+    if jax.default_backend() != "cpu":
+        return 1
+    cores = os.cpu_count() or 1
+    return max(1, min(num_models, 16, max(2 * cores, -(-num_models // 2))))
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -157,7 +256,8 @@ class GroupResult(NamedTuple):
     history: np.ndarray         # (K, epochs) epoch losses (NaN once a member diverged)
     compile_seconds: float
     train_seconds: float        # epochs only, compilation excluded
-    shared_key: bool
+    shared_key: bool            # one shuffle for all members
+    wide: bool                  # trained with the side-by-side first layer (see widens)
 
 
 def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: int, spec: train.TrainSpec):
@@ -178,12 +278,13 @@ def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: in
 
 
 def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int = 10, *,
-                image_side: int = 28,
+                image_side: int = 28, chains: int | None = None,
                 on_epoch: Callable[[int, np.ndarray], None] | None = None) -> GroupResult:
     """Train configurations that share a ``group_key`` together, all epochs, one compiled program.
 
-    x (N, D) float, y (N,) int32, already on the device. ``on_epoch(epoch, losses (K,))`` after each
-    epoch. A diverging member does not stop the others: its losses become NaN.
+    x (N, D) float, y (N,) int32, already on the device. ``chains``: see ``group_epoch`` (default:
+    ``default_chains``). ``on_epoch(epoch, losses (K,))`` after each epoch. A diverging member does
+    not stop the others: its losses become NaN.
     """
     keys = {group_key(c, x.shape[0], image_side) for c in configs}
     if len(keys) != 1:
@@ -196,9 +297,11 @@ def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_
     params, opt_state, member_keys, hparams = init_members(configs, x.shape[1], num_classes, spec)
     shared = len({c.seed for c in configs}) == 1
     key = member_keys[0] if shared else member_keys
+    chains = default_chains(len(configs)) if chains is None else chains
 
     t0 = time.perf_counter()
-    compiled = group_epoch.lower(params, opt_state, key, hparams, x, y, spec=spec, shared_key=shared).compile()
+    compiled = group_epoch.lower(params, opt_state, key, hparams, x, y, spec=spec, shared_key=shared,
+                                 chains=chains).compile()
     compile_seconds = time.perf_counter() - t0
     history = np.full((len(configs), first.epochs), np.nan)
     train_seconds = 0.0
@@ -210,7 +313,7 @@ def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_
         history[:, e] = [train.epoch_loss(row, n, spec.batch_size) for row in losses]
         if on_epoch is not None:
             on_epoch(e + 1, history[:, e])
-    return GroupResult(params, opt_state, history, compile_seconds, train_seconds, shared)
+    return GroupResult(params, opt_state, history, compile_seconds, train_seconds, shared, widens(spec, shared))
 
 
 # ---------------------------------------------------------------- evaluating many models
@@ -278,6 +381,7 @@ class GroupInfo(NamedTuple):
     compile_seconds: float
     train_seconds: float
     shared_key: bool
+    wide: bool
 
 
 class SweepResult(NamedTuple):
@@ -329,7 +433,7 @@ def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = N
             hist = res.history[k]
             runs[i] = RunResult(configs[i], [float(v) for v in hist], float(losses[k]), float(accs[k]),
                                 bool(not np.all(np.isfinite(hist))), g)
-        groups.append(GroupInfo(list(members), res.compile_seconds, res.train_seconds, res.shared_key))
+        groups.append(GroupInfo(list(members), res.compile_seconds, res.train_seconds, res.shared_key, res.wide))
     return SweepResult(runs, groups, time.perf_counter() - started)
 
 
@@ -380,7 +484,8 @@ def sweep_record(result: SweepResult) -> dict:
     return {
         "runs": [run_record(r) for r in sorted_runs(result.runs)],
         "groups": [{"members": len(g.members), "config_indices": g.members, "compile_seconds": g.compile_seconds,
-                    "train_seconds": g.train_seconds, "shared_shuffle": g.shared_key} for g in result.groups],
+                    "train_seconds": g.train_seconds, "shared_shuffle": g.shared_key, "wide_first_layer": g.wide}
+                   for g in result.groups],
         "num_configs": len(result.runs),
         "wall_seconds": result.wall_seconds,
     }

@@ -20,6 +20,7 @@ in the hashable, static ``TrainSpec``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -292,16 +293,22 @@ def evaluate(params: Params, x: jax.Array, y: jax.Array, *, arch: str = "mlp", n
     return total_loss / n, total_acc / n
 
 
+@functools.partial(jax.jit, static_argnames=("arch", "probs"))
+def _predict_chunk(params, x, arch: str, probs: bool):
+    logits = apply_fn(arch)(params, x)
+    return softmax(logits) if probs else jnp.argmax(logits, axis=-1)
+
+
 def predict_labels(params: Params, x: jax.Array, *, arch: str = "mlp", chunk_size: int = 10000) -> np.ndarray:
     """Predicted classes (N,) as a numpy int array."""
-    f = jax.jit(lambda p, xb: jnp.argmax(apply_fn(arch)(p, xb), axis=-1))
-    return np.concatenate([np.asarray(f(params, x[s])) for s in batch_slices(x.shape[0], chunk_size)])
+    return np.concatenate([np.asarray(_predict_chunk(params, x[s], arch, False))
+                           for s in batch_slices(x.shape[0], chunk_size)])
 
 
 def predict_probs(params: Params, x: jax.Array, *, arch: str = "mlp", chunk_size: int = 10000) -> np.ndarray:
     """Class probabilities (N, C) as a numpy array of the params' dtype: softmax of the logits."""
-    f = jax.jit(lambda p, xb: softmax(apply_fn(arch)(p, xb)))
-    return np.concatenate([np.asarray(f(params, x[s])) for s in batch_slices(x.shape[0], chunk_size)])
+    return np.concatenate([np.asarray(_predict_chunk(params, x[s], arch, True))
+                           for s in batch_slices(x.shape[0], chunk_size)])
 
 
 # ---------------------------------------------------------------- the epoch loop
@@ -390,6 +397,7 @@ class TrainConfig:
     grad: str = "autodiff"
     notebook_exact: bool = False
     replay_notebook_step: bool = False
+    preset: str | None = None  # the recipe these values started from (a record; it changes nothing)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

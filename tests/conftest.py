@@ -13,6 +13,8 @@ import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+# In-process CLI calls would otherwise switch on the on-disk compilation cache for the whole session.
+os.environ.setdefault("JAXMLP_COMPILE_CACHE", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"

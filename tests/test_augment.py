@@ -47,7 +47,7 @@ def test_shift_zero_fills_edges():
     assert sums.min() < 36.0
 
 
-def test_affine_pure_translation_matches_shift():
+def test_affine_translation_matches_bilinear_reference():
     """With rotation and scale disabled, random_affine is a bilinear translation by the drawn t."""
     x = images(n=1, side=12)
     # Recompute the translation the implementation draws (documented key split), then
@@ -73,26 +73,24 @@ def test_affine_pure_translation_matches_shift():
 
 @pytest.mark.parametrize("fn", [augment.random_shift, augment.random_affine])
 def test_keys_shapes_dtypes_jit_range(fn):
-    """Different keys differ, same key repeats, jit == eager, flattened input works,
-    dtype kept, values stay in [0, 1]."""
-    x = images(n=16)
+    """Under jit: different keys differ, same key repeats, flattened input gives the same
+    result, dtype kept (float32 and float64), values stay in [0, 1]."""
+    x = images(n=8)
     k1, k2 = jax.random.PRNGKey(0), jax.random.PRNGKey(1)
-    a, b = fn(k1, x), fn(k2, x)
+    jfn = jax.jit(fn)
+    a, b = jfn(k1, x), jfn(k2, x)
     assert a.shape == x.shape and a.dtype == x.dtype
     assert not np.array_equal(np.asarray(a), np.asarray(b))
-    np.testing.assert_array_equal(np.asarray(fn(k1, x)), np.asarray(a))
-    # XLA fuses the float32 coordinate math differently under jit: a few ulps in a sample
-    # location times pixel differences <= 1 gives ~1e-6; 1e-5 still catches any real change.
-    jitted = jax.jit(fn)(k1, x)
-    np.testing.assert_allclose(np.asarray(jitted), np.asarray(a), atol=1e-5)
-    flat = fn(k1, x.reshape(16, 784))
-    assert flat.shape == (16, 784)
-    np.testing.assert_allclose(np.asarray(flat).reshape(16, 28, 28), np.asarray(a), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(jfn(k1, x)), np.asarray(a))
+    flat = jfn(k1, x.reshape(8, 784))
+    assert flat.shape == (8, 784)
+    # Separate compilations may fuse the float32 coordinate math differently: a few ulps in a
+    # sample location times pixel differences <= 1 is ~1e-6; 1e-5 still catches real changes.
+    np.testing.assert_allclose(np.asarray(flat).reshape(8, 28, 28), np.asarray(a), atol=1e-5)
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
-    ones = fn(k2, jnp.ones((16, 28, 28), jnp.float32))
-    assert float(ones.max()) <= 1.0
-    x64 = fn(k1, x.astype(jnp.float64))
-    assert x64.dtype == jnp.float64
+    ones = jfn(k2, jnp.ones((8, 28, 28), jnp.float32))
+    assert float(ones.max()) <= 1.0 and float(ones.min()) >= 0.0
+    assert jfn(k1, x.astype(jnp.float64)).dtype == jnp.float64
 
 
 def test_bad_shapes_raise():

@@ -143,3 +143,65 @@ def test_notebook_02_runs_and_gradients_agree(run_notebook):
     # float32 gradients of the same math: any difference is a few float32 ulps of O(1) values.
     assert all(float(m) > 0 and float(a) > 0 and float(d) < 1e-5 for _, m, a, d in timing_rows)
     assert _png_count(nb) >= 1
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_notebook_04_runs_and_shows_each_method(run_notebook):
+    """Notebook 04 runs without errors and shows each method's effect: from the seed's tiny weights
+    SGD/momentum/Nesterov sit on the 2.30 plateau while Adam leaves it at once, and all of them learn;
+    the schedules take their closed-form values; dropout at rate 0 is the identity, keeps the mean, and
+    narrows the train/test gap; augmented pixels stay in [0, 1]; a zero-gradient AdamW step scales W by
+    1 - lr*wd; the CNN has its documented shapes and learns; frozen layers stay bit-identical while the
+    new head learns; and the pictures are there."""
+    nb = run_notebook("04_beyond_sgd")
+    assert _errors(nb) == []
+    text = builder.output_text(nb)
+
+    rows = {name: (float(first), float(last), float(acc)) for name, first, last, acc in re.findall(
+        r"^(sgd|momentum|nesterov|adam|adamw) .* (\d+\.\d{3})\s+(\d+\.\d{3})\s+(\d+\.\d{2})%$", text, re.M)}
+    assert list(rows) == ["sgd", "momentum", "nesterov", "adam", "adamw"]
+    # Uniform predictions cost log(10) = 2.3026; the plateau measured 2.302 for the first 100 steps,
+    # Adam 1.50 over the same steps.
+    assert all(rows[name][0] > 2.25 for name in ("sgd", "momentum", "nesterov"))
+    assert all(rows[name][0] < 2.0 for name in ("adam", "adamw"))
+    # Everybody learns in 800 steps (last-100 losses 0.32-0.59, test accuracy 83-90% measured).
+    assert all(last < 1.0 and acc > 75.0 for _, last, acc in rows.values())
+
+    def schedule(label: str) -> dict:
+        line = next(line for line in text.splitlines() if line.startswith(label + " "))
+        return {int(s): float(v) for s, v in re.findall(r"step\s+(\d+): (\d\.\d{4})", line)}
+
+    # Closed forms printed to 4 decimals: constant 0.1; staircase x0.1 at 333 and 666; cosine half-way
+    # at 500 and ~0 at the end; linear warmup starts at 0.1/50 and peaks at step 49.
+    assert schedule("constant") == {0: 0.1, 49: 0.1, 500: 0.1, 999: 0.1}
+    assert schedule("step (x0.1 every 333)")[500] == 0.01
+    assert schedule("cosine")[500] == 0.05 and schedule("cosine")[999] == 0.0
+    warm = schedule("warmup 50 + cosine")
+    assert warm[0] == 0.002 and warm[49] == 0.1 and warm[999] == 0.0
+
+    assert "rate 0 gives the forward pass without dropout: True" in text
+    # 1000 masks over a few thousand active units: the sampling error is ~1e-3 on both numbers.
+    assert _number(r"fraction of active units dropped at rate 0.5: (\S+)", text) == pytest.approx(0.5, abs=0.01)
+    assert _number(r"over 1000 dropout masks / without dropout: (\S+)", text) == pytest.approx(1.0, abs=0.01)
+    gaps = {float(rate): (float(train), float(test), float(gap)) for rate, train, test, gap in re.findall(
+        r"^\s+(0\.\d)\s+(\d+\.\d\d)%\s+(\d+\.\d\d)%\s+(-?\d+\.\d\d)%$", text, re.M)}
+    assert sorted(gaps) == [0.0, 0.2, 0.5]
+    # Measured gaps 8.6, 7.5, 5.5 points: rate 0.5 must fit the training set less and narrow the gap.
+    assert gaps[0.5][0] < gaps[0.0][0] and gaps[0.5][2] < gaps[0.0][2] - 1.0
+
+    assert "augmented pixels stay in [0, 1]: True" in text
+    # float32 p * (1 - 1e-5) divided by p: the ratio is exact up to a couple of ulps (6e-8 each).
+    lo, hi = map(float, re.search(r"W1 after / before: (\S+) to (\S+)", text).groups())
+    assert lo == pytest.approx(1 - 1e-5, abs=3e-7) and hi == pytest.approx(1 - 1e-5, abs=3e-7)
+    l2 = re.search(r"l2_penalty after section 1: adam (\S+), adamw (\S+)", text)
+    assert float(l2.group(2)) < float(l2.group(1))
+
+    assert "layer 1: W (3, 3, 32, 64)" in text and "421,642 parameters (the MLP has 109,386)" in text
+    assert _number(r"CNN test accuracy: (\S+)%", text) > 90.0  # 95.1% measured
+    assert "frozen layers bit-identical after fine-tuning: True | head changed: True" in text
+    assert _number(r"test accuracy on 0-4 (\S+)%", text) > 95.0  # 97.7% measured
+    # Chance is 20% on five classes; measured 75.4% (head only) and 89.3% (from scratch).
+    assert _number(r"new head only\s+test accuracy on 5-9: (\S+)%", text) > 50.0
+    assert _number(r"from scratch\s+test accuracy on 5-9: (\S+)%", text) > 80.0
+    assert _png_count(nb) >= 3

@@ -1,0 +1,106 @@
+"""The benchmark: its FLOP count, its NumPy baseline being the notebook's algorithm, the --json
+report's fields on a tiny synthetic setting, and the fused epoch never recompiling."""
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmlp import bench, cli, train
+from jaxmlp.model import init_params
+
+def test_flop_count_of_the_notebook_mlp():
+    """784-128-64-10: forward 2*109184, weight grads 2*109184, activation grads 2*(8192 + 640) (none
+    for the input) = 454,400 FLOPs per example, 27.26 GFLOP per 60,000-example epoch."""
+    assert bench.mlp_flops_per_example([784, 128, 64, 10]) == 454_400
+    assert bench.mlp_flops_per_example([784, 128, 64, 10]) * 60_000 == pytest.approx(27.26e9, rel=1e-3)
+    assert bench.mlp_flops_per_example([5, 3]) == 2 * 15 + 2 * 15  # one layer: no activation gradients
+
+
+def test_numpy_step_is_the_jitted_sgd_step():
+    """The bench's NumPy baseline does the same update as train.sgd_step (float64 both, so the only
+    difference is summation order: agreement to 1e-12 relative)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 20))
+    y = rng.integers(0, 4, 16)
+    np_params = bench.numpy_params([20, 8, 4], seed=1)
+    jax_params = [{"W": jnp.asarray(p["W"]), "b": jnp.asarray(p["b"][0])} for p in np_params]
+    loss = bench.numpy_step(np_params, x, np.eye(4)[y], 0.5)
+    new_params, jax_loss = train.sgd_step(jax_params, jnp.asarray(x), jnp.asarray(y), 0.5)
+    for p, q in zip(np_params, new_params):
+        np.testing.assert_allclose(p["W"], q["W"], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(p["b"][0], q["b"], rtol=1e-12, atol=1e-15)
+    assert loss == pytest.approx(float(jax_loss), abs=1e-7)  # the notebook's +1e-8 inside the log
+
+
+def test_fused_epoch_does_not_recompile_across_epochs_or_calls():
+    """fit_epochs builds its epoch program once: later epochs, and a second run with the same shapes,
+    build no XLA program at all (neither compiled nor loaded from the persistent cache)."""
+    spec = train.TrainSpec(batch_size=16)
+    hp = train.hparams_dict(jnp.float32, lr=0.1)
+    params = init_params(jax.random.PRNGKey(0), [12, 6, 3], dtype=jnp.float32)
+    opt_state = train.make_optimizer(spec, hp).init(params)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (70, 12), jnp.float32)
+    y = jax.random.randint(jax.random.PRNGKey(2), (70,), 0, 3)
+    with bench.CompileCounter() as built:
+        per_epoch = []
+        for _ in train.fit_epochs(params, opt_state, jax.random.PRNGKey(3), x, y, hp, spec, 3):
+            per_epoch.append(built.count)
+        first_run = built.count
+        for _ in train.fit_epochs(params, opt_state, jax.random.PRNGKey(4), x, y, hp, spec, 3):
+            pass
+        train.run_epoch(params, opt_state, jax.random.PRNGKey(5), x, y, hp, spec=spec)
+    assert per_epoch[0] >= 1 and per_epoch[1] == per_epoch[2] == per_epoch[0]
+    assert built.count == first_run
+
+
+def test_bench_json_has_every_row_and_field(capsys):
+    """`jaxmlp bench --json` on a tiny synthetic set: five rows with timings, GFLOP/s against a measured
+    peak, the ratios, no recompilation while timed, and a peak RSS."""
+    rc = cli.main(["bench", "--synthetic", "--json", "--train-size", "512", "--hidden", "16",
+                   "--numpy-steps", "4", "--loop-steps", "4", "--repeats", "1", "--sweep-size", "2",
+                   "--large-batch", "128", "--peak-size", "128"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layer_sizes"] == [784, 16, 10] and report["train_examples"] == 512
+    assert report["flops_per_epoch"] == bench.mlp_flops_per_example([784, 16, 10]) * 512
+    assert report["data"].startswith("synthetic")
+    assert report["matmul_peak_gflops"] > 0
+    names = [r["name"] for r in report["rows"]]
+    assert names == ["numpy notebook", "jit step, Python loop", "fused epoch (lax.scan)", "vmapped sweep, 2 lrs",
+                     "fused epoch, large batch"]
+    for row in report["rows"]:
+        for field in ("seconds_per_epoch", "samples_per_second", "gflops", "fraction_of_peak"):
+            assert row[field] > 0
+    assert report["rows"][1]["compile_seconds"] > 0 and report["rows"][0]["compile_seconds"] is None
+    assert report["rows"][3]["models"] == 2
+    assert set(report["ratios"]) == {"fused_speedup_vs_numpy", "fused_speedup_vs_jit_loop",
+                                     "jit_loop_speedup_vs_numpy", "sweep_cost_per_model_vs_fused",
+                                     "large_batch_fraction_of_peak"}
+    assert report["ratios"]["fused_speedup_vs_numpy"] == pytest.approx(
+        report["rows"][0]["seconds_per_epoch"] / report["rows"][2]["seconds_per_epoch"])
+    assert report["recompiles_while_timed"] == 0
+    assert 0 < report["peak_rss_mb"] < 1536
+    assert report["machine"]["cores"] >= 1 and report["machine"]["backend"] == jax.default_backend()
+
+
+def test_bench_text_report_and_bad_data_dir(capsys, tmp_path):
+    """The text report is a table with the ratios; an explicit --data-dir without MNIST is a one-line
+    error rather than a silent switch to synthetic data."""
+    report = {
+        "machine": {"cpu": "cpu", "cores": 2, "backend": "cpu", "device": "cpu", "jax": "0"}, "data": "synthetic",
+        "train_examples": 10, "layer_sizes": [4, 2], "flops_per_epoch": 1e9, "matmul_peak_size": 8,
+        "matmul_peak_gflops": 10.0, "peak_rss_mb": 100.0, "recompiles_while_timed": 0,
+        "rows": [{"name": n, "batch_size": 1, "models": m, "seconds_per_model_epoch": s, "samples_per_second": 1.0,
+                  "gflops": 1.0, "fraction_of_peak": 0.1, "compile_seconds": None}
+                 for n, m, s in (("numpy notebook", 1, 2.0), ("fused", 1, 0.5), ("sweep", 4, 0.25))],
+        "ratios": {"fused_speedup_vs_numpy": 4.0, "fused_speedup_vs_jit_loop": 2.0,
+                   "sweep_cost_per_model_vs_fused": 0.5, "large_batch_fraction_of_peak": 0.6},
+    }
+    text = bench.format_report(report)
+    assert "4.0x" in text and "8.0x" in text and "60% of the matmul peak" in text
+    assert cli.main(["bench", "--data-dir", str(tmp_path)]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
