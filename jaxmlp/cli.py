@@ -147,7 +147,7 @@ def _add_train(sub):
     g.add_argument("--beta1", type=unit_float, default=None, help="Adam's beta1 (default: 0.9)")
     g.add_argument("--beta2", type=unit_float, default=None, help="Adam's beta2 (default: 0.999)")
     g.add_argument("--weight-decay", type=nonneg_float, default=None,
-                   help="weight decay: decoupled for adamw, coupled (L2 in the gradient) otherwise (default: 0)")
+                   help="weight decay: decoupled for adamw (default 0.01), coupled (L2 in the gradient) otherwise (default 0)")
     g.add_argument("--l2", type=nonneg_float, default=None, help="L2 penalty 0.5*l2*sum(W^2) added to the loss")
     g.add_argument("--schedule", choices=["constant", "step", "cosine", "warmup-cosine"], default=None,
                    help="learning-rate schedule over the run (default: constant)")
@@ -749,7 +749,8 @@ def _add_bench(sub):
                    help="minibatches timed for the numpy row (default: 600)")
     p.add_argument("--loop-steps", type=positive_int, default=600,
                    help="minibatches timed for the jitted-step loop (default: 600)")
-    p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats, best kept (default: 3)")
+    p.add_argument("--repeats", type=positive_int, default=5,
+                   help="timed repeats, best kept; the sweep row does half as many (default: 5)")
     p.add_argument("--peak-size", type=positive_int, default=2048,
                    help="side of the square matmul that measures the peak (default: 2048)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -178,7 +178,7 @@ def adam(lr: LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0) -> Optimizer:
     return _adam_like(lr, b1, b2, eps, weight_decay, decoupled=None)
 
 
-def adamw(lr: LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4) -> Optimizer:
+def adamw(lr: LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2) -> Optimizer:
     """AdamW: Adam plus decoupled weight decay (Loshchilov & Hutter),
     ``p <- p - lr * (adam_direction + weight_decay * p)`` with the *old* p; the decay never
     enters the moment estimates. Applies to every leaf (biases too), as PyTorch does."""
@@ -209,7 +209,7 @@ def by_name(name: str, lr: LR, *, momentum=None, beta1=None, beta2=None, eps=Non
     adam_hyper = dict(b1=pick(beta1, 0.9), b2=pick(beta2, 0.999), eps=pick(eps, 1e-8))
     if key == "adam":
         return adam(lr, weight_decay=pick(weight_decay, 0.0), **adam_hyper)
-    return adamw(lr, weight_decay=pick(weight_decay, 1e-4), **adam_hyper)
+    return adamw(lr, weight_decay=pick(weight_decay, 1e-2), **adam_hyper)
 
 
 # --------------------------------------------------------------------------- schedules

@@ -191,7 +191,7 @@ def test_by_name():
         (optim.by_name("momentum", 0.1, momentum=0.5), optim.momentum(0.1, beta=0.5)),
         (optim.by_name("Nesterov", 0.1, momentum=0.7, beta1=0.3), optim.nesterov(0.1, beta=0.7)),
         (optim.by_name("adam", 0.01, beta1=0.8, beta2=0.9), optim.adam(0.01, b1=0.8, b2=0.9)),
-        (optim.by_name("adamw", 0.01), optim.adamw(0.01, weight_decay=1e-4)),
+        (optim.by_name("adamw", 0.01), optim.adamw(0.01, weight_decay=1e-2)),
     ]
     for a, b in pairs:
         pa, _ = run_steps(a, params, grads_seq)

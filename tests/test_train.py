@@ -135,7 +135,7 @@ def test_fit_learns_a_learnable_problem(synthetic):
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert result.test_accuracy >= 0.95
-    assert 0 <= result.test_accuracy <= 1 and result.compile_seconds > 0
+    assert 0 <= result.test_accuracy <= 1 and result.compile_seconds >= 0  # 0 when the program was cached
 
 
 def test_fit_resume_is_bit_exact(synthetic):
