@@ -645,6 +645,8 @@ def _add_sweep(sub):
     g.add_argument("--metrics-out", metavar="FILE", default=None,
                    help="write JSON: runs (config, test_accuracy, history, ...) best first, and the programs")
     g.add_argument("--top", type=positive_int, default=None, metavar="N", help="print only the N best runs")
+    g.add_argument("--plot-dir", metavar="DIR", default=None,
+                   help="write sweep.png: test accuracy against each swept value")
     g.add_argument("--quiet", action="store_true", help="only the final table")
     p.set_defaults(func=_cmd_sweep)
 
@@ -672,20 +674,29 @@ def _cmd_sweep(args) -> int:
     show = not args.quiet
     if show:
         print(f"{len(configs)} configurations, {len(groups)} compiled program(s), {args.epochs} epochs", flush=True)
+    from jaxmlp.progress import Progress
+
+    bar = Progress(len(groups) * args.epochs, "sweep", enabled=show, unit=" group-epochs")
 
     def on_group(g, members):
+        bar.close()
         if show:
             c = configs[members[0]]
             print(f"[{g + 1}/{len(groups)}] hidden {'-'.join(map(str, c.hidden))}, batch {c.batch_size}: "
                   f"{len(members)} model(s) in one program", flush=True)
 
     def on_epoch(g, epoch, losses):
+        bar.close()
         if show:
             finite = losses[np.isfinite(losses)] if len(losses) else losses
             best = f"{finite.min():.4f}" if len(finite) else "nan"
             print(f"  epoch {epoch}/{args.epochs}: best loss {best}, {len(losses) - len(finite)} diverged", flush=True)
+        bar.update(1)
 
-    result = run_sweep(configs, data, max_group=args.max_group, on_group=on_group, on_epoch=on_epoch)
+    try:
+        result = run_sweep(configs, data, max_group=args.max_group, on_group=on_group, on_epoch=on_epoch)
+    finally:
+        bar.close()
     runs = sorted_runs(result.runs)[: args.top] if args.top else result.runs
     print(format_table(runs))
     if show:
@@ -696,6 +707,15 @@ def _cmd_sweep(args) -> int:
         _write_json_atomic(args.metrics_out, {**sweep_record(result), "dataset": args.dataset,
                                               "backend": jax.default_backend(), "devices": 1,
                                               "jax_version": jax.__version__})
+    if args.plot_dir:
+        from pathlib import Path
+
+        from jaxmlp.plots import plot_sweep
+
+        Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
+        path = plot_sweep(sweep_record(result)["runs"], Path(args.plot_dir) / "sweep.png")
+        if show:
+            print(f"plot: {path}")
     return 0
 
 
@@ -811,7 +831,8 @@ def _enable_compile_cache() -> None:
     except OSError:
         return  # a read-only home only costs speed
     jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    # Cache every program, small ones too: a warm start then compiles nothing at all.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def main(argv=None) -> int:

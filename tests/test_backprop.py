@@ -39,9 +39,14 @@ _manual_jit = jax.jit(manual_grad)
 _auto_jit = jax.jit(autodiff_grad)
 
 
-@settings(max_examples=20, deadline=None)
-@given(depth=st.integers(1, 4), width=st.lists(st.integers(1, 16), min_size=5, max_size=5),
-       n=st.integers(1, 12), seed=st.integers(0, 2**16), one_hot=st.booleans())
+# Widths and batch sizes come from small sets (edge cases 1 and 2 included) so drawn shapes repeat and
+# hit the jit cache: each new shape costs a compilation, and the suite must stay fast on 2 cores.
+_WIDTHS = st.sampled_from([1, 2, 5, 16])
+
+
+@settings(max_examples=16, deadline=None)
+@given(depth=st.integers(1, 4), width=st.lists(_WIDTHS, min_size=5, max_size=5),
+       n=st.sampled_from([1, 3, 8]), seed=st.integers(0, 2**16), one_hot=st.booleans())
 def test_manual_equals_autodiff_any_depth(depth, width, n, seed, one_hot):
     """manual_grad == jax.grad(loss) to 1e-10 relative, per parameter, depths 1-4, random shapes, both label forms."""
     sizes = [width[0] + 1, *width[1:depth], max(width[-1], 2)]

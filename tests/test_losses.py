@@ -9,8 +9,11 @@ from jaxmlp.losses import accuracy, cross_entropy, loss, notebook_cross_entropy,
 from jaxmlp.model import forward, init_params, softmax
 
 
-@settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 20), c=st.integers(2, 12), seed=st.integers(0, 2**16))
+_cross_entropy = jax.jit(cross_entropy)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.sampled_from([1, 2, 7, 20]), c=st.sampled_from([2, 3, 10]), seed=st.integers(0, 2**16))
 def test_cross_entropy_matches_numpy_for_both_label_forms(n, c, seed):
     """Mean -log softmax(logits)[label] equals a numpy reference for int labels and for one-hot rows (float64)."""
     rng = np.random.default_rng(seed)
@@ -18,8 +21,8 @@ def test_cross_entropy_matches_numpy_for_both_label_forms(n, c, seed):
     labels = rng.integers(0, c, size=n)
     z = logits - logits.max(axis=1, keepdims=True)
     ref = -np.mean(z[np.arange(n), labels] - np.log(np.exp(z).sum(axis=1)))
-    got_int = cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
-    got_hot = cross_entropy(jnp.asarray(logits), jnp.asarray(np.eye(c)[labels]))
+    got_int = _cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
+    got_hot = _cross_entropy(jnp.asarray(logits), jnp.asarray(np.eye(c)[labels]))
     np.testing.assert_allclose(got_int, ref, rtol=1e-13)
     np.testing.assert_allclose(got_hot, ref, rtol=1e-13)
 

@@ -64,16 +64,21 @@ def test_init_params_numpy_is_the_notebooks_draw():
         assert p["W"].dtype == jnp.float64 and np.array_equal(np.asarray(p["W"]), W)
 
 
-@settings(max_examples=25, deadline=None)
-@given(sizes=st.lists(st.integers(1, 12), min_size=2, max_size=5), n=st.integers(1, 9), seed=st.integers(0, 2**16))
+_forward = jax.jit(forward)
+_intermediates = jax.jit(forward_intermediates)
+
+
+@settings(max_examples=12, deadline=None)
+@given(sizes=st.lists(st.sampled_from([1, 3, 12]), min_size=2, max_size=5), n=st.sampled_from([1, 4, 9]),
+       seed=st.integers(0, 2**16))
 def test_forward_shapes_any_depth(sizes, n, seed):
     """forward maps (N, D) to (N, C) for any depth; the intermediates' last Z equals the logits and
     their last A is softmax of them."""
     params = init_params(jax.random.PRNGKey(seed), sizes, "he", jnp.float64)
     x = jax.random.normal(jax.random.PRNGKey(seed + 1), (n, sizes[0]), jnp.float64)
-    logits = forward(params, x)
+    logits = _forward(params, x)
     assert logits.shape == (n, sizes[-1])
-    cache = forward_intermediates(params, x)
+    cache = _intermediates(params, x)
     L = len(params)
     np.testing.assert_allclose(cache[f"Z{L}"], logits, rtol=0, atol=0)
     np.testing.assert_allclose(cache[f"A{L}"], softmax(logits), rtol=1e-15, atol=0)

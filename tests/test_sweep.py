@@ -172,13 +172,15 @@ def write_dataset_dir(folder, data: Dataset):
 
 def test_cli_sweep_table_and_json(tmp_path, data, capsys):
     """`jaxmlp sweep` prints a table sorted by test accuracy and writes runs (config + test_accuracy,
-    best first, one per configuration) and one entry per compiled program (one here: same shapes)."""
+    best first, one per configuration) and one entry per compiled program (one here: same shapes);
+    --plot-dir draws accuracy against the swept values."""
     folder = write_dataset_dir(tmp_path / "mnist", data)
     out = tmp_path / "sweep.json"
     rc = cli.main(["sweep", "--data-dir", str(folder), "--lr", "0.5", "0.05", "--hidden", "8", "--seed", "5", "6",
                    "--init", "notebook", "he", "--batch-size", "32", "--epochs", "2", "--dtype", "float64",
-                   "--metrics-out", str(out)])
+                   "--metrics-out", str(out), "--plot-dir", str(tmp_path / "plots")])
     assert rc == 0
+    assert (tmp_path / "plots" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = capsys.readouterr().out
     assert "8 configurations, 1 compiled program(s)" in text and "test acc" in text
     table = [line.split() for line in text.splitlines() if line.strip()[:1].isdigit() and "%" in line]
