@@ -163,22 +163,28 @@ def numpy_step(params: list, x: np.ndarray, y_onehot: np.ndarray, lr: float) -> 
     return float(loss)
 
 
+def _host_shuffle(images: np.ndarray, targets: np.ndarray, repeats: int):
+    """(seconds of one epoch's NumPy shuffle, shuffled float32 inputs, shuffled targets): the notebook's
+    ``astype(float32) / 255`` preprocessing, then ``x[perm]`` as its epoch loop does on the host."""
+    x = images.astype(np.float32) / np.float32(255.0)
+    rng = np.random.RandomState(0)
+
+    def shuffle():
+        idx = rng.permutation(x.shape[0])
+        return x[idx], targets[idx]
+
+    shuffle_s = _best_of(shuffle, repeats)
+    return (shuffle_s, *shuffle())
+
+
 def time_numpy(images: np.ndarray, y: np.ndarray, layer_sizes, batch_size: int, lr: float, steps: int,
                repeats: int = 3) -> float:
     """Seconds per epoch of the notebook's NumPy loop on uint8 images (N, D), int labels (N,): the
     epoch's shuffled copy of the data plus ceil(N / batch_size) steps, timed over ``steps`` steps.
     The notebook's float32 inputs and float64 one-hot labels live only inside this call."""
     n = images.shape[0]
-    x = images.astype(np.float32) / np.float32(255.0)  # the notebook's preprocessing
-    y1 = np.eye(layer_sizes[-1])[y]  # float64 one-hot, as the notebook's np.eye
-    rng = np.random.RandomState(0)
-
-    def shuffle():
-        idx = rng.permutation(n)
-        return x[idx], y1[idx]
-
-    shuffle_s = _best_of(shuffle, repeats)
-    xs, ys = shuffle()
+    # float64 one-hot labels, as the notebook's np.eye
+    shuffle_s, xs, ys = _host_shuffle(images, np.eye(layer_sizes[-1])[y], repeats)
     params = numpy_params(layer_sizes)
     steps = max(1, min(steps, n // batch_size))
     for i in range(min(3, steps)):  # warm-up: BLAS threads, page faults
@@ -209,15 +215,7 @@ def time_jit_loop(images: np.ndarray, labels: np.ndarray, layer_sizes, batch_siz
     the host, one jitted call per minibatch. Timed on ``steps`` minibatches and scaled to the epoch,
     plus the epoch's shuffle."""
     n = images.shape[0]
-    x = images.astype(np.float32) / np.float32(255.0)
-    rng = np.random.RandomState(0)
-
-    def shuffle():
-        idx = rng.permutation(n)
-        return x[idx], labels[idx]
-
-    shuffle_s = _best_of(shuffle, repeats)
-    xs, ys = shuffle()
+    shuffle_s, xs, ys = _host_shuffle(images, labels, repeats)
     steps = max(1, min(steps, n // batch_size))
     _, _, params, _ = _setup(layer_sizes, batch_size, n, lr)
     t0 = time.perf_counter()

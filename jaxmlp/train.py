@@ -30,7 +30,7 @@ import numpy as np
 
 from . import optim
 from .backprop import manual_grad
-from .losses import accuracy, cross_entropy, notebook_cross_entropy
+from .losses import accuracy, cross_entropy, loss, notebook_cross_entropy
 from .model import Params, forward, forward_intermediates, softmax
 
 
@@ -43,8 +43,6 @@ def sgd_step(params: Params, x: jax.Array, y: jax.Array, lr: float) -> tuple[Par
 
     Returns the new params and the batch's loss (before the update).
     """
-    from .losses import loss
-
     value, grads = jax.value_and_grad(loss)(params, x, y)
     new_params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
     return new_params, value
