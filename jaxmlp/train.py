@@ -19,6 +19,7 @@ in the hashable, static ``TrainSpec``.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import time
@@ -230,6 +231,18 @@ run_epoch_with_perm = jax.jit(epoch_with_perm, static_argnames=("spec",))
 _COMPILED: dict = {}
 
 
+def _arg_signature(v) -> tuple:
+    """(shape, dtype, placement) of an argument, the same for an array on the default device and for
+    an abstract ``jax.ShapeDtypeStruct`` (which lowers for that device), so a program compiled from
+    shapes alone (``fit``'s background compile) is found again when the arrays arrive."""
+    sharding = getattr(v, "sharding", None)
+    if sharding is None:
+        sharding = ("single", jax.devices()[0])
+    elif isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        sharding = ("single", next(iter(sharding.device_set)))
+    return tuple(jnp.shape(v)), jnp.result_type(v), sharding
+
+
 def compile_epoch(fn, spec: TrainSpec, *args) -> tuple[Callable, float]:
     """The ahead-of-time compiled ``fn(*args, spec=spec)`` and the seconds spent compiling it (0.0 when
     an executable for the same function, spec and argument shapes/dtypes was compiled earlier in this
@@ -238,8 +251,7 @@ def compile_epoch(fn, spec: TrainSpec, *args) -> tuple[Callable, float]:
         # The horizon only matters to schedules; without one, runs of different lengths share a program.
         spec = dataclasses.replace(spec, total_steps=0, warmup_steps=0)
     leaves, treedef = jax.tree_util.tree_flatten(args)
-    signature = (fn, spec, treedef, tuple((jnp.shape(v), jnp.result_type(v), getattr(v, "sharding", None))
-                                          for v in leaves))
+    signature = (fn, spec, treedef, tuple(map(_arg_signature, leaves)))
     if signature in _COMPILED:
         return _COMPILED[signature], 0.0
     t0 = time.perf_counter()
@@ -457,10 +469,11 @@ class FitResult(NamedTuple):
 def prepare(images: np.ndarray, dtype, arch: str = "mlp") -> jax.Array:
     """uint8 images (N, H, W) -> float inputs in [0, 1] on the device: (N, H*W) for both archs
     (the CNN reshapes internally)."""
-    from .data import flatten, normalize
+    from .data import normalize
 
     del arch
-    return normalize(flatten(images), dtype)
+    images = np.asarray(images)
+    return normalize(images.reshape(images.shape[0], -1), dtype)
 
 
 def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -520,25 +533,41 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[EpochResult, dict], No
     val_idx = np.arange(0)
     if config.val_split:
         train_idx, val_idx = split_validation(len(data.y_train), config.val_split, config.seed)
-    x = prepare(data.x_train[train_idx], dtype, config.arch)
-    y = jnp.asarray(data.y_train[train_idx], jnp.int32)
-    x_val = prepare(data.x_train[val_idx], dtype, config.arch) if len(val_idx) else None
-    y_val = jnp.asarray(data.y_train[val_idx], jnp.int32) if len(val_idx) else None
-
-    spec = spec_for(config, x.shape[0], side)
+    input_dim = int(np.prod(data.x_train.shape[1:]))
+    spec = spec_for(config, len(train_idx), side)
     hparams = hparams_dict(dtype, lr=config.lr, momentum=config.momentum, beta1=config.beta1,
                            beta2=config.beta2, weight_decay=config.weight_decay, l2=config.l2)
     key = jax.random.PRNGKey(config.seed)
-    perms = None
     if resume is not None:
-        params, opt_state, key = resume["params"], resume["opt_state"], resume["key"]
-        start_epoch = int(resume["epoch"])
-        history = list(resume.get("history", []))
+        key = resume["key"]
     else:
         key, init_key = jax.random.split(key)
-        params = init_model(config, init_key, x.shape[1], num_classes)
-        opt_state = make_optimizer(spec, hparams).init(params)
-        start_epoch, history = 0, []
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        background = None
+        if mesh is None and not config.notebook_exact:
+            # XLA compiles the epoch program from shapes alone on a second thread while this one
+            # initialises and copies the data to the device: a cold start's largest compile overlaps.
+            abstract_params = resume["params"] if resume is not None else jax.eval_shape(
+                lambda k: init_model(config, k, input_dim, num_classes), init_key)
+            background = pool.submit(
+                compile_epoch, run_epoch, spec, abstract_params,
+                jax.eval_shape(make_optimizer(spec, hparams).init, abstract_params), key,
+                jax.ShapeDtypeStruct((len(train_idx), input_dim), dtype),
+                jax.ShapeDtypeStruct((len(train_idx),), jnp.int32), hparams)
+        x = prepare(data.x_train[train_idx], dtype, config.arch)
+        y = jnp.asarray(data.y_train[train_idx], jnp.int32)
+        x_val = prepare(data.x_train[val_idx], dtype, config.arch) if len(val_idx) else None
+        y_val = jnp.asarray(data.y_train[val_idx], jnp.int32) if len(val_idx) else None
+        perms = None
+        if resume is not None:
+            params, opt_state = resume["params"], resume["opt_state"]
+            start_epoch = int(resume["epoch"])
+            history = list(resume.get("history", []))
+        else:
+            params = init_model(config, init_key, input_dim, num_classes)
+            opt_state = make_optimizer(spec, hparams).init(params)
+            start_epoch, history = 0, []
+        background_compile_seconds = background.result()[1] if background is not None else 0.0
         if config.notebook_exact and config.replay_notebook_step:
             # The seed notebook ran one test update (lr 0.01) on the first 5 images before training.
             params = jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, params,
@@ -556,7 +585,8 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[EpochResult, dict], No
     for result in fit_epochs(params, opt_state, key, x, y, hparams, spec, config.epochs,
                              start_epoch=start_epoch, perms=perms, notebook_loss=config.notebook_exact):
         params, opt_state, key = result.params, result.opt_state, result.key
-        compile_seconds = result.compile_seconds
+        # 0.0 from fit_epochs when the background compile (or an earlier run) built the program.
+        compile_seconds = result.compile_seconds or background_compile_seconds
         train_seconds += result.seconds
         record = {"epoch": result.epoch, "loss": result.loss, "seconds": result.seconds}
         if x_val is not None:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from jaxmlp.model import (forward, forward_intermediates, init_params, init_params_numpy, inverted_dropout,
+from jaxmlp.model import (forward, forward_intermediates, init_layer, init_params, init_params_numpy, inverted_dropout,
                           layer_sizes, log_softmax, relu, softmax)
 
 
@@ -42,6 +42,27 @@ def test_init_is_a_function_of_the_key():
     c = init_params(jax.random.PRNGKey(4), [20, 7, 3])
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
     assert not np.array_equal(a[0]["W"], c[0]["W"])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_init_is_per_layer_draws_of_split_keys(dtype):
+    """init_params draws all layers in one flat program for speed; the weights must still be exactly
+    the plain per-layer draws jax.random gives for keys split off the key (bit for bit), and init_layer's."""
+    key = jax.random.PRNGKey(11)
+    sizes = [12, 5, 3]
+    keys = jax.random.split(key, 2)
+    for scheme in ("notebook", "he", "glorot"):
+        params = init_params(key, sizes, scheme, dtype)
+        for k, (m, n), layer in zip(keys, zip(sizes[:-1], sizes[1:]), params):
+            if scheme == "notebook":
+                want = 0.01 * jax.random.normal(k, (m, n), dtype)
+            elif scheme == "he":
+                want = jnp.sqrt(2.0 / m).astype(dtype) * jax.random.normal(k, (m, n), dtype)
+            else:
+                limit = np.sqrt(6.0 / (m + n))
+                want = jax.random.uniform(k, (m, n), dtype, -limit, limit)
+            assert np.array_equal(np.asarray(layer["W"]), np.asarray(want)), (scheme, m, n)
+        assert np.array_equal(np.asarray(init_layer(k, m, n, scheme, dtype)["W"]), np.asarray(want))
 
 
 @pytest.mark.parametrize("sizes", [[5], [0, 3], [4, -1, 2]])

@@ -1,4 +1,6 @@
 """Training: the jitted step, fused epochs, the epoch loop, evaluation, compilation counts."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,6 +116,26 @@ def test_no_recompilation_after_the_first_epoch():
     n = len(events)
     run_epoch(p, s, jax.random.PRNGKey(3), x, y, hparams_dict(jnp.float32, lr=0.05), spec=spec)
     assert len(events) == n, "a new lr (a traced hyperparameter) recompiled run_epoch"
+
+
+def test_fit_compiles_its_epoch_program_once_from_shapes(synthetic, monkeypatch):
+    """fit compiles the epoch program on a background thread from abstract shapes; the executable it
+    builds must be the one the epochs then run (one program in the cache, none compiled twice), with
+    its compile time reported. A second run with the same shapes compiles nothing new."""
+    import jaxmlp.train as train_mod
+
+    monkeypatch.setattr(train_mod, "_COMPILED", {})
+    lowered = []
+    real_lower = train_mod.run_epoch.lower
+    monkeypatch.setattr(train_mod, "run_epoch", type("Spy", (), {
+        "lower": staticmethod(lambda *a, **k: lowered.append(1) or real_lower(*a, **k))})())
+    cfg = TrainConfig(hidden=(24,), epochs=2, init="he", optimizer="adam", lr=1e-3, schedule="cosine")
+    result = fit(cfg, synthetic)
+    assert len(lowered) == 1 and len(train_mod._COMPILED) == 1
+    assert result.compile_seconds > 0
+    again = fit(dataclasses.replace(cfg, seed=5), synthetic)
+    assert len(lowered) == 1 and again.compile_seconds == 0.0
+    assert not np.array_equal(again.params[0]["W"], result.params[0]["W"])
 
 
 def test_evaluate_matches_numpy():
