@@ -137,6 +137,16 @@ def _add_train(sub):
                    help="reproduce the notebook's numbers: float64, NumPy's global RNG, its loss formula")
     g.add_argument("--replay-notebook-step", action="store_true", default=None,
                    help="with --notebook-exact: first replay the notebook's one test update (lr 0.01, 5 images)")
+    g = p.add_argument_group("transfer learning")
+    g.add_argument("--finetune", metavar="PATH", default=None,
+                   help="start from the params of a checkpoint from `jaxmlp train --save` (its --arch and --hidden "
+                        "are taken unless given)")
+    g.add_argument("--freeze", type=int, nargs="+", default=None, metavar="I",
+                   help="layer indices the optimizer leaves untouched (0 is the first layer, -1 the head)")
+    g.add_argument("--new-head", action="store_true", default=None,
+                   help="with --finetune: a fresh output layer sized to the labels (needed when their number changes)")
+    g.add_argument("--classes", type=nonneg_int, nargs="+", default=None, metavar="C",
+                   help="train and test on these labels only, relabelled 0..k-1 in the order given")
     g = p.add_argument_group("output")
     g.add_argument("--metrics-out", metavar="FILE", default=None, help="write a JSON summary of the run")
     g.add_argument("--log", metavar="FILE", default=None, help="append one JSON line per epoch (live monitoring)")
@@ -155,14 +165,24 @@ def _add_train(sub):
 
 _TRAIN_FIELDS = ("arch", "hidden", "init", "dtype", "epochs", "batch_size", "lr", "seed", "optimizer", "momentum",
                  "beta1", "beta2", "weight_decay", "l2", "schedule", "warmup_epochs", "dropout", "augment",
-                 "val_split", "patience", "grad", "notebook_exact", "replay_notebook_step", "dataset")
+                 "val_split", "patience", "grad", "notebook_exact", "replay_notebook_step", "dataset",
+                 "finetune", "freeze", "new_head", "classes")
 
 
 def train_config_from_args(args):
     """TrainConfig from defaults, then the preset, then the flags given explicitly."""
     from jaxmlp.train import TrainConfig
 
-    return TrainConfig(**_explicit_train_values(args)).validate()
+    values = _explicit_train_values(args)
+    if values.get("finetune"):
+        from jaxmlp.checkpoint import load_model
+
+        # The architecture comes with the checkpoint; flags given explicitly still win (and fit checks them).
+        params, saved = load_model(values["finetune"])
+        values.setdefault("arch", saved.get("arch", "mlp"))
+        if values["arch"] == "mlp":
+            values.setdefault("hidden", tuple(int(layer["W"].shape[1]) for layer in params[:-1]))
+    return TrainConfig(**values).validate()
 
 
 def _explicit_train_values(args) -> dict:
@@ -176,8 +196,9 @@ def _explicit_train_values(args) -> dict:
         v = getattr(args, name, None)
         if v is not None and not (name == "dataset" and args.preset and v == "mnist"):
             values[name] = v
-    if "hidden" in values:
-        values["hidden"] = tuple(values["hidden"])
+    for name in ("hidden", "freeze", "classes"):
+        if name in values:
+            values[name] = tuple(values[name])
     if values.get("augment") == "none":
         values["augment"] = None
     return values
@@ -335,11 +356,15 @@ def _cmd_train(args) -> int:
         from jaxmlp.plots import save_training_plots
         from jaxmlp.train import predict_labels, prepare
 
+        if config.classes is not None:  # fit trained and tested on the subset, relabelled
+            from jaxmlp.data import select_classes
+            data = select_classes(data, config.classes)
         x_test = prepare(data.x_test, jnp.float64 if config.dtype == "float64" or config.notebook_exact
                          else jnp.float32)
         preds = predict_labels(result.params, x_test, arch=config.arch)
         paths = save_training_plots(args.plot_dir, history=result.history, params=result.params,
-                                    x_test_images=data.x_test, y_test=data.y_test, preds=preds)
+                                    x_test_images=data.x_test, y_test=data.y_test, preds=preds,
+                                    class_names=None if config.classes is None else [str(c) for c in config.classes])
         if show:
             print(f"plots: {', '.join(str(p) for p in paths)}")
     return 0
@@ -435,6 +460,9 @@ def _cmd_eval(args) -> int:
     params, config = load_model(args.load)
     dataset = args.dataset or config.get("dataset", "mnist")
     data = ensure_dataset(args.data_dir, dataset, progress=not args.quiet)
+    if config.get("classes"):  # a model fine-tuned on a label subset is scored on that subset, as trained
+        from jaxmlp.data import select_classes
+        data = select_classes(data, config["classes"])
     x = prepare(data.x_test, params[0]["W"].dtype)
     _model_inputs(params, config, x.shape[1], f"the {dataset} test set")
     y = jnp.asarray(data.y_test, jnp.int32)
@@ -529,13 +557,15 @@ def _cmd_predict(args) -> int:
     probs = predict_probs(params, x, arch=config.get("arch", "mlp"))
     k = min(args.top, probs.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    # A model fine-tuned on a label subset predicts positions in it; print the dataset's own labels.
+    names = [int(c) for c in config["classes"]] if config.get("classes") else list(range(probs.shape[1]))
     lines = []
     for i, (row, top) in enumerate(zip(probs, order)):
         if args.json:
-            lines.append(json.dumps({"index": i, "label": int(top[0]), "prob": float(row[top[0]]),
-                                     "top": [[int(c), float(row[c])] for c in top]}))
+            lines.append(json.dumps({"index": i, "label": names[top[0]], "prob": float(row[top[0]]),
+                                     "top": [[names[c], float(row[c])] for c in top]}))
         else:
-            lines.append("\t".join([str(i)] + [f"{c}\t{row[c]:.4f}" for c in top]))
+            lines.append("\t".join([str(i)] + [f"{names[c]}\t{row[c]:.4f}" for c in top]))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

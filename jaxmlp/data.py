@@ -247,6 +247,24 @@ class Dataset(NamedTuple):
     y_test: np.ndarray
 
 
+def select_classes(data: Dataset, classes: Sequence[int]) -> Dataset:
+    """Only the examples labelled one of ``classes``, relabelled by position: with classes (5, 6, 7, 8, 9)
+    a 5 becomes 0 and a 9 becomes 4. A smaller task, e.g. for fine-tuning a model on a digit subset."""
+    classes = [int(c) for c in classes]
+    if len(set(classes)) != len(classes) or len(classes) < 2 or min(classes) < 0:
+        raise ValueError(f"--classes: need two or more distinct non-negative labels, got {classes}")
+    table = np.full(max(int(data.y_train.max()), int(data.y_test.max()), *classes) + 1, -1, np.int64)
+    table[classes] = np.arange(len(classes))
+    parts = []
+    for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
+        keep = table[y] >= 0
+        parts += [x[keep], table[y[keep]].astype(y.dtype)]
+    missing = [c for c in classes if not (data.y_train == c).any()]
+    if missing:
+        raise ValueError(f"--classes: no training example is labelled {missing[0]}")
+    return Dataset(*parts)
+
+
 def _candidates(folder: Path, stem: str) -> list[Path]:
     # The notebook names them train-images.idx3-ubyte; the distribution train-images-idx3-ubyte.gz.
     prefix, _, rest = stem.rpartition("-idx")

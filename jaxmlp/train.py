@@ -86,6 +86,7 @@ class TrainSpec:
     augment: None, "shift" or "affine" (on-device, fresh each step). image_side: for augmentation.
     batch_sharding: None, or a ``jax.sharding.Sharding`` each minibatch is constrained to (data
     parallelism: the batch axis split over a mesh, see ``parallel.py``; XLA reduces the gradients).
+    frozen: indices of layers the optimizer leaves bit-identical (transfer learning; -1 is the head).
     """
 
     batch_size: int = 32
@@ -100,6 +101,7 @@ class TrainSpec:
     augment: str | None = None
     image_side: int = 28
     batch_sharding: Any = None
+    frozen: tuple = ()
 
 
 DEFAULT_HPARAMS = {"lr": 0.1, "momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "l2": 0.0}
@@ -130,8 +132,16 @@ def make_optimizer(spec: TrainSpec, hparams: dict) -> "optim.Optimizer":
     if spec.schedule != "constant":
         lr = optim.schedule_by_name(spec.schedule, lr, total_steps=max(spec.total_steps, 2),
                                     warmup_steps=spec.warmup_steps or None)
-    return optim.by_name(spec.optimizer, lr=lr, momentum=hparams["momentum"], beta1=hparams["beta1"],
-                         beta2=hparams["beta2"], weight_decay=hparams["weight_decay"])
+    opt = optim.by_name(spec.optimizer, lr=lr, momentum=hparams["momentum"], beta1=hparams["beta1"],
+                        beta2=hparams["beta2"], weight_decay=hparams["weight_decay"])
+    if not spec.frozen:
+        return opt
+    from .transfer import trainable_mask
+
+    # The mask needs the params' structure, known only when init/update see them.
+    frozen = lambda params: optim.freeze(opt, trainable_mask(params, spec.frozen))  # noqa: E731
+    return optim.Optimizer(lambda params: frozen(params).init(params),
+                           lambda grads, state, params: frozen(params).update(grads, state, params))
 
 
 def value_and_grad_fn(spec: TrainSpec) -> Callable:
@@ -414,16 +424,29 @@ class TrainConfig:
     notebook_exact: bool = False
     replay_notebook_step: bool = False
     preset: str | None = None  # the recipe these values started from (a record; it changes nothing)
+    finetune: str | None = None  # a checkpoint whose params the run starts from (transfer learning)
+    freeze: tuple = ()           # layer indices kept fixed (-1: the head)
+    new_head: bool = False       # replace the checkpoint's output layer by a fresh one sized to the labels
+    classes: tuple | None = None  # train and test on these labels only, relabelled 0..k-1
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
+        d["freeze"] = list(self.freeze)
+        d["classes"] = None if self.classes is None else list(self.classes)
         return d
 
     def validate(self) -> "TrainConfig":
         """Check every field (ValueError naming the flag) and fill in optimizer-dependent defaults."""
         if self.weight_decay is None:
             self.weight_decay = 1e-2 if self.optimizer == "adamw" else 0.0
+        self.freeze = tuple(int(i) for i in self.freeze)  # lists from JSON compare equal after this
+        if self.classes is not None:
+            self.classes = tuple(int(c) for c in self.classes)
+            if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2 or min(self.classes) < 0:
+                raise ValueError(f"--classes: need two or more distinct non-negative labels, got {list(self.classes)}")
+        if self.new_head and not self.finetune:
+            raise ValueError("--new-head replaces the head of a trained model; it needs --finetune CHECKPOINT")
         if self.schedule == "warmup-cosine" and self.warmup_epochs >= self.epochs:
             raise ValueError(f"--warmup-epochs ({self.warmup_epochs}) must be less than --epochs ({self.epochs})")
         def positive(name):
@@ -446,7 +469,8 @@ class TrainConfig:
         if self.notebook_exact:
             clash = [n for n, default in (("arch", "mlp"), ("optimizer", "sgd"), ("dropout", 0.0),
                                           ("augment", None), ("val_split", 0.0), ("l2", 0.0),
-                                          ("weight_decay", 0.0), ("schedule", "constant"))
+                                          ("weight_decay", 0.0), ("schedule", "constant"), ("finetune", None),
+                                          ("freeze", ()), ("classes", None))
                      if getattr(self, n) != default]
             if clash:
                 raise ValueError(f"--notebook-exact reproduces the notebook's plain SGD; it cannot be combined "
@@ -506,7 +530,37 @@ def spec_for(config: TrainConfig, num_examples: int, image_side: int = 28) -> Tr
         grad="manual" if config.notebook_exact else config.grad,
         optimizer=config.optimizer, schedule=config.schedule,
         total_steps=steps_per_epoch * config.epochs, warmup_steps=steps_per_epoch * config.warmup_epochs,
-        dropout=float(config.dropout), augment=config.augment, image_side=image_side)
+        dropout=float(config.dropout), augment=config.augment, image_side=image_side, frozen=tuple(config.freeze))
+
+
+def finetune_params(config: TrainConfig, key: jax.Array, input_dim: int, num_classes: int) -> Params:
+    """The params of checkpoint ``config.finetune`` to start from, in the run's dtype; with
+    ``config.new_head`` the output layer is replaced by a fresh ``num_classes``-way one drawn from
+    ``key``. ValueError (naming --finetune) when the model does not fit the config or the data."""
+    from .checkpoint import load_model
+    from .transfer import replace_head
+
+    path = config.finetune
+    params, saved = load_model(path)
+    arch = saved.get("arch", "mlp")
+    if arch != config.arch:
+        raise ValueError(f"--finetune: {path} holds a {arch} model, but the run's --arch is {config.arch}")
+    if arch == "mlp":
+        sizes = [int(layer["W"].shape[0]) for layer in params]
+        if sizes[0] != input_dim:
+            raise ValueError(f"--finetune: {path} takes {sizes[0]} inputs, the data has {input_dim}")
+        if tuple(sizes[1:]) != tuple(int(h) for h in config.hidden):
+            raise ValueError(f"--finetune: {path} has hidden sizes {sizes[1:]}, the run asks for "
+                             f"{list(config.hidden)}")
+    dtype = jnp.float64 if config.dtype == "float64" else jnp.float32
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
+    outputs = int(params[-1]["W"].shape[-1])
+    if config.new_head:
+        return replace_head(key, params, num_classes, scheme="he" if config.init == "notebook" else config.init)
+    if outputs != num_classes:
+        raise ValueError(f"--finetune: {path} has {outputs} outputs but the data has {num_classes} classes; "
+                         f"add --new-head")
+    return params
 
 
 def fit(config: TrainConfig, data, *, on_epoch: Callable[[EpochResult, dict], None] | None = None,
@@ -525,8 +579,12 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[EpochResult, dict], No
     dtype = jnp.float64 if config.dtype == "float64" or config.notebook_exact else jnp.float32
     if dtype == jnp.float64 and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
-    num_classes = int(max(data.y_train.max(), data.y_test.max())) + 1
-    num_classes = max(num_classes, 10)
+    if config.classes is not None:
+        from .data import select_classes
+        data = select_classes(data, config.classes)
+        num_classes = len(config.classes)
+    else:
+        num_classes = max(int(max(data.y_train.max(), data.y_test.max())) + 1, 10)
     side = int(data.x_train.shape[1])
 
     train_idx = np.arange(len(data.y_train))
@@ -542,13 +600,16 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[EpochResult, dict], No
         key = resume["key"]
     else:
         key, init_key = jax.random.split(key)
+    start = None  # fine-tuning's params, loaded first: a bad checkpoint fails before any work
+    if resume is None and config.finetune:
+        start = finetune_params(config, init_key, input_dim, num_classes)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         background = None
         if mesh is None and not config.notebook_exact:
             # XLA compiles the epoch program from shapes alone on a second thread while this one
             # initialises and copies the data to the device: a cold start's largest compile overlaps.
-            abstract_params = resume["params"] if resume is not None else jax.eval_shape(
-                lambda k: init_model(config, k, input_dim, num_classes), init_key)
+            abstract_params = resume["params"] if resume is not None else start if start is not None else (
+                jax.eval_shape(lambda k: init_model(config, k, input_dim, num_classes), init_key))
             background = pool.submit(
                 compile_epoch, run_epoch, spec, abstract_params,
                 jax.eval_shape(make_optimizer(spec, hparams).init, abstract_params), key,
@@ -564,7 +625,7 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[EpochResult, dict], No
             start_epoch = int(resume["epoch"])
             history = list(resume.get("history", []))
         else:
-            params = init_model(config, init_key, input_dim, num_classes)
+            params = start if start is not None else init_model(config, init_key, input_dim, num_classes)
             opt_state = make_optimizer(spec, hparams).init(params)
             start_epoch, history = 0, []
         background_compile_seconds = background.result()[1] if background is not None else 0.0

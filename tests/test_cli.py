@@ -357,6 +357,58 @@ def _broken_data(tmp_path: Path, data_dir: Path, how: str) -> Path:
     return folder
 
 
+# ---------------------------------------------------------------- transfer learning
+
+
+def test_finetune_freezes_layers_and_replaces_the_head(tmp_path, data_dir, trained):
+    """`--finetune CK --classes 5 6 7 8 9 --new-head --freeze 0`: the architecture comes from the
+    checkpoint, the frozen first layer ends bit-identical to the checkpoint's, the head is a new 5-way
+    layer, the other layers moved, and the metrics record the recipe; the test set is the subset."""
+    ck, metrics = tmp_path / "ft.npz", tmp_path / "ft.json"
+    rc, out, err = run("train", "--data-dir", data_dir, "--finetune", trained["ckpt"], "--classes", 5, 6, 7, 8, 9,
+                       "--new-head", "--freeze", 0, "--epochs", 1, "--optimizer", "adam", "--lr", "1e-3",
+                       "--save", ck, "--metrics-out", metrics)
+    assert rc == 0, err
+    base, _ = load_model(trained["ckpt"])
+    tuned, config = load_model(ck)
+    assert [layer["W"].shape for layer in tuned] == [(784, 32), (32, 5)]
+    assert np.array_equal(tuned[0]["W"], base[0]["W"]) and np.array_equal(tuned[0]["b"], base[0]["b"])
+    assert not np.array_equal(tuned[1]["W"][:, :5], base[1]["W"][:, :5])
+    m = json.loads(metrics.read_text())
+    assert m["config"]["freeze"] == [0] and m["config"]["classes"] == [5, 6, 7, 8, 9] and m["config"]["new_head"]
+    assert m["config"]["hidden"] == [32] and config["finetune"] == str(trained["ckpt"])
+    # eval scores the fine-tuned model on the same subset: the numbers training printed, on that many images
+    rc, eval_out, err = run("eval", "--load", ck, "--data-dir", data_dir, "--metrics-out", tmp_path / "e.json")
+    assert rc == 0, err
+    assert line_with("Test Accuracy", eval_out) == line_with("Test Accuracy", out)
+    labels = read_idx(data_dir / "t10k-labels-idx1-ubyte.gz")
+    assert json.loads((tmp_path / "e.json").read_text())["num_test"] == int(np.isin(labels, [5, 6, 7, 8, 9]).sum())
+    # predict names the dataset's labels (5..9), not positions in the subset
+    rc, pred_out, err = run("predict", data_dir / "t10k-images-idx3-ubyte.gz", "--load", ck, "--json", "--top", 5)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in pred_out.splitlines()]
+    assert len(rows) == len(labels) and all(sorted(c for c, _ in r["top"]) == [5, 6, 7, 8, 9] for r in rows)
+
+
+TRANSFER_ERRORS = {
+    "new-head-alone": (["--new-head"], "needs --finetune"),
+    "head-size-changes": (["--finetune", "CK", "--classes", 1, 2, 3], "add --new-head"),
+    "freeze-out-of-range": (["--finetune", "CK", "--freeze", 5], "out of range"),
+    "missing-checkpoint": (["--finetune", "no-such.npz"], "no-such.npz"),
+    "one-class": (["--classes", 3], "two or more"),
+    "arch-mismatch": (["--finetune", "CK", "--arch", "cnn"], "holds a mlp model"),
+}
+
+
+@pytest.mark.parametrize("flags,message", TRANSFER_ERRORS.values(), ids=TRANSFER_ERRORS.keys())
+def test_transfer_flag_errors_give_one_line(tmp_path, data_dir, trained, flags, message):
+    """Fine-tuning flags that cannot work: one line on stderr naming the problem, nothing written."""
+    flags = [trained["ckpt"] if f == "CK" else f for f in flags]
+    rc, out, err = run("train", "--data-dir", data_dir, "--epochs", 1, "--save", tmp_path / "x.npz", *flags)
+    assert_one_line_error(rc, err)
+    assert message in err and not (tmp_path / "x.npz").exists()
+
+
 def _bad_checkpoint(tmp_path: Path, trained: dict, how: str) -> Path:
     path = tmp_path / "bad.npz"
     if how == "garbage":

@@ -381,3 +381,19 @@ def test_real_mnist_loads_and_preprocesses(mnist):
     x = data.normalize(data.flatten(ds.x_test))
     assert x.shape == (10000, 784) and float(x.min()) == 0.0 and float(x.max()) == 1.0
     assert np.array_equal(np.asarray(data.one_hot(ds.y_test)).argmax(1), ds.y_test)
+
+
+def test_select_classes_filters_and_relabels_by_position():
+    """select_classes keeps only the listed labels, in both splits, relabelled by their position in the
+    list (images kept in order); bad lists are refused."""
+    x_train = np.arange(8 * 4, dtype=np.uint8).reshape(8, 2, 2)
+    y_train = np.array([0, 5, 9, 5, 2, 9, 7, 0], np.uint8)
+    x_test = np.arange(4 * 4, dtype=np.uint8).reshape(4, 2, 2)
+    y_test = np.array([9, 1, 5, 9], np.uint8)
+    sub = data.select_classes(data.Dataset(x_train, y_train, x_test, y_test), [9, 5])
+    assert sub.y_train.tolist() == [1, 0, 1, 0] and sub.y_test.tolist() == [0, 1, 0]
+    assert np.array_equal(sub.x_train, x_train[[1, 2, 3, 5]])
+    assert np.array_equal(sub.x_test, x_test[[0, 2, 3]]) and sub.y_train.dtype == np.uint8
+    for bad in ([3], [5, 5], [5, -1], [5, 4]):  # one class, repeated, negative, absent from training
+        with pytest.raises(ValueError, match="--classes"):
+            data.select_classes(data.Dataset(x_train, y_train, x_test, y_test), bad)
