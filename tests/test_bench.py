@@ -79,7 +79,8 @@ def test_bench_json_has_every_row_and_field(capsys):
     assert report["rows"][3]["models"] == 2
     assert set(report["ratios"]) == {"fused_speedup_vs_numpy", "fused_speedup_vs_jit_loop",
                                      "jit_loop_speedup_vs_numpy", "sweep_cost_per_model_vs_fused",
-                                     "large_batch_fraction_of_peak"}
+                                     "large_batch_fraction_of_peak", "sweep_cost_floor_at_peak"}
+    assert report["ratios"]["sweep_cost_floor_at_peak"] == report["rows"][2]["fraction_of_peak"]
     assert report["ratios"]["fused_speedup_vs_numpy"] == pytest.approx(
         report["rows"][0]["seconds_per_epoch"] / report["rows"][2]["seconds_per_epoch"])
     assert report["recompiles_while_timed"] == 0
@@ -98,9 +99,10 @@ def test_bench_text_report_and_bad_data_dir(capsys, tmp_path):
                   "gflops": 1.0, "fraction_of_peak": 0.1, "compile_seconds": None}
                  for n, m, s in (("numpy notebook", 1, 2.0), ("fused", 1, 0.5), ("sweep", 4, 0.25))],
         "ratios": {"fused_speedup_vs_numpy": 4.0, "fused_speedup_vs_jit_loop": 2.0,
-                   "sweep_cost_per_model_vs_fused": 0.5, "large_batch_fraction_of_peak": 0.6},
+                   "sweep_cost_per_model_vs_fused": 0.5, "large_batch_fraction_of_peak": 0.6,
+                   "sweep_cost_floor_at_peak": 0.25},
     }
     text = bench.format_report(report)
-    assert "4.0x" in text and "8.0x" in text and "60% of the matmul peak" in text
+    assert "4.0x" in text and "8.0x" in text and "60% of the matmul peak" in text and "floor here: 0.25x" in text
     assert cli.main(["bench", "--data-dir", str(tmp_path)]) == 1
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
