@@ -69,21 +69,17 @@ def init_params(key: jax.Array, layer_sizes: Sequence[int], scheme: str = "noteb
         raise ValueError(f"layer_sizes must hold >= 2 positive sizes, got {list(layer_sizes)}")
     _check_scheme(scheme)
     fans = tuple(zip(sizes[:-1], sizes[1:]))
-    draws = _split_and_draw(key, fans, scheme, jnp.dtype(dtype))
-    return _layers_from_draws(draws, fans, scheme, jnp.dtype(dtype))
+    return _init_program(key, fans, scheme, jnp.dtype(dtype))
 
 
-# Two programs, not one: inside a single program XLA would fold the scale into the sampler's own
-# constants (0.01 * sqrt(2) * erfinv(u)), and the weights would differ in the last bit from the
-# plain per-layer draws. Two small compiles also beat the dozen of op-by-op execution.
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _split_and_draw(key: jax.Array, fans: tuple, scheme: str, dtype) -> jax.Array:
+def _init_program(key: jax.Array, fans: tuple, scheme: str, dtype) -> Params:
+    # One program (op-by-op execution would compile a dozen). The barrier keeps XLA from folding the
+    # scale into the sampler's own constants (0.01 * sqrt(2) * erfinv(u)), which would change the
+    # weights' last bits from those of the plain per-layer draws.
     keys = jax.random.split(key, len(fans))
-    return _standard_draws(keys, max(m * n for m, n in fans), scheme, dtype, [_glorot_limit(m, n) for m, n in fans])
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _layers_from_draws(draws: jax.Array, fans: tuple, scheme: str, dtype) -> Params:
+    draws = _standard_draws(keys, max(m * n for m, n in fans), scheme, dtype, [_glorot_limit(m, n) for m, n in fans])
+    draws = jax.lax.optimization_barrier(draws)
     return [{"W": _scale_draw(draws[i, : m * n], m, n, scheme, dtype), "b": jnp.zeros((n,), dtype)}
             for i, (m, n) in enumerate(fans)]
 

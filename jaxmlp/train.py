@@ -113,7 +113,8 @@ def hparams_dict(dtype=jnp.float32, **overrides) -> dict:
     if unknown:
         raise ValueError(f"unknown hyperparameters: {sorted(unknown)}")
     merged = {**DEFAULT_HPARAMS, **{k: v for k, v in overrides.items() if v is not None}}
-    return {k: jnp.asarray(v, dtype) for k, v in merged.items()}
+    # Through NumPy: a host value copied to the device compiles nothing (a cast on the device would).
+    return {k: jnp.asarray(np.asarray(v, jnp.dtype(dtype))) for k, v in merged.items()}
 
 
 def apply_fn(arch: str) -> Callable:
@@ -616,9 +617,9 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[EpochResult, dict], No
                 jax.ShapeDtypeStruct((len(train_idx), input_dim), dtype),
                 jax.ShapeDtypeStruct((len(train_idx),), jnp.int32), hparams)
         x = prepare(data.x_train[train_idx], dtype, config.arch)
-        y = jnp.asarray(data.y_train[train_idx], jnp.int32)
+        y = jnp.asarray(data.y_train[train_idx].astype(np.int32))
         x_val = prepare(data.x_train[val_idx], dtype, config.arch) if len(val_idx) else None
-        y_val = jnp.asarray(data.y_train[val_idx], jnp.int32) if len(val_idx) else None
+        y_val = jnp.asarray(data.y_train[val_idx].astype(np.int32)) if len(val_idx) else None
         perms = None
         if resume is not None:
             params, opt_state = resume["params"], resume["opt_state"]
@@ -628,6 +629,13 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[EpochResult, dict], No
             params = start if start is not None else init_model(config, init_key, input_dim, num_classes)
             opt_state = make_optimizer(spec, hparams).init(params)
             start_epoch, history = 0, []
+        x_test = prepare(data.x_test, dtype, config.arch)
+        y_test = jnp.asarray(data.y_test.astype(np.int32))
+        if background is not None:
+            # While the epoch program compiles: the test evaluation's program, compiled by running it
+            # on the first chunk (at most one chunk's work; the final evaluate then finds it cached).
+            chunk = min(_default_chunk(config.arch), x_test.shape[0])
+            _eval_chunk_jit(params, x_test[:chunk], y_test[:chunk], config.arch, config.notebook_exact)
         background_compile_seconds = background.result()[1] if background is not None else 0.0
         if config.notebook_exact and config.replay_notebook_step:
             # The seed notebook ran one test update (lr 0.01) on the first 5 images before training.
@@ -663,8 +671,6 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[EpochResult, dict], No
             break
     if best is not None and config.patience:
         params = best[2]  # early stopping keeps the best validation params, not the last ones
-    x_test = prepare(data.x_test, dtype, config.arch)
-    y_test = jnp.asarray(data.y_test, jnp.int32)
     test_loss, test_acc = evaluate(params, x_test, y_test, arch=config.arch, notebook=config.notebook_exact)
     return FitResult(params, opt_state, key, history, test_loss, test_acc, train_seconds,
                      compile_seconds, stopped_early)
