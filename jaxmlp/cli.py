@@ -600,7 +600,9 @@ def _cmd_train_ensemble(args) -> int:
     from jaxmlp.sweep import fit_ensemble, run_record
 
     refused = [flag for flag, on in (("--resume", args.resume), ("--save", args.save), ("--plot-dir", args.plot_dir),
-                                     ("--log", args.log), ("--devices", args.devices > 1)) if on]
+                                     ("--log", args.log), ("--devices", args.devices > 1),
+                                     ("--finetune", args.finetune), ("--freeze", args.freeze),
+                                     ("--classes", args.classes)) if on]
     if refused:
         raise CLIError(f"--ensemble cannot be combined with {refused[0]}")
     started = time.perf_counter()

@@ -217,6 +217,10 @@ def test_cli_train_ensemble(tmp_path, data, capsys):
     assert report["ensemble"] == 8 and len(report["members"]) == 8
     assert 0 <= report["ensemble_accuracy"] <= 1
     assert cli.main(["train", "--data-dir", str(folder), "--ensemble", "2", "--save", str(tmp_path / "c.npz")]) == 1
+    capsys.readouterr()
+    # fine-tuning flags are not honoured by the vmapped ensemble: refused, not silently ignored
+    assert cli.main(["train", "--data-dir", str(folder), "--ensemble", "2", "--classes", "1", "2"]) == 1
+    assert "--ensemble cannot be combined with --classes" in capsys.readouterr().err
 
 
 def test_chains_split_members_without_changing_them(data):
