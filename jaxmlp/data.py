@@ -247,12 +247,18 @@ class Dataset(NamedTuple):
     y_test: np.ndarray
 
 
-def select_classes(data: Dataset, classes: Sequence[int]) -> Dataset:
-    """Only the examples labelled one of ``classes``, relabelled by position: with classes (5, 6, 7, 8, 9)
-    a 5 becomes 0 and a 9 becomes 4. A smaller task, e.g. for fine-tuning a model on a digit subset."""
+def check_classes(classes: Sequence[int]) -> list[int]:
+    """``classes`` as ints; ValueError naming --classes unless two or more distinct labels >= 0."""
     classes = [int(c) for c in classes]
     if len(set(classes)) != len(classes) or len(classes) < 2 or min(classes) < 0:
         raise ValueError(f"--classes: need two or more distinct non-negative labels, got {classes}")
+    return classes
+
+
+def select_classes(data: Dataset, classes: Sequence[int]) -> Dataset:
+    """Only the examples labelled one of ``classes``, relabelled by position: with classes (5, 6, 7, 8, 9)
+    a 5 becomes 0 and a 9 becomes 4. A smaller task, e.g. for fine-tuning a model on a digit subset."""
+    classes = check_classes(classes)
     table = np.full(max(int(data.y_train.max()), int(data.y_test.max()), *classes) + 1, -1, np.int64)
     table[classes] = np.arange(len(classes))
     parts = []

@@ -443,9 +443,8 @@ class TrainConfig:
             self.weight_decay = 1e-2 if self.optimizer == "adamw" else 0.0
         self.freeze = tuple(int(i) for i in self.freeze)  # lists from JSON compare equal after this
         if self.classes is not None:
-            self.classes = tuple(int(c) for c in self.classes)
-            if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2 or min(self.classes) < 0:
-                raise ValueError(f"--classes: need two or more distinct non-negative labels, got {list(self.classes)}")
+            from .data import check_classes
+            self.classes = tuple(check_classes(self.classes))
         if self.new_head and not self.finetune:
             raise ValueError("--new-head replaces the head of a trained model; it needs --finetune CHECKPOINT")
         if self.schedule == "warmup-cosine" and self.warmup_epochs >= self.epochs:
