@@ -12,14 +12,27 @@ the training code is the single-device code, unchanged::
 With the same global batch and the same shuffle, every device count computes the same updates; only
 the order of the gradient sums differs, so results agree to float round-off.
 
-Several hosts: call ``jax.distributed.initialize(...)`` first in every process (see the README);
-``jax.devices()`` then lists all hosts' devices and ``make_mesh(jax.device_count())`` spans them.
+Several processes (hosts), on JAX's own distributed runtime: every process runs the same program
+(SPMD), each driving its local devices. Call ``initialize(...)`` first in every process, before
+anything touches devices; ``jax.devices()`` then lists all processes' devices and
+``make_mesh(jax.device_count())`` spans them. Every process loads the full (small) dataset and uses the
+same config and seed, so ``distribute`` builds the same *global* replicated arrays everywhere; the
+batch-sharding constraint then gives each process its devices' rows of each global minibatch, and
+the gradient all-reduce crosses processes (gloo over TCP on CPUs, NCCL on GPUs). The global batch
+and the shuffle are those of one process with the same number of devices. Outputs (params, losses)
+come back replicated, so every process can read them; ``to_host`` makes NumPy copies. Only the
+primary process (``is_primary()``) should write files.
+
 On one CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (set before jax starts) gives N
-host devices to try it.
+host devices to try it; two processes on 127.0.0.1 try the multi-process path (tests/test_parallel.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
+import time
+import zlib
 from typing import Any, Sequence
 
 import jax
@@ -27,12 +40,144 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+INIT_TIMEOUT_S = 120  # JAX's default is 300 s; a mistyped address should fail sooner
+
+
+# ---------------------------------------------------------------- several processes
+
+
+def _parse_coordinator(coordinator: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6) -> (host, port); ValueError naming --coordinator."""
+    host, sep, port = str(coordinator).rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--coordinator must be HOST:PORT (a port in 1..65535), got {coordinator!r}")
+    return host, int(port)
+
+
+def _check_process_flags(num_processes: Any, process_id: Any) -> None:
+    def whole(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not whole(num_processes) or num_processes < 1:
+        raise ValueError(f"--num-processes must be a positive integer, got {num_processes!r}")
+    if not whole(process_id) or not 0 <= process_id < num_processes:
+        raise ValueError(f"--process-id must be an integer in 0..{num_processes - 1} "
+                         f"(--num-processes {num_processes}), got {process_id!r}")
+
+
+def _check_port_free(coordinator: str, port: int) -> None:
+    """Process 0 hosts the coordinator service on every interface at ``port``: fail in one line when
+    that port is taken (JAX itself would crash the process)."""
+    if os.environ.get("JAX_COORDINATOR_BIND_ADDRESS"):
+        return  # bound elsewhere; JAX reports its own errors
+    try:
+        dual = socket.has_dualstack_ipv6()
+        socket.create_server(("", port), family=socket.AF_INET6 if dual else socket.AF_INET,
+                             dualstack_ipv6=dual).close()
+    except OSError as e:
+        raise ValueError(f"--coordinator {coordinator}: process 0 cannot listen on port {port} "
+                         f"({os.strerror(e.errno) if e.errno else e}); pick a free port") from None
+
+
+def _wait_for_coordinator(coordinator: str, host: str, port: int, timeout_s: float) -> None:
+    """Poll ``host:port`` until process 0's coordinator accepts TCP connections, at most ``timeout_s``
+    seconds. (JAX aborts the whole process when its own connection attempt times out.)"""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=min(2.0, max(timeout_s, 0.1))).close()
+            return
+        except socket.gaierror as e:
+            raise ValueError(f"--coordinator {coordinator}: cannot resolve host {host!r} ({e.strerror})") from None
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise ValueError(f"--coordinator {coordinator}: no coordinator answered within {timeout_s:g} s "
+                                 f"(is process 0 running, with the same HOST:PORT?)") from None
+            time.sleep(0.2)
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+               *, timeout_s: int = INIT_TIMEOUT_S) -> None:
+    """Join a multi-process run on JAX's distributed runtime. Call once per process, at program entry,
+    before anything touches devices (``jax.devices()``, any array).
+
+    ``coordinator`` is process 0's ``"HOST:PORT"`` (process 0 serves it; the others connect), and
+    ``num_processes`` / ``process_id`` say how many processes and which one this is. With all three
+    None, JAX detects them from a cluster launcher (SLURM, Open MPI, TPU pods). On CPUs the processes'
+    collectives go over gloo (TCP): this sets the process-wide ``jax_cpu_collectives_implementation``
+    to ``"gloo"`` unless the JAX_CPU_COLLECTIVES_IMPLEMENTATION environment variable chose one (e.g.
+    ``mpi``); it changes nothing on GPUs, which use NCCL. Errors are one-line ValueErrors naming the
+    flag: a malformed HOST:PORT, a process id out of range, a coordinator port already taken (process
+    0), a coordinator that does not answer within ``timeout_s`` seconds (other processes), no cluster
+    detected. Process 0 waiting for peers that never come is JAX's own fatal error after ``timeout_s``.
+    """
+    given = [v is not None for v in (coordinator, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError("--coordinator, --num-processes and --process-id go together (or give none of them "
+                         "to let JAX detect a SLURM / Open MPI cluster)")
+    if all(given):
+        host, port = _parse_coordinator(coordinator)
+        _check_process_flags(num_processes, process_id)
+        if jax.distributed.is_initialized():
+            raise ValueError(f"--coordinator {coordinator}: this process already joined a distributed run")
+        if process_id == 0:
+            _check_port_free(coordinator, port)
+        else:
+            _wait_for_coordinator(coordinator, host, port, timeout_s)
+        args = dict(coordinator_address=coordinator, num_processes=int(num_processes), process_id=int(process_id))
+    else:
+        args = {}
+    if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(**args, initialization_timeout=int(timeout_s))
+    except RuntimeError as e:  # called twice, or after the backend started
+        raise ValueError(f"--coordinator: {str(e).splitlines()[0]}") from None
+    except ValueError:  # auto-detection found no cluster
+        raise ValueError("--coordinator: no cluster launcher detected (SLURM, Open MPI, ...); give --coordinator "
+                         "HOST:PORT --num-processes N --process-id I") from None
+
+
+def is_primary() -> bool:
+    """True in process 0 (always, without ``initialize``): the one process that writes files."""
+    return jax.process_index() == 0
+
+
+def process_info() -> dict:
+    """``{"process_index", "process_count", "device_count" (all processes), "local_device_count"}``."""
+    return {"process_index": jax.process_index(), "process_count": jax.process_count(),
+            "device_count": jax.device_count(), "local_device_count": jax.local_device_count()}
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of every array leaf of ``tree``, also of global arrays spanning several processes.
+
+    Replicated leaves (params, optimizer state and losses after ``fit``) are read from this process's
+    own copy. A leaf sharded across processes is gathered with ``process_allgather``, a collective:
+    call ``to_host`` in every process, never only in the primary one.
+    """
+    from jax.experimental import multihost_utils
+
+    def one(leaf):
+        if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+            return np.asarray(leaf)
+        if leaf.is_fully_replicated:
+            return np.asarray(leaf.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+# ---------------------------------------------------------------- the mesh and placement
 
 
 def make_mesh(num_devices: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
-    """A 1-D mesh with axis ``"data"`` over the first ``num_devices`` of ``devices`` (default: all).
+    """A 1-D mesh with axis ``"data"`` over the first ``num_devices`` of ``devices`` (default: all,
+    every process's after ``initialize``).
 
-    Raises ValueError naming ``--devices`` when fewer devices exist.
+    Raises ValueError naming ``--devices`` when fewer devices exist, or when a multi-process mesh
+    leaves some process without a device (every process must take part in every step).
     """
     devices = list(jax.devices() if devices is None else devices)
     if not isinstance(num_devices, (int, np.integer)) or num_devices < 1:
@@ -42,6 +187,9 @@ def make_mesh(num_devices: int = 1, devices: Sequence[Any] | None = None) -> Mes
         hint = (" (on a CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N before starting)"
                 if platform == "cpu" else "")
         raise ValueError(f"--devices {num_devices}: only {len(devices)} {platform} device(s) available{hint}")
+    if len({d.process_index for d in devices[:num_devices]}) < jax.process_count():
+        raise ValueError(f"--devices {num_devices}: a run of {jax.process_count()} processes needs devices "
+                         f"in every process (use all {jax.device_count()})")
     return Mesh(np.array(devices[:num_devices]), (DATA_AXIS,))
 
 
@@ -55,21 +203,36 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def _check_same_everywhere(leaves: list) -> None:
+    """Every process must pass bit-identical values: compare a CRC-32 of each leaf across processes
+    (one tiny all-gather) so a different data folder, seed or flag fails loudly instead of silently
+    training on mismatched copies."""
+    from jax.experimental import multihost_utils
+
+    crcs = np.array([zlib.crc32(np.ascontiguousarray(leaf).reshape(-1).view(np.uint8)) for leaf in leaves],
+                    np.uint32)
+    every = multihost_utils.process_allgather(crcs)  # (processes, leaves)
+    if (every != every[0]).any():
+        bad = int(np.argmax((every != every[0]).any(axis=0)))
+        raise ValueError(f"the processes hold different values for input {bad} of {len(leaves)} "
+                         f"(run every process with the same data, --seed and flags)")
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Every array leaf of ``tree`` placed, whole, on every device of ``mesh``.
 
-    With several processes (``jax.distributed``) each one builds its devices' copies from its own
-    value of the leaf, so every process must pass the same values (same data, config and seed).
+    With several processes each one builds its own devices' copies of one *global* array from its
+    local value of the leaf (``jax.make_array_from_process_local_data``), so every process must pass
+    the same values (same data, config and seed); this is checked (ValueError when they differ).
     """
     sharding = replicated(mesh)
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
-
-    def one(leaf):
-        host = np.asarray(leaf)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-    return jax.tree_util.tree_map(one, tree)
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    host = [np.asarray(leaf) for leaf in leaves]
+    _check_same_everywhere(host)
+    placed = [jax.make_array_from_process_local_data(sharding, h, h.shape) for h in host]
+    return jax.tree_util.tree_unflatten(treedef, placed)
 
 
 def data_parallel_spec(spec, mesh: Mesh):
@@ -87,7 +250,14 @@ def data_parallel_spec(spec, mesh: Mesh):
 
 def distribute(mesh: Mesh, spec, arrays: Any) -> tuple[Any, Any]:
     """``(data_parallel_spec(spec, mesh), replicate(arrays, mesh))``: what ``train.fit`` needs to run
-    data-parallel. ``arrays`` is any PyTree (params, optimizer state, key, x, y)."""
+    data-parallel. ``arrays`` is any PyTree, in ``fit`` (params, opt_state, key (2,) uint32,
+    x (N, D), y (N,) int32).
+
+    The data is placed *replicated*, whole on every device (and, with several processes, held whole by
+    every process): the on-device shuffle gathers each minibatch from all N rows, and the spec's
+    batch-sharding constraint then gives every device its ``batch_size / devices`` rows of it.
+    Memory per device is the dataset's (MNIST: 188 MB as float32), fine for this library's sizes.
+    """
     return data_parallel_spec(spec, mesh), replicate(arrays, mesh)
 
 

@@ -1,18 +1,24 @@
-"""Data parallelism: a mesh over 4 host CPU devices trains the same model as one device.
+"""Data parallelism: a mesh over 4 host CPU devices trains the same model as one device, and two
+processes on JAX's distributed runtime train the same model as one process with two devices.
 
 XLA_FLAGS must be set before jax initialises, so the multi-device checks run in a subprocess started
 with ``--xla_force_host_platform_device_count=4``; it prints one JSON line that the test inspects.
+The multi-process checks start ``tests/_mp_worker.py`` twice on 127.0.0.1 (one CPU device each, gloo
+collectives), then once with two forced host devices, each under a timeout, and compare what they wrote.
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from jaxmlp import cli, parallel, train
@@ -136,3 +142,170 @@ def test_cli_too_many_devices_is_one_line_error(capsys):
     assert rc == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--devices" in err[0]
+
+
+# ---------------------------------------------------------------- several processes
+
+WORKER = REPO / "tests" / "_mp_worker.py"
+WORKER_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def _run_together(commands: list[list[str]], env: dict, folder: Path) -> None:
+    """Start every command at once, wait for all; on a failure or past WORKER_TIMEOUT_S kill them all
+    (a process left alone would wait for its peer in a collective) and fail with their logs."""
+    logs = [open(folder / f"log{i}.txt", "w+") for i in range(len(commands))]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+             for cmd, log in zip(commands, logs)]
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
+    try:
+        while any(p.poll() is None for p in procs):
+            if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
+    for log in logs:
+        log.seek(0)
+    report = "\n".join(f"--- worker {i} (rc {rc}):\n{logs[i].read()[-3000:]}" for i, rc in failed)
+    for log in logs:
+        log.close()
+    assert not failed, f"workers failed or timed out after {WORKER_TIMEOUT_S} s:\n{report}"
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """The worker as two processes of one CPU device each (gloo over 127.0.0.1), then as one process
+    with two forced host devices: {"p0", "p1", "single"} -> (json dict, list of param arrays)."""
+    from conftest import make_synthetic_dataset
+
+    folder = tmp_path_factory.mktemp("multiprocess")
+    data = make_synthetic_dataset(n_train=1024, n_test=1000, seed=1)
+    np.savez(folder / "data.npz", **data._asdict())
+    run = [sys.executable, str(WORKER), str(folder / "data.npz")]
+    coordinator = f"127.0.0.1:{_free_port()}"
+    _run_together([run + [str(folder / f"p{i}"), coordinator, "2", str(i)] for i in (0, 1)],
+                  _worker_env(), folder)
+    _run_together([run + [str(folder / "single")]],
+                  _worker_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), folder)
+
+    def load(name):
+        with np.load(folder / f"{name}.npz") as f:
+            return json.loads((folder / f"{name}.json").read_text()), [f[k] for k in f.files]
+
+    return {name: load(name) for name in ("p0", "p1", "single")}
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_two_devices(two_processes):
+    """Two processes x one device train as one process x two devices: same global batch, same
+    shuffle, same updates. float32 and the cross-device gradient sum is the only thing done
+    differently (gloo between processes, XLA's in-process all-reduce otherwise): a different
+    summation order could move each step by ~1e-7 relative, which 32 SGD steps keep far below the
+    1e-5 allowed here; accuracy within 0.3 points of 1000 test images (3 images)."""
+    multi, multi_params = two_processes["p0"]
+    single, single_params = two_processes["single"]
+    assert (single["process_count"], single["device_count"], single["mesh_size"]) == (1, 2, 2)
+    assert abs(multi["test_accuracy"] - single["test_accuracy"]) <= 0.003
+    assert multi["test_loss"] == pytest.approx(single["test_loss"], rel=1e-5)
+    assert multi["losses"] == pytest.approx(single["losses"], rel=1e-5)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(multi_params, single_params)) < 1e-5
+    assert multi["losses"][1] < multi["losses"][0] and multi["test_accuracy"] > 0.5  # it trained
+
+
+@pytest.mark.slow
+def test_two_processes_agree_exactly_and_report_themselves(two_processes):
+    """Both processes run one SPMD program on one replicated state: bit-identical params and metrics;
+    each knows its index, the run's 2 processes and 2 devices, and only process 0 is primary.
+    Processes passing different values to ``replicate`` get a ValueError, not a silent mix."""
+    (p0, params0), (p1, params1) = two_processes["p0"], two_processes["p1"]
+    for i, p in enumerate((p0, p1)):
+        assert p["process_index"] == i and p["primary"] == (i == 0)
+        assert (p["process_count"], p["device_count"], p["local_device_count"], p["mesh_size"]) == (2, 2, 1, 2)
+        assert p["params_replicated"]
+        assert "different values" in p["mismatch_error"]
+    for key in ("params_sha256", "params_abs_sum", "test_accuracy", "test_loss", "losses"):
+        assert p0[key] == p1[key], key
+    assert all(np.array_equal(a, b) for a, b in zip(params0, params1))
+
+
+def test_initialize_flag_errors_are_one_line_value_errors():
+    """Malformed or inconsistent flags fail before anything is started, naming the flag."""
+    cases = [(("localhost", 2, 0), "--coordinator must be HOST:PORT"),
+             (("localhost:0", 2, 0), "--coordinator must be HOST:PORT"),
+             (("localhost:99999", 2, 0), "--coordinator must be HOST:PORT"),
+             (("localhost:1234", 0, 0), "--num-processes must be a positive integer"),
+             (("localhost:1234", 2, 2), "--process-id must be an integer in 0..1"),
+             (("localhost:1234", 2, -1), "--process-id"),
+             (("localhost:1234", 2, None), "go together"),
+             (("nohost.invalid:1234", 2, 1), "--coordinator nohost.invalid:1234: cannot resolve")]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message) as info:
+            parallel.initialize(*args, timeout_s=1)
+        assert "\n" not in str(info.value)
+
+
+def test_initialize_unreachable_coordinator_times_out():
+    """A process other than 0 whose coordinator never answers gives up after timeout_s with a
+    ValueError naming --coordinator (JAX alone would abort the whole process)."""
+    coordinator = f"127.0.0.1:{_free_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=f"--coordinator {coordinator}: no coordinator answered within 1 s"):
+        parallel.initialize(coordinator, 2, 1, timeout_s=1)
+    assert time.monotonic() - t0 < 10
+
+
+def test_initialize_coordinator_port_taken():
+    """Process 0 must serve the coordinator: a port already in use is a ValueError naming
+    --coordinator (JAX alone would crash the process)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        coordinator = f"127.0.0.1:{holder.getsockname()[1]}"
+        with pytest.raises(ValueError, match=f"--coordinator {coordinator}: process 0 cannot listen"):
+            parallel.initialize(coordinator, 2, 0, timeout_s=1)
+
+
+def test_initialize_after_devices_are_in_use():
+    """Called after JAX started its backend (too late), initialize says so in one line."""
+    jax.devices()
+    with pytest.raises(ValueError, match="--coordinator: .*must be called before") as info:
+        parallel.initialize(f"127.0.0.1:{_free_port()}", 1, 0, timeout_s=1)
+    assert "\n" not in str(info.value)
+
+
+def test_initialize_without_flags_outside_a_cluster():
+    """No flags and no cluster launcher to detect: a one-line error saying which flags to give.
+    (A fresh process: the suite's own has already started JAX.)"""
+    env = {k: v for k, v in _worker_env().items() if not k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_COORD"))}
+    code = "from jaxmlp import parallel\ntry:\n    parallel.initialize()\nexcept ValueError as e:\n    print(e)\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=WORKER_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().startswith("--coordinator: no cluster launcher detected")
+
+
+def test_process_info_and_to_host_in_one_process():
+    """Without initialize: one process, it is primary, and to_host copies a PyTree to NumPy."""
+    info = parallel.process_info()
+    assert info["process_index"] == 0 and info["process_count"] == 1
+    assert info["device_count"] == jax.device_count() and info["local_device_count"] == jax.local_device_count()
+    assert parallel.is_primary()
+    tree = {"W": jax.numpy.ones((2, 3)), "step": 4}
+    host = parallel.to_host(tree)
+    assert isinstance(host["W"], np.ndarray) and host["W"].shape == (2, 3) and int(host["step"]) == 4
