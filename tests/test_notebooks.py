@@ -1,8 +1,9 @@
-"""The tutorial notebooks: committed as generated, stored with their outputs, and still running.
+"""The tutorial notebooks: kept as percent-format scripts, paired with stored .ipynb, and still running.
 
-``notebooks/build_notebooks.py`` holds the cells; the committed ``.ipynb`` files are its executed
-output. Executing needs real MNIST (the ``mnist_dir`` fixture: skipped locally without it, a failure
-in CI) and a Jupyter kernel named "python3" (ipykernel in the test environment).
+``notebooks/NN_name.py`` holds the cells; the committed ``.ipynb`` files are their executed output
+(``python notebooks/sync.py --execute`` regenerates them). Executing needs real MNIST (the
+``mnist_dir`` fixture: skipped locally without it, a failure in CI) and a Jupyter kernel named
+"python3" (ipykernel in the test environment).
 """
 from __future__ import annotations
 
@@ -18,15 +19,15 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 
 
-def _load_builder():
-    spec = importlib.util.spec_from_file_location("build_notebooks", NOTEBOOK_DIR / "build_notebooks.py")
+def _load_sync():
+    spec = importlib.util.spec_from_file_location("notebook_sync", NOTEBOOK_DIR / "sync.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-builder = _load_builder()
-NAMES = list(builder.NOTEBOOKS)
+sync = _load_sync()
+NAMES = sync.NAMES
 # A cell may wait on a first JIT compile on a loaded 2-core machine; a hung kernel still fails.
 CELL_TIMEOUT_S = 300
 
@@ -50,14 +51,37 @@ def _number(pattern: str, text: str) -> float:
     return float(match.group(1))
 
 
+def test_every_notebook_has_its_script():
+    """Each .ipynb is paired with a .py script and the other way round: none is orphaned."""
+    assert NAMES == ["01_mnist_from_scratch", "02_autodiff_vs_manual", "03_sweeps_and_ensembles", "04_beyond_sgd"]
+    assert sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")) == NAMES
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_committed_notebook_matches_generator(name):
-    """The committed .ipynb holds exactly the generator's cells (kind and source), in order, so an edit
-    to one without regenerating the other is caught."""
+def test_committed_notebook_matches_its_script(name):
+    """The committed .ipynb holds exactly its .py script's cells (kind and source), in order, so an edit
+    to one without regenerating the other is caught; the script is plain Python with the jupytext
+    header, and writing it back from the cells gives the same file."""
     committed = _read(name)
-    built = builder.build(name)
-    assert [(c.cell_type, c.source) for c in committed.cells] == [(c.cell_type, c.source) for c in built.cells]
+    script = (NOTEBOOK_DIR / f"{name}.py").read_text()
+    assert sync.cells(committed) == sync.parse_script(script)
     assert committed.metadata["kernelspec"]["name"] == "python3"
+    compile(script, f"{name}.py", "exec")
+    assert sync.format_script(sync.parse_script(script)) == script
+
+
+def test_percent_format_round_trip():
+    """Markdown lines become '# ' comments (blank ones '#'), code stays as is, and parsing undoes it;
+    a script with code before its first marker or an uncommented markdown line is refused."""
+    cells = [("markdown", "# Title\n\nSome *text*.\n  indented"), ("code", "x = 1\n\n\nprint(x)  # %% not a marker"),
+             ("markdown", "one line"), ("code", "def f():\n    return 2")]
+    script = sync.format_script(cells)
+    assert "# %% [markdown]\n# # Title\n#\n# Some *text*.\n#   indented\n\n# %%\nx = 1\n" in script
+    assert sync.parse_script(script) == cells
+    with pytest.raises(ValueError, match="line 1"):
+        sync.parse_script("x = 1\n# %%\ny = 2\n")
+    with pytest.raises(ValueError, match="line 2"):
+        sync.parse_script("# %% [markdown]\nnot a comment\n")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -69,9 +93,9 @@ def test_committed_notebook_has_clean_outputs(name):
     assert [c.execution_count for c in code_cells] == list(range(1, len(code_cells) + 1))
     assert _errors(nb) == []
     assert _png_count(nb) >= 1
-    assert builder.absolute_paths(nb) == []
-    assert str(REPO) not in builder.output_text(nb)
-    assert str(Path.home()) + "/" not in builder.output_text(nb)
+    assert sync.absolute_paths(nb) == []
+    assert str(REPO) not in sync.output_text(nb)
+    assert str(Path.home()) + "/" not in sync.output_text(nb)
 
 
 @pytest.fixture
@@ -89,7 +113,7 @@ def run_notebook(mnist_dir, monkeypatch):
         for cell in nb.cells:
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
-        return builder.execute(nb, timeout=CELL_TIMEOUT_S)
+        return sync.execute(nb, timeout=CELL_TIMEOUT_S)
 
     return run
 
@@ -102,7 +126,7 @@ def test_notebook_01_runs_and_reproduces_the_seed(run_notebook):
     few epochs of training that learn (falling loss, high test accuracy), with its pictures."""
     nb = run_notebook("01_mnist_from_scratch")
     assert _errors(nb) == []
-    text = builder.output_text(nb)
+    text = sync.output_text(nb)
     assert "Cross-Entropy Loss: 2.302670109823364\n" in text
     assert "same as the original notebook: True" in text
     # float64 round-off only: the two gradients are the same arithmetic in another order (~1e-12).
@@ -124,7 +148,7 @@ def test_notebook_02_runs_and_gradients_agree(run_notebook):
     b1/b2; the timing table and bar chart are produced."""
     nb = run_notebook("02_autodiff_vs_manual")
     assert _errors(nb) == []
-    text = builder.output_text(nb)
+    text = sync.output_text(nb)
     # float64: manual vs autodiff is round-off (~1e-12); central differences with eps 1e-4 carry
     # ~1e-12 absolute error, i.e. up to ~1e-6 relative on the smallest entries above the 1e-8 floor.
     assert _number(r"worst: manual vs autodiff (\S+),", text) < 1e-10
@@ -154,7 +178,7 @@ def test_notebook_03_runs_and_shows_sweeps_and_ensembles(run_notebook):
     averaged probabilities win on the images the members dispute; with its picture."""
     nb = run_notebook("03_sweeps_and_ensembles")
     assert _errors(nb) == []
-    text = builder.output_text(nb)
+    text = sync.output_text(nb)
     assert re.findall(r"^program \d: hidden (\S+), batch 32, 5 models", text, re.M) == ["128-64", "256-128"]
     assert "adding seed=[0, 1, 2]: 30 configurations, still 2 programs" in text
     table = re.findall(r"^\s+(\d+)\s+(\d\.\d+)\s+(\d+-\d+)\s+\d\.\d{4}\s+(\d+\.\d\d)%$", text, re.M)
@@ -192,7 +216,7 @@ def test_notebook_04_runs_and_shows_each_method(run_notebook):
     new head learns; and the pictures are there."""
     nb = run_notebook("04_beyond_sgd")
     assert _errors(nb) == []
-    text = builder.output_text(nb)
+    text = sync.output_text(nb)
 
     rows = {name: (float(first), float(last), float(acc)) for name, first, last, acc in re.findall(
         r"^(sgd|momentum|nesterov|adam|adamw) .* (\d+\.\d{3})\s+(\d+\.\d{3})\s+(\d+\.\d{2})%$", text, re.M)}
