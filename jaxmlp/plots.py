@@ -42,51 +42,93 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 # ----------------------------------------------------------------------------- learning curves
 
-_ACCURACY_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
+# (history key, legend label) in drawing order; the train loss is the mean over the epoch's minibatches,
+# the others are measured on the whole split after the epoch.
+_LOSS_SERIES = (("loss", "train (mean over the epoch's batches)"), ("val_loss", "validation"), ("test_loss", "test"))
+_ACCURACY_SERIES = (("val_accuracy", "validation"), ("test_accuracy", "test"), ("train_accuracy", "train"))
+# One colour per split in both panels.
+_SPLIT_COLORS = {"loss": "C0", "train_accuracy": "C0", "val_loss": "C1", "val_accuracy": "C1",
+                 "test_loss": "C2", "test_accuracy": "C2"}
 
 
-def plot_curves(history: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Loss (and accuracy, when the history has any) against epoch.
+def _integer_epochs(ax, epochs: list[float]) -> None:
+    """Whole-epoch ticks only (no 2.5), with a margin so a one-epoch run is not a zero-width axis."""
+    from matplotlib.ticker import MaxNLocator
 
-    history: one dict per epoch with "epoch" and "loss", optionally "val_loss", "train_accuracy",
-    "val_accuracy", "test_accuracy"; keys missing from some epochs are simply not drawn there.
-    """
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    lo, hi = min(epochs), max(epochs)
+    pad = max(0.5, 0.04 * (hi - lo))
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_xlabel("epoch")
+
+
+def curves_figure(history: Sequence[dict], *, test_loss: float | None = None,
+                  test_accuracy: float | None = None):
+    """The matplotlib Figure that plot_curves saves (see there); tests inspect its axes."""
     if not history:
         raise ValueError("plot_curves: history is empty")
     if any("epoch" not in h or "loss" not in h for h in history):
         raise ValueError("plot_curves: every history entry needs 'epoch' and 'loss'")
 
-    def series(name: str):
+    def series(name: str) -> tuple[list[float], list[float]]:
         pts = [(float(h["epoch"]), float(h[name])) for h in history if h.get(name) is not None]
         return [p[0] for p in pts], [p[1] for p in pts]
 
-    acc_keys = [k for k in _ACCURACY_KEYS if series(k)[0]]
-    fig = _new_figure((11, 4) if acc_keys else (6, 4))
-    axes = fig.subplots(1, 2 if acc_keys else 1, squeeze=False)[0]
+    epochs = [float(h["epoch"]) for h in history]
+    last = max(epochs)
+    # The run's final test numbers, when given and not already in the history, are one point at the end.
+    finals = {"test_loss": test_loss, "test_accuracy": test_accuracy}
+    finals = {k: v for k, v in finals.items() if v is not None and not series(k)[0]}
+    acc_series = [(k, label) for k, label in _ACCURACY_SERIES if series(k)[0] or k in finals]
+    fig = _new_figure((11, 4) if acc_series else (6, 4))
+    axes = fig.subplots(1, 2 if acc_series else 1, squeeze=False)[0]
 
-    ax = axes[0]
-    for name, label in (("loss", "train loss"), ("val_loss", "validation loss")):
-        x, y = series(name)
-        if x:
-            ax.plot(x, y, marker="o" if len(x) < 30 else None, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy loss")
-    ax.set_title("Loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-
-    if acc_keys:
-        ax = axes[1]
-        for name in acc_keys:
+    def draw(ax, keys, percent: bool) -> None:
+        for name, label in keys:
             x, y = series(name)
-            ax.plot(x, y, marker="o" if len(x) < 30 else None, label=name.replace("_", " "))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy")
-        ax.set_title("Accuracy")
+            color = _SPLIT_COLORS[name]
+            if name in finals:
+                value = finals[name]
+                ax.plot([last], [value], marker="*", markersize=13, linestyle="none", color=color,
+                        label=f"{label} (end of training)")
+                ax.annotate(f"{value:.2%}" if percent else f"{value:.4f}", (last, value), color=color,
+                            textcoords="offset points", xytext=(-8, 8), ha="right")
+            elif x:
+                ax.plot(x, y, marker="o" if len(x) < 30 else None, color=color, label=label)
+        if percent:
+            from matplotlib.ticker import PercentFormatter
+
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+            lo, hi = ax.get_ylim()  # no room above 100% or below 0%
+            ax.set_ylim(max(lo, -0.005), min(hi, 1.005))
+        _integer_epochs(ax, epochs)
         ax.grid(alpha=0.3)
         ax.legend()
+
+    ax = axes[0]
+    draw(ax, [(k, label) for k, label in _LOSS_SERIES if series(k)[0] or k in finals], percent=False)
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title("Loss")
+    if acc_series:
+        ax = axes[1]
+        draw(ax, acc_series, percent=True)
+        ax.set_ylabel("accuracy")
+        ax.set_title("Accuracy")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def plot_curves(history: Sequence[dict], path: str | os.PathLike, *, test_loss: float | None = None,
+                test_accuracy: float | None = None) -> Path:
+    """Loss against epoch, beside accuracy against epoch when there is any; whole-epoch ticks.
+
+    history: one dict per epoch with "epoch" and "loss" (the mean training loss over that epoch's
+    minibatches), optionally "val_loss", "test_loss", "val_accuracy", "test_accuracy",
+    "train_accuracy" (fractions); keys missing from some epochs are simply not drawn there.
+    test_loss, test_accuracy: the run's final test numbers (e.g. FitResult's), drawn as one star at
+    the last epoch unless the history already has that series. Returns the PNG's path.
+    """
+    return _save(curves_figure(history, test_loss=test_loss, test_accuracy=test_accuracy), path)
 
 
 # ----------------------------------------------------------------------------- confusion matrix
@@ -324,17 +366,21 @@ def _axis_values(values: list) -> tuple[list, list[float], list[str] | None]:
     return distinct, [float(i) for i in range(len(distinct))], [str(v) for v in distinct]
 
 
-def plot_sweep(runs: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Test accuracy against each swept hyperparameter.
+def _sweep_caption(lines: str, counts: list[int]) -> str:
+    """What the lines of a sweep plot are, given how many runs each of their points averages."""
+    lo, hi = min(counts), max(counts)
+    if hi == 1:
+        return f"{lines}: test accuracy of the one run at each point"
+    return f"{lines}: mean test accuracy of the {lo if lo == hi else f'{lo}-{hi}'} runs at each point; dots: single runs"
 
-    runs: [{"config": {...}, "test_accuracy": float}, ...]. One varying key: accuracy against it
-    (mean line, every run as a dot). Two: one line per value of the second. More: one panel per
-    key. A varying "seed" is averaged over when other keys vary too. Learning rates use a log
-    x-axis; non-numeric values are categories.
-    """
+
+def sweep_figure(runs: Sequence[dict]):
+    """The matplotlib Figure that plot_sweep saves (see there); tests inspect its axes."""
     runs = [r for r in runs if r.get("test_accuracy") is not None]
     if not runs:
         raise ValueError("plot_sweep: no runs with a test_accuracy")
+    from matplotlib.ticker import PercentFormatter
+
     acc = np.array([float(r["test_accuracy"]) for r in runs])
     varying = varying_hyperparameters(runs)
     if len(varying) > 1 and "seed" in varying:
@@ -344,20 +390,27 @@ def plot_sweep(runs: Sequence[dict], path: str | os.PathLike) -> Path:
     def value(run, k):
         return _hashable(run.get("config", {}).get(k))
 
-    def draw(ax, xkey, group_key=None):
+    def draw(ax, xkey, group_key=None) -> list[int]:
+        """Lines and dots on ax; returns how many runs each point of the lines averages."""
         xs = [value(r, xkey) for r in runs]
         distinct, pos, ticks = _axis_values(xs)
         where = {v: p for v, p in zip(distinct, pos)}
         groups = [None] if group_key is None else _axis_values([value(r, group_key) for r in runs])[0]
+        counts = []
         for g in groups:
             sel = [i for i, r in enumerate(runs) if group_key is None or value(r, group_key) == g]
-            label = None if group_key is None else f"{group_key}={g}"
             px = [where[xs[i]] for i in sel]
-            # Mean over repeats (e.g. seeds) at each x as a line; every run as a faint dot.
+            # Mean over the runs sharing an x (seeds, or the other settings when pooled) as a line;
+            # every run as a faint dot.
             line_x = sorted(set(px))
-            line_y = [float(np.mean([acc[i] for i in sel if where[xs[i]] == x])) for x in line_x]
-            (line,) = ax.plot(line_x, line_y, marker="o", label=label)
-            ax.scatter(px, acc[sel], s=18, alpha=0.4, color=line.get_color())
+            members = [[acc[i] for i in sel if where[xs[i]] == x] for x in line_x]
+            counts += [len(m) for m in members]
+            repeats = max(len(m) for m in members) > 1
+            label = f"{group_key}={g}" if group_key is not None else (
+                f"mean of the runs at each {xkey}" if repeats else f"one run at each {xkey}")
+            (line,) = ax.plot(line_x, [float(np.mean(m)) for m in members], marker="o", label=label)
+            ax.scatter(px, acc[sel], s=18, alpha=0.4, color=line.get_color(),
+                       label="single runs" if group_key is None and repeats else None)
         if ticks is None and _is_lr(xkey) and min(pos) > 0:
             ax.set_xscale("log")
             ax.minorticks_off()
@@ -370,9 +423,10 @@ def plot_sweep(runs: Sequence[dict], path: str | os.PathLike) -> Path:
             ax.set_xlim(-0.5, len(distinct) - 0.5)
         ax.set_xlabel(xkey)
         ax.set_ylabel("test accuracy")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.grid(alpha=0.3)
-        if group_key is not None:
-            ax.legend(fontsize=8)
+        ax.legend(fontsize=8)
+        return counts
 
     if not varying:
         fig = _new_figure((5, 4))
@@ -380,20 +434,37 @@ def plot_sweep(runs: Sequence[dict], path: str | os.PathLike) -> Path:
         ax.scatter(np.arange(len(runs)), acc)
         ax.set_xlabel("run")
         ax.set_ylabel("test accuracy")
-        ax.set_title("Sweep (no hyperparameter varies)")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_title("Sweep (no hyperparameter varies): each dot one run", fontsize=10)
     elif len(varying) <= 2:
-        fig = _new_figure((6.5, 4.5))
+        fig = _new_figure((7.5, 4.8))
         ax = fig.subplots()
-        draw(ax, varying[0], varying[1] if len(varying) == 2 else None)
-        ax.set_title(f"Sweep: test accuracy vs {' and '.join(varying)} ({len(runs)} runs)")
+        counts = draw(ax, varying[0], varying[1] if len(varying) == 2 else None)
+        lines = "line" if len(varying) == 1 else f"one line per {varying[1]}"
+        ax.set_title(f"Sweep: test accuracy vs {' and '.join(varying)} ({len(runs)} runs)\n"
+                     + _sweep_caption(lines, counts), fontsize=10)
     else:
-        fig = _new_figure((4.5 * len(varying), 4))
+        fig = _new_figure((4.5 * len(varying), 4.3))
         axes = fig.subplots(1, len(varying), squeeze=False)[0]
+        counts = []
         for ax, k in zip(axes, varying):
-            draw(ax, k)
-        fig.suptitle(f"Sweep: test accuracy vs each hyperparameter ({len(runs)} runs)")
+            counts += draw(ax, k)
+        fig.suptitle(f"Sweep: test accuracy vs each hyperparameter ({len(runs)} runs)\n"
+                     + _sweep_caption("each panel's line (the other settings pooled)", counts), fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def plot_sweep(runs: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Test accuracy against each swept hyperparameter; returns the PNG's path.
+
+    runs: [{"config": {...}, "test_accuracy": float}, ...]. One varying key: the mean test accuracy
+    of the runs at each value as a line, every run as a dot. Two: one such line per value of the
+    second key. More: one panel per key, each line pooling all runs with that value. A varying
+    "seed" is averaged over when other keys vary too. Learning rates use a log x-axis; non-numeric
+    values are categories. The title says what the lines are and how many runs each point averages.
+    """
+    return _save(sweep_figure(runs), path)
 
 
 # ----------------------------------------------------------------------------- everything at once
@@ -401,19 +472,22 @@ def plot_sweep(runs: Sequence[dict], path: str | os.PathLike) -> Path:
 
 def save_training_plots(plot_dir: str | os.PathLike, *, history: Sequence[dict], params: Any,
                         x_test_images, y_test, preds,
-                        class_names: Sequence[str] | None = None) -> list[Path]:
+                        class_names: Sequence[str] | None = None,
+                        test_loss: float | None = None) -> list[Path]:
     """Write curves.png, confusion.png, misclassified.png and first_layer.png into plot_dir.
 
     params: the list of {"W", "b"} dicts (first layer W is (784, H)); x_test_images (N, 784) or
-    (N, 28, 28); y_test, preds: (N,) ints.
+    (N, 28, 28); y_test, preds: (N,) ints. The curves show the final test accuracy (from y_test and
+    preds) and test_loss, when given, at the last epoch.
     """
     plot_dir = Path(plot_dir)
     plot_dir.mkdir(parents=True, exist_ok=True)
     y_test, preds = np.asarray(y_test), np.asarray(preds)
     # The output layer's width is the class count, even when a class is absent from y_test.
     num_classes = len(class_names) if class_names is not None else int(np.shape(params[-1]["b"])[-1])
+    test_accuracy = float(np.mean(y_test == preds)) if y_test.size else None
     return [
-        plot_curves(history, plot_dir / "curves.png"),
+        plot_curves(history, plot_dir / "curves.png", test_loss=test_loss, test_accuracy=test_accuracy),
         plot_confusion(y_test, preds, plot_dir / "confusion.png", class_names, num_classes=num_classes),
         plot_misclassified(x_test_images, y_test, preds, plot_dir / "misclassified.png",
                            class_names=class_names),

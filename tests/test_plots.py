@@ -81,6 +81,74 @@ def test_curves_png(tmp_path, fake_run):
         plots.plot_curves([], tmp_path / "empty.png")
 
 
+def _legend(ax) -> list[str]:
+    return [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def _visible_ticks(ax) -> list[float]:
+    lo, hi = ax.get_xlim()
+    return [tick for tick in ax.get_xticks() if lo <= tick <= hi]
+
+
+def test_curves_panels_labels_and_integer_epoch_ticks():
+    """Loss (train, validation, test) beside accuracy (validation, test, train), each series in the
+    legend under its split's name, axes labelled, and only whole epochs on the x-axis."""
+    history = [{"epoch": e, "loss": 1 / e, "val_loss": 1.1 / e, "test_loss": 1.2 / e, "val_accuracy": 1 - 0.25 / e,
+                "test_accuracy": 1 - 0.3 / e, "train_accuracy": 1 - 0.2 / e} for e in range(1, 8)]
+    fig = plots.curves_figure(history)
+    fig.canvas.draw()
+    loss_ax, acc_ax = fig.axes
+    assert _legend(loss_ax) == ["train (mean over the epoch's batches)", "validation", "test"]
+    assert _legend(acc_ax) == ["validation", "test", "train"]
+    assert (loss_ax.get_title(), loss_ax.get_xlabel(), loss_ax.get_ylabel()) == ("Loss", "epoch", "cross-entropy loss")
+    assert (acc_ax.get_title(), acc_ax.get_xlabel(), acc_ax.get_ylabel()) == ("Accuracy", "epoch", "accuracy")
+    for ax in fig.axes:
+        ticks = _visible_ticks(ax)
+        assert len(ticks) >= 2 and all(float(tick).is_integer() for tick in ticks), ticks
+    # Accuracy is a fraction shown as a percentage, and never given room above 100%.
+    assert acc_ax.get_ylim()[1] <= 1.005
+    assert acc_ax.yaxis.get_major_formatter().format_ticks([0.5])[0].endswith("%")
+    # Each split keeps its colour in both panels.
+    colors = {ax: {line.get_label(): line.get_color() for line in ax.get_lines()} for ax in fig.axes}
+    assert colors[loss_ax]["validation"] == colors[acc_ax]["validation"]
+    assert colors[loss_ax]["test"] == colors[acc_ax]["test"]
+
+
+def test_curves_one_epoch_and_final_test_numbers():
+    """A one-epoch run gets the single tick 1 (not 0.8, 1.0, 1.2); a history with the training loss only,
+    given the final test numbers, shows them as one labelled point each at the last epoch."""
+    one = plots.curves_figure([{"epoch": 1, "loss": 0.9}])
+    one.canvas.draw()
+    assert len(one.axes) == 1 and _visible_ticks(one.axes[0]) == [1.0]
+
+    fig = plots.curves_figure([{"epoch": e, "loss": 1 / e} for e in (1, 2, 3)], test_loss=0.2, test_accuracy=0.97)
+    loss_ax, acc_ax = fig.axes
+    assert _legend(loss_ax) == ["train (mean over the epoch's batches)", "test (end of training)"]
+    assert _legend(acc_ax) == ["test (end of training)"]
+    (star,) = acc_ax.get_lines()
+    assert list(star.get_xdata()) == [3.0] and list(star.get_ydata()) == [0.97]
+    assert [text.get_text() for text in acc_ax.texts] == ["97.00%"]
+    # A history that already has per-epoch test values is drawn as is; the final numbers add nothing.
+    per_epoch = plots.curves_figure([{"epoch": 1, "loss": 1.0, "test_accuracy": 0.9}], test_accuracy=0.9)
+    assert _legend(per_epoch.axes[1]) == ["test"]
+
+
+def test_save_training_plots_curves_show_test_accuracy_from_preds(tmp_path, fake_run, monkeypatch):
+    """save_training_plots hands plot_curves the test accuracy its preds give (and test_loss when passed)."""
+    images, labels, preds, _, params = fake_run
+    seen = {}
+    real = plots.plot_curves
+
+    def spy(history, path, **kwargs):
+        seen.update(kwargs)
+        return real(history, path, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_curves", spy)
+    plots.save_training_plots(tmp_path, history=[{"epoch": 1, "loss": 0.5}], params=params,
+                              x_test_images=images, y_test=labels, preds=preds, test_loss=0.3)
+    assert seen == {"test_loss": 0.3, "test_accuracy": pytest.approx(float(np.mean(labels == preds)))}
+
+
 def test_confusion_png(tmp_path, fake_run):
     """plot_confusion writes a PNG, with or without class names."""
     _, labels, preds, _, _ = fake_run
@@ -145,6 +213,36 @@ def test_varying_hyperparameters():
 def test_sweep_png(tmp_path, grid):
     """plot_sweep writes a PNG for 0, 1, 2 and more varying hyperparameters."""
     png_size(plots.plot_sweep(_runs(grid), tmp_path / "s.png"))
+
+
+def test_sweep_says_what_its_lines_are():
+    """The title says a line is the mean test accuracy of the runs at each value (with how many), the
+    legend names the line and the dots, the y-axis is test accuracy and the x-axis the swept key."""
+    runs = _runs([{"lr": lr, "seed": s} for lr in (1e-3, 1e-2, 1e-1) for s in (0, 1, 2)])
+    (ax,) = plots.sweep_figure(runs).axes
+    assert ax.get_title() == ("Sweep: test accuracy vs lr (9 runs)\n"
+                              "line: mean test accuracy of the 3 runs at each point; dots: single runs")
+    assert _legend(ax) == ["mean of the runs at each lr", "single runs"]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_xscale()) == ("lr", "test accuracy", "log")
+    (line,) = ax.get_lines()
+    accs = np.array([r["test_accuracy"] for r in runs]).reshape(3, 3)
+    np.testing.assert_allclose(line.get_ydata(), accs.mean(axis=1))
+
+    # One run per value: no mean and no dots to speak of.
+    (ax,) = plots.sweep_figure(_runs([{"lr": lr} for lr in (1e-3, 1e-2)])).axes
+    assert ax.get_title().endswith("\nline: test accuracy of the one run at each point")
+    assert _legend(ax) == ["one run at each lr"]
+
+    # Two keys: one line per value of the second, named in the legend.
+    (ax,) = plots.sweep_figure(_runs([{"lr": lr, "hidden": h} for lr in (1e-3, 1e-2) for h in (32, 128)])).axes
+    assert _legend(ax) == ["hidden=32", "hidden=128"]
+    assert "one line per hidden" in ax.get_title()
+
+    # More keys: one panel each, pooling the other settings, which the title says.
+    fig = plots.sweep_figure(_runs([{"lr": lr, "hidden": h, "optimizer": o} for lr in (1e-3, 1e-2)
+                                    for h in (32, 64) for o in ("sgd", "adam")]))
+    assert [ax.get_xlabel() for ax in fig.axes] == ["lr", "hidden", "optimizer"]
+    assert "(the other settings pooled): mean test accuracy of the 4 runs at each point" in fig._suptitle.get_text()
 
 
 def test_sweep_without_results_is_an_error(tmp_path):
