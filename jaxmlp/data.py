@@ -2,25 +2,47 @@
 
 The IDX format (LeCun's): two zero bytes, a type code, the number of dimensions, then one big-endian
 uint32 per dimension and the values, big-endian, row-major. Files may be gzip-compressed.
+
+Reading is bounded: the header is read first, a payload larger than MAX_ARRAY_BYTES (or larger than a raw
+file holds, or than its gzip data could inflate to) is refused before anything is allocated, and the
+payload is decompressed into one array of exactly the declared size, never past it plus one byte. So
+peak memory is about the largest array accepted, whatever the file claims or inflates to.
+
+Where a dataset's four files live (first match wins):
+  1. the folder given (``--data-dir DIR``, ``data_dir=``): exactly that folder;
+  2. ``$JAXMLP_DATA_DIR``: its subfolder named after the dataset (``$JAXMLP_DATA_DIR/fashion-mnist/``)
+     when that exists, else the variable's folder itself. So one variable can serve several datasets
+     (one subfolder each) or name one dataset's folder directly;
+  3. the cache ``($XDG_CACHE_HOME or ~/.cache)/jaxmlp/DATASET``, downloaded there on first use.
+Files in the cache must match the registry's SHA-256s (a file that does not is downloaded again). A folder
+of the first two kinds may hold any data in MNIST's layout, but one holding another registered dataset's
+files is refused (MNIST's files asked for as Fashion-MNIST). Hashes are computed once per file and
+remembered in a small JSON stamp (``.jaxmlp-sha256.json`` beside the files, or under the cache's
+``jaxmlp/stamps/`` for a folder we cannot write) keyed by size, mtime and ctime, so a run in which nothing
+changed reads one small file instead of hashing the data.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
 import http.client
+import io
+import json
 import math
 import os
-import secrets
 import socket
+import stat
+import struct
 import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import IO, NamedTuple, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmlp.fileio import remove_stale_temps, temp_path, write_json
 from jaxmlp.progress import Progress
 
 
@@ -48,61 +70,146 @@ IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
+_NPY_MAGIC = b"\x93NUMPY"
+
+# The most bytes one array read from a file (IDX payload or .npy data) may hold: 1 GiB. Real IDX datasets
+# fit with room to spare (MNIST's training images are 47 MB, EMNIST ByClass's 0.55 GB); a header that
+# declares more is refused before anything is allocated.
+MAX_ARRAY_BYTES = 1 << 30
+# Deflate turns one input byte into at most ~1032 output bytes: gzip data of S bytes cannot hold more.
+_DEFLATE_MAX_RATIO = 1032
+_CHUNK = 1 << 20
 
 
-def _gunzip(raw: bytes, name: str) -> bytes:
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as err:
-        # EOFError: stream cut short; BadGzipFile (an OSError) / zlib.error: corrupt bytes or CRC.
-        raise IDXError(f"{name}: corrupt or truncated gzip data ({err})") from None
+def _size(n: int) -> str:
+    """A byte count for a message; products of 255 declared dimensions can have thousands of digits."""
+    return str(n) if n < 10**15 else f"about 10^{len(str(n)) - 1}"
 
 
-def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Parse the bytes of an IDX file (gzip or raw) into a native-endian array; IDXError if malformed."""
-    if raw[:2] == _GZIP_MAGIC:
-        raw = _gunzip(raw, name)
-    if len(raw) < 4:
-        raise IDXError(f"{name}: truncated: {len(raw)} bytes, an IDX header needs at least 4")
-    if raw[0] != 0 or raw[1] != 0:
-        raise IDXError(f"{name}: not an IDX file: magic starts with {raw[:2].hex(' ')}, expected 00 00")
-    code, ndim = raw[2], raw[3]
+def _read_upto(stream: IO[bytes], n: int) -> bytes:
+    """Up to n bytes, fewer only at the end of the stream."""
+    parts, got = [], 0
+    while got < n:
+        chunk = stream.read(n - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _read_into(stream: IO[bytes], buf: np.ndarray) -> int:
+    """Fill the 1-D uint8 array buf from stream in bounded pieces; return the bytes read."""
+    view, got = memoryview(buf), 0
+    while got < len(view):
+        n = stream.readinto(view[got:got + _CHUNK])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _idx_header(stream: IO[bytes], name: str) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Read and check an IDX header: (on-disk dtype, shape, header bytes)."""
+    head = _read_upto(stream, 4)
+    if len(head) < 4:
+        raise IDXError(f"{name}: truncated: {len(head)} bytes, an IDX header needs at least 4")
+    if head[0] != 0 or head[1] != 0:
+        raise IDXError(f"{name}: not an IDX file: magic starts with {head[:2].hex(' ')}, expected 00 00")
+    code, ndim = head[2], head[3]
     if code not in IDX_DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in IDX_DTYPES)
         raise IDXError(f"{name}: unknown IDX type code 0x{code:02X} (known: {known})")
     if ndim == 0:
         raise IDXError(f"{name}: header declares 0 dimensions (need at least 1)")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise IDXError(f"{name}: truncated: header declares {ndim} dimensions ({header} header bytes), "
-                       f"file has {len(raw)} bytes")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = IDX_DTYPES[code]
-    # Python ints: the product of declared dimensions can exceed int64.
-    expected = math.prod(shape) * dtype.itemsize
-    got = len(raw) - header
-    if got < expected:
+    dims = _read_upto(stream, 4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise IDXError(f"{name}: truncated: header declares {ndim} dimensions ({4 + 4 * ndim} header "
+                       f"bytes), file has {4 + len(dims)} bytes")
+    return IDX_DTYPES[code], struct.unpack(f">{ndim}I", dims), 4 + 4 * ndim
+
+
+def _check_declared(name: str, expected: int, size: int, header: int, gz: bool) -> None:
+    """IDXError unless a payload of `expected` bytes is allowed and fits a file of `size` bytes."""
+    if expected > MAX_ARRAY_BYTES:
+        raise IDXError(f"{name}: header declares {_size(expected)} payload bytes, more than the "
+                       f"{MAX_ARRAY_BYTES} jaxmlp reads (jaxmlp.data.MAX_ARRAY_BYTES)")
+    got = size - header
+    if gz:
+        if expected > _DEFLATE_MAX_RATIO * size:
+            raise IDXError(f"{name}: truncated: header declares {expected} payload bytes, more than "
+                           f"{size} bytes of gzip data can hold")
+    elif got < expected:
         raise IDXError(f"{name}: truncated: header declares {expected} payload bytes, file has {got}")
-    if got > expected:
+    elif got > expected:
         raise IDXError(f"{name}: {got - expected} unexpected bytes after the payload "
                        f"(header declares {expected} payload bytes, file has {got})")
-    values = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=header)
-    return values.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+
+
+def _read_idx_from(f: IO[bytes], name: str, size: int) -> np.ndarray:
+    """The array in the IDX file open as f (at offset 0, `size` bytes, gzip or raw), native-endian."""
+    gz = _read_upto(f, 2) == _GZIP_MAGIC
+    f.seek(0)
+    stream = gzip.GzipFile(fileobj=f, mode="rb") if gz else f
+    try:
+        dtype, shape, header = _idx_header(stream, name)
+        expected = math.prod(shape) * dtype.itemsize  # Python ints: may exceed int64
+        _check_declared(name, expected, size, header, gz)
+        values = np.empty(expected // dtype.itemsize, dtype)
+        got = _read_into(stream, values.view(np.uint8))
+        extra = stream.read(1) if got == expected else b""  # for gzip, also checks the CRC and length
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        # EOFError: stream cut short; BadGzipFile / zlib.error: corrupt bytes, CRC or trailing junk.
+        raise IDXError(f"{name}: corrupt or truncated gzip data ({err})") from None
+    except OSError as err:
+        raise IDXError(f"{name}: cannot read: {err.strerror or err}") from None
+    if got < expected:
+        raise IDXError(f"{name}: truncated: header declares {expected} payload bytes, file has {got}")
+    if extra:
+        raise IDXError(f"{name}: unexpected bytes after the payload (header declares {expected} payload "
+                       f"bytes, the decompressed data holds more)")
+    values = values.byteswap(inplace=True) if not dtype.isnative else values
+    try:
+        return values.view(dtype.newbyteorder("=")).reshape(shape)
+    except ValueError:  # more dimensions than NumPy supports
+        raise IDXError(f"{name}: header declares {len(shape)} dimensions, more than NumPy "
+                       f"supports") from None
+
+
+def _open_file(path: str | os.PathLike, error: type[DataError]) -> tuple[IO[bytes], int]:
+    """(binary file, size) for a regular file; `error` naming the path for anything else, so a folder,
+    a FIFO or a device such as /dev/zero is refused before any read (O_NONBLOCK: a FIFO without a
+    writer must not block the open)."""
+    name = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise error(f"{name}: no such file") from None
+    except OSError as err:
+        raise error(f"{name}: cannot read: {err.strerror or err}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        what = "a folder" if stat.S_ISDIR(info.st_mode) else "a device, FIFO or socket"
+        raise error(f"{name}: is {what}, not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb"), info.st_size
+
+
+def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Parse the bytes of an IDX file (gzip or raw) into a native-endian array; IDXError if malformed."""
+    return _read_idx_from(io.BytesIO(raw), name, len(raw))
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file, gzip (detected by its magic bytes) or raw, as a native-endian array.
 
-    Raises IDXError (a ValueError) naming the file for anything malformed or unreadable.
+    Streams from the file with bounded memory (see MAX_ARRAY_BYTES). Raises IDXError (a ValueError)
+    naming the file for anything malformed, oversized, unreadable or not a regular file.
     """
-    name = os.fspath(path)
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise IDXError(f"{name}: no such file") from None
-    except OSError as err:
-        raise IDXError(f"{name}: cannot read: {err.strerror or err}") from None
-    return parse_idx(raw, name)
+    f, size = _open_file(path, IDXError)
+    with f:
+        return _read_idx_from(f, os.fspath(path), size)
 
 
 def write_idx(path: str | os.PathLike, array) -> None:
@@ -124,6 +231,91 @@ def write_idx(path: str | os.PathLike, array) -> None:
     if os.fspath(path).endswith(".gz"):
         raw = gzip.compress(raw, mtime=0)  # mtime=0: same array, same bytes
     Path(path).write_bytes(raw)
+
+
+# ---------------------------------------------------------------- image files (predict's input)
+
+
+def _npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            return fmt.read_array_header_1_0(f)
+        if version == (2, 0):
+            return fmt.read_array_header_2_0(f)
+        raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    except (ValueError, TypeError, OSError, EOFError) as err:
+        msg = " ".join(str(err).split()) or type(err).__name__
+        raise DataError(f"{name}: unreadable .npy file ({msg})") from None
+
+
+def _read_npy(f: IO[bytes], name: str, size: int) -> np.ndarray:
+    """The array in the .npy file open as f, read only after its header has been checked: no pickles,
+    images' rank and dtype, at most MAX_ARRAY_BYTES, exactly what the file holds."""
+    shape, fortran, dtype = _npy_header(f, name)
+    if dtype.hasobject:
+        raise DataError(f"{name}: unreadable .npy file (object arrays need pickle, which is refused)")
+    if len(shape) not in (2, 3) or math.prod(shape) == 0:
+        raise DataError(f"{name}: expected images (N, 28, 28) or (N, 784), got shape {shape}")
+    if dtype.kind not in "uif" or dtype.fields is not None:
+        raise DataError(f"{name}: expected uint8 or float pixels, got dtype {dtype}")
+    nbytes, have = math.prod(shape) * dtype.itemsize, size - f.tell()
+    if nbytes > MAX_ARRAY_BYTES:
+        raise DataError(f"{name}: .npy header declares {_size(nbytes)} bytes, more than the "
+                        f"{MAX_ARRAY_BYTES} jaxmlp reads (jaxmlp.data.MAX_ARRAY_BYTES)")
+    if have != nbytes:
+        raise DataError(f"{name}: unreadable .npy file (header declares {nbytes} data bytes, file has {have})")
+    values = np.empty(math.prod(shape), dtype)
+    try:
+        got = _read_into(f, values.view(np.uint8))
+    except OSError as err:
+        raise DataError(f"{name}: cannot read: {err.strerror or err}") from None
+    if got != nbytes:
+        raise DataError(f"{name}: unreadable .npy file (truncated: {got} of {nbytes} data bytes)")
+    values = values.reshape(shape, order="F" if fortran else "C")
+    return values.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _as_pixels(images: np.ndarray, name: str) -> tuple[np.ndarray, str]:
+    if images.ndim not in (2, 3) or images.size == 0:
+        raise DataError(f"{name}: expected images (N, 28, 28) or (N, 784), got shape {images.shape}")
+    images = images.reshape(images.shape[0], -1)
+    if images.dtype.kind in "ui":
+        if images.min() < 0 or images.max() > 255:
+            raise DataError(f"{name}: integer pixels must lie in 0..255, got {images.min()}..{images.max()}")
+        return images.astype(np.uint8, copy=False), "pixels"
+    if images.dtype.kind == "f":
+        if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+            raise DataError(f"{name}: float pixels must be finite and lie in [0, 1] (pixel / 255), "
+                            f"got {images.min()}..{images.max()}")
+        return images, "unit"
+    raise DataError(f"{name}: expected uint8 or float pixels, got dtype {images.dtype}")
+
+
+def read_images(path: str | os.PathLike) -> tuple[np.ndarray, str]:
+    """Images from an IDX (gzip or raw) or .npy file as ``(array (N, F), kind)``.
+
+    kind "pixels": uint8 values 0..255 (integer inputs); kind "unit": float values in [0, 1] (pixel / 255),
+    dtype as stored. Accepts (N, rows, cols) and (N, F) arrays. Reads are bounded (MAX_ARRAY_BYTES, the
+    file's size; pickled .npy arrays and non-regular files are refused). DataError (a ValueError)
+    naming the file for anything else.
+    """
+    name = os.fspath(path)
+    f, size = _open_file(path, DataError)
+    with f:
+        try:
+            magic = _read_upto(f, len(_NPY_MAGIC))
+            f.seek(0)
+        except OSError as err:
+            raise DataError(f"{name}: cannot read: {err.strerror or err}") from None
+        if magic == _NPY_MAGIC:
+            images = _read_npy(f, name, size)
+        elif magic[:2] in (b"\x00\x00", _GZIP_MAGIC):
+            images = _read_idx_from(f, name, size)  # IDXError names the file
+        else:
+            raise DataError(f"{name}: neither a .npy array nor an IDX file (gzip or raw)")
+    return _as_pixels(images, name)
 
 
 # ---------------------------------------------------------------- dataset registry
@@ -271,6 +463,13 @@ def select_classes(data: Dataset, classes: Sequence[int]) -> Dataset:
     return Dataset(*parts)
 
 
+_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "kmnist": "KMNIST"}
+
+
+def _title(dataset: str) -> str:
+    return _TITLES.get(dataset, dataset)
+
+
 def _candidates(folder: Path, stem: str) -> list[Path]:
     # The notebook names them train-images.idx3-ubyte; the distribution train-images-idx3-ubyte.gz.
     prefix, _, rest = stem.rpartition("-idx")
@@ -282,32 +481,38 @@ def _find(folder: Path, stem: str) -> Path | None:
     return next((p for p in _candidates(folder, stem) if p.is_file()), None)
 
 
-def _find_all(folder: Path, dataset: str = "mnist") -> list[Path]:
-    """The four files' paths in Dataset order; DataError (with a download hint) if any is missing."""
+def _ways_out(folder: Path, dataset: str, source: str | None) -> str:
+    """The fixes for a folder lacking files, for the end of a one-line message."""
     flag = "" if dataset == "mnist" else f" --dataset {dataset}"
-    hint = f"run `jaxmlp download{flag} --data-dir {folder}` to fetch it"
+    names = ", ".join(f"{stem}.gz" for stem in FILE_STEMS)
+    unset = "; or unset $JAXMLP_DATA_DIR to use the cache" if source == "$JAXMLP_DATA_DIR" else ""
+    return (f"run `jaxmlp download{flag} --data-dir {folder}` to fetch it (add --mirror URL for another "
+            f"source), copy {names} there, or give another folder with --data-dir DIR or "
+            f"$JAXMLP_DATA_DIR{unset}")
+
+
+def _find_all(folder: Path, dataset: str = "mnist", source: str | None = "--data-dir") -> list[Path]:
+    """The four files' paths in Dataset order; one-line DataError (naming the folder, where its path
+    came from, and the ways out) if any is missing."""
+    where = f"data folder {folder}" + (" (from $JAXMLP_DATA_DIR)" if source == "$JAXMLP_DATA_DIR" else "")
+    hint = _ways_out(folder, dataset, source)
     if not folder.exists():
-        raise DataError(f"data folder {folder} does not exist; {hint}")
+        raise DataError(f"{where} does not exist; {hint}")
     if not folder.is_dir():
-        raise DataError(f"data folder {folder} is not a folder; {hint}")
-    if not any(folder.iterdir()):
-        raise DataError(f"data folder {folder} is empty; {hint}")
+        raise DataError(f"{where} is not a folder; {hint}")
+    if not any(p.name != _STAMP for p in folder.iterdir()):
+        raise DataError(f"{where} is empty: {_title(dataset)}'s four files are missing there; {hint}")
     paths = [_find(folder, stem) for stem in FILE_STEMS]
     missing = [stem for stem, p in zip(FILE_STEMS, paths) if p is None]
     if missing:
-        raise DataError(f"data folder {folder} has no {', '.join(missing)} (.gz or uncompressed); {hint}")
+        raise DataError(f"{where} has no {', '.join(missing)} (.gz or uncompressed); {hint}")
     return paths
 
 
-def load_dataset(data_dir: str | os.PathLike, num_classes: int = 10) -> Dataset:
-    """Load the four MNIST-layout IDX files from data_dir and check they form a dataset.
-
-    Returns uint8 images (N, rows, cols) and labels (N,) in [0, num_classes). DataError/IDXError
-    (ValueErrors) name the folder or file for anything missing, malformed or inconsistent.
-    """
+def _load_paths(paths: Sequence[Path], num_classes: int) -> Dataset:
+    """The four IDX files as a Dataset, checked to form one (uint8, ranks, counts, label range)."""
     if not isinstance(num_classes, (int, np.integer)) or not 1 <= num_classes <= 256:
         raise DataError(f"num_classes must be an integer in [1, 256] for uint8 labels, got {num_classes!r}")
-    paths = _find_all(Path(data_dir).expanduser())
     arrays = [read_idx(p) for p in paths]
     for path, array, want in zip(paths, arrays, (3, 1, 3, 1)):
         if array.dtype != np.uint8 or array.ndim != want:
@@ -329,41 +534,232 @@ def load_dataset(data_dir: str | os.PathLike, num_classes: int = 10) -> Dataset:
     return Dataset(x_train, y_train, x_test, y_test)
 
 
+def load_dataset(data_dir: str | os.PathLike | None = None, num_classes: int | None = None, *,
+                 dataset: str | None = None, download: bool = True,
+                 mirrors: Sequence[str] | None = None, progress: bool = False) -> Dataset:
+    """Load a dataset's four MNIST-layout IDX files and check they form a dataset.
+
+    ``load_dataset(folder)`` (no ``dataset``) loads exactly that folder, whatever it holds. Otherwise the
+    folder is found as the CLI finds it (see the module docstring): ``data_dir``, else
+    ``$JAXMLP_DATA_DIR`` (its ``DATASET/`` subfolder if present), else the cache, downloaded there on
+    first use unless ``download=False``; ``dataset`` defaults to "mnist" and a folder holding another
+    registered dataset's files is refused. num_classes defaults to the dataset's (10).
+
+    Returns uint8 images (N, rows, cols) and labels (N,) in [0, num_classes). DataError/IDXError
+    (ValueErrors, one line) name the folder or file for anything missing, malformed or inconsistent.
+    """
+    if data_dir is not None and os.fspath(data_dir) != "" and dataset is None:
+        paths = _find_all(Path(data_dir).expanduser())
+        return _load_paths(paths, 10 if num_classes is None else num_classes)
+    return _ensure(data_dir, dataset or "mnist", num_classes, download, mirrors, progress)
+
+
 # ---------------------------------------------------------------- where the data lives
 
 
-def _explicit_dir(data_dir: str | os.PathLike | None) -> Path | None:
+def _locate(data_dir: str | os.PathLike | None, dataset: str) -> tuple[Path, str | None]:
+    """(folder, where its path came from: "--data-dir", "$JAXMLP_DATA_DIR", or None for the cache)."""
     if data_dir is not None and os.fspath(data_dir) != "":
-        return Path(data_dir).expanduser()
+        return Path(data_dir).expanduser(), "--data-dir"
+    _dataset_info(dataset)  # the name becomes a folder: only registry names
     env = os.environ.get("JAXMLP_DATA_DIR")
-    return Path(env).expanduser() if env else None
+    if env:
+        root = Path(env).expanduser()
+        return (root / dataset if (root / dataset).is_dir() else root), "$JAXMLP_DATA_DIR"
+    return _cache_root() / dataset, None
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "jaxmlp"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None, dataset: str = "mnist") -> Path:
-    """The data folder: data_dir if given, else $JAXMLP_DATA_DIR, else the cache
-    ($XDG_CACHE_HOME or ~/.cache)/jaxmlp/<dataset>."""
-    explicit = _explicit_dir(data_dir)
-    if explicit is not None:
-        return explicit
-    _dataset_info(dataset)  # the name becomes a folder: only registry names
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache).expanduser() / "jaxmlp" / dataset
+    """The data folder: data_dir if given, else $JAXMLP_DATA_DIR (its subfolder named ``dataset`` when
+    that exists, else the variable's folder), else the cache ($XDG_CACHE_HOME or ~/.cache)/jaxmlp/<dataset>."""
+    return _locate(data_dir, dataset)[0]
+
+
+_STAMP = ".jaxmlp-sha256.json"
+
+
+def _stamp_paths(folder: Path) -> tuple[Path, Path]:
+    """Beside the files; else, for a folder we cannot write, in the cache under a hash of its path."""
+    key = hashlib.sha256(os.fsencode(folder.resolve())).hexdigest()[:24]
+    return folder / _STAMP, _cache_root() / "stamps" / f"{key}.json"
+
+
+def _read_stamps(folder: Path) -> dict:
+    entries = {}
+    for path in reversed(_stamp_paths(folder)):  # the one beside the files wins
+        try:
+            with open(path, encoding="utf-8") as f:
+                got = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(got, dict):
+            entries.update({k: v for k, v in got.items() if isinstance(v, dict)})
+    return entries
+
+
+def _write_stamps(folder: Path, entries: dict) -> None:
+    for path in _stamp_paths(folder):
+        try:
+            write_json(path, entries)
+            return
+        except OSError:  # read-only folder: try the cache; a read-only cache: hash again next time
+            continue
+
+
+def _file_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _sha256_of_contents(path: Path) -> str:
+    """SHA-256 of the file's decompressed bytes (the bytes themselves if it is not gzip); "" when they
+    exceed any array we read (no registered file is that large: a gzip bomb is not inflated to the end)."""
+    digest, total = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        gz = f.read(2) == _GZIP_MAGIC
+    opener = gzip.open if gz else open
+    with opener(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+            total += len(chunk)
+            if total > MAX_ARRAY_BYTES + 4 + 4 * 255:
+                return ""
+    return digest.hexdigest()
+
+
+def _sha256_of_bytes(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _compute_digests(path: Path) -> dict:
+    """{"sha256": of the bytes, "content_sha256": of the decompressed bytes, None if the gzip is corrupt}."""
+    raw = _sha256_of_bytes(path)
+    try:
+        content = _sha256_of_contents(path)
+    except (gzip.BadGzipFile, EOFError, zlib.error):
+        content = None
+    return {"sha256": raw, "content_sha256": content}
+
+
+def _digests(paths: Sequence[Path]) -> list[dict]:
+    """_compute_digests of files in one folder, each remembered in the stamp while its size, mtime and
+    ctime stay the same (stat before hashing: a file changed meanwhile is hashed again next time)."""
+    folder = paths[0].parent
+    stamps, changed, out = _read_stamps(folder), False, []
+    for path in paths:
+        key = _file_key(path)
+        entry = stamps.get(path.name)
+        if entry is None or entry.get("key") != key:
+            entry = stamps[path.name] = {"key": key, **_compute_digests(path)}
+            changed = True
+        out.append(entry)
+    if changed:
+        _write_stamps(folder, stamps)
+    return out
+
+
+def _remember(path: Path, digests: dict) -> None:
+    stamps = _read_stamps(path.parent)
+    stamps[path.name] = {"key": _file_key(path), **digests}
+    _write_stamps(path.parent, stamps)
+
+
+def _mismatch(digests: dict, spec: RemoteFile) -> str | None:
+    """None if the digests match every checksum spec has, else the reason they do not."""
+    if spec.gzip_sha256 is not None and digests.get("sha256") != spec.gzip_sha256:
+        return "checksum mismatch"
+    if spec.content_sha256 is not None:
+        if digests.get("content_sha256") is None:
+            return "corrupt gzip data"
+        if digests["content_sha256"] != spec.content_sha256:
+            return "checksum mismatch"
+    return None
+
+
+def _verified(path: Path, spec: RemoteFile) -> bool:
+    try:
+        return path.is_file() and _mismatch(_digests([path])[0], spec) is None
+    except OSError:
+        return False
+
+
+def _identify(digests: dict, stem: str, exclude: str) -> str | None:
+    """The registered dataset (other than `exclude`) whose file `stem` has these digests, if any."""
+    for info in DATASETS.values():
+        for spec in info.files:
+            if info.name != exclude and spec.name == f"{stem}.gz" and _mismatch(digests, spec) is None:
+                return info.name
+    return None
+
+
+def _check_identity(paths: Sequence[Path], dataset: str) -> None:
+    """One-line DataError if a file is another registered dataset's (MNIST's asked for as Fashion-MNIST)."""
+    for path, stem, digests in zip(paths, FILE_STEMS, _digests(paths)):
+        other = _identify(digests, stem, dataset)
+        if other is not None:
+            want, got = _title(dataset), _title(other)
+            raise DataError(f"{path.parent} holds {got}'s files, not {want}'s ({path.name} is {got}'s); "
+                            f"point --data-dir or $JAXMLP_DATA_DIR at {want}'s files (a $JAXMLP_DATA_DIR/"
+                            f"{dataset}/ subfolder is used first), or run `jaxmlp download --dataset {dataset}`")
+
+
+def _fill_cache(folder: Path, info: DatasetInfo, may_download: bool, mirrors, progress: bool) -> None:
+    """Make the cache folder hold info's four files, each matching the registry's checksums:
+    download what is missing or does not match; one-line DataError with the ways out if that fails."""
+    paths = [_find(folder, stem) for stem in FILE_STEMS]
+    bad = [p for p, spec in zip(paths, info.files) if p is not None and not _verified(p, spec)]
+    if not bad and None not in paths:
+        return
+    try:
+        if not may_download:
+            raise DownloadError("downloading is off")
+        download(info.name, folder, mirrors=mirrors, progress=progress)
+    except DownloadError as err:
+        flag = "" if info.name == "mnist" else f" --dataset {info.name}"
+        if not bad:
+            raise DownloadError(f"no {_title(info.name)} data in {folder} and it could not be fetched "
+                                f"({err}); {_ways_out(folder, info.name, None)}") from None
+        stem = FILE_STEMS[paths.index(bad[0])]
+        other = _identify(_digests([bad[0]])[0], stem, info.name)
+        held = f" (it is {_title(other)}'s)" if other else ""
+        raise DownloadError(f"{bad[0]} does not match {_title(info.name)}'s published checksum{held} and "
+                            f"could not be fetched again ({err}); delete it and run `jaxmlp download{flag}` "
+                            f"(add --mirror URL for another source), or give a folder with --data-dir DIR "
+                            f"or $JAXMLP_DATA_DIR") from None
+
+
+def _ensure(data_dir, dataset: str, num_classes: int | None, may_download: bool, mirrors,
+            progress: bool) -> Dataset:
+    info = _dataset_info(dataset)
+    folder, source = _locate(data_dir, dataset)
+    if source is None:
+        _fill_cache(folder, info, may_download, mirrors, progress)
+    paths = _find_all(folder, dataset, source)
+    data = _load_paths(paths, info.num_classes if num_classes is None else num_classes)
+    if source is not None:  # the cache's files were checked against the registry above
+        _check_identity(paths, dataset)
+    return data
 
 
 def ensure_dataset(data_dir: str | os.PathLike | None, dataset: str = "mnist",
-                   mirrors: Sequence[str] | None = None, progress: bool = False) -> Dataset:
-    """Resolve the data folder and load it, downloading first only into the default cache.
+                   mirrors: Sequence[str] | None = None, progress: bool = False, *,
+                   download: bool = True) -> Dataset:
+    """Find the dataset's folder (see the module docstring), check it, and load it.
 
-    An explicit folder (data_dir or $JAXMLP_DATA_DIR) is never downloaded into: if it lacks files,
-    DataError says how to fetch them.
+    Only the default cache is downloaded into (first use, or a file there that no longer matches the
+    registry's SHA-256). An explicit folder (data_dir or $JAXMLP_DATA_DIR) is never written to except
+    for the hash stamp: if it lacks files, or holds another registered dataset's, a one-line DataError
+    says what to do.
     """
-    info = _dataset_info(dataset)
-    folder = resolve_data_dir(data_dir, dataset)
-    if _explicit_dir(data_dir) is not None:
-        _find_all(folder, dataset)  # the error names the dataset in its download hint
-    elif any(_find(folder, s) is None for s in FILE_STEMS):
-        download(dataset, folder, mirrors=mirrors, progress=progress)
-    return load_dataset(folder, num_classes=info.num_classes)
+    return _ensure(data_dir, dataset, None, download, mirrors, progress)
 
 
 # ---------------------------------------------------------------- download
@@ -371,47 +767,6 @@ def ensure_dataset(data_dir: str | os.PathLike | None, dataset: str = "mnist",
 
 class _MirrorFailed(Exception):
     """One mirror's failure for one file; str() is the reason shown to the user."""
-
-
-def _sha256_of_contents(path: Path) -> str:
-    """SHA-256 of the file's decompressed bytes (the bytes themselves if it is not gzip)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        gz = f.read(2) == _GZIP_MAGIC
-    opener = gzip.open if gz else open
-    with opener(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _sha256_of_bytes(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _check(path: Path, spec: RemoteFile) -> str | None:
-    """None if path matches spec's checksums, else the reason it does not."""
-    if spec.gzip_sha256 is not None and _sha256_of_bytes(path) != spec.gzip_sha256:
-        return "checksum mismatch"
-    if spec.content_sha256 is not None:
-        try:
-            digest = _sha256_of_contents(path)
-        except (OSError, EOFError, zlib.error):
-            return "corrupt gzip data"
-        if digest != spec.content_sha256:
-            return "checksum mismatch"
-    return None
-
-
-def _verified(path: Path, spec: RemoteFile) -> bool:
-    try:
-        return path.is_file() and _check(path, spec) is None
-    except OSError:
-        return False
 
 
 def _fetch(url: str, out, timeout: float, bar_enabled: bool, desc: str) -> None:
@@ -461,6 +816,34 @@ def _check_mirror(base: str) -> str:
     return base
 
 
+def _fetch_verified(spec: RemoteFile, dest: Path, bases: Sequence[str], timeout: float,
+                    progress: bool) -> None:
+    """Fetch spec into dest from the first mirror whose copy verifies; DownloadError naming each failure.
+
+    The bytes go to a temp name beside dest (``.NAME.PID.RANDOM.part``, fileio's naming, so a later
+    download removes it if this process dies) that is removed on any exception, KeyboardInterrupt and
+    SystemExit (e.g. SIGTERM turned into one) included.
+    """
+    failures = []
+    for base in bases:
+        tmp = temp_path(dest, "part")
+        try:
+            with open(tmp, "xb") as out:  # "xb": the user's umask (unlike mkstemp's 0600), never clobbers
+                _fetch(f"{base}/{spec.name}", out, timeout, progress, spec.name)
+            digests = _compute_digests(tmp)
+            reason = _mismatch(digests, spec)
+            if reason is not None:
+                raise _MirrorFailed(reason)
+            os.replace(tmp, dest)
+            _remember(dest, digests)
+            return
+        except _MirrorFailed as err:
+            failures.append(f"{base}: {err}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise DownloadError(f"could not download {spec.name}: {'; '.join(failures)}")
+
+
 def download(dataset: str = "mnist", data_dir: str | os.PathLike | None = None,
              mirrors: Sequence[str] | None = None, progress: bool = False,
              timeout: float = 30.0) -> Path:
@@ -468,8 +851,10 @@ def download(dataset: str = "mnist", data_dir: str | os.PathLike | None = None,
 
     mirrors (base URLs) replace the built-in list; each file is tried on each mirror in order.
     Files already present and verified are kept. A file appears under its own name only once its
-    checksum is verified; temporary files are removed whatever fails. DownloadError (one line,
-    naming every mirror and its failure) when no mirror yields a verified copy of some file.
+    checksum is verified; temporary files are removed whatever fails, and those of dead earlier
+    downloads are removed first. A folder holding another registered dataset's files is refused rather
+    than overwritten. DownloadError (one line, naming every mirror and its failure) when no mirror
+    yields a verified copy of some file.
     """
     info = _dataset_info(dataset)
     if isinstance(mirrors, (str, os.PathLike)):
@@ -480,30 +865,18 @@ def download(dataset: str = "mnist", data_dir: str | os.PathLike | None = None,
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DownloadError(f"cannot create data folder {folder}: {err.strerror or err}") from None
+    remove_stale_temps(folder)
     for spec in info.files:
         dest = folder / spec.name
         raw = folder / spec.name.removesuffix(".gz")
         if _verified(dest, spec) or (spec.content_sha256 is not None and _verified(raw, spec)):
             continue
-        failures = []
-        for base in bases:
-            # A hidden, unique name in the same folder, so os.replace is atomic; "xb" creates it with
-            # the user's umask (unlike mkstemp's 0600) and never clobbers another download's file.
-            tmp = folder / f".{spec.name}.{secrets.token_hex(6)}.part"
-            try:
-                with open(tmp, "xb") as out:
-                    _fetch(f"{base}/{spec.name}", out, timeout, progress, spec.name)
-                reason = _check(tmp, spec)
-                if reason is not None:
-                    raise _MirrorFailed(reason)
-                os.replace(tmp, dest)
-                break
-            except _MirrorFailed as err:
-                failures.append(f"{base}: {err}")
-            finally:
-                tmp.unlink(missing_ok=True)
-        else:
-            raise DownloadError(f"could not download {spec.name}: {'; '.join(failures)}")
+        other = _identify(_digests([dest])[0], raw.name, dataset) if dest.is_file() else None
+        if other is not None:
+            raise DownloadError(f"{folder} holds {_title(other)}'s files; download {_title(dataset)} into "
+                                f"another folder (--data-dir DIR, or a {dataset}/ subfolder of "
+                                f"$JAXMLP_DATA_DIR) instead of overwriting them")
+        _fetch_verified(spec, dest, bases, timeout, progress)
     return folder
 
 
