@@ -1,6 +1,11 @@
 """Tests for jaxmlp.data: IDX parsing/writing, dataset loading, data location, preprocessing."""
 import gzip
+import hashlib
+import os
+import shutil
+import socket
 import struct
+import time
 from pathlib import Path
 
 import jax
@@ -397,3 +402,257 @@ def test_select_classes_filters_and_relabels_by_position():
     for bad in ([3], [5, 5], [5, -1], [5, 4]):  # one class, repeated, negative, absent from training
         with pytest.raises(ValueError, match="--classes"):
             data.select_classes(data.Dataset(x_train, y_train, x_test, y_test), bad)
+
+
+# ---------------------------------------------------------------- read_images (predict's input)
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda x: x, "pixels"),                                           # (N, 28, 28) uint8
+    (lambda x: x.reshape(len(x), -1).astype(">i2"), "pixels"),         # (N, 784) big-endian int16
+    (lambda x: np.asfortranarray(x.reshape(len(x), -1)), "pixels"),    # Fortran order
+    (lambda x: (x / 255).astype(np.float32), "unit"),
+    (lambda x: (x / 255).astype(">f8"), "unit"),
+])
+def test_read_images_npy_matches_numpy_load(tmp_path, make, kind):
+    """.npy images of the accepted kinds come back as np.load gives them, flattened to (N, F): integer
+    pixels as uint8 "pixels", floats in [0, 1] as "unit" with their values (native byte order)."""
+    x = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    path = tmp_path / "x.npy"
+    np.save(path, make(x))
+    images, got_kind = data.read_images(path)
+    want = np.load(path).reshape(5, -1)
+    assert got_kind == kind and images.shape == (5, 784) and images.dtype.isnative
+    assert np.array_equal(images, want.astype(np.uint8) if kind == "pixels" else want)
+
+
+def test_read_images_idx_gzip_and_raw(tmp_path):
+    """IDX images, gzip or raw, come back flattened as uint8 pixels."""
+    x = np.random.default_rng(1).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    for name in ("x.idx", "x.idx.gz"):
+        data.write_idx(tmp_path / name, x)
+        images, kind = data.read_images(tmp_path / name)
+        assert kind == "pixels" and np.array_equal(images, x.reshape(3, 784))
+
+
+def _npy_with_header(path: Path, shape, descr="|u1", payload=b""):
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+        f.write(payload)
+
+
+@pytest.mark.parametrize("how, fragment", [
+    ("huge", "more than the 1073741824"),          # header declares 10^12 bytes: refused, nothing allocated
+    ("short", "header declares 7840 data bytes, file has 100"),
+    ("long", "header declares 784 data bytes, file has 785"),
+    ("object", "pickle"),
+    ("bool", "expected uint8 or float pixels"),
+    ("rank", "expected images (N, 28, 28) or (N, 784)"),
+    ("empty", "expected images"),
+    ("range", "integer pixels must lie in 0..255"),
+    ("nan", "float pixels must be finite"),
+    ("garbage", "unreadable .npy file"),
+    ("text", "neither a .npy array nor an IDX file"),
+    ("labels", "expected images"),
+])
+def test_read_images_refuses_bad_files_in_one_line(tmp_path, how, fragment):
+    """Each kind of unusable image file gives one DataError line naming the file and the problem."""
+    path = tmp_path / f"{how}.npy"
+    if how == "huge":
+        _npy_with_header(path, (10**6, 10**6))
+    elif how == "short":
+        _npy_with_header(path, (10, 784), payload=bytes(100))
+    elif how == "long":
+        _npy_with_header(path, (1, 784), payload=bytes(785))
+    elif how == "object":
+        np.save(path, np.array([np.zeros(3), "x"], dtype=object), allow_pickle=True)
+    else:
+        arrays = {"bool": np.zeros((2, 784), bool), "rank": np.zeros(784, np.uint8),
+                  "empty": np.zeros((0, 784), np.uint8), "range": np.full((2, 784), 256, np.int32),
+                  "nan": np.full((2, 784), np.nan, np.float32)}
+        if how in arrays:
+            np.save(path, arrays[how])
+        elif how == "labels":
+            data.write_idx(path, np.zeros(10, np.uint8))
+        else:
+            path.write_bytes(b"\x93NUMPY garbage" * 5 if how == "garbage" else b"hello, no pixels\n")
+    with pytest.raises(data.DataError) as info:
+        data.read_images(path)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: ") and fragment in msg
+
+
+def test_read_images_and_read_idx_refuse_non_regular_files(tmp_path):
+    """A folder, a FIFO with no writer and /dev/zero are refused at once (no read, no hang)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (tmp_path, fifo, Path("/dev/zero")):
+        for reader, error in ((data.read_images, data.DataError), (data.read_idx, data.IDXError)):
+            with pytest.raises(error, match="not a regular file") as info:
+                reader(path)
+            assert str(info.value).startswith(f"{path}: ")
+    with pytest.raises(data.DataError, match="no such file"):
+        data.read_images(tmp_path / "missing.npy")
+
+
+# ---------------------------------------------------------------- finding, verifying, identifying data
+
+
+def _content_sha256(path: Path) -> str:
+    raw = path.read_bytes()
+    return hashlib.sha256(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).hexdigest()
+
+
+def register(monkeypatch, name: str, folder: Path) -> None:
+    """Register the synthetic dataset in folder under name, with its files' content checksums."""
+    files = tuple(data.RemoteFile(f"{stem}.gz", _content_sha256(folder / f"{stem}.gz"))
+                  for stem in data.FILE_STEMS)
+    info = data.DATASETS["mnist"]._replace(name=name, files=files, mirrors=("https://example.invalid/x",))
+    monkeypatch.setitem(data.DATASETS, name, info)
+
+
+@pytest.fixture
+def two_sets(tmp_path, monkeypatch):
+    """Two registered synthetic datasets, "alpha" and "beta" (same shapes, other pixels), a cache in
+    tmp_path/cache, no $JAXMLP_DATA_DIR, and a mirror URL serving each (file://)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("JAXMLP_DATA_DIR", raising=False)
+    sets = {}
+    for seed, name in enumerate(("alpha", "beta")):
+        folder = tmp_path / "mirror" / name
+        sets[name] = make_folder(folder, seed=seed)
+        register(monkeypatch, name, folder)
+    sets["mirror"] = lambda name: (tmp_path / "mirror" / name).as_uri()
+    sets["cache"] = lambda name: tmp_path / "cache" / "jaxmlp" / name
+    return sets
+
+
+def _dead_mirror() -> str:
+    """A loopback URL nobody listens on: connection refused at once, no outside host contacted."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_load_dataset_without_path_downloads_into_the_cache_once(two_sets, monkeypatch):
+    """load_dataset(dataset=...) with no path fills ($XDG_CACHE_HOME)/jaxmlp/DATASET from a mirror on
+    first use and later loads from there with no download and no hashing (the stamp remembers)."""
+    ds = data.load_dataset(dataset="alpha", mirrors=[two_sets["mirror"]("alpha")])
+    assert np.array_equal(ds.x_train, two_sets["alpha"]["train-images-idx3-ubyte"])
+    assert (two_sets["cache"]("alpha") / data._STAMP).is_file()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("nothing changed, yet the data was downloaded or hashed again")
+    monkeypatch.setattr(data, "download", forbidden)
+    monkeypatch.setattr(data, "_compute_digests", forbidden)
+    ds2 = data.load_dataset(dataset="alpha", mirrors=[_dead_mirror()])
+    assert all(np.array_equal(a, b) for a, b in zip(ds, ds2))
+
+
+def test_tampered_cache_file_is_fetched_again(two_sets):
+    """A cache file changed into another valid IDX file (same size, mtime put back) no longer matches the
+    registry and is replaced by a verified copy; offline, the error names the file and the fixes."""
+    mirror = two_sets["mirror"]("alpha")
+    data.load_dataset(dataset="alpha", mirrors=[mirror])
+    path = two_sets["cache"]("alpha") / "t10k-labels-idx1-ubyte.gz"
+    good, st = path.read_bytes(), path.stat()
+    data.write_idx(path, (data.read_idx(path) + 1) % 10)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.read_bytes() != good
+    with pytest.raises(data.DownloadError) as info:
+        data.load_dataset(dataset="alpha", mirrors=[_dead_mirror()])
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{path} does not match alpha's published checksum")
+    assert "delete it and run `jaxmlp download --dataset alpha`" in msg and "--mirror URL" in msg
+    ds = data.load_dataset(dataset="alpha", mirrors=[mirror])
+    assert path.read_bytes() == good and np.array_equal(ds.y_test, two_sets["alpha"]["t10k-labels-idx1-ubyte"])
+
+
+def test_verification_of_an_unchanged_mnist_cache_is_cheap(mnist_dir, tmp_path, monkeypatch):
+    """With real MNIST in the cache, the first run hashes it once; after that, checking the four files
+    takes well under 0.1 s (one small JSON read and four stats)."""
+    cache = tmp_path / "jaxmlp" / "mnist"
+    cache.mkdir(parents=True)
+    for spec in data.DATASETS["mnist"].files:
+        if not (mnist_dir / spec.name).is_file():
+            pytest.skip(f"{mnist_dir} lacks {spec.name}")
+        shutil.copy(mnist_dir / spec.name, cache / spec.name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    info = data.DATASETS["mnist"]
+    data._fill_cache(cache, info, False, None, False)  # hashes and writes the stamp
+    started = time.perf_counter()
+    data._fill_cache(cache, info, False, None, False)
+    assert time.perf_counter() - started < 0.1  # measured: about 1 ms
+
+
+def test_offline_first_run_names_the_folder_and_the_ways_out(two_sets):
+    """No data and no network: one line naming the cache folder it tried to fill and every way out
+    (--data-dir, $JAXMLP_DATA_DIR, `jaxmlp download --mirror URL`, copying the four named files)."""
+    folder = two_sets["cache"]("alpha")
+    with pytest.raises(data.DataError) as info:
+        data.load_dataset(dataset="alpha", mirrors=[_dead_mirror()])
+    msg = str(info.value)
+    assert "\n" not in msg and f"no alpha data in {folder}" in msg and "Connection refused" in msg
+    for way in ("--data-dir DIR", "$JAXMLP_DATA_DIR", "--mirror URL", f"jaxmlp download --dataset alpha",
+                *(f"{stem}.gz" for stem in data.FILE_STEMS), f"there"):
+        assert way in msg
+    with pytest.raises(data.DataError, match="downloading is off"):
+        data.load_dataset(dataset="alpha", download=False)
+
+
+def test_missing_folder_messages_say_where_the_path_came_from(tmp_path, monkeypatch):
+    """An empty --data-dir says the files are missing there with the ways out; a $JAXMLP_DATA_DIR that
+    does not exist says the path came from the variable."""
+    monkeypatch.delenv("JAXMLP_DATA_DIR", raising=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataError) as info:
+        data.ensure_dataset(tmp_path / "empty")
+    msg = str(info.value)
+    assert "\n" not in msg and "missing there" in msg and "--mirror URL" in msg and "$JAXMLP_DATA_DIR" in msg
+    assert "train-images-idx3-ubyte.gz" in msg
+    monkeypatch.setenv("JAXMLP_DATA_DIR", str(tmp_path / "nope"))
+    with pytest.raises(data.DataError) as info:
+        data.load_dataset()
+    msg = str(info.value)
+    assert f"{tmp_path / 'nope'} (from $JAXMLP_DATA_DIR) does not exist" in msg
+    assert "unset $JAXMLP_DATA_DIR" in msg and "\n" not in msg
+
+
+def test_another_datasets_files_are_refused(two_sets, tmp_path, monkeypatch):
+    """A folder holding alpha's files, asked for as beta (by path or through $JAXMLP_DATA_DIR), is
+    refused in one line; a $JAXMLP_DATA_DIR/beta/ subfolder is used when present; a folder of unknown
+    data in the same layout is accepted; download refuses to overwrite alpha's files with beta's."""
+    alpha = tmp_path / "mirror" / "alpha"
+    for where in (alpha, None):
+        monkeypatch.setenv("JAXMLP_DATA_DIR", str(alpha))
+        with pytest.raises(data.DataError) as info:
+            data.load_dataset(where, dataset="beta")
+        msg = str(info.value)
+        assert "\n" not in msg and msg.startswith(f"{alpha} holds alpha's files, not beta's")
+    assert np.array_equal(data.load_dataset(dataset="alpha").x_test, two_sets["alpha"]["t10k-images-idx3-ubyte"])
+
+    root = tmp_path / "root"
+    shutil.copytree(tmp_path / "mirror" / "beta", root / "beta")
+    make_folder(root, seed=7)  # unknown data directly in the root
+    monkeypatch.setenv("JAXMLP_DATA_DIR", str(root))
+    assert data.resolve_data_dir(None, "beta") == root / "beta"
+    assert data.resolve_data_dir(None, "alpha") == root
+    assert np.array_equal(data.load_dataset(dataset="beta").y_train, two_sets["beta"]["train-labels-idx1-ubyte"])
+    assert data.load_dataset(dataset="alpha").x_train.shape == (6, 5, 3)  # unknown contents: accepted
+
+    with pytest.raises(data.DownloadError, match="holds alpha's files; download beta into another folder"):
+        data.download("beta", alpha, mirrors=[two_sets["mirror"]("beta")])
+    assert _content_sha256(alpha / "t10k-labels-idx1-ubyte.gz") == data.DATASETS["alpha"].files[3].content_sha256
+
+
+@pytest.mark.realdata
+def test_mnist_asked_for_as_fashion_mnist_is_refused(mnist_dir, tmp_path, monkeypatch):
+    """Real MNIST (read-only folder) given as Fashion-MNIST: refused, naming both; the hashes are
+    remembered in the cache's stamps folder since the data folder cannot be written."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("JAXMLP_DATA_DIR", str(mnist_dir))
+    with pytest.raises(data.DataError, match="holds MNIST's files, not Fashion-MNIST's"):
+        data.ensure_dataset(None, "fashion-mnist")
+    assert data.ensure_dataset(None, "mnist").x_train.shape == (60000, 28, 28)
+    if not os.access(mnist_dir, os.W_OK):
+        assert len(list((tmp_path / "jaxmlp" / "stamps").glob("*.json"))) == 1

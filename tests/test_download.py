@@ -5,7 +5,12 @@ The test server serves the shared MNIST copy through several kinds of mirror (go
 """
 import gzip
 import hashlib
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -200,6 +205,53 @@ def test_interrupt_mid_transfer_leaves_no_partial_file(server, labels_only, tmp_
     with pytest.raises(KeyboardInterrupt):
         data.download(labels_only, tmp_path, mirrors=[server.url("good")])
     assert _names(tmp_path) == []
+
+
+# A downloader in its own process that turns SIGTERM into SystemExit, as the CLI does.
+_CHILD = """
+import signal, sys
+signal.signal(signal.SIGTERM, lambda *args: sys.exit(143))
+from jaxmlp import data
+data.download("mnist", sys.argv[1], mirrors=[sys.argv[2]], timeout=60)
+"""
+
+
+def _start_stalled_download(folder: Path, mirror: str) -> tuple[subprocess.Popen, Path]:
+    """A child downloading from a mirror that never answers, and its .part file once it exists."""
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(folder), mirror],
+                             cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and child.poll() is None:
+        parts = list(folder.glob(".*.part")) if folder.exists() else []
+        if parts:
+            return child, parts[0]
+        time.sleep(0.05)
+    child.kill()
+    pytest.fail(f"no .part file appeared: {child.communicate()[1].decode()[-2000:]}")
+
+
+def test_sigterm_mid_download_removes_the_part_file(server, tmp_path):
+    """SIGTERM (turned into SystemExit) while a transfer is in flight: the process exits and its
+    .part file (named .NAME.PID.RANDOM.part beside the target) is gone."""
+    child, part = _start_stalled_download(tmp_path, server.url("stall"))
+    assert part.name.startswith(f".train-images-idx3-ubyte.gz.{child.pid}.")
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == 143
+    assert _names(tmp_path) == [] and list(tmp_path.iterdir()) == []
+
+
+def test_next_download_removes_dead_writers_part_files(server, labels_only, tmp_path):
+    """A downloader killed outright (SIGKILL: no cleanup possible) leaves its .part file; the next
+    download into that folder removes it, and leaves alone a .part of a live process."""
+    child, part = _start_stalled_download(tmp_path, server.url("stall"))
+    child.kill()
+    child.wait(timeout=30)
+    assert part.exists()
+    live = tmp_path / f".t10k-labels-idx1-ubyte.gz.{os.getpid()}.0123abcd.part"
+    live.write_bytes(b"in progress")
+    data.download(labels_only, tmp_path, mirrors=[server.url("good")])
+    assert not part.exists() and live.exists()
+    assert _names(tmp_path) == sorted(LABELS + (live.name,))
 
 
 def test_cli_download_success_and_failure(server, labels_only, tmp_path, capsys):
