@@ -1,50 +1,58 @@
-"""Tests for jaxmlp.checkpoint: bit-exact round trips, no pickle, atomic writes, clear errors."""
+"""Tests for jaxmlp.checkpoint: bit-exact round trips against a template, no pickle, atomic writes,
+and a one-line CheckpointError naming the file and the member for every mismatched, corrupt or
+hostile file (zip bombs refused from the zip directory, in bounded time and memory)."""
 from __future__ import annotations
 
+import io
 import json
 import os
+import resource
+import struct
+import time
+import warnings
 import zipfile
-from typing import NamedTuple
+import zlib
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmlp import checkpoint as ckpt
-from jaxmlp.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from jaxmlp.checkpoint import FORMAT, MAX_MEMBERS, CheckpointError, load_state, read_meta, save_checkpoint
+from jaxmlp.optim import AdamState, adam
 
 
-@pytest.fixture
-def x64():
-    """Float64 on for the test, restored afterwards (conftest may already enable it globally)."""
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", old)
+class TrainState(NamedTuple):
+    """The shape of the engine's state: params, a NamedTuple optimizer state, a raw key, counters."""
 
-
-class AdamLike(NamedTuple):
-    """An optimizer state with a scalar int32 step and nested PyTrees, like an Adam state."""
-
+    params: list
+    opt_state: Any
+    key: jax.Array
+    epoch: jax.Array
     step: jax.Array
-    mu: list
-    nu: list
 
 
-def make_params(dtype, sizes=(6, 5, 3), seed=0):
+def make_state(dtype=jnp.float32, sizes=(6, 5, 3), seed=0) -> TrainState:
     rng = np.random.default_rng(seed)
-    return [
-        {"W": jnp.asarray(rng.standard_normal((m, n)), dtype), "b": jnp.asarray(rng.standard_normal(n), dtype)}
-        for m, n in zip(sizes[:-1], sizes[1:])
-    ]
+    params = [{"W": jnp.asarray(rng.standard_normal((m, n)), dtype), "b": jnp.asarray(rng.standard_normal(n), dtype)}
+              for m, n in zip(sizes[:-1], sizes[1:])]
+    # Moments that are not round in binary, so any float conversion would change bits.
+    opt_state = adam(1e-3).init(params)._replace(
+        step=jnp.asarray(17, jnp.int32),
+        mu=jax.tree_util.tree_map(lambda p: p / 3, params),
+        nu=jax.tree_util.tree_map(lambda p: p * p / 7, params))
+    key = jax.random.split(jax.random.PRNGKey(seed))[1]  # raw uint32 (2,), non-trivial data
+    return TrainState(params, opt_state, key, jnp.asarray(4, jnp.int32), jnp.asarray(1234, jnp.int32))
 
 
-def make_opt_state(params):
-    # Values that are not round in binary, so any float conversion would change bits.
-    mu = jax.tree_util.tree_map(lambda p: p / 3.0, params)
-    nu = jax.tree_util.tree_map(lambda p: p * p / 7.0, params)
-    return AdamLike(step=jnp.asarray(17, jnp.int32), mu=mu, nu=nu)
+def template_of(state):
+    return jax.eval_shape(lambda: state)
+
+
+META = {"config": {"hidden": [5], "lr": 0.01, "optimizer": "adam"}, "input_dim": 6, "num_classes": 3,
+        "history": [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": float("nan")}]}
 
 
 def assert_tree_bit_equal(a, b):
@@ -52,237 +60,425 @@ def assert_tree_bit_equal(a, b):
     lb, tb = jax.tree_util.tree_flatten(b)
     assert ta == tb
     for x, y in zip(la, lb):
+        assert isinstance(x, jax.Array)
         x, y = np.asarray(x), np.asarray(y)
-        assert x.dtype == y.dtype
-        assert x.shape == y.shape
         # Compare bits, not values: catches rounding that value equality at a tolerance would hide.
-        assert x.tobytes() == y.tobytes()
+        assert (x.dtype, x.shape, x.tobytes()) == (y.dtype, y.shape, y.tobytes())
 
 
-CONFIG = {"sizes": [6, 5, 3], "lr": 0.01, "optimizer": "adam", "batch_size": 32, "seed": 0}
+def refused(call, path, member=None) -> str:
+    """Run ``call``; it must raise a one-line CheckpointError naming ``path`` (and ``member``)."""
+    with pytest.raises(CheckpointError) as info:
+        call()
+    msg = str(info.value)
+    assert isinstance(info.value, ValueError) and "\n" not in msg
+    assert str(path) in msg, msg
+    if member is not None:
+        assert repr(member) in msg, msg
+    return msg
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-@pytest.mark.parametrize("key_kind", ["typed", "raw"])
-def test_round_trip_is_bit_exact(tmp_path, x64, dtype, key_kind):
-    """Params, a NamedTuple optimizer state (int32 step), both key kinds, epoch and config come back bit-exact."""
-    params = make_params(dtype)
-    opt_state = make_opt_state(params)
-    key = jax.random.key(42) if key_kind == "typed" else jax.random.PRNGKey(42)
-    key = jax.random.split(key)[1]  # a key with non-trivial data
-    history = [{"epoch": 1, "loss": 0.5, "val_accuracy": 0.9}, {"epoch": 2, "loss": 0.25, "val_accuracy": 0.95}]
+@pytest.fixture
+def saved(tmp_path):
+    """A valid float32 checkpoint, its state and its template."""
+    state = make_state()
+    path = save_checkpoint(tmp_path / "c.npz", state, META)
+    return path, state, template_of(state)
+
+
+# ----------------------------------------------------------------------------- helpers for bad files
+
+W = "state/params/0/W"  # the first leaf read: a (6, 5) float32 array
+W_GOOD = np.ones((6, 5), np.float32)
+
+
+
+def npy(arr, **kw) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asanyarray(arr), allow_pickle=True, **kw)
+    return buf.getvalue()
+
+
+def raw_npy(header: str, version=1, length=None, data=W_GOOD.tobytes()) -> bytes:
+    """An npy file with a hand-written header dict (and a header length that may lie)."""
+    text = header.encode() + b"\n"
+    fmt = "<H" if version == 1 else "<I"
+    return b"\x93NUMPY" + bytes([version, 0]) + struct.pack(fmt, len(text) if length is None else length) + text + data
+
+
+def rewrite(src: Path, dst: Path, replace=None, drop=(), compress=zipfile.ZIP_STORED) -> Path:
+    """Copy checkpoint ``src`` to ``dst`` with members (npz names) replaced by raw bytes or dropped."""
+    replace = replace or {}
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compress) as zout:
+        for name in zin.namelist():
+            key = name.removesuffix(".npy")
+            if key not in drop and key not in replace:
+                zout.writestr(name, zin.read(name))
+        for key, data in replace.items():
+            zout.writestr(key + ".npy", data)
+    return dst
+
+
+def raw_zip(members) -> bytes:
+    """Zip bytes from (name, method, stored data, crc, file_size): a tiny writer that may lie."""
+    out, central = bytearray(), bytearray()
+    for name, method, data, crc, size in members:
+        n = name.encode()
+        fields = struct.pack("<HHHHHIIIHH", 20, 0, method, 0, 0x21, crc, len(data), size, len(n), 0)
+        central += b"PK\x01\x02" + struct.pack("<H", 20) + fields + struct.pack("<HHHII", 0, 0, 0, 0, len(out)) + n
+        out += b"PK\x03\x04" + fields + n + data
+    end = struct.pack("<HHHHIIH", 0, 0, len(members), len(members), len(central), len(out), 0)
+    return bytes(out + central + b"PK\x05\x06" + end)
+
+
+def stored(name, data):
+    return (name, zipfile.ZIP_STORED, data, zlib.crc32(data), len(data))
+
+
+@pytest.fixture(scope="module")
+def gib_of_zeros():
+    """A deflate stream that inflates to an npy header plus 1 GiB of zeros (~1 MB), and its CRC.
+
+    Built from 1 MiB full-flush blocks: a full flush resets the compressor, so every all-zero block
+    compresses to the same bytes and the stream is written without compressing 1 GiB.
+    """
+    chunk, n = 1 << 20, 1024
+    header = npy(W_GOOD)[:128]  # the header a (6, 5) float32 leaf has
+    first = header + bytes(chunk - len(header))
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = c.compress(first) + c.flush(zlib.Z_FULL_FLUSH)
+    zeros = c.compress(bytes(chunk)) + c.flush(zlib.Z_FULL_FLUSH)
+    stream = head + zeros * (n - 1) + c.flush()
+    crc = zlib.crc32(first)
+    for _ in range(n - 1):
+        crc = zlib.crc32(bytes(chunk), crc)
+    return stream, crc, chunk * n
+
+
+# ----------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_round_trip_is_bit_exact(tmp_path, dtype):
+    """State (params, AdamState, raw key, int32 counters) and meta come back bit-exact, as jax arrays
+    of the saved dtypes; float64 keeps its dtype even when loaded with x64 off."""
+    with jax.enable_x64(True):
+        state = make_state(jnp.dtype(dtype))
+        template = template_of(state)
     path = tmp_path / "run.ckpt"
-    out = save_checkpoint(path, params=params, opt_state=opt_state, key=key, epoch=2, config=CONFIG,
-                          extra={"history": history, "val_losses": np.array([0.5, 0.25])})
-    assert out == path and path.exists()  # the exact name: np.savez must not have appended ".npz"
-    assert not (tmp_path / "run.ckpt.npz").exists()
-
-    template = make_opt_state(make_params(dtype, seed=1))
-    ck = load_checkpoint(path, opt_state_template=template)
-    assert isinstance(ck, Checkpoint)
-    assert_tree_bit_equal(ck.params, params)
-    assert isinstance(ck.params, list) and set(ck.params[0]) == {"W", "b"}
-    assert isinstance(ck.opt_state, AdamLike)
-    assert_tree_bit_equal(ck.opt_state, opt_state)
-    assert ck.opt_state.step.dtype == jnp.int32 and int(ck.opt_state.step) == 17
-    if key_kind == "typed":
-        assert jax.dtypes.issubdtype(ck.key.dtype, jax.dtypes.prng_key)
-        assert jax.random.key_impl(ck.key) == jax.random.key_impl(key)
-        np.testing.assert_array_equal(jax.random.key_data(ck.key), jax.random.key_data(key))
-    else:
-        assert ck.key.dtype == jnp.uint32
-        np.testing.assert_array_equal(ck.key, key)
-    # The restored key must drive the same random stream as the original.
-    np.testing.assert_array_equal(jax.random.normal(ck.key, (4,)), jax.random.normal(key, (4,)))
-    assert ck.epoch == 2 and isinstance(ck.epoch, int)
-    assert ck.config == CONFIG
-    assert ck.extra["history"] == history
-    np.testing.assert_array_equal(ck.extra["val_losses"], [0.5, 0.25])
+    assert save_checkpoint(path, state, META) == path
+    assert sorted(os.listdir(tmp_path)) == ["run.ckpt"]  # the exact name, no ".npz" added, no temp left
+    with jax.enable_x64(False):
+        out = load_state(path, template)
+    assert isinstance(out, TrainState) and isinstance(out.opt_state, AdamState)
+    assert isinstance(out.params, list) and set(out.params[0]) == {"W", "b"}
+    assert_tree_bit_equal(out, state)
+    assert out.params[0]["W"].dtype == dtype and out.key.dtype == jnp.uint32 and out.epoch.dtype == jnp.int32
+    np.testing.assert_array_equal(jax.random.normal(out.key, (4,)), jax.random.normal(state.key, (4,)))
+    meta = read_meta(path)
+    assert meta["config"] == META["config"] and meta["history"][0] == META["history"][0]
+    assert np.isnan(meta["history"][1]["loss"])  # a diverged run's history survives
 
 
-def test_without_template_opt_state_is_flat_leaf_list(tmp_path, x64):
-    """With no template, opt_state comes back as the leaves in jax flatten order."""
-    params = make_params(jnp.float32)
-    opt_state = make_opt_state(params)
-    path = tmp_path / "c.npz"
-    save_checkpoint(path, params=params, opt_state=opt_state, key=None, epoch=0, config={})
-    ck = load_checkpoint(path)
-    assert ck.key is None
-    assert_tree_bit_equal(ck.opt_state, jax.tree_util.tree_leaves(opt_state))
+def test_template_may_hold_arrays(saved):
+    """A template of real arrays (not ShapeDtypeStructs) works the same; only shapes and dtypes count."""
+    path, state, _ = saved
+    assert_tree_bit_equal(load_state(path, make_state(seed=1)), state)
 
 
-def test_file_is_plain_npz_without_pickle(tmp_path, x64):
-    """np.load(allow_pickle=False) reads every entry and none has dtype object; names are readable."""
-    params = make_params(jnp.float32)
-    path = tmp_path / "c.npz"
-    save_checkpoint(path, params=params, opt_state=make_opt_state(params), key=jax.random.key(0),
-                    epoch=3, config=CONFIG, extra={"history": [{"epoch": 1, "loss": 1.0}]})
+def test_file_is_plain_npz_without_pickle(saved):
+    """np.load(allow_pickle=False) reads every member; names follow the key paths; meta is JSON bytes."""
+    path, state, _ = saved
     with np.load(path, allow_pickle=False) as npz:
         entries = {name: npz[name] for name in npz.files}
-    assert all(a.dtype != object for a in entries.values())
-    assert {"params/0/W", "params/0/b", "params/1/W", "params/1/b", "opt_state/00000",
-            "key", "epoch", "config", "format", "meta", "extra/history"} <= set(entries)
-    assert entries["epoch"].dtype == np.int64 and entries["epoch"] == 3
-    assert entries["key"].dtype == np.uint32
-    assert json.loads(str(entries["config"])) == CONFIG
-    np.testing.assert_array_equal(entries["params/1/W"], params[1]["W"])
+    assert set(entries) == {"format", "meta", "state/key", "state/epoch", "state/step", "state/opt_state/step"} | {
+        f"state/{part}{i}/{leaf}" for part in ("params/", "opt_state/mu/", "opt_state/nu/")
+        for i in (0, 1) for leaf in ("W", "b")}
+    assert str(entries["format"]) == FORMAT
+    assert json.loads(entries["meta"].tobytes())["config"] == META["config"]
+    np.testing.assert_array_equal(entries["state/params/1/W"], state.params[1]["W"])
 
 
-def test_other_pytrees_and_extended_dtypes_round_trip(tmp_path, x64):
-    """Nested dict/tuple params and a bfloat16 leaf survive; a NamedTuple params tree needs a template."""
-    params = {"enc": ({"W": jnp.arange(6.0).reshape(2, 3)}, None), "scale": jnp.asarray([1.5], jnp.bfloat16)}
-    path = tmp_path / "c.npz"
-    save_checkpoint(path, params=params, opt_state=(), key=None, epoch=1, config={})
-    ck = load_checkpoint(path)
-    assert_tree_bit_equal(ck.params, params)
-    assert ck.params["scale"].dtype == jnp.bfloat16
-
-    nt = AdamLike(step=jnp.asarray(1, jnp.int32), mu=[jnp.ones(2)], nu=[jnp.zeros(2)])
-    save_checkpoint(path, params=nt, opt_state=(), key=None, epoch=1, config={})
-    with pytest.raises(CheckpointError, match="params_template"):
-        load_checkpoint(path)
-    assert_tree_bit_equal(load_checkpoint(path, params_template=nt).params, nt)
+# ----------------------------------------------------------------------------- saving refuses bad input
 
 
-def _save_valid(path, seed=0):
-    params = make_params(jnp.float32, seed=seed)
-    save_checkpoint(path, params=params, opt_state=make_opt_state(params), key=jax.random.key(seed),
-                    epoch=seed, config=CONFIG)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_params_refused_and_old_file_untouched(saved, bad):
+    """NaN/inf in state.params raise CheckpointError naming the leaf; the old file stays as it was."""
+    path, state, _ = saved
+    before = path.read_bytes()
+    state.params[1]["b"] = state.params[1]["b"].at[0].set(bad)
+    refused(lambda: save_checkpoint(path, state, META), path, "state/params/1/b")
+    assert path.read_bytes() == before and sorted(os.listdir(path.parent)) == ["c.npz"]
 
 
-def test_failed_replace_leaves_old_file_and_no_temp(tmp_path, x64, monkeypatch):
+def test_non_finite_outside_params_is_stored(tmp_path):
+    """Only params are checked for finiteness; a state without a params field is not checked at all."""
+    state = make_state()
+    state = state._replace(opt_state=state.opt_state._replace(nu=jax.tree_util.tree_map(lambda v: v + jnp.inf,
+                                                                                         state.opt_state.nu)))
+    save_checkpoint(tmp_path / "a.npz", state, {})
+    save_checkpoint(tmp_path / "b.npz", {"w": jnp.asarray([np.nan])}, {})
+    assert np.isinf(load_state(tmp_path / "a.npz", template_of(state)).opt_state.nu[0]["W"]).all()
+
+
+@pytest.mark.parametrize("state, meta, member", [
+    ({"k": jax.random.key(0)}, {}, "state/k"),                              # typed key: store key_data
+    ({"w": jnp.ones(2, jnp.bfloat16)}, {}, "state/w"),                      # no exact npy dtype name
+    ({"w": np.array(["a"])}, {}, "state/w"),
+    ({"w": jnp.ones(2)}, {"f": object()}, "meta"),
+    ({"w": jnp.ones(2)}, ["not", "a", "dict"], "meta"),
+])
+def test_unstorable_state_or_meta_refused_before_writing(tmp_path, state, meta, member):
+    """Leaves numpy cannot name exactly and non-JSON meta raise CheckpointError; no file is created."""
+    refused(lambda: save_checkpoint(tmp_path / "c.npz", state, meta), tmp_path / "c.npz", member)
+    assert os.listdir(tmp_path) == []
+
+
+def test_deeply_nested_meta_refused_on_save(tmp_path):
+    nested = []
+    for _ in range(100_000):
+        nested = [nested]
+    refused(lambda: save_checkpoint(tmp_path / "c.npz", {}, {"x": nested}), tmp_path / "c.npz", "meta")
+
+
+def test_folder_as_path_refused(tmp_path):
+    refused(lambda: save_checkpoint(tmp_path, make_state(), {}), tmp_path)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def test_failed_replace_leaves_old_file_and_no_temp(saved, monkeypatch):
     """If the final rename fails, the old checkpoint is byte-identical and no temp file remains."""
-    path = tmp_path / "c.npz"
-    _save_valid(path, seed=0)
+    path, state, _ = saved
     before = path.read_bytes()
 
     def boom(src, dst):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(ckpt.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="simulated"):
-        _save_valid(path, seed=1)
-    assert path.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["c.npz"]
+        save_checkpoint(path, make_state(seed=1), META)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(os.listdir(path.parent)) == ["c.npz"]
 
 
-def test_failed_write_midway_leaves_old_file_and_no_temp(tmp_path, x64, monkeypatch):
-    """An error while the archive is being written (partial temp file) never reaches the target."""
-    path = tmp_path / "c.npz"
-    _save_valid(path, seed=0)
+def test_interrupt_midway_leaves_old_file_and_no_temp(saved, monkeypatch):
+    """A Ctrl-C while the archive is half written never reaches the target and leaves no temp."""
+    path, state, template = saved
     before = path.read_bytes()
-    real_savez = np.savez
 
     def partial_savez(f, **arrays):
         f.write(b"PK\x03\x04 half an archive")
-        raise KeyboardInterrupt  # even a Ctrl-C mid-write must clean up
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(ckpt.np, "savez", partial_savez)
+    monkeypatch.setattr(np, "savez", partial_savez)
     with pytest.raises(KeyboardInterrupt):
-        _save_valid(path, seed=1)
-    monkeypatch.setattr(ckpt.np, "savez", real_savez)
-    assert path.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["c.npz"]
-    assert load_checkpoint(path).epoch == 0
+        save_checkpoint(path, make_state(seed=1), META)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(os.listdir(path.parent)) == ["c.npz"]
+    assert_tree_bit_equal(load_state(path, template), state)
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_params_refused_and_old_file_untouched(tmp_path, x64, bad):
-    """NaN/inf params raise CheckpointError and the previous checkpoint stays as it was."""
-    path = tmp_path / "c.npz"
-    _save_valid(path, seed=0)
-    before = path.read_bytes()
-    params = make_params(jnp.float32)
-    params[1]["b"] = params[1]["b"].at[0].set(bad)
-    with pytest.raises(CheckpointError, match=r"non-finite params.*params/1/b"):
-        save_checkpoint(path, params=params, opt_state=(), key=None, epoch=1, config={})
-    assert path.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["c.npz"]
+# ----------------------------------------------------------------------------- mismatched templates
 
 
-def test_truncated_file_gives_checkpoint_error(tmp_path, x64):
-    """Truncated checkpoints raise a one-line CheckpointError (a ValueError) naming the file."""
-    path = tmp_path / "c.npz"
-    _save_valid(path)
-    data = path.read_bytes()
-    for cut in (len(data) // 2, len(data) - 10, 30):
-        bad = tmp_path / f"cut{cut}.npz"
-        bad.write_bytes(data[:cut])
-        with pytest.raises(CheckpointError) as info:
-            load_checkpoint(bad)
-        assert isinstance(info.value, ValueError)
-        assert str(bad) in str(info.value) and "\n" not in str(info.value)
+@pytest.mark.parametrize("sizes, dtype, member", [
+    ((6, 4, 3), "float32", "state/params/0/W"),    # shape
+    ((6, 5, 3), "float64", "state/params/0/W"),    # dtype: no casts, even widening ones
+    ((6, 5, 3, 2), "float32", "state/params/2/W"),  # a leaf the file lacks
+    ((6, 5), "float32", "state/opt_state/mu/1/W"),  # members the template lacks
+])
+def test_template_mismatch_names_the_member(saved, sizes, dtype, member):
+    path = saved[0]
+    with jax.enable_x64(True):
+        template = template_of(make_state(jnp.dtype(dtype), sizes))
+    refused(lambda: load_state(path, template), path, member)
 
 
-def test_flipped_byte_in_array_data_gives_checkpoint_error(tmp_path, x64):
-    """A corrupted byte inside an array's data is caught (zip CRC) instead of loading wrong params."""
-    path = tmp_path / "c.npz"
-    _save_valid(path)
+def test_typed_key_template_refused(saved):
+    path, state, _ = saved
+    template = template_of(state._replace(key=jax.random.key(0)))
+    refused(lambda: load_state(path, template), path)
+
+
+# ----------------------------------------------------------------------------- corrupt and hostile files
+
+
+@pytest.mark.parametrize("data", [
+    npy(W_GOOD.astype(np.float16)), npy(W_GOOD.astype(np.int8)), npy(W_GOOD.astype(bool)),
+    npy(W_GOOD.astype(np.complex64)), npy(W_GOOD.astype(">f4")), npy(W_GOOD[..., None]),
+    npy(W_GOOD.T), npy(np.asfortranarray(W_GOOD)), npy(W_GOOD.reshape(-1)),
+    npy(W_GOOD)[:-4], npy(W_GOOD) + b"\0" * 4, b"\x93NUMPY\x03\x00" + npy(W_GOOD)[8:], b"not npy",
+    raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': " + "(" * 500 + "6, 5" + ")" * 500 + "}"),
+    raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (6, 5), 'x': 1}"),
+    raw_npy("{'descr': '<f4', 'fortran_order': 0, 'shape': (6, 5)}"),
+    raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (6, 5)}", length=0xFFFF),
+    raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (6, 5)}", version=2, length=1 << 31),
+], ids=["float16", "int8", "bool", "complex", "big-endian", "3-D", "transposed", "fortran", "flat", "short",
+        "long", "npy-v3", "garbage", "nested-header", "extra-key", "int-order", "long-header", "huge-header"])
+def test_wrong_member_content_refused(saved, data):
+    """No cast, reshape or transposition is accepted; damaged headers and sizes are refused."""
+    path, _, template = saved
+    bad = rewrite(path, path.with_name("bad.npz"), {W: data})
+    refused(lambda: load_state(bad, template), bad, W)
+
+
+def test_pickled_object_member_refused_without_unpickling(saved, tmp_path):
+    """An object array (a pickle) in a member is refused from its header; nothing is unpickled."""
+    path, _, template = saved
+    marker = tmp_path / "unpickled"
+
+    class Trap:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    trap = np.empty(1, object)
+    trap[0] = Trap()
+    assert np.lib.format.read_array(io.BytesIO(npy(trap)), allow_pickle=True) is not None and marker.exists()
+    marker.unlink()  # the trap works when unpickled; the loader must never get that far
+    for member, load in [(W, lambda p: load_state(p, template)), ("meta", read_meta), ("format", read_meta)]:
+        bad = rewrite(path, tmp_path / "bad.npz", {member: npy(trap)})
+        refused(lambda: load(bad), bad, member)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("fmt", ["jaxmlp-checkpoint/1", "jaxmlp-checkpoint/22", ""])
+def test_wrong_format_refused(saved, fmt):
+    path, _, template = saved
+    bad = rewrite(path, path.with_name("bad.npz"), {"format": npy(np.array(fmt))})
+    refused(lambda: load_state(bad, template), bad, "format")
+    refused(lambda: read_meta(bad), bad, "format")
+
+
+@pytest.mark.parametrize("text", [b"[" * 100_000 + b"]" * 100_000, b'{"a": ' * 50_000, b"[1, 2]", b"\xff\xfe{",
+                                  b"1" * 10_000])
+def test_bad_meta_json_refused(saved, text):
+    """Deeply nested, truncated, non-object or non-UTF-8 meta JSON gives CheckpointError, not RecursionError."""
+    path = saved[0]
+    bad = rewrite(path, path.with_name("bad.npz"), {"meta": npy(np.frombuffer(text, np.uint8))})
+    refused(lambda: read_meta(bad), bad, "meta")
+
+
+def test_missing_and_extra_members_refused(saved):
+    path, _, template = saved
+    for member in (W, "format"):
+        bad = rewrite(path, path.with_name("bad.npz"), drop=[member])
+        refused(lambda: load_state(bad, template), bad, member)
+    bad = rewrite(path, path.with_name("bad.npz"), drop=["meta"])
+    refused(lambda: read_meta(bad), bad, "meta")
+    bad = rewrite(path, path.with_name("bad.npz"), {"state/params/9/W": npy(W_GOOD)})
+    refused(lambda: load_state(bad, template), bad, "state/params/9/W")
+
+
+def test_duplicate_member_refused(saved):
+    path, _, template = saved
+    bad = path.with_name("bad.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns about the duplicate name
+        rewrite(path, bad)
+        with zipfile.ZipFile(bad, "a") as zf:
+            zf.writestr(W + ".npy", npy(W_GOOD))
+    refused(lambda: load_state(bad, template), bad, W)
+
+
+def test_unsupported_compression_and_encryption_refused(saved):
+    """LZMA members (whose header may ask for a huge dictionary) and encrypted ones are refused."""
+    path, _, template = saved
+    bad = rewrite(path, path.with_name("bad.npz"), compress=zipfile.ZIP_LZMA)
+    refused(lambda: load_state(bad, template), bad, "format")
+    data = bytearray(path.read_bytes())
+    (cd,) = struct.unpack_from("<I", data, len(data) - 22 + 16)  # the central directory's offset
+    assert data[cd + 46:cd + 46 + len("format.npy")] == b"format.npy"
+    data[cd + 8] |= 1  # the first member's "encrypted" flag
+    bad.write_bytes(bytes(data))
+    refused(lambda: load_state(bad, template), bad, "format")
+
+
+def test_deflated_members_are_read(saved):
+    """Compressed .npz files (np.savez_compressed) are accepted: only sizes and headers matter."""
+    path, state, template = saved
+    good = rewrite(path, path.with_name("deflated.npz"), compress=zipfile.ZIP_DEFLATED)
+    assert_tree_bit_equal(load_state(good, template), state)
+
+
+def test_flipped_byte_in_array_data_is_caught(saved):
+    """A corrupted byte inside a leaf's data is caught by the zip CRC instead of loading wrong params."""
+    path, _, template = saved
     data = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as zf:
-        info = zf.getinfo("params/0/W.npy")
-    # Past the local header and the .npy header, i.e. inside the float data.
-    pos = info.header_offset + 30 + len(info.filename) + 128 + 8
-    data[pos] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="c.npz"):
-        load_checkpoint(path)
+        info = zf.getinfo(W + ".npy")
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)  # the local header's
+    data[info.header_offset + 30 + name_len + extra_len + 128 + 8] ^= 0xFF
+    bad = path.with_name("bad.npz")
+    bad.write_bytes(bytes(data))
+    refused(lambda: load_state(bad, template), bad, W)
 
 
-def test_garbage_missing_and_foreign_files(tmp_path, x64):
-    """Not-a-checkpoint inputs (missing, text, .npy, foreign .npz, missing entry) raise CheckpointError."""
-    with pytest.raises(CheckpointError, match="no such"):
-        load_checkpoint(tmp_path / "nope.npz")
+def test_truncated_garbage_and_missing_files_refused(saved, tmp_path):
+    path, _, template = saved
+    data = path.read_bytes()
+    for cut in (0, 30, len(data) // 2, len(data) - 10):
+        bad = tmp_path / f"cut{cut}.npz"
+        bad.write_bytes(data[:cut])
+        refused(lambda: load_state(bad, template), bad)
+        refused(lambda: read_meta(bad), bad)
     text = tmp_path / "text.npz"
     text.write_text("hello, not a zip\n")
-    npy = tmp_path / "a.npy"
-    np.save(npy, np.arange(3))
+    single = tmp_path / "a.npy"
+    np.save(single, np.arange(3))
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, x=np.arange(3))
-    for bad in (text, npy, foreign):
-        with pytest.raises(CheckpointError, match=str(bad.name)):
-            load_checkpoint(bad)
-
-    # A real checkpoint with one entry removed.
-    good = tmp_path / "good.npz"
-    _save_valid(good)
-    holed = tmp_path / "holed.npz"
-    with zipfile.ZipFile(good) as src, zipfile.ZipFile(holed, "w") as dst:
-        for item in src.infolist():
-            if item.filename != "epoch.npy":
-                dst.writestr(item, src.read(item.filename))
-    with pytest.raises(CheckpointError, match="'epoch' is missing"):
-        load_checkpoint(holed)
+    for bad in (text, single, foreign, tmp_path / "nope.npz", tmp_path):
+        refused(lambda: load_state(bad, template), bad)
+        refused(lambda: read_meta(bad), bad)
 
 
-def test_template_mismatch_is_reported(tmp_path, x64):
-    """A template with a different leaf count, shape or dtype is refused with a clear message."""
-    params = make_params(jnp.float32)
-    path = tmp_path / "c.npz"
-    save_checkpoint(path, params=params, opt_state=make_opt_state(params), key=None, epoch=0, config={})
-    with pytest.raises(CheckpointError, match="leaves but the template has"):
-        load_checkpoint(path, opt_state_template=(jnp.zeros(1),))
-    with pytest.raises(CheckpointError, match="template expects"):
-        load_checkpoint(path, opt_state_template=make_opt_state(make_params(jnp.float32, sizes=(6, 4, 3))))
-    with pytest.raises(CheckpointError, match="template expects float64"):
-        load_checkpoint(path, opt_state_template=make_opt_state(make_params(jnp.float64)))
+def test_too_many_members_refused(saved, tmp_path):
+    path, _, template = saved
+    bad = tmp_path / "many.npz"
+    rewrite(path, bad)
+    with zipfile.ZipFile(bad, "a") as zf:
+        for i in range(MAX_MEMBERS):
+            zf.writestr(f"x{i}", b"")
+    refused(lambda: load_state(bad, template), bad)
+    refused(lambda: read_meta(bad), bad)
 
 
-def test_float64_checkpoint_not_silently_rounded_without_x64(tmp_path, x64):
-    """Loading float64 arrays with x64 off raises instead of rounding them to float32."""
-    path = tmp_path / "c.npz"
-    save_checkpoint(path, params=make_params(jnp.float64), opt_state=(), key=None, epoch=0, config={})
-    jax.config.update("jax_enable_x64", False)  # the x64 fixture restores the setting afterwards
-    with pytest.raises(CheckpointError, match="jax_enable_x64"):
-        load_checkpoint(path)
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def test_bad_arguments_raise_before_writing(tmp_path, x64):
-    """Unserialisable config, bad epoch or object leaves raise CheckpointError and create no file."""
-    params = make_params(jnp.float32)
-    path = tmp_path / "c.npz"
-    for kwargs in ({"config": {"f": object()}}, {"epoch": -1}, {"epoch": 1.5}, {"key": jnp.zeros(2)}):
-        args = dict(params=params, opt_state=(), key=None, epoch=0, config={}) | kwargs
-        with pytest.raises(CheckpointError):
-            save_checkpoint(path, **args)
-    assert os.listdir(tmp_path) == []
+@pytest.mark.parametrize("member", [W, "meta"])
+def test_zip_bomb_refused_from_directory(saved, tmp_path, gib_of_zeros, member):
+    """A ~1 MB file whose member inflates to 1 GiB is refused from the zip directory, fast, in small memory."""
+    path, _, template = saved
+    stream, crc, size = gib_of_zeros
+    with zipfile.ZipFile(path) as zf:
+        members = [stored(n, zf.read(n)) for n in zf.namelist() if n != member + ".npy"]
+    bomb = tmp_path / "bomb.npz"
+    bomb.write_bytes(raw_zip(members + [(member + ".npy", zipfile.ZIP_DEFLATED, stream, crc, size)]))
+    assert bomb.stat().st_size < 2 << 20
+    with zipfile.ZipFile(bomb) as zf:
+        assert zf.getinfo(member + ".npy").file_size == 1 << 30  # a real bomb: a zip reader would inflate it
+    rss, start = _peak_rss_mib(), time.perf_counter()
+    msg = refused(lambda: load_state(bomb, template) if member == W else read_meta(bomb), bomb, member)
+    assert "declares 1073741824 bytes" in msg
+    assert time.perf_counter() - start < 0.5
+    assert _peak_rss_mib() - rss < 64
+
+
+def test_lying_directory_reads_only_the_declared_bytes(saved, tmp_path, gib_of_zeros):
+    """A member that declares the expected size but inflates to 1 GiB is read up to that size, then
+    its CRC fails: the lie costs neither time nor memory."""
+    path, _, template = saved
+    stream, crc, _ = gib_of_zeros
+    with zipfile.ZipFile(path) as zf:
+        members = [stored(n, zf.read(n)) for n in zf.namelist() if n != W + ".npy"]
+        size = zf.getinfo(W + ".npy").file_size
+    bomb = tmp_path / "liar.npz"
+    bomb.write_bytes(raw_zip(members + [(W + ".npy", zipfile.ZIP_DEFLATED, stream, crc, size)]))
+    rss, start = _peak_rss_mib(), time.perf_counter()
+    refused(lambda: load_state(bomb, template), bomb, W)
+    assert time.perf_counter() - start < 0.5 and _peak_rss_mib() - rss < 64
