@@ -14,14 +14,14 @@ the order of the gradient sums differs, so results agree to float round-off.
 
 Several processes (hosts), on JAX's own distributed runtime: every process runs the same program
 (SPMD), each driving its local devices. Call ``initialize(...)`` first in every process, before
-anything touches devices; ``jax.devices()`` then lists all processes' devices and
-``make_mesh(jax.device_count())`` spans them. Every process loads the full (small) dataset and uses the
-same config and seed, so ``distribute`` builds the same *global* replicated arrays everywhere; the
-batch-sharding constraint then gives each process its devices' rows of each global minibatch, and
-the gradient all-reduce crosses processes (gloo over TCP on CPUs, NCCL on GPUs). The global batch
-and the shuffle are those of one process with the same number of devices. Outputs (params, losses)
-come back replicated, so every process can read them; ``to_host`` makes NumPy copies. Only the
-primary process (``is_primary()``) should write files.
+anything touches devices; ``jax.devices()`` then lists all processes' devices and ``mesh_for(None)``
+spans them. Every process loads the full (small) dataset and uses the same config and seed, so
+``distribute`` builds the same *global* replicated arrays everywhere (and checks that they are the
+same). The batch-sharding constraint gives each process its devices' rows of every global minibatch,
+and the gradient all-reduce crosses processes (gloo over TCP on CPUs, NCCL on GPUs): the global batch
+and the shuffle are those of one process with as many devices. Outputs (params, losses) come back
+replicated, so every process can read them; ``to_host`` makes NumPy copies. Only the primary process
+(``is_primary()``) should write files.
 
 On one CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (set before jax starts) gives N
 host devices to try it; two processes on 127.0.0.1 try the multi-process path (tests/test_parallel.py).
@@ -33,7 +33,8 @@ import os
 import socket
 import time
 import zlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -98,7 +99,7 @@ def _wait_for_coordinator(coordinator: str, host: str, port: int, timeout_s: flo
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-               *, timeout_s: int = INIT_TIMEOUT_S) -> None:
+               *, timeout_s: float = INIT_TIMEOUT_S) -> None:
     """Join a multi-process run on JAX's distributed runtime. Call once per process, at program entry,
     before anything touches devices (``jax.devices()``, any array).
 
@@ -125,13 +126,14 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
             _check_port_free(coordinator, port)
         else:
             _wait_for_coordinator(coordinator, host, port, timeout_s)
-        args = dict(coordinator_address=coordinator, num_processes=int(num_processes), process_id=int(process_id))
+        args = {"coordinator_address": coordinator, "num_processes": int(num_processes),
+                "process_id": int(process_id)}
     else:
         args = {}
     if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize(**args, initialization_timeout=int(timeout_s))
+        jax.distributed.initialize(**args, initialization_timeout=max(1, int(timeout_s)))
     except RuntimeError as e:  # called twice, or after the backend started
         raise ValueError(f"--coordinator: {str(e).splitlines()[0]}") from None
     except ValueError:  # auto-detection found no cluster
@@ -191,6 +193,17 @@ def make_mesh(num_devices: int = 1, devices: Sequence[Any] | None = None) -> Mes
         raise ValueError(f"--devices {num_devices}: a run of {jax.process_count()} processes needs devices "
                          f"in every process (use all {jax.device_count()})")
     return Mesh(np.array(devices[:num_devices]), (DATA_AXIS,))
+
+
+def mesh_for(num_devices: int | None = None) -> Mesh | None:
+    """The mesh a run trains on, from ``--devices``: None (train on one device, no mesh) for one
+    process asking for at most one device; otherwise ``make_mesh`` over ``num_devices`` devices, and
+    over every device of every process when ``num_devices`` is None in a multi-process run."""
+    if num_devices is None:
+        num_devices = jax.device_count() if jax.process_count() > 1 else 1
+    if num_devices == 1 and jax.process_count() == 1:
+        return None
+    return make_mesh(num_devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
             return 2
     with np.load(data_path) as f:
         data = Dataset(f["x_train"], f["y_train"], f["x_test"], f["y_test"])
-    mesh = parallel.make_mesh(jax.device_count())
+    mesh = parallel.mesh_for(None if flags else jax.device_count())  # multi-process: every device
     result = fit(CONFIG, data, mesh=mesh)
     global_leaves = jax.tree_util.tree_leaves(result.params)
     params = parallel.to_host(result.params)  # every process calls it (it may be a collective)
@@ -58,6 +58,11 @@ def main(argv: list[str]) -> int:
             out["mismatch_error"] = None
         except ValueError as e:
             out["mismatch_error"] = str(e)
+        try:  # a mesh must give every process a device
+            parallel.make_mesh(1)
+            out["one_device_mesh_error"] = None
+        except ValueError as e:
+            out["one_device_mesh_error"] = str(e)
     np.savez(f"{prefix}.npz", *leaves)
     with open(f"{prefix}.json", "w") as f:
         json.dump(out, f)

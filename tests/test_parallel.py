@@ -8,6 +8,7 @@ collectives), then once with two forced host devices, each under a timeout, and 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -78,7 +79,7 @@ def four_devices(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mnist4")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(folder)], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=300)
+                          cwd=REPO, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line[len("RESULT "):]), folder, proc.stderr
@@ -165,26 +166,25 @@ def _worker_env(**extra) -> dict:
 def _run_together(commands: list[list[str]], env: dict, folder: Path) -> None:
     """Start every command at once, wait for all; on a failure or past WORKER_TIMEOUT_S kill them all
     (a process left alone would wait for its peer in a collective) and fail with their logs."""
-    logs = [open(folder / f"log{i}.txt", "w+") for i in range(len(commands))]
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-             for cmd, log in zip(commands, logs)]
-    deadline = time.monotonic() + WORKER_TIMEOUT_S
-    try:
-        while any(p.poll() is None for p in procs):
-            if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
-                break
-            time.sleep(0.1)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
-    for log in logs:
-        log.seek(0)
-    report = "\n".join(f"--- worker {i} (rc {rc}):\n{logs[i].read()[-3000:]}" for i, rc in failed)
-    for log in logs:
-        log.close()
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(open(folder / f"log{i}.txt", "w+")) for i in range(len(commands))]
+        procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                 for cmd, log in zip(commands, logs)]
+        deadline = time.monotonic() + WORKER_TIMEOUT_S
+        try:
+            while any(p.poll() is None for p in procs):
+                if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+                    break
+                time.sleep(0.1)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+        failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
+        for log in logs:
+            log.seek(0)
+        report = "\n".join(f"--- worker {i} (rc {rc}):\n{logs[i].read()[-3000:]}" for i, rc in failed)
     assert not failed, f"workers failed or timed out after {WORKER_TIMEOUT_S} s:\n{report}"
 
 
@@ -232,13 +232,15 @@ def test_two_processes_match_one_process_with_two_devices(two_processes):
 def test_two_processes_agree_exactly_and_report_themselves(two_processes):
     """Both processes run one SPMD program on one replicated state: bit-identical params and metrics;
     each knows its index, the run's 2 processes and 2 devices, and only process 0 is primary.
-    Processes passing different values to ``replicate`` get a ValueError, not a silent mix."""
+    Processes passing different values to ``replicate`` get a ValueError, not a silent mix; a mesh
+    leaving a process without a device is a ValueError naming --devices."""
     (p0, params0), (p1, params1) = two_processes["p0"], two_processes["p1"]
     for i, p in enumerate((p0, p1)):
         assert p["process_index"] == i and p["primary"] == (i == 0)
         assert (p["process_count"], p["device_count"], p["local_device_count"], p["mesh_size"]) == (2, 2, 1, 2)
         assert p["params_replicated"]
         assert "different values" in p["mismatch_error"]
+        assert p["one_device_mesh_error"].startswith("--devices 1: a run of 2 processes")
     for key in ("params_sha256", "params_abs_sum", "test_accuracy", "test_loss", "losses"):
         assert p0[key] == p1[key], key
     assert all(np.array_equal(a, b) for a, b in zip(params0, params1))
@@ -295,7 +297,7 @@ def test_initialize_without_flags_outside_a_cluster():
     env = {k: v for k, v in _worker_env().items() if not k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_COORD"))}
     code = "from jaxmlp import parallel\ntry:\n    parallel.initialize()\nexcept ValueError as e:\n    print(e)\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
-                          timeout=WORKER_TIMEOUT_S)
+                          timeout=WORKER_TIMEOUT_S, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().startswith("--coordinator: no cluster launcher detected")
 
@@ -309,3 +311,12 @@ def test_process_info_and_to_host_in_one_process():
     tree = {"W": jax.numpy.ones((2, 3)), "step": 4}
     host = parallel.to_host(tree)
     assert isinstance(host["W"], np.ndarray) and host["W"].shape == (2, 3) and int(host["step"]) == 4
+
+
+def test_mesh_for_one_process():
+    """One process: no mesh for one device (or no --devices), a mesh for more; too many fails."""
+    assert parallel.mesh_for(None) is None and parallel.mesh_for(1) is None
+    if jax.device_count() > 1:
+        assert parallel.device_count(parallel.mesh_for(jax.device_count())) == jax.device_count()
+    with pytest.raises(ValueError, match="--devices"):
+        parallel.mesh_for(jax.device_count() + 1)
