@@ -245,7 +245,7 @@ def _npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dtyp
         if version == (2, 0):
             return fmt.read_array_header_2_0(f)
         raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
-    except (ValueError, TypeError, OSError, EOFError) as err:
+    except Exception as err:  # NumPy's header parsing raises ValueError, SyntaxError, TokenError, ...
         msg = " ".join(str(err).split()) or type(err).__name__
         raise DataError(f"{name}: unreadable .npy file ({msg})") from None
 
