@@ -871,7 +871,8 @@ def download(dataset: str = "mnist", data_dir: str | os.PathLike | None = None,
         raw = folder / spec.name.removesuffix(".gz")
         if _verified(dest, spec) or (spec.content_sha256 is not None and _verified(raw, spec)):
             continue
-        other = _identify(_digests([dest])[0], raw.name, dataset) if dest.is_file() else None
+        ours = folder == _cache_root() / dataset  # the cache is ours to overwrite; a user's folder is not
+        other = _identify(_digests([dest])[0], raw.name, dataset) if dest.is_file() and not ours else None
         if other is not None:
             raise DownloadError(f"{folder} holds {_title(other)}'s files; download {_title(dataset)} into "
                                 f"another folder (--data-dir DIR, or a {dataset}/ subfolder of "
