@@ -7,25 +7,25 @@ File layout (a zip of ``.npy`` members, so ``np.load(path, allow_pickle=False)``
     state/<key path>       arrays      one per state leaf, named by its PyTree key path, e.g.
                                        state/params/0/W, state/opt_state/mu/0/b, state/key, state/epoch
 
-The file does not describe the state's structure: :func:`load_state` restores it against a template
-(``jax.eval_shape`` of the state the saved config would build), strictly. Every template leaf must be
-present with exactly the template's shape and dtype (no casts), and no other member may be. Reading is
-bounded: each member's size, declared in the zip directory, is checked against what the template
-allows before a byte is decompressed, then exactly that many bytes are read, so a corrupt or hostile
-file (zip bomb, huge or pickled header, deep JSON) gives a one-line CheckpointError naming the file
-and the member, never a pickle load, a recursion or an unbounded allocation.
-
-Writes go through :func:`jaxmlp.fileio.atomic_write` (temp file, fsync, rename): a crash or an error
-mid-write leaves the previous checkpoint intact.
+The file does not describe the state's structure: :func:`load_state` restores it, strictly, against a
+template (``jax.eval_shape`` of what the saved config builds): every template leaf present with exactly
+its shape and dtype, no other member. Each member's size in the zip directory is checked before a byte
+is decompressed, then exactly the announced bytes are read, so a corrupt or hostile file (zip bomb,
+huge or pickled header, deep JSON) gives a one-line CheckpointError naming the file and the member,
+never an unpickling, a deep recursion or an unbounded allocation. Writes are atomic
+(:func:`jaxmlp.fileio.atomic_write`): a crash mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
 import math
 import os
 import struct
+import tokenize
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -41,14 +41,15 @@ FORMAT = "jaxmlp-checkpoint/2"
 MAX_MEMBERS = 10_000          # zip entries a checkpoint may have
 MAX_META_BYTES = 64 << 20     # the meta JSON text
 MAX_HEADER_BYTES = 4096       # an npy header (numpy writes 128 bytes for the shapes we store)
-_STORABLE_KINDS = "biufc"     # bool, ints, floats, complex: dtypes an npy header names exactly
-# What zipfile, zlib and numpy's header parser raise on a damaged file.
-_UNREADABLE = (OSError, EOFError, ValueError, SyntaxError, RuntimeError, TypeError, KeyError,
-               zipfile.BadZipFile, zlib.error, struct.error)
+# What zipfile, zlib and numpy's header parser (ast.literal_eval, tokenize) raise on damaged bytes;
+# RuntimeError covers RecursionError and NotImplementedError.
+_UNREADABLE = (OSError, EOFError, ValueError, SyntaxError, RuntimeError, TypeError, LookupError, ArithmeticError,
+               Warning, zipfile.BadZipFile, zlib.error, struct.error, tokenize.TokenError)
 
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be written (bad state or meta) or read (missing, corrupt, mismatched)."""
+    """A checkpoint cannot be written (bad state or meta) or read (missing, corrupt, mismatched);
+    the message is one line naming the file and, where there is one, the member."""
 
 
 def _one_line(e: BaseException) -> str:
@@ -59,17 +60,18 @@ def _error(path: Path, name: str, problem: str) -> CheckpointError:
     return CheckpointError(f"{path}: member {name!r}: {problem}")
 
 
+def _repeated(names: list[str]) -> str | None:
+    """The first name that occurs twice, or None."""
+    return next((n for n, count in collections.Counter(names).items() if count > 1), None)
+
+
 def _named_leaves(path: Path, tree: Any) -> tuple[list[str], list[Any], Any]:
     """Member names ``state/<key path>``, the leaves, and the treedef of ``tree``."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
     names = ["state/" + jax.tree_util.keystr(kp, simple=True, separator="/") for kp, _ in flat]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise _error(path, dup, "two state leaves share this name")
+    if _repeated(names):
+        raise _error(path, _repeated(names), "two state leaves share this name")
     return names, [leaf for _, leaf in flat], treedef
-
-
-# ----------------------------------------------------------------------------- saving
 
 
 def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict) -> Path:
@@ -100,7 +102,7 @@ def _storable(path: Path, name: str, leaf: Any) -> np.ndarray:
         arr = np.asarray(leaf)
     except (TypeError, ValueError) as e:
         raise _error(path, name, f"not an array ({_one_line(e)})") from e
-    if arr.dtype.kind not in _STORABLE_KINDS:
+    if arr.dtype.kind not in "biufc":  # the dtypes an npy header names exactly
         raise _error(path, name, f"dtype {arr.dtype} cannot be stored (only bool, int, float, complex)")
     return arr
 
@@ -123,15 +125,12 @@ def _meta_bytes(path: Path, meta: dict) -> np.ndarray:
     return data
 
 
-# ----------------------------------------------------------------------------- loading
-
-
 def read_meta(path: str | os.PathLike) -> dict:
     """The ``meta`` dict of a checkpoint; only its ``format`` and ``meta`` members are read."""
     path = Path(path)
     with _archive(path) as zf:
         _check_format(zf, path)
-        data = _read_npy(zf, path, "meta", lambda shape, dtype: dtype == np.uint8 and len(shape) == 1,
+        data = _read_npy(zf, path, "meta", lambda spec: len(spec[0]) == 1 and spec[1] == np.uint8,
                          MAX_META_BYTES, "1-D uint8 JSON text")
     try:
         meta = json.loads(data.tobytes())
@@ -171,7 +170,7 @@ def _spec(path: Path, name: str, leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
 
 def _read_leaf(zf: zipfile.ZipFile, path: Path, name: str, spec: tuple) -> np.ndarray:
     shape, dtype = spec
-    return _read_npy(zf, path, name, lambda s, d: (s, d) == spec, math.prod(shape) * dtype.itemsize,
+    return _read_npy(zf, path, name, lambda got: got == spec, math.prod(shape) * dtype.itemsize,
                      f"{dtype}{list(shape)}")
 
 
@@ -198,24 +197,23 @@ def _archive(path: Path) -> Iterator[zipfile.ZipFile]:
         names = zf.namelist()
         if len(names) > MAX_MEMBERS:
             raise CheckpointError(f"{path}: not a checkpoint ({len(names)} zip members, more than {MAX_MEMBERS})")
-        if len(set(names)) != len(names):
-            dup = next(n for n in names if names.count(n) > 1)
-            raise _error(path, dup.removesuffix(".npy"), "appears twice in the zip directory")
+        if _repeated(names):
+            raise _error(path, _repeated(names).removesuffix(".npy"), "appears twice in the zip directory")
         yield zf
 
 
 def _check_format(zf: zipfile.ZipFile, path: Path) -> None:
-    fmt = _read_npy(zf, path, "format", lambda shape, dtype: shape == () and dtype.kind == "U",
+    fmt = _read_npy(zf, path, "format", lambda spec: spec[0] == () and spec[1].kind == "U",
                     1024, "a 0-d string")
     if str(fmt) != FORMAT:
         raise _error(path, "format", f"{str(fmt)[:80]!r} is not {FORMAT!r} (not a checkpoint of this version)")
 
 
-def _read_npy(zf: zipfile.ZipFile, path: Path, name: str, accept: Callable[[tuple, np.dtype], bool],
+def _read_npy(zf: zipfile.ZipFile, path: Path, name: str, accept: Callable[[tuple], bool],
               max_data: int, want: str) -> np.ndarray:
     """The array in member ``name``.npy, in bounded memory: the zip directory must declare at most
-    ``max_data`` bytes plus a header, the npy header must pass ``accept(shape, dtype)`` (C order), and
-    exactly the bytes it announces are then read (the zip CRC is checked at their end)."""
+    ``max_data`` bytes plus a header, the npy header must pass ``accept((shape, dtype))`` (C order),
+    and exactly the bytes it announces are then read (the zip CRC is checked at their end)."""
     try:
         info = zf.getinfo(name + ".npy")
     except KeyError:
@@ -230,7 +228,7 @@ def _read_npy(zf: zipfile.ZipFile, path: Path, name: str, accept: Callable[[tupl
             head = io.BytesIO(f.read(min(info.file_size, MAX_HEADER_BYTES)))
             shape, fortran, dtype = _read_header(head)
             nbytes = math.prod(shape) * dtype.itemsize
-            if fortran or min(shape, default=0) < 0 or not accept(shape, dtype):
+            if fortran or min(shape, default=0) < 0 or not accept((shape, dtype)):
                 order = "Fortran-order " if fortran else ""
                 raise _error(path, name, f"holds {order}{dtype.str}{list(shape)}, expected {want} (no casts)")
             if info.file_size != head.tell() + nbytes:
@@ -248,8 +246,9 @@ def _read_npy(zf: zipfile.ZipFile, path: Path, name: str, accept: Callable[[tupl
 
 def _read_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
     version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(f, max_header_size=MAX_HEADER_BYTES)
-    if version == (2, 0):
-        return np.lib.format.read_array_header_2_0(f, max_header_size=MAX_HEADER_BYTES)
-    raise ValueError(f"npy format version {version} is not 1.0 or 2.0")
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"npy format version {version} is not 1.0 or 2.0")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. a Python 2 header numpy would rewrite and accept: refused
+        return read(f, max_header_size=MAX_HEADER_BYTES)
