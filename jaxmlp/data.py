@@ -17,9 +17,10 @@ Where a dataset's four files live (first match wins):
 Files in the cache must match the registry's SHA-256s (a file that does not is downloaded again). A folder
 of the first two kinds may hold any data in MNIST's layout, but one holding another registered dataset's
 files is refused (MNIST's files asked for as Fashion-MNIST). Hashes are computed once per file and
-remembered in a small JSON stamp (``.jaxmlp-sha256.json`` beside the files, or under the cache's
-``jaxmlp/stamps/`` for a folder we cannot write) keyed by size, mtime and ctime, so a run in which nothing
-changed reads one small file instead of hashing the data.
+remembered in a small JSON stamp keyed by size, mtime and ctime, so a run in which nothing changed reads
+one small file instead of hashing the data. The stamp lies beside the files in the cache
+(``.jaxmlp-sha256.json``) and, for any other folder, which is never written to, in the cache's
+``jaxmlp/stamps/`` under a hash of the folder's path.
 """
 from __future__ import annotations
 
@@ -582,32 +583,29 @@ def resolve_data_dir(data_dir: str | os.PathLike | None, dataset: str = "mnist")
 _STAMP = ".jaxmlp-sha256.json"
 
 
-def _stamp_paths(folder: Path) -> tuple[Path, Path]:
-    """Beside the files; else, for a folder we cannot write, in the cache under a hash of its path."""
+def _stamp_path(folder: Path) -> Path:
+    """Beside the files in our own cache folder; for any other folder (never written to) under the
+    cache's stamps/, named by a hash of the folder's real path."""
+    if folder.parent == _cache_root():
+        return folder / _STAMP
     key = hashlib.sha256(os.fsencode(folder.resolve())).hexdigest()[:24]
-    return folder / _STAMP, _cache_root() / "stamps" / f"{key}.json"
+    return _cache_root() / "stamps" / f"{key}.json"
 
 
 def _read_stamps(folder: Path) -> dict:
-    entries = {}
-    for path in reversed(_stamp_paths(folder)):  # the one beside the files wins
-        try:
-            with open(path, encoding="utf-8") as f:
-                got = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if isinstance(got, dict):
-            entries.update({k: v for k, v in got.items() if isinstance(v, dict)})
-    return entries
+    try:
+        with open(_stamp_path(folder), encoding="utf-8") as f:
+            entries = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(v, dict)} if isinstance(entries, dict) else {}
 
 
 def _write_stamps(folder: Path, entries: dict) -> None:
-    for path in _stamp_paths(folder):
-        try:
-            write_json(path, entries)
-            return
-        except OSError:  # read-only folder: try the cache; a read-only cache: hash again next time
-            continue
+    try:
+        write_json(_stamp_path(folder), entries)
+    except OSError:  # a read-only cache: hash again next time
+        pass
 
 
 def _file_key(path: Path) -> list[int]:
@@ -755,9 +753,9 @@ def ensure_dataset(data_dir: str | os.PathLike | None, dataset: str = "mnist",
     """Find the dataset's folder (see the module docstring), check it, and load it.
 
     Only the default cache is downloaded into (first use, or a file there that no longer matches the
-    registry's SHA-256). An explicit folder (data_dir or $JAXMLP_DATA_DIR) is never written to except
-    for the hash stamp: if it lacks files, or holds another registered dataset's, a one-line DataError
-    says what to do.
+    registry's SHA-256). An explicit folder (data_dir or $JAXMLP_DATA_DIR) is never written to (its
+    hash stamp lives in the cache): if it lacks files, or holds another registered dataset's, a one-line
+    DataError says what to do.
     """
     return _ensure(data_dir, dataset, None, download, mirrors, progress)
 

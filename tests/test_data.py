@@ -38,6 +38,12 @@ def same_array(a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Hash stamps of the folders tests load go to a throwaway cache, never to the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
 shapes = hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5)
 idx_arrays = st.sampled_from(NATIVE).flatmap(lambda dt: hnp.arrays(dt, shapes))
 
@@ -647,12 +653,22 @@ def test_another_datasets_files_are_refused(two_sets, tmp_path, monkeypatch):
 
 @pytest.mark.realdata
 def test_mnist_asked_for_as_fashion_mnist_is_refused(mnist_dir, tmp_path, monkeypatch):
-    """Real MNIST (read-only folder) given as Fashion-MNIST: refused, naming both; the hashes are
-    remembered in the cache's stamps folder since the data folder cannot be written."""
+    """Real MNIST given as Fashion-MNIST: refused, naming both; the hashes are remembered in the
+    cache's stamps folder, and nothing is written into the data folder."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("JAXMLP_DATA_DIR", str(mnist_dir))
     with pytest.raises(data.DataError, match="holds MNIST's files, not Fashion-MNIST's"):
         data.ensure_dataset(None, "fashion-mnist")
     assert data.ensure_dataset(None, "mnist").x_train.shape == (60000, 28, 28)
-    if not os.access(mnist_dir, os.W_OK):
-        assert len(list((tmp_path / "jaxmlp" / "stamps").glob("*.json"))) == 1
+    assert len(list((tmp_path / "jaxmlp" / "stamps").glob("*.json"))) == 1
+    assert not (mnist_dir / data._STAMP).exists()
+
+
+def test_cache_holding_another_datasets_files_is_refilled(two_sets):
+    """The cache is ours: alpha's cache folder holding beta's files gets alpha's, downloaded again; with
+    no network the error says whose files are there."""
+    shutil.copytree(two_sets["mirror"]("beta").removeprefix("file://"), two_sets["cache"]("alpha"))
+    with pytest.raises(data.DownloadError, match=r"does not match alpha's published checksum \(it is beta's\)"):
+        data.load_dataset(dataset="alpha", mirrors=[_dead_mirror()])
+    ds = data.load_dataset(dataset="alpha", mirrors=[two_sets["mirror"]("alpha")])
+    assert np.array_equal(ds.x_train, two_sets["alpha"]["train-images-idx3-ubyte"])
