@@ -486,8 +486,11 @@ def _ways_out(folder: Path, dataset: str, source: str | None) -> str:
     """The fixes for a folder lacking files, for the end of a one-line message."""
     flag = "" if dataset == "mnist" else f" --dataset {dataset}"
     names = ", ".join(f"{stem}.gz" for stem in FILE_STEMS)
+    if source is None:  # the cache: its files come from the network
+        return (f"fetch them from a mirror you can reach with `jaxmlp download{flag} --mirror URL`, copy "
+                f"{names} into {folder}, or use a folder holding them with --data-dir DIR or $JAXMLP_DATA_DIR")
     unset = "; or unset $JAXMLP_DATA_DIR to use the cache" if source == "$JAXMLP_DATA_DIR" else ""
-    return (f"run `jaxmlp download{flag} --data-dir {folder}` to fetch it (add --mirror URL for another "
+    return (f"run `jaxmlp download{flag} --data-dir {folder}` to fetch them (add --mirror URL for another "
             f"source), copy {names} there, or give another folder with --data-dir DIR or "
             f"$JAXMLP_DATA_DIR{unset}")
 

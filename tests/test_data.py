@@ -600,7 +600,7 @@ def test_offline_first_run_names_the_folder_and_the_ways_out(two_sets):
     msg = str(info.value)
     assert "\n" not in msg and f"no alpha data in {folder}" in msg and "Connection refused" in msg
     for way in ("--data-dir DIR", "$JAXMLP_DATA_DIR", "--mirror URL", f"jaxmlp download --dataset alpha",
-                *(f"{stem}.gz" for stem in data.FILE_STEMS), f"there"):
+                *(f"{stem}.gz" for stem in data.FILE_STEMS), f"into {folder}"):
         assert way in msg
     with pytest.raises(data.DataError, match="downloading is off"):
         data.load_dataset(dataset="alpha", download=False)
