@@ -16,16 +16,23 @@ from .data import (Dataset, download, ensure_dataset, flatten, load_dataset, nor
 from .losses import accuracy, cross_entropy, loss, notebook_cross_entropy, notebook_loss
 from .model import (forward, forward_intermediates, init_layer, init_params, init_params_numpy, log_softmax, predict,
                     relu, softmax)
-from .train import (DivergenceError, TrainConfig, TrainSpec, epoch, epoch_with_perm, evaluate, fit, fit_epochs,
-                    hparams_dict, run_epoch, sgd_step, train_epoch_loop)
+from .config import TrainConfig, hparams
+from .train import (DivergenceError, FitResult, Interrupted, TrainSpec, TrainState, chunk, evaluate, fit,
+                    fused_epoch, load_model, load_run, sgd_step, train_epoch_loop)
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError as _NotFound
+from importlib.metadata import version as _version
+
+try:
+    __version__ = _version("jaxmlp")
+except _NotFound:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "Dataset", "DivergenceError", "TrainConfig", "TrainSpec", "accuracy", "autodiff_grad", "cross_entropy",
-    "download", "ensure_dataset", "epoch", "epoch_with_perm", "evaluate", "finite_difference_grad", "fit",
-    "fit_epochs", "flatten", "forward", "forward_intermediates", "gradcheck", "hparams_dict", "init_layer",
+    "Dataset", "DivergenceError", "FitResult", "Interrupted", "TrainConfig", "TrainSpec", "TrainState", "accuracy",
+    "autodiff_grad", "chunk", "cross_entropy", "download", "ensure_dataset", "evaluate", "finite_difference_grad",
+    "fit", "flatten", "forward", "forward_intermediates", "fused_epoch", "gradcheck", "hparams", "init_layer",
     "init_params", "init_params_numpy", "load_dataset", "log_softmax", "loss", "manual_grad", "max_relative_error",
     "normalize", "notebook_cross_entropy", "notebook_loss", "one_hot", "predict", "read_idx", "relu",
-    "resolve_data_dir", "run_epoch", "sgd_step", "softmax", "train_epoch_loop", "write_idx",
+    "load_model", "load_run", "resolve_data_dir", "sgd_step", "softmax", "train_epoch_loop", "write_idx",
 ]

@@ -84,17 +84,18 @@ def _init_program(key: jax.Array, fans: tuple, scheme: str, dtype) -> Params:
             for i, (m, n) in enumerate(fans)]
 
 
-def init_params_numpy(seed: int, layer_sizes: Sequence[int], dtype=np.float64) -> Params:
+def init_params_numpy(seed, layer_sizes: Sequence[int], dtype=np.float64) -> Params:
     """The notebook's exact initialisation: ``np.random.seed(seed)``, then W1, W2, ... drawn in order
     with ``np.random.randn(fan_in, fan_out) * 0.01`` and zero biases.
 
-    Uses (and leaves advanced) NumPy's global RNG, as the notebook does, because the notebook's
-    per-epoch ``np.random.permutation`` draws continue from the same stream.
+    ``seed`` is an int or a ``np.random.RandomState`` to draw from (advanced in place: the notebook's
+    per-epoch permutations continue its stream). NumPy's legacy global RNG is a RandomState, so
+    ``RandomState(seed)`` draws exactly what ``np.random.seed(seed)`` would, without touching it.
     """
-    np.random.seed(seed)
+    rng = seed if isinstance(seed, np.random.RandomState) else np.random.RandomState(seed)
     params = []
     for m, n in zip(layer_sizes[:-1], layer_sizes[1:]):
-        W = np.random.randn(m, n) * 0.01
+        W = rng.randn(m, n) * 0.01
         params.append({"W": jnp.asarray(W, dtype), "b": jnp.zeros((n,), dtype)})
     return params
 

@@ -1,29 +1,30 @@
-"""Training: the jitted SGD step, fused epochs, the epoch loop, evaluation.
+"""Training: a run is explicit state advanced by compiled chunks of minibatch steps.
 
-Two ways to train, same math:
+* ``sgd_step(params, x, y, lr)``: one jitted update, for notebooks and teaching; ``train_epoch_loop``
+  is the notebook's loop over it.
+* ``TrainState``: the whole state of a run as one PyTree: params, optimizer state, the run's PRNG key,
+  completed epochs and steps done in the current epoch. Epoch ``e``'s order of examples and every
+  step's dropout/augmentation key are pure functions of (key, e, step), so any step can be addressed:
+  a run stopped anywhere and resumed equals the uninterrupted run bit for bit.
+* ``run_chunk``: the compiled unit, up to ``capacity`` steps of one epoch (a traced count, so any
+  count up to the capacity runs the same executable: the short last chunk and the chunk sizes picked
+  at run time never recompile). The short last batch of an epoch is a second branch of the same
+  program. ``fused_epoch`` is the whole epoch as one ``lax.scan`` (kept for ``jaxmlp bench``).
+* ``fit(config, data)``: set up, advance chunk by chunk calling small handlers between chunks
+  (progress, logs, checkpoints, signals, early stopping: see ``handlers.py``), test.
 
-* ``sgd_step(params, x, y, lr) -> (params, loss)``: one jitted update, for notebooks and teaching;
-  a Python loop over minibatches calls it (``train_epoch_loop``).
-* ``run_epoch(...)``: a whole epoch as ONE compiled program: the shuffle is drawn on the device from a
-  PRNG key, ``lax.scan`` runs the minibatches, the per-batch losses come back as an array. This is what
-  ``fit`` and the CLI use; it is several times faster on a CPU because Python is out of the loop.
-
-The last partial batch: when ``N % batch_size != 0`` the leftover ``N % batch_size`` examples form one
-final, smaller batch inside the same compiled program (nothing is dropped, as in the notebook). Its
-loss is weighted by its size in the epoch's mean loss.
-
-Hyperparameters that are plain numbers (lr, momentum, betas, weight decay, L2) travel as a traced
-``hparams`` dict, so changing them never recompiles and a sweep can ``vmap`` over them. Everything
-that changes the program's structure (batch size, optimizer kind, dropout, augmentation, ...) lives
-in the hashable, static ``TrainSpec``.
+Numbers that are plain hyperparameters (lr, momentum, ...) travel as a traced ``hparams`` dict (see
+``config.hparams``); what changes the program's structure lives in the hashable ``TrainSpec``.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
+import signal
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +32,12 @@ import numpy as np
 
 from . import optim
 from .backprop import manual_grad
-from .losses import accuracy, cross_entropy, loss, notebook_cross_entropy
-from .model import Params, forward, forward_intermediates, softmax
+from .config import TrainConfig, hparams
+from .losses import accuracy, cross_entropy, loss
+from .model import Params, forward, softmax
+
+__all__ = ["sgd_step", "train_epoch_loop", "TrainSpec", "TrainState", "TrainConfig", "fit", "FitResult",
+           "evaluate", "predict_labels", "predict_probs", "prepare", "DivergenceError", "Interrupted"]
 
 
 # ---------------------------------------------------------------- the teaching step
@@ -58,9 +63,7 @@ def train_epoch_loop(params: Params, x: jax.Array, y: jax.Array, key: jax.Array,
                      batch_size: int) -> tuple[Params, jax.Array]:
     """One epoch as a Python loop over ``sgd_step`` (the notebook's loop, jitted step by step).
 
-    The permutation comes from ``key``; the data is shuffled once, then sliced into contiguous
-    minibatches. Returns params and per-batch losses (num_batches,). The short last batch compiles
-    ``sgd_step`` once more for its shape (once per run, not per epoch).
+    The permutation comes from ``key``; returns params and per-batch losses (num_batches,).
     """
     perm = jax.random.permutation(key, x.shape[0])
     xs, ys = x[perm], y[perm]
@@ -71,27 +74,22 @@ def train_epoch_loop(params: Params, x: jax.Array, y: jax.Array, key: jax.Array,
     return params, jnp.stack(losses)
 
 
-# ---------------------------------------------------------------- fused epochs
+# ---------------------------------------------------------------- what a step computes
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
     """The static part of training (changing it changes the compiled program).
 
-    arch: "mlp" or "cnn". loss: "ce" (log-softmax from logits) or "notebook" (the seed's
-    ``-sum(Y log(p + 1e-8)) / m``, reported only: its gradient is taken as softmax - Y, exactly the
-    notebook's backprop). grad: "autodiff" (jax.grad) or "manual" (the notebook's backprop, MLP only).
-    optimizer: a name from ``optim.by_name``; schedule: a name from ``optim.schedule_by_name``;
-    total_steps: the schedule's horizon. dropout: hidden-unit drop rate during training.
-    augment: None, "shift" or "affine" (on-device, fresh each step). image_side: for augmentation.
-    batch_sharding: None, or a ``jax.sharding.Sharding`` each minibatch is constrained to (data
-    parallelism: the batch axis split over a mesh, see ``parallel.py``; XLA reduces the gradients).
-    frozen: indices of layers the optimizer leaves bit-identical (transfer learning; -1 is the head).
+    arch: "mlp" or "cnn"; grad: "autodiff" (jax.grad) or "manual" (the notebook's backprop, MLP);
+    optimizer / schedule: names from ``optim``; total_steps / warmup_steps: the schedule's horizon;
+    dropout: hidden-unit drop rate; augment: None, "shift" or "affine"; image_side: for augmentation;
+    batch_sharding: None or the ``jax.sharding.Sharding`` each minibatch is constrained to (data
+    parallelism, see ``parallel.py``); frozen: layer indices the optimizer leaves bit-identical.
     """
 
     batch_size: int = 32
     arch: str = "mlp"
-    loss: str = "ce"
     grad: str = "autodiff"
     optimizer: str = "sgd"
     schedule: str = "constant"
@@ -104,17 +102,16 @@ class TrainSpec:
     frozen: tuple = ()
 
 
-DEFAULT_HPARAMS = {"lr": 0.1, "momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "l2": 0.0}
-
-
-def hparams_dict(dtype=jnp.float32, **overrides) -> dict:
-    """The traced numeric hyperparameters, defaults filled in, as 0-d arrays of ``dtype``."""
-    unknown = set(overrides) - set(DEFAULT_HPARAMS)
-    if unknown:
-        raise ValueError(f"unknown hyperparameters: {sorted(unknown)}")
-    merged = {**DEFAULT_HPARAMS, **{k: v for k, v in overrides.items() if v is not None}}
-    # Through NumPy: a host value copied to the device compiles nothing (a cast on the device would).
-    return {k: jnp.asarray(np.asarray(v, jnp.dtype(dtype))) for k, v in merged.items()}
+def spec_for(config: TrainConfig, num_examples: int, image_side: int = 28) -> TrainSpec:
+    """The ``TrainSpec`` of ``config`` for a training set of ``num_examples``."""
+    steps_per_epoch = -(-num_examples // config.batch_size)
+    scheduled = config.schedule != "constant"  # without a schedule, runs of any length share a program
+    return TrainSpec(
+        batch_size=config.batch_size, arch=config.arch, grad=config.grad, optimizer=config.optimizer,
+        schedule=config.schedule, total_steps=steps_per_epoch * config.epochs if scheduled else 0,
+        warmup_steps=steps_per_epoch * config.warmup_epochs if scheduled else 0, dropout=float(config.dropout),
+        augment=None if config.augment == "none" else config.augment, image_side=image_side,
+        frozen=tuple(config.freeze))
 
 
 def apply_fn(arch: str) -> Callable:
@@ -127,7 +124,7 @@ def apply_fn(arch: str) -> Callable:
     raise ValueError(f"unknown architecture {arch!r}; choose mlp or cnn")
 
 
-def make_optimizer(spec: TrainSpec, hparams: dict) -> "optim.Optimizer":
+def make_optimizer(spec: TrainSpec, hparams: dict) -> optim.Optimizer:
     """The optimizer named by ``spec``, its lr (or lr schedule) and constants taken from ``hparams``."""
     lr = hparams["lr"]
     if spec.schedule != "constant":
@@ -146,35 +143,22 @@ def make_optimizer(spec: TrainSpec, hparams: dict) -> "optim.Optimizer":
 
 
 def value_and_grad_fn(spec: TrainSpec) -> Callable:
-    """``(params, x, y, key, hparams) -> (loss, grads)`` for the spec's loss and gradient method."""
+    """``(params, x, y, key, hparams) -> (loss, grads)`` for the spec's gradient method."""
     if spec.grad == "manual":
-        if spec.arch != "mlp" or spec.dropout or spec.augment:
-            raise ValueError("manual gradients support the plain MLP only (no dropout, no augmentation)")
-
         def manual(params, x, y, key, hparams):
-            del key
-            cache = forward_intermediates(params, x)
-            L = len(params)
-            value = (notebook_cross_entropy(cache[f"A{L}"], y) if spec.loss == "notebook"
-                     else cross_entropy(cache[f"Z{L}"], y))
-            grads = manual_grad(params, x, y)
-            return value, grads
+            del key, hparams
+            return cross_entropy(forward(params, x), y), manual_grad(params, x, y)
 
         return manual
-
     fwd = apply_fn(spec.arch)
 
     def objective(params, x, y, key, hparams):
-        logits = fwd(params, x, key=key, dropout=spec.dropout)
-        value = cross_entropy(logits, y)
-        # L2 is added to the objective (its gradient flows through jax.grad); decoupled weight
-        # decay instead lives in the optimizer (AdamW).
+        value = cross_entropy(fwd(params, x, key=key, dropout=spec.dropout), y)
+        # L2 joins the objective (its gradient flows through jax.grad); decoupled decay is the optimizer's.
         return value + hparams["l2"] * optim.l2_penalty(params), value
 
     def autodiff(params, x, y, key, hparams):
         (_, value), grads = jax.value_and_grad(objective, has_aux=True)(params, x, y, key, hparams)
-        if spec.loss == "notebook":
-            value = notebook_cross_entropy(softmax(fwd(params, x)), y)
         return value, grads
 
     return autodiff
@@ -192,60 +176,115 @@ def _augment(spec: TrainSpec, key: jax.Array, x: jax.Array) -> jax.Array:
     raise ValueError(f"unknown augmentation {spec.augment!r}; choose shift or affine")
 
 
-def epoch_with_perm(params: Params, opt_state: Any, key: jax.Array, perm: jax.Array, x: jax.Array,
-                    y: jax.Array, hparams: dict, spec: TrainSpec) -> tuple[Params, Any, jax.Array]:
-    """One epoch over ``x[perm]`` in minibatches: (params, opt_state, batch_losses (num_batches,)).
+# ---------------------------------------------------------------- the state and its chunks
 
-    Pure and traceable (jit it, vmap it). ``key`` drives dropout/augmentation only; the order is ``perm``.
-    """
-    n = perm.shape[0]
+
+class TrainState(NamedTuple):
+    """The whole state of a run: a PyTree that checkpoints, resumes and vmaps as one value."""
+
+    params: Params
+    opt_state: Any
+    key: jax.Array    # (2,) uint32, the run's key: never advanced, epochs fold their index into it
+    epoch: jax.Array  # int32 (): completed epochs
+    step: jax.Array   # int32 (): steps done in the current epoch
+
+
+def init_state(params: Params, opt: optim.Optimizer, key: jax.Array) -> TrainState:
+    return TrainState(params, opt.init(params), key, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+
+def _epoch_keys(key: jax.Array, epoch: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(shuffle key, base of the step keys) of one epoch: a pure function of the run's key."""
+    perm_key, step_base = jax.random.split(jax.random.fold_in(key, epoch))
+    return perm_key, step_base
+
+
+@functools.partial(jax.jit, static_argnames=("num_examples",))
+def epoch_order(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
+    """The order (num_examples,) int32 in which epoch ``epoch`` visits the examples."""
+    return jax.random.permutation(_epoch_keys(key, epoch)[0], num_examples).astype(jnp.int32)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    return -(-num_examples // batch_size)
+
+
+def _step_fn(spec: TrainSpec, hparams: dict, x: jax.Array, y: jax.Array, order: jax.Array, step_base):
+    """``step(params, opt_state, i) -> (params, opt_state, loss)``: minibatch ``i`` of the epoch whose
+    order is ``order``. Batch ``i`` is ``order[i*B:(i+1)*B]``; a short last batch is its own branch."""
+    opt, vg = make_optimizer(spec, hparams), value_and_grad_fn(spec)
     bs = spec.batch_size
-    num_full, rest = divmod(n, bs)
-    opt = make_optimizer(spec, hparams)
-    vg = value_and_grad_fn(spec)
+    num_full, rest = divmod(order.shape[0], bs)
 
-    def step(carry, inputs):
-        params, opt_state = carry
-        idx, step_key = inputs
-        aug_key, drop_key = jax.random.split(step_key)
+    def update(params, opt_state, idx, i):
+        aug_key, drop_key = jax.random.split(jax.random.fold_in(step_base, i))
         xb, yb = _augment(spec, aug_key, x[idx]), y[idx]
         if spec.batch_sharding is not None:
             xb = jax.lax.with_sharding_constraint(xb, spec.batch_sharding)
             yb = jax.lax.with_sharding_constraint(yb, spec.batch_sharding)
         value, grads = vg(params, xb, yb, drop_key, hparams)
         params, opt_state = opt.update(grads, opt_state, params)
+        return params, opt_state, value
+
+    def full(params, opt_state, i):
+        return update(params, opt_state, jax.lax.dynamic_slice_in_dim(order, i * bs, bs), i)
+
+    def short(params, opt_state, i):
+        return update(params, opt_state, order[num_full * bs:], i)
+
+    if not rest:
+        return full
+    return lambda params, opt_state, i: jax.lax.cond(i < num_full, full, short, params, opt_state, i)
+
+
+def chunk(state: TrainState, order: jax.Array, x: jax.Array, y: jax.Array, hparams: dict,
+          num_steps: jax.Array, *, spec: TrainSpec, capacity: int) -> tuple[TrainState, jax.Array]:
+    """Advance ``state`` by ``num_steps`` (<= capacity, traced) steps of its current epoch.
+
+    ``order`` is ``epoch_order(state.key, state.epoch, N)``. Returns the new state (the epoch counter
+    moves on when its last step is done) and the steps' losses in a (capacity,) buffer, zero past
+    ``num_steps``. Pure; vmap it over models with ``epoch``/``step`` unbatched.
+    """
+    step = _step_fn(spec, hparams, x, y, order, _epoch_keys(state.key, state.epoch)[1])
+
+    def body(j, carry):
+        params, opt_state, losses = carry
+        params, opt_state, value = step(params, opt_state, state.step + j)
+        return params, opt_state, losses.at[j].set(value)
+
+    losses = jnp.zeros((capacity,), x.dtype)
+    params, opt_state, losses = jax.lax.fori_loop(0, num_steps, body, (state.params, state.opt_state, losses))
+    done = state.step + num_steps
+    finished = done >= steps_per_epoch(order.shape[0], spec.batch_size)
+    return TrainState(params, opt_state, state.key, state.epoch + finished.astype(jnp.int32),
+                      jnp.where(finished, 0, done).astype(jnp.int32)), losses
+
+
+def fused_epoch(state: TrainState, x: jax.Array, y: jax.Array, hparams: dict, *,
+                spec: TrainSpec) -> tuple[TrainState, jax.Array]:
+    """A whole epoch as one ``lax.scan`` from step 0 (the pre-chunk engine; ``jaxmlp bench`` compares)."""
+    n = x.shape[0]
+    order = jax.random.permutation(_epoch_keys(state.key, state.epoch)[0], n).astype(jnp.int32)
+    step = _step_fn(spec, hparams, x, y, order, _epoch_keys(state.key, state.epoch)[1])
+
+    def body(carry, i):
+        params, opt_state, value = step(*carry, i)
         return (params, opt_state), value
 
-    keys = jax.random.split(key, num_full + 1)
     (params, opt_state), losses = jax.lax.scan(
-        step, (params, opt_state), (perm[: num_full * bs].reshape(num_full, bs), keys[:num_full]))
-    if rest:
-        (params, opt_state), last = step((params, opt_state), (perm[num_full * bs:], keys[num_full]))
-        losses = jnp.concatenate([losses, last[None]])
-    return params, opt_state, losses
+        body, (state.params, state.opt_state), jnp.arange(steps_per_epoch(n, spec.batch_size)))
+    return TrainState(params, opt_state, state.key, state.epoch + 1, state.step), losses
 
 
-def epoch(params: Params, opt_state: Any, key: jax.Array, x: jax.Array, y: jax.Array, hparams: dict,
-          spec: TrainSpec) -> tuple[Params, Any, jax.Array]:
-    """One epoch with a fresh shuffle drawn on the device from ``key``. Pure; see ``epoch_with_perm``."""
-    perm_key, step_key = jax.random.split(key)
-    perm = jax.random.permutation(perm_key, x.shape[0])
-    return epoch_with_perm(params, opt_state, step_key, perm, x, y, hparams, spec)
-
-
-# Compiled once per (shapes, spec): later epochs and later calls with the same shapes reuse the program.
-# No buffer donation: callers keep the previous epoch's params (the last finite ones, for checkpoints).
-run_epoch = jax.jit(epoch, static_argnames=("spec",))
-run_epoch_with_perm = jax.jit(epoch_with_perm, static_argnames=("spec",))
-
+run_chunk = jax.jit(chunk, static_argnames=("spec", "capacity"))
+run_fused_epoch = jax.jit(fused_epoch, static_argnames=("spec",))
 
 _COMPILED: dict = {}
 
 
 def _arg_signature(v) -> tuple:
-    """(shape, dtype, placement) of an argument, the same for an array on the default device and for
-    an abstract ``jax.ShapeDtypeStruct`` (which lowers for that device), so a program compiled from
-    shapes alone (``fit``'s background compile) is found again when the arrays arrive."""
+    """(shape, dtype, placement), the same for an array on the default device and for an abstract
+    ``jax.ShapeDtypeStruct``, so a program compiled from shapes alone is found again later."""
     sharding = getattr(v, "sharding", None)
     if sharding is None:
         sharding = ("single", jax.devices()[0])
@@ -254,48 +293,42 @@ def _arg_signature(v) -> tuple:
     return tuple(jnp.shape(v)), jnp.result_type(v), sharding
 
 
-def compile_epoch(fn, spec: TrainSpec, *args) -> tuple[Callable, float]:
-    """The ahead-of-time compiled ``fn(*args, spec=spec)`` and the seconds spent compiling it (0.0 when
-    an executable for the same function, spec and argument shapes/dtypes was compiled earlier in this
-    process: later runs with the same shapes never recompile)."""
-    if spec.schedule == "constant":
-        # The horizon only matters to schedules; without one, runs of different lengths share a program.
-        spec = dataclasses.replace(spec, total_steps=0, warmup_steps=0)
+def compile_program(fn, static: dict, *args) -> tuple[Callable, float]:
+    """The ahead-of-time compiled ``fn(*args, **static)`` and the seconds spent compiling (0.0 when this
+    process compiled the same function, statics and argument shapes before: runs never recompile)."""
     leaves, treedef = jax.tree_util.tree_flatten(args)
-    signature = (fn, spec, treedef, tuple(map(_arg_signature, leaves)))
-    if signature in _COMPILED:
-        return _COMPILED[signature], 0.0
-    t0 = time.perf_counter()
-    compiled = fn.lower(*args, spec=spec).compile()
-    seconds = time.perf_counter() - t0
-    _COMPILED[signature] = compiled
-    return compiled, seconds
+    signature = (fn, tuple(sorted(static.items())), treedef, tuple(map(_arg_signature, leaves)),
+                 jax.config.jax_enable_x64)
+    if signature not in _COMPILED:
+        t0 = time.perf_counter()
+        _COMPILED[signature] = (fn.lower(*args, **static).compile(), time.perf_counter() - t0)
+        return _COMPILED[signature]
+    return _COMPILED[signature][0], 0.0
 
 
-def epoch_loss(batch_losses: np.ndarray, num_examples: int, batch_size: int, notebook: bool = False) -> float:
-    """The epoch's reported loss from its per-batch losses.
+def epoch_loss(batch_losses, num_examples: int, batch_size: int, first_step: int = 0) -> float:
+    """Example-weighted mean of per-batch losses of steps ``first_step..``: the short last batch counts
+    by its size. (Sums over chunks: pass each chunk's losses and add ``loss_sum`` instead.)"""
+    return loss_sum(batch_losses, num_examples, batch_size, first_step) / num_examples
 
-    Default: the example-weighted mean (the short last batch counts by its size). Notebook:
-    ``sum(batch losses) / (N // batch_size)``, the seed's formula, short batch included in the sum.
-    """
-    batch_losses = np.asarray(batch_losses, dtype=np.float64)
-    if notebook:
-        return float(batch_losses.sum() / max(num_examples // batch_size, 1))
-    sizes = np.full(len(batch_losses), batch_size, dtype=np.float64)
-    sizes[-1] = num_examples - batch_size * (len(batch_losses) - 1)
-    return float((batch_losses * sizes).sum() / num_examples)
+
+def loss_sum(batch_losses, num_examples: int, batch_size: int, first_step: int = 0) -> float:
+    """Sum over examples of the losses of steps ``first_step, first_step + 1, ...`` (float64)."""
+    losses = np.asarray(batch_losses, dtype=np.float64)
+    starts = (first_step + np.arange(len(losses))) * batch_size
+    sizes = np.minimum(starts + batch_size, num_examples) - starts
+    return float((losses * sizes).sum())
 
 
 # ---------------------------------------------------------------- evaluation
 
 
-def _eval_chunk(params, x, y, arch: str, notebook: bool):
+def _eval_chunk(params, x, y, arch: str):
     logits = apply_fn(arch)(params, x)
-    value = notebook_cross_entropy(softmax(logits), y) if notebook else cross_entropy(logits, y)
-    return value * x.shape[0], accuracy(logits, y) * x.shape[0]
+    return cross_entropy(logits, y) * x.shape[0], accuracy(logits, y) * x.shape[0]
 
 
-_eval_chunk_jit = jax.jit(_eval_chunk, static_argnames=("arch", "notebook"))
+_eval_chunk_jit = jax.jit(_eval_chunk, static_argnames=("arch",))
 
 
 def _default_chunk(arch: str) -> int:
@@ -303,20 +336,17 @@ def _default_chunk(arch: str) -> int:
     return 1000 if arch == "cnn" else 10000
 
 
-def evaluate(params: Params, x: jax.Array, y: jax.Array, *, arch: str = "mlp", notebook: bool = False,
+def evaluate(params: Params, x: jax.Array, y: jax.Array, *, arch: str = "mlp",
              chunk_size: int | None = None) -> tuple[float, float]:
-    """``(mean loss, accuracy in [0, 1])`` of the model on (x, y), in chunks to bound memory.
-
-    ``notebook=True`` reports the seed's epsilon cross-entropy instead of the log-softmax one.
-    """
+    """``(mean loss, accuracy in [0, 1])`` of the model on x (N, D), y (N,), in chunks to bound memory."""
     n = x.shape[0]
     if n == 0:
         raise ValueError("cannot evaluate on an empty set")
     total_loss = total_acc = 0.0
     for s in batch_slices(n, chunk_size or _default_chunk(arch)):
-        l, a = _eval_chunk_jit(params, x[s], y[s], arch, notebook)
-        total_loss += float(l)
-        total_acc += float(a)
+        lo, ac = _eval_chunk_jit(params, x[s], y[s], arch)
+        total_loss += float(lo)
+        total_acc += float(ac)
     return total_loss / n, total_acc / n
 
 
@@ -338,161 +368,33 @@ def predict_probs(params: Params, x: jax.Array, *, arch: str = "mlp", chunk_size
                            for s in batch_slices(x.shape[0], chunk_size or _default_chunk(arch))])
 
 
-# ---------------------------------------------------------------- the epoch loop
+# ---------------------------------------------------------------- setting a run up
 
 
 class DivergenceError(ArithmeticError):
-    """Training produced a non-finite loss."""
+    """Training diverged (a non-finite loss or params, or the loss far above its start)."""
 
 
-class EpochResult(NamedTuple):
-    epoch: int              # 1-based
-    loss: float             # the epoch's training loss (see epoch_loss)
-    seconds: float          # wall time of the epoch, compilation excluded
-    params: Params
-    opt_state: Any
-    key: jax.Array          # the key to continue from
-    compile_seconds: float  # time spent compiling the epoch program (same for every epoch of a run)
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal at a chunk boundary; ``state`` is where it stopped."""
+
+    def __init__(self, signum: int, state: TrainState, saved: str | None = None):
+        super().__init__(signum)
+        self.signum, self.state, self.saved = signum, state, saved
 
 
-def fit_epochs(params: Params, opt_state: Any, key: jax.Array, x: jax.Array, y: jax.Array, hparams: dict,
-               spec: TrainSpec, epochs: int, *, start_epoch: int = 0,
-               perms: Callable[[int], np.ndarray] | None = None, notebook_loss: bool = False):
-    """Generator over epochs ``start_epoch + 1 .. epochs``: yields an ``EpochResult`` after each.
-
-    The caller decides what happens between epochs (print, log, validate, checkpoint, stop), which
-    keeps this loop free of side effects. The epoch program is compiled ahead of time, once, and the
-    same executable runs every epoch, so nothing can recompile. ``perms(epoch_index)`` replaces the
-    on-device shuffle with host-made permutations (the notebook-exact mode's ``np.random.permutation``).
-    A non-finite epoch loss raises ``DivergenceError``; the last yielded result holds finite params.
-    """
-    n = x.shape[0]
-    if perms is None:
-        compiled, compile_seconds = compile_epoch(run_epoch, spec, params, opt_state, key, x, y, hparams)
-    else:
-        perm0 = jnp.zeros((n,), jnp.int32)
-        compiled, compile_seconds = compile_epoch(run_epoch_with_perm, spec, params, opt_state, key, perm0, x, y,
-                                                  hparams)
-    for e in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        key, sub = jax.random.split(key)
-        if perms is None:
-            params, opt_state, losses = compiled(params, opt_state, sub, x, y, hparams)
-        else:
-            perm = jnp.asarray(perms(e), dtype=jnp.int32)
-            params, opt_state, losses = compiled(params, opt_state, sub, perm, x, y, hparams)
-        losses = np.asarray(losses)  # waits for the device, so the timing is honest
-        value = epoch_loss(losses, n, spec.batch_size, notebook=notebook_loss)
-        seconds = time.perf_counter() - t0
-        if not np.isfinite(value):
-            bad = int(np.argmin(np.isfinite(losses)))
-            raise DivergenceError(
-                f"epoch {e + 1}: the loss became non-finite ({value}) at batch {bad + 1} of {len(losses)}; "
-                f"training stopped (try a lower --lr)")
-        yield EpochResult(e + 1, value, seconds, params, opt_state, key, compile_seconds)
+def dtype_of(config: TrainConfig):
+    return jnp.float64 if config.dtype == "float64" else jnp.float32
 
 
-# ---------------------------------------------------------------- the whole run
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything ``jaxmlp train`` can set. Defaults: the notebook's architecture and its best
-    experiment (784-128-64-10, SGD lr 0.1, batch 32, 10 epochs, seed 42, N(0,1)*0.01 init)."""
-
-    dataset: str = "mnist"
-    arch: str = "mlp"
-    hidden: tuple = (128, 64)
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 0.1
-    seed: int = 42
-    init: str = "notebook"
-    dtype: str = "float32"
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float | None = None  # None: the optimizer's default (AdamW 1e-2, as PyTorch; others 0)
-    l2: float = 0.0
-    schedule: str = "constant"
-    warmup_epochs: int = 0
-    dropout: float = 0.0
-    augment: str | None = None
-    val_split: float = 0.0
-    patience: int = 0
-    grad: str = "autodiff"
-    notebook_exact: bool = False
-    replay_notebook_step: bool = False
-    preset: str | None = None  # the recipe these values started from (a record; it changes nothing)
-    finetune: str | None = None  # a checkpoint whose params the run starts from (transfer learning)
-    freeze: tuple = ()           # layer indices kept fixed (-1: the head)
-    new_head: bool = False       # replace the checkpoint's output layer by a fresh one sized to the labels
-    classes: tuple | None = None  # train and test on these labels only, relabelled 0..k-1
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
-        d["freeze"] = list(self.freeze)
-        d["classes"] = None if self.classes is None else list(self.classes)
-        return d
-
-    def validate(self) -> "TrainConfig":
-        """Check every field (ValueError naming the flag) and fill in optimizer-dependent defaults."""
-        if self.weight_decay is None:
-            self.weight_decay = 1e-2 if self.optimizer == "adamw" else 0.0
-        self.freeze = tuple(int(i) for i in self.freeze)  # lists from JSON compare equal after this
-        if self.classes is not None:
-            from .data import check_classes
-            self.classes = tuple(check_classes(self.classes))
-        if self.new_head and not self.finetune:
-            raise ValueError("--new-head replaces the head of a trained model; it needs --finetune CHECKPOINT")
-        if self.schedule == "warmup-cosine" and self.warmup_epochs >= self.epochs:
-            raise ValueError(f"--warmup-epochs ({self.warmup_epochs}) must be less than --epochs ({self.epochs})")
-        def positive(name):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("epochs", "batch_size", "lr"):
-            positive(name)
-        if not np.isfinite(self.lr):
-            raise ValueError(f"--lr must be finite, got {self.lr}")
-        if any(int(h) <= 0 for h in self.hidden):
-            raise ValueError(f"--hidden sizes must be positive, got {list(self.hidden)}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"--dropout must lie in [0, 1), got {self.dropout}")
-        if not 0 <= self.val_split < 1:
-            raise ValueError(f"--val-split must lie in [0, 1), got {self.val_split}")
-        if self.patience and not self.val_split:
-            raise ValueError("--patience (early stopping) needs a validation split (--val-split)")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"--dtype must be float32 or float64, got {self.dtype!r}")
-        if self.notebook_exact:
-            clash = [n for n, default in (("arch", "mlp"), ("optimizer", "sgd"), ("dropout", 0.0),
-                                          ("augment", None), ("val_split", 0.0), ("l2", 0.0),
-                                          ("weight_decay", 0.0), ("schedule", "constant"), ("finetune", None),
-                                          ("freeze", ()), ("classes", None))
-                     if getattr(self, n) != default]
-            if clash:
-                raise ValueError(f"--notebook-exact reproduces the notebook's plain SGD; it cannot be combined "
-                                 f"with --{clash[0].replace('_', '-')}")
-        return self
-
-
-class FitResult(NamedTuple):
-    params: Params
-    opt_state: Any
-    key: jax.Array
-    history: list           # [{"epoch", "loss", "seconds", (val_loss, val_accuracy)}]
-    test_loss: float
-    test_accuracy: float    # a fraction in [0, 1]
-    train_seconds: float    # epochs only, compilation excluded
-    compile_seconds: float
-    stopped_early: bool
+def precision(dtype: str) -> contextlib.AbstractContextManager:
+    """A context in which ``dtype`` ("float32"/"float64") arrays can exist: float64 needs JAX's x64
+    mode, switched on for the block only, so nothing outside it changes."""
+    return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
 
 
 def prepare(images: np.ndarray, dtype, arch: str = "mlp") -> jax.Array:
-    """uint8 images (N, H, W) -> float inputs in [0, 1] on the device: (N, H*W) for both archs
-    (the CNN reshapes internally)."""
+    """uint8 images (N, H, W) -> float inputs (N, H*W) in [0, 1] on the device (the CNN reshapes)."""
     from .data import normalize
 
     del arch
@@ -508,168 +410,329 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
 
 
 def init_model(config: TrainConfig, key: jax.Array, input_dim: int, num_classes: int) -> Params:
-    """Fresh params for ``config`` (the notebook-exact mode draws with NumPy's global RNG instead)."""
-    from .model import init_params, init_params_numpy
+    """Fresh params for ``config``: the MLP ``input_dim-hidden...-num_classes`` or the CNN."""
+    from .model import init_params
 
-    dtype = jnp.float64 if config.dtype == "float64" or config.notebook_exact else jnp.float32
-    sizes = [input_dim, *[int(h) for h in config.hidden], num_classes]
-    if config.notebook_exact:
-        return init_params_numpy(config.seed, sizes, dtype)
     if config.arch == "cnn":
         from .cnn import init_cnn_params
         side = int(round(np.sqrt(input_dim)))
-        return init_cnn_params(key, in_shape=(side, side, 1), num_classes=num_classes, dtype=dtype)
-    return init_params(key, sizes, scheme=config.init, dtype=dtype)
+        return init_cnn_params(key, in_shape=(side, side, 1), num_classes=num_classes, dtype=dtype_of(config))
+    return init_params(key, [input_dim, *config.hidden, num_classes], scheme=config.init, dtype=dtype_of(config))
 
 
-def spec_for(config: TrainConfig, num_examples: int, image_side: int = 28) -> TrainSpec:
-    steps_per_epoch = -(-num_examples // config.batch_size)
-    return TrainSpec(
-        batch_size=config.batch_size, arch=config.arch,
-        loss="notebook" if config.notebook_exact else "ce",
-        grad="manual" if config.notebook_exact else config.grad,
-        optimizer=config.optimizer, schedule=config.schedule,
-        total_steps=steps_per_epoch * config.epochs, warmup_steps=steps_per_epoch * config.warmup_epochs,
-        dropout=float(config.dropout), augment=config.augment, image_side=image_side, frozen=tuple(config.freeze))
+def state_template(config: TrainConfig, input_dim: int, num_classes: int) -> TrainState:
+    """The shapes and dtypes (``jax.ShapeDtypeStruct``) of a run's state: what a checkpoint must hold."""
+    spec = spec_for(config, 1)
+
+    def build(key):
+        return init_state(init_model(config, key, input_dim, num_classes),
+                          make_optimizer(spec, hparams(config, dtype_of(config))), key)
+
+    with precision(config.dtype):
+        return jax.eval_shape(build, jax.random.PRNGKey(0))
 
 
-def finetune_params(config: TrainConfig, key: jax.Array, input_dim: int, num_classes: int) -> Params:
-    """The params of checkpoint ``config.finetune`` to start from, in the run's dtype; with
-    ``config.new_head`` the output layer is replaced by a fresh ``num_classes``-way one drawn from
-    ``key``. ValueError (naming --finetune) when the model does not fit the config or the data."""
-    from .checkpoint import load_model
-    from .transfer import replace_head
+class Run(NamedTuple):
+    """Everything fixed for the length of a run, built by ``setup``."""
 
-    path = config.finetune
-    params, saved = load_model(path)
-    arch = saved.get("arch", "mlp")
-    if arch != config.arch:
-        raise ValueError(f"--finetune: {path} holds a {arch} model, but the run's --arch is {config.arch}")
-    if arch == "mlp":
-        sizes = [int(layer["W"].shape[0]) for layer in params]
-        if sizes[0] != input_dim:
-            raise ValueError(f"--finetune: {path} takes {sizes[0]} inputs, the data has {input_dim}")
-        if tuple(sizes[1:]) != tuple(int(h) for h in config.hidden):
-            raise ValueError(f"--finetune: {path} has hidden sizes {sizes[1:]}, the run asks for "
-                             f"{list(config.hidden)}")
-    dtype = jnp.float64 if config.dtype == "float64" else jnp.float32
-    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
-    outputs = int(params[-1]["W"].shape[-1])
-    if config.new_head:
-        return replace_head(key, params, num_classes, scheme="he" if config.init == "notebook" else config.init)
-    if outputs != num_classes:
-        raise ValueError(f"--finetune: {path} has {outputs} outputs but the data has {num_classes} classes; "
-                         f"add --new-head")
-    return params
+    config: TrainConfig
+    spec: TrainSpec
+    hparams: dict
+    x: jax.Array            # (N, D) training inputs on the device; y (N,) int32
+    y: jax.Array
+    x_val: jax.Array | None
+    y_val: jax.Array | None
+    x_test: jax.Array
+    y_test: jax.Array
+    num_classes: int
+    steps_per_epoch: int
+    program: Callable       # the compiled chunk
+    capacity: int           # the most steps one chunk runs
+    compile_seconds: float
 
 
-def fit(config: TrainConfig, data, *, on_epoch: Callable[[EpochResult, dict], None] | None = None,
-        resume: dict | None = None, mesh: Any = None) -> FitResult:
-    """Train ``config`` on ``data`` (a ``data.Dataset`` of uint8 arrays) and evaluate on its test set.
+def _num_classes(config: TrainConfig, data) -> int:
+    if config.classes is not None:
+        return len(config.classes)
+    return max(int(max(data.y_train.max(), data.y_test.max())) + 1, 10)
 
-    ``on_epoch(result, record)`` is called after every epoch (printing, logging, checkpointing live
-    there); ``record`` is the history entry. ``resume`` = {"params", "opt_state", "key", "epoch",
-    "history"} continues a run exactly where it stopped. Raises DivergenceError on a non-finite loss.
-    ``mesh`` (a 1-D ``jax.sharding.Mesh``, see ``parallel.make_mesh``) trains data-parallel: each
-    minibatch split over its devices, params replicated; the same numbers as one device up to round-off.
+
+def _start_params(config, key, input_dim, num_classes):
+    if config.finetune:
+        return finetune_params(config, key, input_dim, num_classes)
+    return init_model(config, key, input_dim, num_classes)
+
+
+def _compile_chunk(spec, capacity, state, n, input_dim, dtype, hp):
+    """The chunk program compiled from shapes alone (callable from a second thread: x64 is per thread)."""
+    with precision(jnp.dtype(dtype).name):
+        return compile_program(run_chunk, {"spec": spec, "capacity": capacity}, state,
+                               jax.ShapeDtypeStruct((n,), jnp.int32), jax.ShapeDtypeStruct((n, input_dim), dtype),
+                               jax.ShapeDtypeStruct((n,), jnp.int32), hp, jax.ShapeDtypeStruct((), jnp.int32))
+
+
+def _arrays(config: TrainConfig, data, dtype):
+    """(x, y, x_val, y_val, x_test, y_test) on the device, the validation split held out."""
+    train_idx, val_idx = np.arange(len(data.y_train)), np.arange(0)
+    if config.val_split:
+        train_idx, val_idx = split_validation(len(data.y_train), config.val_split, config.seed)
+    as_labels = lambda a: jnp.asarray(np.asarray(a).astype(np.int32))  # noqa: E731
+    val = (prepare(data.x_train[val_idx], dtype), as_labels(data.y_train[val_idx])) if len(val_idx) else (None, None)
+    return (prepare(data.x_train[train_idx], dtype), as_labels(data.y_train[train_idx]), *val,
+            prepare(data.x_test, dtype), as_labels(data.y_test))
+
+
+def setup(config: TrainConfig, data, state: TrainState | None = None, mesh: Any = None) -> tuple[Run, TrainState]:
+    """The ``Run`` and the starting state (``state`` to resume; else fresh or fine-tuned params).
+
+    The chunk program compiles on a second thread from shapes alone while this one initialises and
+    copies the data to the device, so a cold start's largest compile overlaps the rest.
     """
-    config.validate()
-    if config.notebook_exact and resume is not None:
-        raise ValueError("--notebook-exact runs cannot be resumed (NumPy's global RNG is not checkpointed)")
-    dtype = jnp.float64 if config.dtype == "float64" or config.notebook_exact else jnp.float32
-    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)
     if config.classes is not None:
         from .data import select_classes
         data = select_classes(data, config.classes)
-        num_classes = len(config.classes)
-    else:
-        num_classes = max(int(max(data.y_train.max(), data.y_test.max())) + 1, 10)
-    side = int(data.x_train.shape[1])
-
-    train_idx = np.arange(len(data.y_train))
-    val_idx = np.arange(0)
-    if config.val_split:
-        train_idx, val_idx = split_validation(len(data.y_train), config.val_split, config.seed)
+    dtype, num_classes = dtype_of(config), _num_classes(config, data)
     input_dim = int(np.prod(data.x_train.shape[1:]))
-    spec = spec_for(config, len(train_idx), side)
-    hparams = hparams_dict(dtype, lr=config.lr, momentum=config.momentum, beta1=config.beta1,
-                           beta2=config.beta2, weight_decay=config.weight_decay, l2=config.l2)
-    key = jax.random.PRNGKey(config.seed)
-    if resume is not None:
-        key = resume["key"]
-    else:
-        key, init_key = jax.random.split(key)
-    start = None  # fine-tuning's params, loaded first: a bad checkpoint fails before any work
-    if resume is None and config.finetune:
-        start = finetune_params(config, init_key, input_dim, num_classes)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        background = None
-        if mesh is None and not config.notebook_exact:
-            # XLA compiles the epoch program from shapes alone on a second thread while this one
-            # initialises and copies the data to the device: a cold start's largest compile overlaps.
-            abstract_params = resume["params"] if resume is not None else start if start is not None else (
-                jax.eval_shape(lambda k: init_model(config, k, input_dim, num_classes), init_key))
-            background = pool.submit(
-                compile_epoch, run_epoch, spec, abstract_params,
-                jax.eval_shape(make_optimizer(spec, hparams).init, abstract_params), key,
-                jax.ShapeDtypeStruct((len(train_idx), input_dim), dtype),
-                jax.ShapeDtypeStruct((len(train_idx),), jnp.int32), hparams)
-        x = prepare(data.x_train[train_idx], dtype, config.arch)
-        y = jnp.asarray(data.y_train[train_idx].astype(np.int32))
-        x_val = prepare(data.x_train[val_idx], dtype, config.arch) if len(val_idx) else None
-        y_val = jnp.asarray(data.y_train[val_idx].astype(np.int32)) if len(val_idx) else None
-        perms = None
-        if resume is not None:
-            params, opt_state = resume["params"], resume["opt_state"]
-            start_epoch = int(resume["epoch"])
-            history = list(resume.get("history", []))
-        else:
-            params = start if start is not None else init_model(config, init_key, input_dim, num_classes)
-            opt_state = make_optimizer(spec, hparams).init(params)
-            start_epoch, history = 0, []
-        x_test = prepare(data.x_test, dtype, config.arch)
-        y_test = jnp.asarray(data.y_test.astype(np.int32))
-        if background is not None:
-            # While the epoch program compiles: the test evaluation's program, compiled by running it
-            # on the first chunk (at most one chunk's work; the final evaluate then finds it cached).
-            chunk = min(_default_chunk(config.arch), x_test.shape[0])
-            _eval_chunk_jit(params, x_test[:chunk], y_test[:chunk], config.arch, config.notebook_exact)
-        background_compile_seconds = background.result()[1] if background is not None else 0.0
-        if config.notebook_exact and config.replay_notebook_step:
-            # The seed notebook ran one test update (lr 0.01) on the first 5 images before training.
-            params = jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, params,
-                                            manual_grad(params, x[:5], y[:5]))
-    if config.notebook_exact:
-        # Permutations continue NumPy's global stream right after the weight draws, as in the notebook.
-        perms = lambda e: np.random.permutation(x.shape[0])  # noqa: E731
+    n = len(data.y_train) - int(round(config.val_split * len(data.y_train)))
+    spec, hp, capacity = spec_for(config, n, int(data.x_train.shape[1])), hparams(config, dtype), 0
+    capacity = steps_per_epoch(n, config.batch_size)
+    if state is None:
+        init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
+        state = init_state(_start_params(config, init_key, input_dim, num_classes), make_optimizer(spec, hp), run_key)
+    arrays = _arrays(config, data, dtype)
     if mesh is not None:
         from .parallel import distribute
-        spec, (params, opt_state, key, x, y) = distribute(mesh, spec, (params, opt_state, key, x, y))
+        spec, (state, *placed) = distribute(mesh, spec, (state, arrays[0], arrays[1]))
+        arrays = (*placed, *arrays[2:])
+        program, seconds = compile_program(run_chunk, {"spec": spec, "capacity": capacity}, state,
+                                           jnp.zeros((n,), jnp.int32), arrays[0], arrays[1], hp, jnp.int32(0))
+    else:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(_compile_chunk, spec, capacity, jax.eval_shape(lambda s: s, state), n,
+                                  input_dim, dtype, hp)
+            chunk_size = min(_default_chunk(config.arch), arrays[4].shape[0])  # the test program, meanwhile
+            _eval_chunk_jit(state.params, arrays[4][:chunk_size], arrays[5][:chunk_size], config.arch)
+            program, seconds = pending.result()
+    return Run(config, spec, hp, *arrays, num_classes, capacity, program, capacity, seconds), state
 
-    best = None  # (val_accuracy, epoch, params) for early stopping
-    stopped_early = False
-    compile_seconds = train_seconds = 0.0
-    for result in fit_epochs(params, opt_state, key, x, y, hparams, spec, config.epochs,
-                             start_epoch=start_epoch, perms=perms, notebook_loss=config.notebook_exact):
-        params, opt_state, key = result.params, result.opt_state, result.key
-        # 0.0 from fit_epochs when the background compile (or an earlier run) built the program.
-        compile_seconds = result.compile_seconds or background_compile_seconds
-        train_seconds += result.seconds
-        record = {"epoch": result.epoch, "loss": result.loss, "seconds": result.seconds}
-        if x_val is not None:
-            vl, va = evaluate(params, x_val, y_val, arch=config.arch)
+
+def finetune_params(config: TrainConfig, key: jax.Array, input_dim: int, num_classes: int) -> Params:
+    """The params of checkpoint ``config.finetune`` in the run's dtype; with ``config.new_head`` the
+    output layer is replaced by a fresh ``num_classes``-way one drawn from ``key``. ValueError (naming
+    --finetune) when the model does not fit the config or the data."""
+    from .transfer import replace_head
+
+    path = config.finetune
+    params, saved, meta = load_model(path)
+    if saved.arch != config.arch:
+        raise ValueError(f"--finetune: {path} holds a {saved.arch} model, but the run's --arch is {config.arch}")
+    if meta["input_dim"] != input_dim:
+        raise ValueError(f"--finetune: {path} takes {meta['input_dim']} inputs, the data has {input_dim}")
+    if config.arch == "mlp" and saved.hidden != config.hidden:
+        raise ValueError(f"--finetune: {path} has hidden sizes {list(saved.hidden)}, the run asks for "
+                         f"{list(config.hidden)}")
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype_of(config)), params)
+    if config.new_head:
+        return replace_head(key, params, num_classes, scheme="he" if config.init == "notebook" else config.init)
+    if meta["num_classes"] != num_classes:
+        raise ValueError(f"--finetune: {path} has {meta['num_classes']} outputs but the data has {num_classes} "
+                         f"classes; add --new-head")
+    return params
+
+
+# ---------------------------------------------------------------- checkpoints of runs
+
+
+def run_meta(run: Run, history: list, partial: dict | None = None) -> dict:
+    """What a checkpoint stores beside the state: enough to rebuild its template and continue."""
+    return {"config": run.config.to_dict(), "history": history, "input_dim": int(run.x.shape[1]),
+            "num_classes": run.num_classes, "partial": partial or {}}
+
+
+def _checked_meta(path, meta: dict) -> tuple[TrainConfig, dict]:
+    from .checkpoint import CheckpointError
+
+    try:
+        config = TrainConfig.from_dict(meta.get("config"), where=f"{path}: config")
+        for name in ("input_dim", "num_classes"):
+            if not isinstance(meta.get(name), int) or not 0 < meta[name] <= 1 << 20:
+                raise ValueError(f"{path}: meta {name!r} must be a positive integer, got {meta.get(name)!r}")
+        if not isinstance(meta.get("history", []), list) or not isinstance(meta.get("partial", {}), dict):
+            raise ValueError(f"{path}: meta 'history' must be a list and 'partial' an object")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    return config, meta
+
+
+def load_run(path) -> tuple[TrainConfig, TrainState, dict]:
+    """(config, state, meta) of a checkpoint from ``jaxmlp train --save``, restored strictly against
+    the template its config implies (a float64 run's arrays come back as float64 arrays)."""
+    from .checkpoint import CheckpointError, load_state, read_meta
+
+    config, meta = _checked_meta(path, read_meta(path))
+    template = state_template(config, meta["input_dim"], meta["num_classes"])
+    with precision(config.dtype):
+        state = load_state(path, template)
+    if not 0 <= int(state.epoch) <= config.epochs or not 0 <= int(state.step) < meta.get("steps_per_epoch", 1 << 31):
+        raise CheckpointError(f"{path}: member 'state/epoch' or 'state/step' is out of range")
+    return config, state, meta
+
+
+def load_model(path) -> tuple[Params, TrainConfig, dict]:
+    """(params, config, meta) of a checkpoint, for evaluation, prediction and fine-tuning."""
+    config, state, meta = load_run(path)
+    return state.params, config, meta
+
+
+def save_run(path, run: Run, state: TrainState, history: list, partial: dict | None = None):
+    """Atomically write ``state`` and the run's meta to ``path`` (``checkpoint.save_checkpoint``)."""
+    from .checkpoint import save_checkpoint
+    from .parallel import to_host
+
+    meta = {**run_meta(run, history, partial), "steps_per_epoch": run.steps_per_epoch}
+    return save_checkpoint(path, to_host(state), meta)
+
+
+# ---------------------------------------------------------------- advancing a run
+
+
+class Event(NamedTuple):
+    """What handlers see: ``kind`` is "start", "chunk", "epoch" or "end"."""
+
+    kind: str
+    run: Run
+    state: TrainState          # after the chunk (for "end": the state the run stops with)
+    previous: TrainState       # before the chunk: the last state known good
+    losses: np.ndarray         # this chunk's per-step losses
+    history: list              # epoch records so far
+    seconds: float             # this chunk's wall time
+    reason: str = ""           # for "end": "done", "early-stop", "SIGINT", "SIGTERM", "diverged"
+    partial: dict = {}         # the current epoch's loss sum and seconds so far (for checkpoints)
+
+
+class StopRun(Exception):
+    """Raised by a handler to end the run at this chunk boundary; ``reason`` is reported in "end"."""
+
+    def __init__(self, reason: str, signum: int = 0):
+        super().__init__(reason)
+        self.reason, self.signum = reason, signum
+
+
+def _next_steps(steps: int, seconds: float, target: float, room: int) -> int:
+    """Steps for the next chunk so that it takes about ``target`` seconds (at most ``room``)."""
+    if seconds > 0:
+        steps = int(steps * min(max(target / seconds, 0.25), 4.0))
+    return max(1, min(steps, room))
+
+
+class Loop:
+    """The host side of a run: picks chunk sizes, tracks the epoch's loss, builds the history."""
+
+    def __init__(self, run: Run, history: list, partial: dict, chunk_steps: int | None, chunk_seconds: float):
+        self.run, self.history = run, list(history)
+        self.loss_sum = float(partial.get("loss_sum", 0.0))
+        self.epoch_seconds = float(partial.get("seconds", 0.0))
+        self.fixed, self.target = chunk_steps, chunk_seconds
+        self.steps = chunk_steps or 8  # a short first chunk measures the speed
+
+    def partial(self) -> dict:
+        return {"loss_sum": self.loss_sum, "seconds": self.epoch_seconds}
+
+    def advance(self, state: TrainState, order) -> tuple[TrainState, np.ndarray, float]:
+        run = self.run
+        room = run.steps_per_epoch - int(state.step)
+        steps = min(self.fixed, room) if self.fixed else _next_steps(self.steps, 0, self.target, room)
+        t0 = time.perf_counter()
+        new, losses = run.program(state, order, run.x, run.y, run.hparams, jnp.int32(steps))
+        from .parallel import to_host
+        losses = np.asarray(to_host(losses))[:steps]  # waits for the device: honest timing
+        seconds = time.perf_counter() - t0
+        if not self.fixed:
+            self.steps = _next_steps(steps, seconds, self.target, run.steps_per_epoch)
+        self.loss_sum += loss_sum(losses, run.x.shape[0], run.spec.batch_size, int(state.step))
+        self.epoch_seconds += seconds
+        return new, losses, seconds
+
+    def close_epoch(self, state: TrainState) -> dict:
+        run = self.run
+        record = {"epoch": int(state.epoch), "loss": self.loss_sum / run.x.shape[0], "seconds": self.epoch_seconds}
+        if run.x_val is not None:
+            vl, va = evaluate(state.params, run.x_val, run.y_val, arch=run.config.arch)
             record.update(val_loss=vl, val_accuracy=va)
-            if best is None or va > best[0]:
-                best = (va, result.epoch, params)
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(result, record)
-        if config.patience and best is not None and result.epoch - best[1] >= config.patience:
-            stopped_early = True
-            break
-    if best is not None and config.patience:
-        params = best[2]  # early stopping keeps the best validation params, not the last ones
-    test_loss, test_acc = evaluate(params, x_test, y_test, arch=config.arch, notebook=config.notebook_exact)
-    return FitResult(params, opt_state, key, history, test_loss, test_acc, train_seconds,
-                     compile_seconds, stopped_early)
+        self.history.append(record)
+        self.loss_sum = self.epoch_seconds = 0.0
+        return record
+
+
+def advance(run: Run, state: TrainState, handlers: Sequence[Callable], *, history: Sequence = (),
+            partial: dict | None = None, chunk_steps: int | None = None,
+            chunk_seconds: float = 0.25) -> tuple[TrainState, list, str]:
+    """Advance ``state`` chunk by chunk to ``run.config.epochs``, calling every handler with an
+    ``Event`` at the start, after each chunk, after each epoch and at the end. Returns (final state,
+    history, reason). A handler's ``StopRun`` ends the run at that boundary; errors propagate after
+    the "end" event (reason "diverged" for ``DivergenceError``)."""
+    loop = Loop(run, history, partial or {}, chunk_steps, chunk_seconds)
+    emit = lambda kind, new, old, losses=np.zeros(0), seconds=0.0, reason="": [  # noqa: E731
+        h(Event(kind, run, new, old, losses, loop.history, seconds, reason, loop.partial())) for h in handlers]
+    emit("start", state, state)
+    order, reason, n = None, "done", run.x.shape[0]
+    try:
+        while int(state.epoch) < run.config.epochs:
+            if order is None:
+                order = epoch_order(state.key, state.epoch, n)
+            new, losses, seconds = loop.advance(state, order)
+            emit("chunk", new, state, losses, seconds)
+            state = new
+            if int(state.step) == 0:
+                order = None
+                loop.close_epoch(state)
+                emit("epoch", state, state)
+    except StopRun as stop:
+        reason = stop.reason
+    except DivergenceError:
+        emit("end", state, state, reason="diverged")
+        raise
+    emit("end", state, state, reason=reason)
+    return state, loop.history, reason
+
+
+class FitResult(NamedTuple):
+    params: Params
+    opt_state: Any
+    state: TrainState
+    history: list           # [{"epoch", "loss", "seconds", (val_loss, val_accuracy)}]
+    test_loss: float
+    test_accuracy: float    # a fraction in [0, 1]
+    train_seconds: float    # chunks only, compilation excluded
+    compile_seconds: float
+    stopped_early: bool
+
+
+def fit(config: TrainConfig, data, *, handlers: Sequence[Callable] = (), resume: dict | None = None,
+        mesh: Any = None, chunk_steps: int | None = None, divergence_rule: bool = True) -> FitResult:
+    """Train ``config`` on ``data`` (a ``data.Dataset`` of uint8 arrays) and test it.
+
+    handlers: callables given an ``Event`` around every chunk (see ``handlers.py``); the finiteness
+    and divergence checks (``divergence_rule=False``: non-finite values only) and early stopping come
+    first. resume: {"state", "history", "partial"} from
+    ``load_run`` continues a run exactly. mesh: a ``jax.sharding.Mesh`` (``parallel.make_mesh``) to
+    split every minibatch over its devices. A signal stop raises ``Interrupted`` after the handlers
+    saw the "end" event; divergence raises ``DivergenceError``.
+    """
+    from .handlers import EarlyStopping, default_checks
+
+    config.validate()
+    resume = resume or {}
+    with precision(config.dtype):
+        run, state = setup(config, data, resume.get("state"), mesh)
+        early = EarlyStopping(config.patience)
+        state, history, reason = advance(run, state, [*default_checks(divergence_rule), early, *handlers],
+                                            history=resume.get("history", ()), partial=resume.get("partial"),
+                                            chunk_steps=chunk_steps)
+        if reason.startswith("SIG"):
+            raise Interrupted(int(signal.Signals[reason]), state)
+        params = early.best_params if early.best_params is not None else state.params
+        test_loss, test_acc = evaluate(params, run.x_test, run.y_test, arch=config.arch)
+    train_seconds = sum(r["seconds"] for r in history[len(resume.get("history", ())):])
+    return FitResult(params, state.opt_state, state, history, test_loss, test_acc, train_seconds,
+                     run.compile_seconds, reason == "early-stop")

@@ -1,0 +1,6 @@
+"""``python -m jaxmlp``: the command line."""
+import sys
+
+from jaxmlp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""What every subcommand shares: one-line errors, the data flags, output checks, metrics JSON."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from jaxmlp.config import DATASET_NAMES
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+class UsageError(CLIError):
+    """Bad flags: exit status 2, as argparse does."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's default prints the whole usage block; one line is clearer
+        where = self.prog.removeprefix("jaxmlp").strip()
+        raise UsageError(f"{where + ': ' if where else ''}{message} (see --help)")
+
+
+def say(text: str) -> None:
+    """Progress and diagnostics go to stderr, so stdout holds only results."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def add_data_flags(p, dataset_default: str | None = "mnist") -> None:
+    p.add_argument("--data-dir", metavar="DIR", default=None,
+                   help="folder with the four IDX files (default: $JAXMLP_DATA_DIR, else the cache "
+                        "~/.cache/jaxmlp/DATASET, downloaded there on first use)")
+    shown = f"default: {dataset_default}" if dataset_default else "default: the checkpoint's"
+    p.add_argument("--dataset", default=dataset_default, choices=DATASET_NAMES, help=f"dataset name ({shown})")
+
+
+def add_metrics_flag(p, what: str = "a JSON summary of the run") -> None:
+    p.add_argument("--metrics-out", metavar="FILE", default=None, help=f"write {what} to FILE")
+
+
+OUTPUT_FLAGS = {"save": False, "metrics_out": False, "log": False, "plot_dir": True}
+
+
+def check_outputs(args) -> None:
+    """Refuse, before any work, output paths that cannot be written (a folder named as a file, a file
+    in the way of a folder, an unwritable parent)."""
+    from jaxmlp.fileio import check_writable
+
+    for name, folder in OUTPUT_FLAGS.items():
+        path = getattr(args, name, None)
+        if path:
+            check_writable(path, "--" + name.replace("_", "-"), folder=folder)
+
+
+def environment() -> dict:
+    """Backend, device and process counts and versions, for every metrics JSON."""
+    import jax
+
+    from jaxmlp.parallel import process_info
+
+    return {"backend": jax.default_backend(), **process_info(), "jax_version": jax.__version__}
+
+
+def write_metrics(path, record: dict) -> None:
+    from jaxmlp.fileio import write_json
+    from jaxmlp.parallel import is_primary
+
+    if path and is_primary():
+        write_json(path, {**record, **environment()})
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def debug() -> bool:
+    return os.environ.get("JAXMLP_DEBUG") not in (None, "", "0")

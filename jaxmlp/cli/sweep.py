@@ -1,0 +1,128 @@
+"""``jaxmlp sweep``: grid or random search, same-shape configurations trained together."""
+from __future__ import annotations
+
+import argparse
+
+from jaxmlp import config as cfg
+
+from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, say, write_metrics
+
+SHARED = ("epochs", "optimizer", "momentum", "beta1", "beta2", "weight_decay", "l2", "schedule", "warmup_epochs",
+          "dropout", "augment", "dtype")
+
+
+def add(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="grid or random search; same-shape configurations train together, vmapped",
+        description="Train every combination of the values given (or --random N draws from them) and print the "
+                    "runs sorted by test accuracy. Configurations that share shapes (hidden sizes, batch size) train "
+                    "together as ONE compiled program: learning rates, seeds and init schemes are a vmapped axis. "
+                    "An architecture is written as in train; repeat --hidden for several. Example: jaxmlp sweep "
+                    "--lr 0.001 0.01 0.1 --hidden 128 64 --hidden 256 128 --batch-size 32 128")
+    add_data_flags(p)
+    g = p.add_argument_group("search space (each flag takes one or more values)")
+    g.add_argument("--lr", type=cfg.positive_float, nargs="+", default=[0.1], metavar="LR",
+                   help="learning rates (default: 0.1); with --random, drawn log-uniformly between the smallest "
+                        "and largest given")
+    g.add_argument("--hidden", nargs="+", action="append", default=None, metavar="N",
+                   help="one architecture's hidden sizes, as in train (--hidden 256 128); repeat the flag for "
+                        "several architectures (default: 128 64)")
+    g.add_argument("--batch-size", type=cfg.positive_int, nargs="+", default=[32], metavar="B",
+                   help="minibatch sizes (default: 32)")
+    g.add_argument("--seed", type=cfg.nonneg_int, nargs="+", default=[42], metavar="S", help="PRNG seeds (default: 42)")
+    g.add_argument("--init", choices=cfg.INIT_SCHEMES, nargs="+", default=["notebook"],
+                   help="weight init schemes (default: notebook)")
+    g.add_argument("--random", type=cfg.positive_int, default=None, metavar="N",
+                   help="random search: N configurations drawn from the values above instead of the full grid")
+    g.add_argument("--search-seed", type=cfg.nonneg_int, default=0, help="seed of the random search (default: 0)")
+    cfg.add_flags(p.add_argument_group("training (shared by every configuration)"), SHARED)
+    g = p.add_argument_group("running")
+    g.add_argument("--max-group", type=cfg.positive_int, default=None, metavar="K",
+                   help="at most K models per compiled program (bounds memory; default: no limit)")
+    g = p.add_argument_group("output")
+    add_metrics_flag(g, "JSON: runs (config, test_accuracy, history, ...) best first, and the programs,")
+    g.add_argument("--top", type=cfg.positive_int, default=None, metavar="N", help="print only the N best runs")
+    g.add_argument("--plot-dir", metavar="DIR", default=None, help="write sweep.png: test accuracy per swept value")
+    g.add_argument("--quiet", action="store_true", help="only the final table")
+    p.set_defaults(func=run)
+
+
+def architectures(groups) -> list[tuple]:
+    """--hidden occurrences -> architectures; a list of comma-spelled sizes in one flag gets a hint."""
+    if groups is None:
+        return [cfg.TrainConfig().hidden]
+    out = []
+    for tokens in groups:
+        if len(tokens) > 1 and any("," in t for t in tokens):
+            raise CLIError(f"--hidden {' '.join(tokens)}: one --hidden is one architecture; for several, repeat "
+                           f"the flag (--hidden {' '.join(tokens[0].split(','))} --hidden "
+                           f"{' '.join(tokens[1].split(','))})")
+        try:
+            out.append(cfg.hidden_sizes(tokens))
+        except argparse.ArgumentTypeError as err:
+            raise CLIError(f"--hidden: {err}") from None
+    return out
+
+
+def configs_from_args(args) -> list:
+    from jaxmlp.sweep import grid, random_search
+
+    shared = {n: getattr(args, n) for n in SHARED if getattr(args, n) is not None}
+    base = cfg.TrainConfig(dataset=args.dataset, **shared).validate()
+    axes = {"lr": args.lr, "batch_size": args.batch_size, "hidden": architectures(args.hidden), "seed": args.seed,
+            "init": args.init}
+    if args.random:
+        lrs = axes.pop("lr")
+        return random_search(base, args.random, seed=args.search_seed, lr_range=(min(lrs), max(lrs)), **axes)
+    return grid(base, **axes)
+
+
+class SweepProgress:
+    """Group and epoch lines on stderr (the table on stdout stays clean)."""
+
+    def __init__(self, configs, groups, epochs: int, quiet: bool):
+        self.configs, self.groups, self.epochs, self.quiet = configs, groups, epochs, quiet
+
+    def on_group(self, g, members) -> None:
+        if not self.quiet:
+            c = self.configs[members[0]]
+            say(f"[{g + 1}/{len(self.groups)}] hidden {'-'.join(map(str, c.hidden))}, batch {c.batch_size}: "
+                f"{len(members)} model(s) in one program")
+
+    def on_epoch(self, g, epoch, losses) -> None:
+        import numpy as np
+
+        if not self.quiet:
+            finite = losses[np.isfinite(losses)]
+            best = f"{finite.min():.4f}" if len(finite) else "nan"
+            say(f"  epoch {epoch}/{self.epochs}: best loss {best}, {len(losses) - len(finite)} diverged")
+
+
+def run(args) -> int:
+    from jaxmlp.data import ensure_dataset
+    from jaxmlp.sweep import format_table, group_by_shape, run_sweep, sorted_runs, sweep_record
+
+    configs = configs_from_args(args)
+    check_outputs(args)
+    data = ensure_dataset(args.data_dir, args.dataset, progress=not args.quiet)
+    groups = group_by_shape(configs, len(data.y_train), int(data.x_train.shape[1]), args.max_group)
+    if not args.quiet:
+        say(f"{len(configs)} configurations, {len(groups)} compiled program(s), {configs[0].epochs} epochs")
+    progress = SweepProgress(configs, groups, configs[0].epochs, args.quiet)
+    result = run_sweep(configs, data, max_group=args.max_group, on_group=progress.on_group,
+                       on_epoch=progress.on_epoch)
+    print(format_table(sorted_runs(result.runs)[: args.top] if args.top else result.runs))
+    if not args.quiet:
+        compile_s = sum(g.compile_seconds for g in result.groups)
+        train_s = sum(g.train_seconds for g in result.groups)
+        say(f"wall {result.wall_seconds:.1f} s (compile {compile_s:.1f} s, training {train_s:.1f} s)")
+    write_metrics(args.metrics_out, {**sweep_record(result), "dataset": args.dataset, "devices": 1})
+    if args.plot_dir:
+        from pathlib import Path
+
+        from jaxmlp.plots import plot_sweep
+
+        path = plot_sweep(sweep_record(result)["runs"], Path(args.plot_dir) / "sweep.png")
+        if not args.quiet:
+            say(f"plot: {path}")
+    return 0

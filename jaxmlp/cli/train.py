@@ -1,0 +1,284 @@
+"""``jaxmlp train``: flags -> TrainConfig -> ``fit`` with handlers -> report."""
+from __future__ import annotations
+
+import argparse
+import re
+import time
+
+from jaxmlp import config as cfg
+
+from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, say, write_metrics
+
+MODEL = ("arch", "hidden", "init", "dtype")
+OPTIMIZATION = ("epochs", "batch_size", "lr", "seed", "optimizer", "momentum", "beta1", "beta2", "weight_decay",
+                "l2", "schedule", "warmup_epochs", "dropout", "augment", "val_split", "patience", "grad")
+TRANSFER = ("finetune", "freeze", "new_head", "classes")
+NOTEBOOK_FLAGS = ("lr", "batch_size", "epochs", "seed", "hidden", "dataset")  # what --notebook-exact accepts
+
+
+def save_every(text: str) -> tuple[str, float]:
+    """``--save-every``: "120s" / "5m" (seconds, minutes) or "500" (steps)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|steps?)?\s*", text)
+    if not m or float(m[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration like 300s or 5m, or a step count like 500, "
+                                             f"got {text!r}")
+    value, unit = float(m[1]), m[2] or "steps"
+    return ("seconds", value * (60 if unit == "m" else 1)) if unit in ("s", "m") else ("steps", int(value))
+
+
+def add(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model and report test loss and accuracy",
+        description="Train the MLP (or CNN) in compiled chunks of steps. Defaults: the notebook's 784-128-64-10 "
+                    "network and its best experiment (SGD lr 0.1, batch 32, 10 epochs, seed 42). Ctrl-C or "
+                    "SIGTERM stops at the next chunk (within about a second), saving that step with --save.")
+    add_data_flags(p)
+    p.add_argument("--preset", default=None, help="a named recipe (see `jaxmlp presets`); explicit flags override it")
+    cfg.add_flags(p.add_argument_group("model"), MODEL)
+    cfg.add_flags(p.add_argument_group("optimization"), OPTIMIZATION)
+    cfg.add_flags(p.add_argument_group("transfer learning"), TRANSFER)
+    g = p.add_argument_group("the notebook's own run")
+    g.add_argument("--notebook-exact", action="store_true",
+                   help="reproduce the seed notebook's numbers: float64, its NumPy draws, manual backprop, its loss "
+                        "formula (accepts only --lr --batch-size --epochs --seed --hidden)")
+    g.add_argument("--replay-notebook-step", action="store_true",
+                   help="with --notebook-exact: first replay the notebook's one test update (lr 0.01, 5 images)")
+    g = p.add_argument_group("output")
+    add_metrics_flag(g)
+    g.add_argument("--log", metavar="FILE", default=None, help="append one JSON line per epoch (live monitoring)")
+    g.add_argument("--plot-dir", metavar="DIR", default=None,
+                   help="write PNGs: curves, confusion matrix, misclassified digits, first-layer weights")
+    g.add_argument("--save", metavar="PATH", default=None,
+                   help="checkpoint (.npz) written atomically after every epoch and where a signal stops the run")
+    g.add_argument("--save-every", type=save_every, default=None, metavar="WHEN",
+                   help="also save every WHEN: 300s / 5m (time) or 500 (steps), for preemptible machines")
+    g.add_argument("--resume", metavar="PATH", default=None,
+                   help="continue the run saved in this checkpoint up to --epochs with its saved settings (other "
+                        "flags may repeat them, not change them); bit-exact")
+    g.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
+    g = p.add_argument_group("engine")
+    g.add_argument("--chunk-steps", type=cfg.positive_int, default=None, metavar="S",
+                   help="steps per compiled chunk (default: sized to take about 0.25 s)")
+    g.add_argument("--no-divergence-check", action="store_true",
+                   help="stop only on non-finite values, not when the loss climbs past 10x its start")
+    g = p.add_argument_group("scale")
+    g.add_argument("--ensemble", type=cfg.positive_int, default=1, metavar="K",
+                   help="train K models (seeds SEED..SEED+K-1) in one vmapped program and report each and their "
+                        "averaged-probability ensemble (default: 1)")
+    g.add_argument("--devices", type=cfg.positive_int, default=None, metavar="N",
+                   help="data parallelism: split each minibatch over N devices (default: 1, or every device of "
+                        "every process in a multi-process run)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="multi-process training: process 0's address (with --num-processes, --process-id)")
+    g.add_argument("--num-processes", type=cfg.positive_int, default=None, metavar="N", help="processes in the run")
+    g.add_argument("--process-id", type=cfg.nonneg_int, default=None, metavar="I", help="this process, 0..N-1")
+    p.set_defaults(func=run)
+
+
+def explicit_values(args) -> dict:
+    """The TrainConfig fields set by --preset and by flags given explicitly."""
+    values = {}
+    if args.preset:
+        from jaxmlp.presets import preset_config
+        values.update(preset_config(args.preset), preset=args.preset)
+    for name in (*MODEL, *OPTIMIZATION, *TRANSFER):
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    values["dataset"] = args.dataset
+    return values
+
+
+def config_from_args(args) -> cfg.TrainConfig:
+    """Defaults, then the preset, then explicit flags; with --finetune, the checkpoint's model."""
+    values = explicit_values(args)
+    if values.get("finetune"):
+        from jaxmlp.train import load_model
+
+        _, saved, _ = load_model(values["finetune"])
+        values.setdefault("arch", saved.arch)
+        values.setdefault("hidden", saved.hidden)
+    return cfg.TrainConfig(**values).validate()
+
+
+def resume_from(args) -> tuple[cfg.TrainConfig, dict]:
+    """(config, fit's resume) from --resume: the saved run, --epochs extended; other flags must agree."""
+    from jaxmlp.train import load_run
+
+    config, state, meta = load_run(args.resume)
+    given = explicit_values(args)
+    epochs = given.pop("epochs", config.epochs)
+    if given.get("dataset") == "mnist" and args.dataset == "mnist":
+        given.pop("dataset")  # the flag's default: the checkpoint's dataset wins
+    probe = cfg.TrainConfig(**{**config.to_dict(), **given}).validate()  # normalise the given values
+    clash = [k for k in given if getattr(probe, k) != getattr(config, k)]
+    if clash:
+        raise CLIError(f"--resume continues {args.resume} with its saved settings; --{clash[0].replace('_', '-')} "
+                       f"{given[clash[0]]} differs from the saved {getattr(config, clash[0])} (only --epochs may "
+                       f"change)")
+    if int(state.epoch) >= epochs:
+        raise CLIError(f"--resume: {args.resume} already reached epoch {int(state.epoch)}; pass --epochs > "
+                       f"{int(state.epoch)}")
+    config.epochs = epochs
+    return config, {"state": state, "history": meta.get("history", []), "partial": meta.get("partial", {})}
+
+
+def _handlers(args) -> tuple[list, object]:
+    from jaxmlp import handlers
+    from jaxmlp.parallel import is_primary
+
+    saver = None
+    out = [handlers.ProgressReport(quiet=args.quiet)]
+    if is_primary() and args.log:
+        out.append(handlers.JsonlLog(args.log))
+    if is_primary() and args.save:
+        kind, every = args.save_every or (None, None)
+        saver = handlers.Checkpointer(args.save, every if kind == "seconds" else None,
+                                      every if kind == "steps" else None)
+        out.append(saver)
+    return [*out, handlers.SignalStop()], saver
+
+
+def _describe(config: cfg.TrainConfig) -> str:
+    model = "cnn" if config.arch == "cnn" else "mlp " + "-".join(map(str, ("in", *config.hidden, "out")))
+    return (f"{model}, {config.optimizer} lr {config.lr:g}, batch {config.batch_size}, {config.epochs} epochs, "
+            f"{config.dtype}")
+
+
+def run(args) -> int:
+    if args.notebook_exact or args.replay_notebook_step:
+        return run_notebook(args)
+    if args.ensemble > 1:
+        return run_ensemble(args)
+    from jaxmlp.data import ensure_dataset
+    from jaxmlp.parallel import initialize, mesh_for
+
+    started = time.perf_counter()
+    if args.coordinator or args.num_processes is not None or args.process_id is not None:
+        initialize(args.coordinator, args.num_processes, args.process_id)
+    mesh = mesh_for(args.devices)  # before the data: a bad --devices fails fast
+    config, resume = resume_from(args) if args.resume else (config_from_args(args), None)
+    check_outputs(args)
+    if not args.quiet:
+        say(f"jaxmlp train: {_describe(config)}; loading {config.dataset}, then compiling")
+    data = ensure_dataset(args.data_dir, config.dataset, progress=not args.quiet)
+    return _train(args, config, data, resume, mesh, started)
+
+
+def _train(args, config, data, resume, mesh, started) -> int:
+    from jaxmlp.train import DivergenceError, Interrupted, fit, precision
+
+    handlers, saver = _handlers(args)
+    with precision(config.dtype):
+        try:
+            result = fit(config, data, handlers=handlers, resume=resume, mesh=mesh, chunk_steps=args.chunk_steps,
+                         divergence_rule=not args.no_divergence_check)
+        except Interrupted as stop:
+            where = f"epoch {int(stop.state.epoch) + 1}, step {int(stop.state.step)}"
+            kept = f"; saved in {args.save} (continue with --resume {args.save})" if saver and saver.saved else ""
+            say(f"jaxmlp: interrupted by {_signal_name(stop.signum)} at {where}{kept}")
+            return 128 + stop.signum
+        except DivergenceError as err:
+            kept = f"; {args.save} keeps epoch {saver.saved[0]}" if saver and saver.saved else ""
+            raise DivergenceError(f"{err}{kept}") from None
+        _report(args, config, data, result, resume, mesh, started)
+    return 0
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def _report(args, config, data, result, resume, mesh, started) -> None:
+    from jaxmlp.parallel import device_count, is_primary, to_host
+
+    print(f"Test Loss: {result.test_loss:.4f}")
+    print(f"Test Accuracy: {result.test_accuracy * 100:.2f}%")
+    write_metrics(args.metrics_out, {
+        "config": config.to_dict(), "history": result.history, "test_loss": result.test_loss,
+        "test_accuracy": result.test_accuracy, "train_seconds": result.train_seconds,
+        "compile_seconds": result.compile_seconds, "wall_seconds": time.perf_counter() - started,
+        "stopped_early": result.stopped_early, "devices": device_count(mesh),
+        "resumed_from_epoch": len(resume["history"]) if resume else None})
+    params = to_host(result.params)  # every process: the params may span them
+    if args.plot_dir and is_primary():
+        _plots(args, config, data, params, result.history)
+
+
+def _plots(args, config, data, params, history) -> None:
+    from jaxmlp.plots import save_training_plots
+    from jaxmlp.train import dtype_of, predict_labels, prepare
+
+    if config.classes is not None:  # fit trained and tested on the subset, relabelled
+        from jaxmlp.data import select_classes
+        data = select_classes(data, config.classes)
+    preds = predict_labels(params, prepare(data.x_test, dtype_of(config)), arch=config.arch)
+    paths = save_training_plots(args.plot_dir, history=history, params=params, x_test_images=data.x_test,
+                                y_test=data.y_test, preds=preds,
+                                class_names=None if config.classes is None else [str(c) for c in config.classes])
+    if not args.quiet:
+        say(f"plots: {', '.join(str(p) for p in paths)}")
+
+
+def _refuse(args, allowed: tuple, what: str) -> None:
+    """CLIError naming the first flag given that ``what`` cannot honour."""
+    fields = [n for n in (*MODEL, *OPTIMIZATION, *TRANSFER) if n not in allowed and getattr(args, n) is not None]
+    others = [n for n in ("preset", "save", "resume", "log", "plot_dir", "save_every", "devices", "coordinator")
+              if n not in allowed and getattr(args, n)]
+    if args.ensemble > 1 and "ensemble" not in allowed:
+        others.append("ensemble")
+    if fields or others:
+        raise CLIError(f"{what} cannot be combined with --{(fields + others)[0].replace('_', '-')}")
+
+
+def run_notebook(args) -> int:
+    """--notebook-exact: the seed notebook's run (jaxmlp.notebook), beside the engine."""
+    from jaxmlp.data import ensure_dataset
+    from jaxmlp.notebook import fit_notebook
+
+    if not args.notebook_exact:
+        raise CLIError("--replay-notebook-step replays the notebook's test update; it needs --notebook-exact")
+    _refuse(args, NOTEBOOK_FLAGS + ("metrics_out",), "--notebook-exact (the notebook's plain SGD)")
+    check_outputs(args)
+    started, d = time.perf_counter(), cfg.TrainConfig()
+    settings = {k: getattr(args, k) if getattr(args, k) is not None else getattr(d, k)
+                for k in ("lr", "batch_size", "epochs", "seed", "hidden")}
+    data = ensure_dataset(args.data_dir, args.dataset, progress=not args.quiet)
+    show = (lambda r: None) if args.quiet else (  # noqa: E731
+        lambda r: say(f"Epoch {r['epoch']}/{settings['epochs']} - Loss: {r['loss']:.4f}"))
+    result = fit_notebook(data, **settings, replay_step=args.replay_notebook_step, on_epoch=show)
+    print(f"Test Loss: {result.test_loss:.4f}")
+    print(f"Test Accuracy: {result.test_accuracy * 100:.2f}%")
+    write_metrics(args.metrics_out, {"notebook_exact": settings | {"hidden": list(settings["hidden"]),
+                                                                   "replay_step": args.replay_notebook_step},
+                                     "history": result.history, "test_loss": result.test_loss,
+                                     "test_accuracy": result.test_accuracy,
+                                     "wall_seconds": time.perf_counter() - started})
+    return 0
+
+
+def run_ensemble(args) -> int:
+    """--ensemble K: K seeds in one vmapped program (jaxmlp.sweep.fit_ensemble)."""
+    from jaxmlp.data import ensure_dataset
+    from jaxmlp.sweep import fit_ensemble, run_record
+
+    _refuse(args, (*MODEL, *OPTIMIZATION, "ensemble", "preset", "metrics_out"), "--ensemble")
+    check_outputs(args)
+    started = time.perf_counter()
+    config = config_from_args(args)
+    data = ensure_dataset(args.data_dir, config.dataset, progress=not args.quiet)
+    show = (lambda e, losses: None) if args.quiet else (  # noqa: E731
+        lambda e, losses: say(f"Epoch {e}/{config.epochs} - Loss: " + " ".join(f"{v:.4f}" for v in losses)))
+    res = fit_ensemble(config, data, args.ensemble, on_epoch=show)
+    for m in res.members:
+        print(f"member seed {m.config.seed}: Test Loss: {m.test_loss:.4f}  Test Accuracy: "
+              f"{m.test_accuracy * 100:.2f}%" + ("  (diverged)" if m.diverged else ""))
+    print(f"Ensemble of {args.ensemble} (averaged probabilities): Test Loss: {res.ensemble_loss:.4f}  "
+          f"Test Accuracy: {res.ensemble_accuracy * 100:.2f}%")
+    write_metrics(args.metrics_out, {
+        "config": config.to_dict(), "ensemble": args.ensemble, "members": [run_record(m) for m in res.members],
+        "test_loss": res.ensemble_loss, "test_accuracy": res.ensemble_accuracy,
+        "compile_seconds": res.compile_seconds, "train_seconds": res.train_seconds,
+        "wall_seconds": time.perf_counter() - started, "devices": 1})
+    return 0

@@ -1,0 +1,241 @@
+"""One training configuration, declared once.
+
+Each ``TrainConfig`` field carries its help text, its kind of value (``check``), its choices and its
+role in its metadata; everything else is derived from that one declaration: the CLI flags
+(``add_flags``), the validation (``TrainConfig.validate``), the traced hyperparameters
+(``hparams``), the static program description (``train.spec_for``), the metrics and checkpoint JSON
+(``to_dict`` / ``from_dict``). Adding a hyperparameter means adding one field here.
+
+Roles: ``hparam`` fields are numbers that travel into the compiled program as traced 0-d arrays
+(changing them never recompiles; a sweep vmaps over them); every other field is static or a record.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import math
+from typing import Any, Callable
+
+import jax.numpy as jnp
+import numpy as np
+
+from . import optim
+from .model import INIT_SCHEMES
+
+ARCHS = ("mlp", "cnn")
+DTYPES = ("float32", "float64")
+AUGMENTS = ("none", "shift", "affine")
+GRADS = ("autodiff", "manual")
+DATASET_NAMES = ("mnist", "fashion-mnist", "kmnist")
+
+
+# ---------------------------------------------------------------- kinds of values
+
+
+def _number(parse: Callable, accept: Callable, what: str) -> Callable:
+    """A parser/validator: ``parse`` the value, then require ``accept(value)``; errors say ``what``."""
+    def convert(value):
+        try:
+            ok = not isinstance(value, bool) and value is not None
+            number = parse(value) if ok else None
+            if isinstance(value, float) and parse is int and not float(value).is_integer():
+                number = None
+        except (TypeError, ValueError, OverflowError):
+            number = None
+        if number is None or not accept(number):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+        return number
+
+    convert.__name__ = what  # argparse names the type in some messages
+    return convert
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+nonneg_int = _number(int, lambda v: v >= 0, "a non-negative integer")
+positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive finite number")
+nonneg_float = _number(float, lambda v: 0 <= v < math.inf, "a non-negative finite number")
+unit_float = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def _text(value) -> str:
+    if not isinstance(value, str):
+        raise argparse.ArgumentTypeError(f"expected text, got {value!r}")
+    return value
+
+
+def hidden_sizes(values) -> tuple:
+    """Layer sizes from ``[256, 128]``, ``["256", "128"]`` or ``["256,128"]`` -> (256, 128)."""
+    if isinstance(values, (str, int)):
+        values = [values]
+    tokens = [t for v in values for t in str(v).replace("-", ",").split(",") if t.strip()]
+    if not tokens:
+        raise argparse.ArgumentTypeError("expected positive layer sizes such as 128 64, got nothing")
+    return tuple(positive_int(t) for t in tokens)
+
+
+def _field(default, help: str, check: Callable | None = None, *, choices=None, hparam: bool = False,
+           nargs=None, flag: bool = True):
+    meta = {"help": help, "check": check, "choices": choices, "hparam": hparam, "nargs": nargs, "flag": flag}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------- the configuration
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run is. Defaults: the notebook's architecture and its best experiment
+    (784-128-64-10, SGD lr 0.1, batch 32, 10 epochs, seed 42, N(0,1)*0.01 init)."""
+
+    dataset: str = _field("mnist", "dataset name", _text, choices=DATASET_NAMES)
+    arch: str = _field("mlp", "architecture", _text, choices=ARCHS)
+    hidden: tuple = _field((128, 64), "hidden layer sizes of the MLP, e.g. --hidden 256 128", hidden_sizes,
+                           nargs="+")
+    init: str = _field("notebook", "weight init: notebook = N(0,1)*0.01, he, glorot", _text,
+                       choices=INIT_SCHEMES)
+    dtype: str = _field("float32", "float dtype of params and inputs", _text, choices=DTYPES)
+    epochs: int = _field(10, "passes over the training data", positive_int)
+    batch_size: int = _field(32, "minibatch size", positive_int)
+    lr: float = _field(0.1, "learning rate (the peak of a schedule)", positive_float, hparam=True)
+    seed: int = _field(42, "PRNG seed (init, shuffles, dropout, augmentation, validation split)", nonneg_int)
+    optimizer: str = _field("sgd", "optimizer", _text, choices=optim.OPTIMIZERS)
+    momentum: float = _field(0.9, "momentum coefficient (momentum, nesterov)", unit_float, hparam=True)
+    beta1: float = _field(0.9, "Adam's beta1", unit_float, hparam=True)
+    beta2: float = _field(0.999, "Adam's beta2", unit_float, hparam=True)
+    weight_decay: float | None = _field(
+        None, "weight decay: decoupled for adamw, added to the gradient otherwise (default: the optimizer's "
+              "own, 0.01 for adamw and 0 for the others)", nonneg_float, hparam=True)
+    l2: float = _field(0.0, "L2 penalty 0.5*l2*sum(W^2) added to the loss", nonneg_float, hparam=True)
+    schedule: str = _field("constant", "learning-rate schedule over the run", _text, choices=optim.SCHEDULES)
+    warmup_epochs: int = _field(0, "warmup length in epochs (warmup-cosine)", nonneg_int)
+    dropout: float = _field(0.0, "dropout rate on hidden units", unit_float)
+    augment: str = _field("none", "on-device data augmentation, fresh every step", _text, choices=AUGMENTS)
+    val_split: float = _field(0.0, "fraction of the training data held out for validation", unit_float)
+    patience: int = _field(0, "early stopping: stop after this many epochs without a better validation "
+                              "accuracy and keep the best params (needs --val-split; 0: off)", nonneg_int)
+    grad: str = _field("autodiff", "gradients from jax.grad or the notebook's hand-derived backprop (MLP)", _text,
+                       choices=GRADS)
+    finetune: str | None = _field(None, "start from the params of this checkpoint (its --arch and --hidden are "
+                                        "taken unless given)", _text)
+    freeze: tuple = _field((), "layer indices the optimizer leaves untouched (0: the first layer, -1: the head)",
+                           int, nargs="+")
+    new_head: bool = _field(False, "with --finetune: a fresh output layer sized to the labels", bool)
+    classes: tuple | None = _field(None, "train and test on these labels only, relabelled 0..k-1 in this order",
+                                   nonneg_int, nargs="+")
+    preset: str | None = _field(None, "the recipe these values started from (a record)", _text, flag=False)
+
+    # ------------------------------------------------------------ derived views
+
+    def to_dict(self) -> dict:
+        """JSON-ready: tuples become lists."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "config") -> "TrainConfig":
+        """A validated config from JSON-like values; ValueError naming ``where`` and the field."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}: expected an object of settings, got {type(values).__name__}")
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{where}: unknown setting {unknown[0]!r}")
+        try:
+            return cls(**values).validate()
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as err:
+            raise ValueError(f"{where}: {err}") from None
+
+    @property
+    def resolved_weight_decay(self) -> float:
+        """``weight_decay``, or the optimizer's own default (read from its signature: one place)."""
+        if self.weight_decay is not None:
+            return float(self.weight_decay)
+        return float(inspect.signature(getattr(optim, self.optimizer)).parameters["weight_decay"].default)
+
+    def validate(self) -> "TrainConfig":
+        """Normalise and check every field (ValueError naming the flag), then the cross-field rules."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _checked(f, getattr(self, f.name)))
+        _cross_checks(self)
+        return self
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _checked(f: dataclasses.Field, value):
+    """One field's value normalised (tuples for lists) and checked against its metadata."""
+    meta = f.metadata
+    if value is None and f.default is None:
+        return None
+    try:
+        if meta["nargs"]:
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise argparse.ArgumentTypeError(f"expected a list, got {value!r}")
+            value = meta["check"](value) if meta["check"] is hidden_sizes else tuple(meta["check"](v) for v in value)
+        elif meta["check"] is bool:
+            if not isinstance(value, (bool, np.bool_)):
+                raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+            value = bool(value)
+        elif meta["check"] is not None:
+            value = meta["check"](value)
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"{_flag(f.name)}: {err}") from None
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise ValueError(f"{_flag(f.name)}: unknown value {value!r}; choose one of {', '.join(meta['choices'])}")
+    return value
+
+
+def _cross_checks(c: TrainConfig) -> None:
+    if c.classes is not None:
+        from .data import check_classes
+        c.classes = tuple(check_classes(c.classes))
+    if c.new_head and not c.finetune:
+        raise ValueError("--new-head replaces the head of a trained model; it needs --finetune CHECKPOINT")
+    if c.schedule == "warmup-cosine" and c.warmup_epochs >= c.epochs:
+        raise ValueError(f"--warmup-epochs ({c.warmup_epochs}) must be less than --epochs ({c.epochs})")
+    if c.patience and not c.val_split:
+        raise ValueError("--patience (early stopping) needs a validation split (--val-split)")
+    if c.grad == "manual" and (c.arch != "mlp" or c.dropout or c.augment != "none"):
+        raise ValueError("--grad manual supports the plain MLP only (no --dropout, --augment or --arch cnn)")
+
+
+def hparam_names() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["hparam"])
+
+
+def hparams(config: TrainConfig | None = None, dtype=jnp.float32, **overrides) -> dict:
+    """The traced numeric hyperparameters of ``config`` (defaults when None), as 0-d arrays of ``dtype``."""
+    config = config or TrainConfig()
+    unknown = set(overrides) - set(hparam_names())
+    if unknown:
+        raise ValueError(f"unknown hyperparameters: {sorted(unknown)}")
+    values = {n: getattr(config, n) for n in hparam_names()}
+    values["weight_decay"] = config.resolved_weight_decay
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    # Through NumPy: a host value copied to the device compiles nothing (a cast on the device would).
+    return {k: jnp.asarray(np.asarray(v, jnp.dtype(dtype))) for k, v in values.items()}
+
+
+def add_flags(parser, names=None, *, defaults_from: TrainConfig | None = None) -> None:
+    """Declare ``--name`` flags for the config fields ``names`` (all flag fields when None).
+
+    The flags default to None so that the caller can tell "given" from "not given" (presets, resume);
+    the help shows the field's default. Choices come from the field.
+    """
+    shown = defaults_from or TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if not f.metadata["flag"] or (names is not None and f.name not in names):
+            continue
+        meta, default = f.metadata, getattr(shown, f.name)
+        kwargs: dict[str, Any] = {"default": None, "dest": f.name}
+        if meta["check"] is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = (lambda t: t) if meta["check"] is hidden_sizes else meta["check"]
+            kwargs["nargs"] = meta["nargs"]
+            kwargs["choices"] = meta["choices"]
+            kwargs["metavar"] = "N" if meta["nargs"] else None
+        text = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        suffix = "" if default in (None, False, ()) else f" (default: {text})"
+        parser.add_argument(_flag(f.name), help=meta["help"] + suffix, **kwargs)
