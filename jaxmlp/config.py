@@ -237,5 +237,5 @@ def add_flags(parser, names=None, *, defaults_from: TrainConfig | None = None) -
             kwargs["choices"] = meta["choices"]
             kwargs["metavar"] = "N" if meta["nargs"] else None
         text = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        suffix = "" if default in (None, False, ()) else f" (default: {text})"
+        suffix = "" if default is None or default is False or default == () else f" (default: {text})"
         parser.add_argument(_flag(f.name), help=meta["help"] + suffix, **kwargs)

@@ -675,22 +675,23 @@ def advance(run: Run, state: TrainState, handlers: Sequence[Callable], *, histor
     emit = lambda kind, new, old, losses=np.zeros(0), seconds=0.0, reason="": [  # noqa: E731
         h(Event(kind, run, new, old, losses, loop.history, seconds, reason, loop.partial())) for h in handlers]
     emit("start", state, state)
-    order, reason, n = None, "done", run.x.shape[0]
+    order, reason, n, good = None, "done", run.x.shape[0], state
     try:
         while int(state.epoch) < run.config.epochs:
             if order is None:
                 order = epoch_order(state.key, state.epoch, n)
             new, losses, seconds = loop.advance(state, order)
-            emit("chunk", new, state, losses, seconds)
-            state = new
-            if int(state.step) == 0:
+            good, state = state, new
+            if int(state.step) == 0:  # the epoch ended: its record exists before any handler can stop
                 order = None
                 loop.close_epoch(state)
+            emit("chunk", state, good, losses, seconds)
+            if order is None:
                 emit("epoch", state, state)
     except StopRun as stop:
         reason = stop.reason
     except DivergenceError:
-        emit("end", state, state, reason="diverged")
+        emit("end", good, good, reason="diverged")
         raise
     emit("end", state, state, reason=reason)
     return state, loop.history, reason

@@ -1,5 +1,8 @@
-"""Training: the jitted step, fused epochs, the epoch loop, evaluation, compilation counts."""
+"""The engine: the jitted step, chunks and fused epochs, compilation counts, fit, stopping and resuming
+anywhere bit for bit, float64 kept to its scope, evaluation."""
 import dataclasses
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -7,10 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import make_synthetic_dataset
+from jaxmlp import handlers, train
 from jaxmlp.backprop import manual_grad
+from jaxmlp.config import TrainConfig, hparams
 from jaxmlp.model import forward, init_params
-from jaxmlp.train import (DivergenceError, TrainConfig, TrainSpec, batch_slices, epoch_loss, epoch_with_perm, evaluate,
-                          fit, fit_epochs, hparams_dict, prepare, run_epoch, sgd_step, split_validation)
+from jaxmlp.train import (DivergenceError, Interrupted, TrainSpec, batch_slices, epoch_loss, evaluate, fit, prepare,
+                          sgd_step, split_validation)
 
 
 def _toy(n=70, d=12, c=4, seed=0):
@@ -26,60 +31,87 @@ def _leaves_close(a, b, rtol):
         np.testing.assert_allclose(u, v, rtol=rtol, atol=1e-14)
 
 
-def test_sgd_step_is_p_minus_lr_grad():
-    """sgd_step returns params - lr * grad (grad from the notebook's backprop as the witness) and the pre-update loss."""
+def _identical(a, b) -> bool:
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(la, lb))
+
+
+def _state(params, spec, hp, key=0):
+    return train.init_state(params, train.make_optimizer(spec, hp), jax.random.PRNGKey(key))
+
+
+def test_sgd_step_is_p_minus_lr_grad(x64):
+    """sgd_step returns params - lr * grad (the notebook's backprop as the witness) and the pre-update loss."""
     params, x, y = _toy()
     new, value = sgd_step(params, x, y, 0.3)
-    g = manual_grad(params, x, y)
-    _leaves_close(new, jax.tree_util.tree_map(lambda p, gg: p - 0.3 * gg, params, g), 1e-12)
-    from jaxmlp.losses import loss
-    assert float(value) == pytest.approx(float(loss(params, x, y)), rel=1e-14)
+    want = jax.tree_util.tree_map(lambda p, g: p - 0.3 * g, params, manual_grad(params, x, y))
+    _leaves_close(new, want, 1e-12)
+    assert float(value) > 0
 
 
 def test_batch_slices_keep_the_short_last_batch():
     """70 examples in batches of 32: 32, 32 and a final 6; nothing dropped."""
-    sizes = [s.stop - s.start for s in batch_slices(70, 32)]
-    assert sizes == [32, 32, 6]
+    assert [s.stop - s.start for s in batch_slices(70, 32)] == [32, 32, 6]
 
 
-def test_fused_epoch_equals_python_loop_of_steps():
-    """One fused epoch (lax.scan, short last batch included) equals the notebook's loop of sgd_step calls
-    over the same permutation, to round-off (float64; same ops, only XLA fusion differs)."""
+def test_a_chunk_equals_the_python_loop_of_steps(x64):
+    """A chunk running a whole epoch (short last batch included) equals the loop of sgd_step calls over
+    epoch_order's permutation, to round-off (float64: same ops, only XLA's fusion differs); so does the
+    fused epoch, and both report the same per-batch losses."""
     params, x, y = _toy()
-    perm = jax.random.permutation(jax.random.PRNGKey(5), x.shape[0])
-    spec = TrainSpec(batch_size=32)
-    hp = hparams_dict(jnp.float64, lr=0.2)
-    opt_state = __import__("jaxmlp.train", fromlist=["x"]).make_optimizer(spec, hp).init(params)
-    fused, _, losses = jax.jit(epoch_with_perm, static_argnames="spec")(
-        params, opt_state, jax.random.PRNGKey(0), perm, x, y, hp, spec=spec)
-    ref = params
-    ref_losses = []
+    spec, hp = TrainSpec(batch_size=32), hparams(None, jnp.float64, lr=0.2)
+    state = _state(params, spec, hp)
+    order = train.epoch_order(state.key, state.epoch, 70)
+    new, losses = train.run_chunk(state, order, x, y, hp, jnp.int32(3), spec=spec, capacity=3)
+    ref, ref_losses = params, []
     for s in batch_slices(70, 32):
-        ref, value = sgd_step(ref, x[perm[s]], y[perm[s]], 0.2)
+        ref, value = sgd_step(ref, x[order[s]], y[order[s]], 0.2)
         ref_losses.append(float(value))
-    assert losses.shape == (3,)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-12)
-    _leaves_close(fused, ref, 1e-11)
+    _leaves_close(new.params, ref, 1e-11)
+    assert (int(new.epoch), int(new.step)) == (1, 0)
+    fused, fused_losses = train.run_fused_epoch(state, x, y, hp, spec=spec)
+    _leaves_close(fused.params, ref, 1e-11)
+    np.testing.assert_allclose(fused_losses, ref_losses, rtol=1e-12)
 
 
-def test_manual_and_autodiff_epochs_agree():
-    """The notebook-exact path (manual backprop) and the autodiff path train to the same params."""
+def test_chunks_of_any_size_give_the_same_state_bit_for_bit(x64):
+    """Advancing an epoch as 1+1+1 steps, 2+1 or 3 at once gives identical params and losses: a chunk
+    boundary changes nothing, so a run can stop at any step."""
     params, x, y = _toy()
-    perm = jnp.arange(x.shape[0])
-    hp = hparams_dict(jnp.float64, lr=0.2)
+    spec, hp = TrainSpec(batch_size=32, optimizer="adam", dropout=0.2), hparams(None, jnp.float64, lr=0.01)
+    results = []
+    for sizes in ([1, 1, 1], [2, 1], [3]):
+        state = _state(params, spec, hp)
+        order = train.epoch_order(state.key, state.epoch, 70)
+        losses = []
+        for k in sizes:
+            state, out = train.run_chunk(state, order, x, y, hp, jnp.int32(k), spec=spec, capacity=3)
+            losses.extend(np.asarray(out[:k]))
+        results.append((state, losses))
+    for state, losses in results[1:]:
+        assert _identical(state, results[0][0]) and losses == results[0][1]
+
+
+def test_manual_and_autodiff_chunks_agree(x64):
+    """--grad manual (the notebook's backprop) and jax.grad train to the same params."""
+    params, x, y = _toy()
+    hp = hparams(None, jnp.float64, lr=0.2)
     outs = []
     for grad in ("manual", "autodiff"):
         spec = TrainSpec(batch_size=16, grad=grad)
-        state = __import__("jaxmlp.train", fromlist=["x"]).make_optimizer(spec, hp).init(params)
-        outs.append(epoch_with_perm(params, state, jax.random.PRNGKey(0), perm, x, y, hp, spec)[0])
+        state = _state(params, spec, hp)
+        order = train.epoch_order(state.key, state.epoch, 70)
+        outs.append(train.run_chunk(state, order, x, y, hp, jnp.int32(5), spec=spec, capacity=5)[0].params)
     _leaves_close(outs[0], outs[1], 1e-10)
 
 
-def test_epoch_loss_formulas():
-    """Default: example-weighted mean (short batch weighted by its size); notebook: sum / (N // batch_size)."""
+def test_epoch_loss_weights_the_short_batch_and_sums_over_chunks():
+    """The example-weighted mean (short batch by its size); sums of chunks starting anywhere add up."""
     losses = np.array([1.0, 2.0, 4.0])
     assert epoch_loss(losses, 70, 32) == pytest.approx((32 * 1 + 32 * 2 + 6 * 4) / 70)
-    assert epoch_loss(losses, 70, 32, notebook=True) == pytest.approx(7.0 / 2)
+    parts = train.loss_sum(losses[:2], 70, 32) + train.loss_sum(losses[2:], 70, 32, first_step=2)
+    assert parts == pytest.approx(70 * epoch_loss(losses, 70, 32))
 
 
 def _count_compiles():
@@ -93,62 +125,34 @@ def _count_compiles():
     return events
 
 
-def test_no_recompilation_after_the_first_epoch():
-    """fit_epochs compiles the epoch program once: epochs 2..4 trigger no backend compilation,
-    and run_epoch called again with the same shapes reuses its cached executable."""
+def test_nothing_recompiles_across_epochs_chunk_sizes_lrs_and_runs(monkeypatch):
+    """fit compiles the chunk program once, from shapes, on its background thread: the executable it
+    builds is the one that runs; chunk sizes picked at run time, later epochs, a new lr (traced) and a
+    second run with the same shapes compile nothing new."""
+    monkeypatch.setattr(train, "_COMPILED", {})
     data = make_synthetic_dataset(256, 64)
-    x = prepare(data.x_train, jnp.float32)
-    y = jnp.asarray(data.y_train, jnp.int32)
-    params = init_params(jax.random.PRNGKey(0), [784, 32, 10], "he", jnp.float32)
-    spec = TrainSpec(batch_size=50)
-    hp = hparams_dict(jnp.float32, lr=0.1)
-    opt_state = __import__("jaxmlp.train", fromlist=["x"]).make_optimizer(spec, hp).init(params)
+    cfg = TrainConfig(hidden=(24,), epochs=3, batch_size=50, init="he", optimizer="adam", lr=1e-3)
     events = _count_compiles()
-    gen = fit_epochs(params, opt_state, jax.random.PRNGKey(1), x, y, hp, spec, 4)
-    first = next(gen)
-    after_first = len(events)
-    rest = list(gen)
-    assert [r.epoch for r in rest] == [2, 3, 4]
-    assert len(events) == after_first, "later epochs recompiled"
-    assert after_first >= 1, "the compile listener saw nothing, so this test would prove nothing"
-
-    p, s, _ = run_epoch(first.params, first.opt_state, jax.random.PRNGKey(2), x, y, hp, spec=spec)
+    first = fit(cfg, data)
+    assert first.compile_seconds > 0 and len(train._COMPILED) == 1
     n = len(events)
-    run_epoch(p, s, jax.random.PRNGKey(3), x, y, hparams_dict(jnp.float32, lr=0.05), spec=spec)
-    assert len(events) == n, "a new lr (a traced hyperparameter) recompiled run_epoch"
+    assert n >= 1, "the compile listener saw nothing, so this test would prove nothing"
+    again = fit(dataclasses.replace(cfg, lr=5e-3, seed=3), data, chunk_steps=2)
+    assert again.compile_seconds == 0.0 and len(train._COMPILED) == 1
+    assert len(events) == n, "a second run with the same shapes compiled something"
+    assert not np.array_equal(again.params[0]["W"], first.params[0]["W"])
 
 
-def test_fit_compiles_its_epoch_program_once_from_shapes(synthetic, monkeypatch):
-    """fit compiles the epoch program on a background thread from abstract shapes; the executable it
-    builds must be the one the epochs then run (one program in the cache, none compiled twice), with
-    its compile time reported. A second run with the same shapes compiles nothing new."""
-    import jaxmlp.train as train_mod
-
-    monkeypatch.setattr(train_mod, "_COMPILED", {})
-    lowered = []
-    real_lower = train_mod.run_epoch.lower
-    monkeypatch.setattr(train_mod, "run_epoch", type("Spy", (), {
-        "lower": staticmethod(lambda *a, **k: lowered.append(1) or real_lower(*a, **k))})())
-    cfg = TrainConfig(hidden=(24,), epochs=2, init="he", optimizer="adam", lr=1e-3, schedule="cosine")
-    result = fit(cfg, synthetic)
-    assert len(lowered) == 1 and len(train_mod._COMPILED) == 1
-    assert result.compile_seconds > 0
-    again = fit(dataclasses.replace(cfg, seed=5), synthetic)
-    assert len(lowered) == 1 and again.compile_seconds == 0.0
-    assert not np.array_equal(again.params[0]["W"], result.params[0]["W"])
-
-
-def test_evaluate_matches_numpy():
+def test_evaluate_matches_numpy(x64):
     """evaluate returns the mean cross-entropy and the accuracy computed independently in numpy."""
     params, x, y = _toy(n=50)
     logits = np.asarray(forward(params, x))
-    z = logits - logits.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    ref_loss = -logp[np.arange(50), np.asarray(y)].mean()
-    ref_acc = (logits.argmax(1) == np.asarray(y)).mean()
-    got_loss, got_acc = evaluate(params, x, y, chunk_size=16)  # chunked: 16+16+16+2
-    assert got_loss == pytest.approx(ref_loss, rel=1e-12)
-    assert got_acc == pytest.approx(ref_acc, abs=1e-12)
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    want_loss = -logp[np.arange(50), np.asarray(y)].mean()
+    got_loss, got_acc = evaluate(params, x, y, chunk_size=16)
+    assert got_loss == pytest.approx(want_loss, rel=1e-12)
+    assert got_acc == pytest.approx(float((logits.argmax(1) == np.asarray(y)).mean()))
 
 
 def test_fit_learns_a_learnable_problem(synthetic):
@@ -157,25 +161,121 @@ def test_fit_learns_a_learnable_problem(synthetic):
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert result.test_accuracy >= 0.95
-    assert 0 <= result.test_accuracy <= 1 and result.compile_seconds >= 0  # 0 when the program was cached
 
 
-def test_fit_resume_is_bit_exact(synthetic):
-    """fit for 2 epochs, then resume to 4, equals fit for 4 in one go, bit for bit."""
-    cfg4 = TrainConfig(hidden=(16,), epochs=4, init="he", optimizer="adam", lr=1e-3)
-    full = fit(cfg4, synthetic)
-    half = fit(TrainConfig(hidden=(16,), epochs=2, init="he", optimizer="adam", lr=1e-3), synthetic)
-    resumed = fit(cfg4, synthetic, resume={"params": half.params, "opt_state": half.opt_state, "key": half.key,
-                                           "epoch": 2, "history": half.history})
-    for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
-        assert np.array_equal(a, b)
-    assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
+# ---------------------------------------------------------------- stopping anywhere, resuming exactly
 
 
-def test_divergence_is_detected(synthetic):
+CFG = TrainConfig(hidden=(16,), epochs=3, init="he", optimizer="adam", lr=1e-3, dropout=0.1, augment="shift")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    data = make_synthetic_dataset(512, 64)  # 16 steps per epoch
+    return data, fit(CFG, data, chunk_steps=4)
+
+
+class SignalAt:
+    """Sends ``signum`` to this process once the run has done ``steps`` steps in all (after that chunk)."""
+
+    def __init__(self, steps: int, signum=signal.SIGINT):
+        self.steps, self.signum = steps, signum
+
+    def __call__(self, event):
+        done = int(event.state.epoch) * event.run.steps_per_epoch + int(event.state.step)
+        if event.kind == "chunk" and done == self.steps:
+            os.kill(os.getpid(), self.signum)
+
+
+def _interrupt(data, path, steps, signum=signal.SIGINT, resume=None):
+    hs = [SignalAt(steps, signum), handlers.Checkpointer(path), handlers.SignalStop()]
+    with pytest.raises(Interrupted) as stop:
+        fit(CFG, data, handlers=hs, resume=resume, chunk_steps=1)
+    assert stop.value.signum == signum
+    config, state, meta = train.load_run(path)
+    assert int(state.epoch) * 16 + int(state.step) == steps
+    return {"state": state, "history": meta["history"], "partial": meta["partial"]}
+
+
+@pytest.mark.parametrize("steps", [1, 7, 15, 16], ids=["first-step", "mid-epoch", "last-of-epoch", "epoch-boundary"])
+def test_a_signal_stops_at_the_step_and_the_resumed_run_is_bit_exact(tmp_path, uninterrupted, steps):
+    """SIGINT after `steps` steps stops at that chunk boundary with that exact step saved; resuming it
+    and finishing equals the uninterrupted run bit for bit (params, Adam's state, key, counters) and
+    reports the same epoch losses."""
+    data, full = uninterrupted
+    resume = _interrupt(data, tmp_path / "ck.npz", steps)
+    done = fit(CFG, data, resume=resume, chunk_steps=3)
+    assert _identical(done.state, full.state)
+    assert [h["loss"] for h in done.history] == [h["loss"] for h in full.history]
+    assert done.test_accuracy == full.test_accuracy
+
+
+def test_sigterm_and_a_resumed_run_resumed_again(tmp_path, uninterrupted):
+    """SIGTERM stops like SIGINT; a resumed run stopped again and resumed once more still equals the
+    uninterrupted run bit for bit."""
+    data, full = uninterrupted
+    first = _interrupt(data, tmp_path / "a.npz", 5, signal.SIGTERM)
+    second = _interrupt(data, tmp_path / "b.npz", 29, signal.SIGTERM, resume=first)
+    done = fit(CFG, data, resume=second)
+    assert _identical(done.state, full.state)
+    assert [h["loss"] for h in done.history] == [h["loss"] for h in full.history]
+
+
+def test_a_second_signal_during_the_save_leaves_a_whole_checkpoint(tmp_path, uninterrupted, monkeypatch):
+    """A second SIGINT arriving while the stop's checkpoint is written is only counted: the save
+    finishes and the file loads; nothing temporary is left."""
+    from jaxmlp import fileio
+
+    data, _ = uninterrupted
+    real_fsync, sent = fileio.os.fsync, []
+
+    def fsync_with_a_signal(fd):
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync_with_a_signal)
+    _interrupt(data, tmp_path / "ck.npz", 6)
+    assert sent and [p.name for p in tmp_path.iterdir()] == ["ck.npz"]
+
+
+def test_float64_stays_in_its_scope_and_numpy_rng_is_untouched(synthetic):
+    """After a float64 fit, the process's default dtype is float32 again, jax_enable_x64 is as it was,
+    and NumPy's global RNG has not moved; the result's params are float64."""
+    before_x64, rng_state = jax.config.jax_enable_x64, np.random.get_state()[1].copy()
+    result = fit(TrainConfig(hidden=(8,), epochs=1, dtype="float64", val_split=0.1), synthetic)
+    assert result.params[0]["W"].dtype == jnp.float64
+    assert jax.config.jax_enable_x64 == before_x64 and jnp.zeros(1).dtype == jnp.float32
+    assert (np.random.get_state()[1] == rng_state).all()
+
+
+# ---------------------------------------------------------------- divergence, validation, config
+
+
+def test_a_non_finite_loss_is_divergence(synthetic):
     """An absurd learning rate makes the loss non-finite: DivergenceError names the epoch and suggests a lower lr."""
     with pytest.raises(DivergenceError, match=r"epoch \d+.*lower --lr"):
         fit(TrainConfig(hidden=(32,), epochs=3, lr=1e10, init="he"), synthetic)
+
+
+def _event(losses, num_classes=10):
+    run = type("R", (), {"num_classes": num_classes, "steps_per_epoch": 100})()
+    state = train.TrainState(None, None, None, jnp.int32(0), jnp.int32(0))
+    return train.Event("chunk", run, state, state, np.asarray(losses, float), [], 0.0)
+
+
+def test_the_divergence_rule_catches_a_finite_blow_up():
+    """A chunk whose mean loss passes 10x max(first chunk, ln C) is divergence; a loss that wanders
+    below that, or a first chunk above chance, is not."""
+    rule = handlers.DivergenceRule()
+    rule(_event([2.3, 2.2]))
+    rule(_event([15.0, 20.0]))  # bad, but under 10 x ln(10) = 23
+    with pytest.raises(DivergenceError, match="diverged.*--no-divergence-check"):
+        rule(_event([4000.0, 4376.0]))
+    high_start = handlers.DivergenceRule()
+    high_start(_event([40.0]))
+    high_start(_event([300.0]))  # under 10 x 40
 
 
 def test_validation_split_and_early_stopping(synthetic):
@@ -183,8 +283,7 @@ def test_validation_split_and_early_stopping(synthetic):
     keeps the params of its best validation epoch."""
     tr, va = split_validation(512, 0.25, seed=0)
     assert len(va) == 128 and len(tr) == 384 and not set(tr) & set(va)
-    cfg = TrainConfig(hidden=(32,), epochs=6, init="he", val_split=0.25, patience=1, lr=0.5)
-    result = fit(cfg, synthetic)
+    result = fit(TrainConfig(hidden=(32,), epochs=6, init="he", val_split=0.25, patience=1, lr=0.5), synthetic)
     best = max(h["val_accuracy"] for h in result.history)
     assert all("val_loss" in h for h in result.history)
     x_val = prepare(synthetic.x_train[va], jnp.float32)
@@ -193,8 +292,38 @@ def test_validation_split_and_early_stopping(synthetic):
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=-1), dict(lr=0.0), dict(hidden=(0,)),
-                                 dict(dropout=1.0), dict(patience=2), dict(notebook_exact=True, optimizer="adam")])
+                                 dict(dropout=1.0), dict(patience=2), dict(init="zeros"), dict(grad="symbolic"),
+                                 dict(seed=-1), dict(epochs=2.5), dict(epochs=True), dict(lr="fast"),
+                                 dict(optimizer="lion"), dict(dtype="float16"), dict(augment="flip"),
+                                 dict(new_head=1), dict(grad="manual", dropout=0.1)])
 def test_config_validation(bad):
-    """Nonsense configurations are refused with a ValueError naming the flag."""
+    """Every field is checked from its declaration: nonsense is a ValueError naming the flag."""
     with pytest.raises(ValueError, match="--"):
         TrainConfig(**bad).validate()
+
+
+def test_config_from_dict_refuses_unknown_settings_and_round_trips():
+    """from_dict(to_dict(c)) == c; an unknown key or a wrong type is one ValueError naming where."""
+    c = TrainConfig(hidden=(64, 32), freeze=(0,), classes=(3, 5), optimizer="adamw").validate()
+    assert TrainConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="ck.npz: config: unknown setting 'colour'"):
+        TrainConfig.from_dict({**c.to_dict(), "colour": 1}, where="ck.npz: config")
+    with pytest.raises(ValueError, match="--hidden"):
+        TrainConfig.from_dict({**c.to_dict(), "hidden": [10 ** 12, "x"]})
+
+
+def test_every_setting_is_a_flag_with_its_default_in_the_help():
+    """The CLI's train flags are derived from TrainConfig: each field has a flag whose help shows the
+    default (every default except "unset" ones: None, off, empty)."""
+    from jaxmlp.cli import build_parser
+
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    helps = {a.dest: a.help for a in train_parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        if not f.metadata["flag"]:
+            continue
+        assert f.name in helps, f.name
+        unset = f.default is None or f.default is False or f.default == ()
+        assert unset or "(default: " in helps[f.name], (f.name, helps[f.name])
+    assert "(default: 0)" in helps["warmup_epochs"] and "(default: 0.0)" in helps["l2"]
+    assert "(default: 128 64)" in helps["hidden"]
