@@ -10,10 +10,17 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
+    from matplotlib.figure import Figure
 
 PLOTS_EXTRA_HINT = "matplotlib is needed for plots: pip install 'jaxmlp[plots]'"
 
@@ -22,7 +29,7 @@ class PlotsUnavailableError(ImportError):
     """matplotlib is not installed."""
 
 
-def _new_figure(figsize: tuple[float, float]):
+def _new_figure(figsize: tuple[float, float]) -> Figure:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -33,7 +40,7 @@ def _new_figure(figsize: tuple[float, float]):
     return fig
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
@@ -51,7 +58,7 @@ _SPLIT_COLORS = {"loss": "C0", "train_accuracy": "C0", "val_loss": "C1", "val_ac
                  "test_loss": "C2", "test_accuracy": "C2"}
 
 
-def _integer_epochs(ax, epochs: list[float]) -> None:
+def _integer_epochs(ax: Axes, epochs: list[float]) -> None:
     """Whole-epoch ticks only (no 2.5), with a margin so a one-epoch run is not a zero-width axis."""
     from matplotlib.ticker import MaxNLocator
 
@@ -63,7 +70,7 @@ def _integer_epochs(ax, epochs: list[float]) -> None:
 
 
 def curves_figure(history: Sequence[dict], *, test_loss: float | None = None,
-                  test_accuracy: float | None = None):
+                  test_accuracy: float | None = None) -> Figure:
     """The matplotlib Figure that plot_curves saves (see there); tests inspect its axes."""
     if not history:
         raise ValueError("plot_curves: history is empty")
@@ -77,13 +84,13 @@ def curves_figure(history: Sequence[dict], *, test_loss: float | None = None,
     epochs = [float(h["epoch"]) for h in history]
     last = max(epochs)
     # The run's final test numbers, when given and not already in the history, are one point at the end.
-    finals = {"test_loss": test_loss, "test_accuracy": test_accuracy}
-    finals = {k: v for k, v in finals.items() if v is not None and not series(k)[0]}
+    finals: dict[str, float] = {k: v for k, v in (("test_loss", test_loss), ("test_accuracy", test_accuracy))
+                                if v is not None and not series(k)[0]}
     acc_series = [(k, label) for k, label in _ACCURACY_SERIES if series(k)[0] or k in finals]
     fig = _new_figure((11, 4) if acc_series else (6, 4))
     axes = fig.subplots(1, 2 if acc_series else 1, squeeze=False)[0]
 
-    def draw(ax, keys, percent: bool) -> None:
+    def draw(ax: Axes, keys: list[tuple[str, str]], percent: bool) -> None:
         for name, label in keys:
             x, y = series(name)
             color = _SPLIT_COLORS[name]
@@ -134,7 +141,7 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike, *, test_loss: 
 # ----------------------------------------------------------------------------- confusion matrix
 
 
-def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
+def confusion_matrix(labels: ArrayLike, preds: ArrayLike, num_classes: int) -> np.ndarray:
     """Counts (num_classes, num_classes) int64: entry [t, p] = how many of class t were predicted p."""
     labels = np.asarray(labels).reshape(-1)
     preds = np.asarray(preds).reshape(-1)
@@ -149,15 +156,15 @@ def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
     return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def _num_classes(class_names, *arrays) -> int:
+def _num_classes(class_names: Sequence[str] | None, *arrays: np.ndarray) -> int:
     if class_names is not None:
         return len(class_names)
     top = max((int(np.max(a)) for a in arrays if np.size(a)), default=0)
     return max(top + 1, 2)
 
 
-def plot_confusion(labels, preds, path: str | os.PathLike, class_names: Sequence[str] | None = None,
-                   *, num_classes: int | None = None) -> Path:
+def plot_confusion(labels: ArrayLike, preds: ArrayLike, path: str | os.PathLike,
+                   class_names: Sequence[str] | None = None, *, num_classes: int | None = None) -> Path:
     """Confusion matrix (rows true class, columns predicted) with every count written in its cell."""
     labels, preds = np.asarray(labels), np.asarray(preds)
     if num_classes is None:
@@ -193,7 +200,7 @@ def plot_confusion(labels, preds, path: str | os.PathLike, class_names: Sequence
 # ----------------------------------------------------------------------------- image grids
 
 
-def _as_images(images: np.ndarray) -> np.ndarray:
+def _as_images(images: ArrayLike) -> np.ndarray:
     """(N, H, W) from (N, H, W) or (N, H*W) with a square H*W (784 -> 28x28)."""
     images = np.asarray(images)
     if images.ndim == 3:
@@ -205,7 +212,7 @@ def _as_images(images: np.ndarray) -> np.ndarray:
     raise ValueError(f"images must be (N, 784)-like with a square pixel count or (N, H, W), got {images.shape}")
 
 
-def misclassified_indices(labels, preds, max_images: int | None = None) -> np.ndarray:
+def misclassified_indices(labels: ArrayLike, preds: ArrayLike, max_images: int | None = None) -> np.ndarray:
     """Indices (in order) where preds != labels, at most max_images of them."""
     labels, preds = np.asarray(labels).reshape(-1), np.asarray(preds).reshape(-1)
     if labels.shape != preds.shape:
@@ -234,20 +241,20 @@ def _mosaic(tiles: np.ndarray, cols: int, gap: int, top: int) -> np.ndarray:
     return out
 
 
-def _cmap(name: str, bad: str):
+def _cmap(name: str, bad: str) -> Colormap:
     from matplotlib import colormaps
 
     return colormaps[name].with_extremes(bad=bad)
 
 
-def _message_figure(text: str, path) -> Path:
+def _message_figure(text: str, path: str | os.PathLike) -> Path:
     fig = _new_figure((5, 2))
     fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=13)
     return _save(fig, path)
 
 
-def plot_misclassified(images, labels, preds, path: str | os.PathLike, max_images: int = 36,
-                       class_names: Sequence[str] | None = None) -> Path:
+def plot_misclassified(images: ArrayLike, labels: ArrayLike, preds: ArrayLike, path: str | os.PathLike,
+                       max_images: int = 36, class_names: Sequence[str] | None = None) -> Path:
     """Grid of the first max_images misclassified digits, each titled "pred P / true T".
 
     images: (N, 784) or (N, 28, 28) in any value range (each is scaled to its own min..max);
@@ -263,7 +270,7 @@ def plot_misclassified(images, labels, preds, path: str | os.PathLike, max_image
     if idx.size == 0:
         return _message_figure(f"No misclassified images (out of {labels.size})", path)
 
-    def name(c) -> str:
+    def name(c: int) -> str:
         return str(class_names[int(c)]) if class_names is not None else str(int(c))
 
     tiles = images[idx].astype(np.float64)
@@ -286,7 +293,7 @@ def plot_misclassified(images, labels, preds, path: str | os.PathLike, max_image
     return _save(fig, path)
 
 
-def plot_first_layer(W1, path: str | os.PathLike, max_units: int = 64) -> Path:
+def plot_first_layer(W1: ArrayLike, path: str | os.PathLike, max_units: int = 64) -> Path:
     """First-layer weights W1 (784, H) as one 28x28 picture per hidden unit (first max_units units).
 
     Each unit is scaled by its own largest |weight|: red positive, blue negative, white zero.
@@ -344,7 +351,7 @@ def varying_hyperparameters(runs: Sequence[dict]) -> list[str]:
         if len(values) > 1:
             varying.append((k, values))
 
-    def rank(item):
+    def rank(item: tuple[str, set]) -> tuple[bool, bool, int, int]:
         k, values = item
         numeric = all(_is_number(v) for v in values)
         return (k == "seed", not numeric, -len(values), keys.index(k))
@@ -371,10 +378,11 @@ def _sweep_caption(lines: str, counts: list[int]) -> str:
     lo, hi = min(counts), max(counts)
     if hi == 1:
         return f"{lines}: test accuracy of the one run at each point"
-    return f"{lines}: mean test accuracy of the {lo if lo == hi else f'{lo}-{hi}'} runs at each point; dots: single runs"
+    runs = str(lo) if lo == hi else f"{lo}-{hi}"
+    return f"{lines}: mean test accuracy of the {runs} runs at each point; dots: single runs"
 
 
-def sweep_figure(runs: Sequence[dict]):
+def sweep_figure(runs: Sequence[dict]) -> Figure:
     """The matplotlib Figure that plot_sweep saves (see there); tests inspect its axes."""
     runs = [r for r in runs if r.get("test_accuracy") is not None]
     if not runs:
@@ -387,10 +395,10 @@ def sweep_figure(runs: Sequence[dict]):
         # Seeds are repeats, not a knob: the dots at each x show their spread, the line their mean.
         varying.remove("seed")
 
-    def value(run, k):
+    def value(run: dict, k: str) -> Any:
         return _hashable(run.get("config", {}).get(k))
 
-    def draw(ax, xkey, group_key=None) -> list[int]:
+    def draw(ax: Axes, xkey: str, group_key: str | None = None) -> list[int]:
         """Lines and dots on ax; returns how many runs each point of the lines averages."""
         xs = [value(r, xkey) for r in runs]
         distinct, pos, ticks = _axis_values(xs)
@@ -471,7 +479,7 @@ def plot_sweep(runs: Sequence[dict], path: str | os.PathLike) -> Path:
 
 
 def save_training_plots(plot_dir: str | os.PathLike, *, history: Sequence[dict], params: Any,
-                        x_test_images, y_test, preds,
+                        x_test_images: ArrayLike, y_test: ArrayLike, preds: ArrayLike,
                         class_names: Sequence[str] | None = None,
                         test_loss: float | None = None) -> list[Path]:
     """Write curves.png, confusion.png, misclassified.png and first_layer.png into plot_dir.

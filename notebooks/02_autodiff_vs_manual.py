@@ -106,7 +106,7 @@ loss_fn = jax.jit(jaxmlp.loss)
 
 def central_difference(layer, name, index, eps=1e-4):
     def shifted(delta):
-        p = [dict(l) for l in params]
+        p = [dict(layer_params) for layer_params in params]
         p[layer][name] = p[layer][name].at[index].add(delta)
         return float(loss_fn(p, x, y))
     return (shifted(eps) - shifted(-eps)) / (2 * eps)

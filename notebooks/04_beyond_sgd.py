@@ -83,8 +83,8 @@ def train(runs, x, y, *, epochs, key, batch_size=32):
             (params, states), (idx, step_key) = carry, inputs
             new_params, new_states, losses = {}, {}, {}
             for name, run in runs.items():
-                def loss(p):
-                    logits = jaxmlp.forward(p, x[idx], key=step_key, dropout=run.dropout)
+                def loss(p, dropout=run.dropout):  # bound now: the loop moves on to the next run
+                    logits = jaxmlp.forward(p, x[idx], key=step_key, dropout=dropout)
                     return jaxmlp.cross_entropy(logits, y[idx])
                 losses[name], grads = jax.value_and_grad(loss)(params[name])
                 new_params[name], new_states[name] = run.optimizer.update(grads, states[name], params[name])
@@ -293,7 +293,10 @@ print(f"l2_penalty after section 1: adam {float(optim.l2_penalty(trained['adam']
 # %%
 shapes = jax.eval_shape(cnn.init_cnn_params, jax.random.PRNGKey(0))
 for i, layer in enumerate(shapes):
-    kind = "conv 3x3 + relu + maxpool 2x2" if layer["W"].ndim == 4 else ("dense + relu" if i < len(shapes) - 1 else "dense (logits)")
+    if layer["W"].ndim == 4:
+        kind = "conv 3x3 + relu + maxpool 2x2"
+    else:
+        kind = "dense + relu" if i < len(shapes) - 1 else "dense (logits)"
     print(f"layer {i}: W {str(layer['W'].shape):18s} b {str(layer['b'].shape):8s} {kind}")
 print(f"{sum(leaf.size for leaf in jax.tree_util.tree_leaves(shapes)):,} parameters "
       f"(the MLP has {sum(leaf.size for leaf in jax.tree_util.tree_leaves(init)):,})")
@@ -354,7 +357,8 @@ x_59_test, y_59_test = digits(data.x_test, data.y_test, [5, 6, 7, 8, 9])
 
 fresh = jaxmlp.init_params(jax.random.PRNGKey(9), [784, 128, 64, 5], scheme="he")
 pretrained = train({"0-4": Run(optim.adam(1e-3), fresh)}, x_04, y_04, epochs=2, key=jax.random.PRNGKey(10))[0]["0-4"]
-print(f"trained on 6,400 images of 0-4: test accuracy on 0-4 {jaxmlp.evaluate(pretrained, x_04_test, y_04_test)[1]:.2%}")
+base_accuracy = jaxmlp.evaluate(pretrained, x_04_test, y_04_test)[1]
+print(f"trained on 6,400 images of 0-4: test accuracy on 0-4 {base_accuracy:.2%}")
 
 new_head = transfer.replace_head(jax.random.PRNGKey(11), pretrained, num_classes=5)
 mask = transfer.trainable_mask(new_head, freeze=[0, 1])  # False for every leaf of layers 0 and 1

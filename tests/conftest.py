@@ -1,8 +1,10 @@
 """Shared test setup.
 
-x64 is enabled for the whole session: gradient and optimizer checks compare in float64, and tests that
-want float32 say so explicitly. Real-data tests use the ``mnist_dir`` / ``mnist`` fixtures: they skip
-when the MNIST files are absent, unless JAXMLP_REQUIRE_DATA=1 (set by .ci/run), where they fail.
+float64 is scoped, not global: a test that computes in float64 asks for the ``x64`` fixture (by name,
+or a whole module with ``pytestmark = pytest.mark.usefixtures("x64")``), and everything else runs with
+jax's default 32-bit types, as users do. Real-data tests use the ``mnist_dir`` / ``mnist`` fixtures:
+they skip when the MNIST files are absent, unless JAXMLP_REQUIRE_DATA=1 (set by .ci/run), where they
+fail. Slow tests are marked here centrally (``SLOW``): ``python -m pytest -m "not slow"`` skips them.
 """
 from __future__ import annotations
 
@@ -12,12 +14,46 @@ from pathlib import Path
 import jax
 import pytest
 
-jax.config.update("jax_enable_x64", True)
 # In-process CLI calls would otherwise switch on the on-disk compilation cache for the whole session.
 os.environ.setdefault("JAXMLP_COMPILE_CACHE", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+# The day-to-day selection `python -m pytest -m "not slow"` leaves these out; CI (`python -m pytest`) runs
+# everything. Node-id prefixes (a file, or a file::test) and why each takes long on the 2-core machine.
+# Tests may also carry @pytest.mark.slow themselves.
+SLOW = {
+    "tests/test_notebooks.py::test_notebook_0": "executes a whole notebook on real MNIST (20-60 s each)",
+    "tests/test_notebook_exact.py": "the notebook's float64 training runs on real MNIST, epoch by epoch",
+    "tests/test_fuzz_checkpoint.py": "hundreds of fuzzed checkpoint files per test",
+    "tests/test_fuzz_idx.py": "hundreds of fuzzed IDX files per test",
+    # Property tests over random shapes: every new shape is a new compilation (~2 s each when loaded).
+    "tests/test_model.py::test_forward_shapes_any_depth": "12 random architectures, one compile each",
+    "tests/test_backprop.py::test_manual_equals_autodiff_any_depth": "16 random architectures, two compiles each",
+    "tests/test_losses.py::test_cross_entropy_matches_numpy_for_both_label_forms": "20 random shapes",
+    # Eager jax.random/init calls compile one tiny program per primitive and shape (~15 s per dtype).
+    "tests/test_model.py::test_init_is_per_layer_draws_of_split_keys": "dozens of eager per-op compiles",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.nodeid.startswith(prefix) for prefix in SLOW):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def x64():
+    """jax's 64-bit types on for one test (float64 arrays stay float64), off again afterwards.
+
+    ``jax.enable_x64`` is a context, so nothing leaks into the next test. A module-scoped fixture that
+    builds float64 arrays opens its own ``with jax.enable_x64(True):``. Hypothesis tests may use it:
+    the context spans all of a test's examples.
+    """
+    with jax.enable_x64(True):
+        yield
 
 
 def _mnist_dir() -> Path | None:

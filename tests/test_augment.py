@@ -6,9 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-jax.config.update("jax_enable_x64", True)
-
-from jaxmlp import augment  # noqa: E402
+from jaxmlp import augment
 
 
 def images(n=6, side=28, seed=0, dtype=np.float32):
@@ -71,6 +69,7 @@ def test_affine_translation_matches_bilinear_reference():
     np.testing.assert_allclose(out[0], ref, atol=1e-5)  # float32 sampling, values <= 1
 
 
+@pytest.mark.usefixtures("x64")  # also checks that float64 images stay float64
 @pytest.mark.parametrize("fn", [augment.random_shift, augment.random_affine])
 def test_keys_shapes_dtypes_jit_range(fn):
     """Under jit: different keys differ, same key repeats, flattened input gives the same

@@ -16,6 +16,9 @@ from jaxmlp.backprop import autodiff_grad, finite_difference_grad, gradcheck, ma
 from jaxmlp.losses import loss
 from jaxmlp.model import init_params
 
+# float64 references throughout (see conftest's x64 fixture).
+pytestmark = pytest.mark.usefixtures("x64")
+
 
 def _rel(a, b) -> float:
     """max |a - b| over the parameter, relative to its largest gradient entry."""

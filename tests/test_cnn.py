@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-jax.config.update("jax_enable_x64", True)
+from jaxmlp import cnn
 
-from jaxmlp import cnn  # noqa: E402
+# float64 references throughout (see conftest's x64 fixture).
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 # Tests share one tiny float64 CNN and jit what they call: on a busy 2-core CPU each eager op
@@ -16,8 +17,9 @@ from jaxmlp import cnn  # noqa: E402
 @pytest.fixture(scope="module")
 def small_f64():
     """Tiny float64 CNN on 7x7 inputs: blocks 7->3->1 exercise odd-size (VALID) pooling."""
-    return cnn.init_cnn_params(jax.random.PRNGKey(3), in_shape=(7, 7, 1), channels=(3, 4), hidden=16,
-                               num_classes=3, dtype=jnp.float64)
+    with jax.enable_x64(True):  # module-scoped: built before the tests' own x64 fixture opens
+        return cnn.init_cnn_params(jax.random.PRNGKey(3), in_shape=(7, 7, 1), channels=(3, 4), hidden=16,
+                                   num_classes=3, dtype=jnp.float64)
 
 
 def test_default_param_shapes_and_logits():
@@ -100,18 +102,20 @@ def test_grad_matches_central_differences(small_f64, conv_impl):
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(3), labels])
 
     grads = jax.jit(jax.grad(loss))(params)
+    def bumped_loss(i, name, idx, delta):
+        """The loss with one coordinate, params[i][name].ravel()[idx], moved by delta."""
+        flat = np.asarray(params[i][name]).ravel().copy()
+        flat[idx] += delta
+        new = [dict(layer) for layer in params]
+        new[i][name] = jnp.asarray(flat.reshape(params[i][name].shape))
+        return float(loss(new))
+
     eps = 1e-6
     for i, layer in enumerate(params):
         for name in ("W", "b"):
-            flat = np.asarray(layer[name]).ravel()
-            for idx in rng.choice(flat.size, size=min(3, flat.size), replace=False):
-                def at(delta):
-                    bumped = flat.copy()
-                    bumped[idx] += delta
-                    new = [dict(l) for l in params]
-                    new[i] = dict(new[i], **{name: jnp.asarray(bumped.reshape(layer[name].shape))})
-                    return float(loss(new))
-                fd = (at(eps) - at(-eps)) / (2 * eps)
+            size = layer[name].size
+            for idx in rng.choice(size, size=min(3, size), replace=False):
+                fd = (bumped_loss(i, name, idx, eps) - bumped_loss(i, name, idx, -eps)) / (2 * eps)
                 got = float(np.asarray(grads[i][name]).ravel()[idx])
                 # Central differences: O(eps^2) truncation + ~1e-16/eps rounding ~ 1e-10.
                 assert got == pytest.approx(fd, rel=1e-6, abs=1e-8), (i, name, idx)

@@ -6,7 +6,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from jaxmlp.losses import accuracy, cross_entropy, loss, notebook_cross_entropy, notebook_loss
-from jaxmlp.model import forward, init_params, softmax
+from jaxmlp.model import init_params, softmax
+
+# float64 references throughout (see conftest's x64 fixture).
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 _cross_entropy = jax.jit(cross_entropy)

@@ -5,8 +5,21 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from jaxmlp.model import (forward, forward_intermediates, init_layer, init_params, init_params_numpy, inverted_dropout,
-                          layer_sizes, log_softmax, relu, softmax)
+from jaxmlp.model import (
+    forward,
+    forward_intermediates,
+    init_layer,
+    init_params,
+    init_params_numpy,
+    inverted_dropout,
+    layer_sizes,
+    log_softmax,
+    relu,
+    softmax,
+)
+
+# float64 references throughout (see conftest's x64 fixture).
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 @pytest.mark.parametrize("scheme", ["notebook", "he", "glorot"])

@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-jax.config.update("jax_enable_x64", True)
+from jaxmlp import optim
 
-from jaxmlp import optim  # noqa: E402
+# float64 references throughout (see conftest's x64 fixture).
+pytestmark = pytest.mark.usefixtures("x64")
 
 SIZES = [(5, 4), (4, 3)]
 N_STEPS = 6

@@ -6,9 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-jax.config.update("jax_enable_x64", True)
-
-from jaxmlp import optim, transfer  # noqa: E402
+from jaxmlp import optim, transfer
 
 
 def make_params(sizes=(12, 8, 6, 4), dtype=jnp.float32):
@@ -33,6 +31,7 @@ def test_replace_head_shapes_and_untouched_body(scheme):
     assert params[-1] is old_head and params[-1]["W"].shape == (6, 4)
 
 
+@pytest.mark.usefixtures("x64")  # the new head keeps float64 params float64
 def test_replace_head_he_scale_and_errors():
     """he init has std ~ sqrt(2/fan_in); bad num_classes / empty params raise ValueError."""
     params = make_params((10, 400, 300), jnp.float64)
