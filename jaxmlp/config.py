@@ -68,7 +68,7 @@ def hidden_sizes(values) -> tuple:
     """Layer sizes from ``[256, 128]``, ``["256", "128"]`` or ``["256,128"]`` -> (256, 128)."""
     if isinstance(values, (str, int)):
         values = [values]
-    tokens = [t for v in values for t in str(v).replace("-", ",").split(",") if t.strip()]
+    tokens = [t for v in values for t in str(v).split(",") if t.strip()]
     if not tokens:
         raise argparse.ArgumentTypeError("expected positive layer sizes such as 128 64, got nothing")
     return tuple(positive_int(t) for t in tokens)

@@ -110,7 +110,8 @@ class SignalStop:
         main = threading.current_thread() is threading.main_thread()
         if event.kind == "start" and main:
             self.previous = {s: signal.signal(s, self._catch) for s in self.SIGNALS}
-        elif event.kind in ("chunk", "epoch") and self.received:
+        elif self.received and (event.kind == "epoch" or (event.kind == "chunk" and int(event.state.step))):
+            # At an epoch's end, stop after its "epoch" event, so logs and checkpoints record it.
             raise StopRun(signal.Signals(self.received).name, self.received)
         elif event.kind == "end":
             for s, handler in self.previous.items():

@@ -20,9 +20,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmlp.checkpoint import load_checkpoint, load_model
+from jaxmlp.checkpoint import read_meta
 from jaxmlp.cli import main
 from jaxmlp.data import read_idx, write_idx
+from jaxmlp.train import load_model, load_run
 
 SMALL = ["--hidden", "32", "--init", "he"]
 PLOTS = ("curves.png", "confusion.png", "misclassified.png", "first_layer.png")
@@ -103,11 +104,11 @@ def test_resume_is_bit_exact(tmp_path, data_dir):
 
     with np.load(b, allow_pickle=False) as zb, np.load(c, allow_pickle=False) as zc:
         assert sorted(zb.files) == sorted(zc.files)
-        assert any(name.startswith("opt_state/") for name in zb.files)
+        assert any(name.startswith("state/opt_state/") for name in zb.files)
         for name in zb.files:
-            if name != "extra/history":  # holds wall-clock seconds
+            if name != "meta":  # the history in it holds wall-clock seconds
                 assert np.array_equal(zb[name], zc[name]), name
-    hb, hc = (load_checkpoint(p).extra["history"] for p in (b, c))
+    hb, hc = (read_meta(p)["history"] for p in (b, c))
     assert [(r["epoch"], r["loss"]) for r in hb] == [(r["epoch"], r["loss"]) for r in hc]
     assert [r["epoch"] for r in hb] == [1, 2, 3, 4]
     mb, mc = (json.loads((tmp_path / n).read_text()) for n in ("mb.json", "mc.json"))
@@ -121,10 +122,11 @@ def test_checkpoint_is_pickle_free_and_holds_the_run(trained):
     epoch reached and the config as JSON text."""
     with np.load(trained["ckpt"], allow_pickle=False) as z:
         names = set(z.files)
-        config = json.loads(str(z["config"]))
-        assert int(z["epoch"]) == 2
-    assert {"params/0/W", "params/0/b", "params/1/W", "params/1/b", "key", "epoch", "config"} <= names
-    assert any(n.startswith("opt_state/") for n in names)
+        assert int(z["state/epoch"]) == 2 and int(z["state/step"]) == 0
+    config = read_meta(trained["ckpt"])["config"]
+    assert {"state/params/0/W", "state/params/0/b", "state/params/1/W", "state/params/1/b", "state/key", "meta",
+            "format"} <= names
+    assert any(n.startswith("state/opt_state/") for n in names)
     assert config["hidden"] == [32] and config["epochs"] == 2 and config["lr"] == 0.1
 
 
@@ -142,8 +144,8 @@ def test_resume_refuses_a_changed_setting_or_a_finished_run(tmp_path, data_dir, 
     rc, out_text, err = run("train", "--data-dir", data_dir, "--resume", trained["ckpt"], "--epochs", 3,
                             *SMALL, "--lr", "0.1", "--save", out)
     assert rc == 0, err
-    assert "Epoch 3/3" in out_text and "Epoch 1/" not in out_text
-    assert load_checkpoint(out).epoch == 3
+    assert "Epoch 3/3" in err and "Epoch 1/" not in err and line_with("Test Accuracy", out_text)
+    assert int(load_run(out)[1].epoch) == 3
 
 
 # ---------------------------------------------------------------- divergence and Ctrl-C
@@ -164,7 +166,7 @@ def test_divergence_stops_with_one_line_and_keeps_the_old_checkpoint(tmp_path, d
         assert re.search(r"epoch \d+", err) and "non-finite" in err and "lower --lr" in err
     assert keep.read_bytes() == before
     if fresh.exists():  # only epochs that finished with finite params may have been saved
-        params, _ = load_model(fresh)
+        params, _, _ = load_model(fresh)
         assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(params))
 
 
@@ -173,46 +175,81 @@ def test_non_finite_params_are_never_saved(tmp_path, data_dir, monkeypatch):
     loss (epoch named, lower --lr suggested) and the checkpoint keeps the previous epoch."""
     import jaxmlp.train as train
 
-    real = train.fit_epochs
+    real = train.Loop.advance
 
-    def nan_params_in_epoch_2(*args, **kwargs):
-        for result in real(*args, **kwargs):
-            if result.epoch == 2:
-                nan = jax.tree_util.tree_map(lambda p: p * np.nan, result.params)
-                result = result._replace(params=nan)
-            yield result
+    def nan_params_in_epoch_2(self, state, order):
+        new, losses, seconds = real(self, state, order)
+        if int(state.epoch) == 1:
+            new = new._replace(params=jax.tree_util.tree_map(lambda p: p * np.nan, new.params))
+        return new, losses, seconds
 
-    monkeypatch.setattr(train, "fit_epochs", nan_params_in_epoch_2)
+    monkeypatch.setattr(train.Loop, "advance", nan_params_in_epoch_2)
     ckpt = tmp_path / "ck.npz"
     rc, _, err = run("train", "--data-dir", data_dir, *SMALL, "--epochs", 3, "--save", ckpt, "--quiet")
     assert_one_line_error(rc, err)
     assert "epoch 2" in err and "lower --lr" in err and "keeps epoch 1" in err
-    assert load_checkpoint(ckpt).epoch == 1
+    assert int(load_run(ckpt)[1].epoch) == 1
 
 
-def test_ctrl_c_keeps_the_last_completed_epoch(tmp_path, data_dir, monkeypatch):
-    """KeyboardInterrupt while epoch 3 runs: exit 130, one stderr line, the checkpoint holds epoch 2
-    and loads as a model, the log holds epochs 1 and 2."""
+def test_ctrl_c_saves_the_step_it_stopped_at(tmp_path, data_dir, monkeypatch):
+    """SIGINT (Ctrl-C) right after epoch 2: exit 130, one stderr line saying where it stopped and where
+    it is saved; the checkpoint holds that exact point and loads as a model; the log holds epochs 1, 2."""
+    import os
+    import signal
+
     import jaxmlp.train as train
 
-    real = train.fit_epochs
+    real = train.Loop.close_epoch
 
-    def interrupted_after_epoch_2(*args, **kwargs):
-        for result in real(*args, **kwargs):
-            yield result
-            if result.epoch == 2:
-                raise KeyboardInterrupt  # as if Ctrl-C landed while epoch 3 was computed
+    def ctrl_c_after_epoch_2(self, state):
+        record = real(self, state)
+        if record["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return record
 
-    monkeypatch.setattr(train, "fit_epochs", interrupted_after_epoch_2)
+    monkeypatch.setattr(train.Loop, "close_epoch", ctrl_c_after_epoch_2)
     ckpt, log = tmp_path / "ck.npz", tmp_path / "log.jsonl"
-    rc, out, err = run("train", "--data-dir", data_dir, *SMALL, "--epochs", 5, "--save", ckpt, "--log", log)
+    rc, out, err = run("train", "--data-dir", data_dir, *SMALL, "--epochs", 5, "--save", ckpt, "--log", log,
+                       "--quiet")
     assert rc == 130
-    assert len(err.splitlines()) == 1 and "interrupted" in err and "epoch 2" in err
+    assert len(err.splitlines()) == 1 and "interrupted by SIGINT after epoch 2" in err and str(ckpt) in err
     assert "Test Accuracy" not in out
-    assert load_checkpoint(ckpt).epoch == 2
-    params, config = load_model(ckpt)
-    assert len(params) == 2 and config["epochs"] == 5
+    config, state, _ = load_run(ckpt)
+    assert (int(state.epoch), int(state.step)) == (2, 0)
+    assert len(state.params) == 2 and config.epochs == 5
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
+
+
+def test_sigterm_in_a_real_process_saves_and_exits_143(tmp_path, data_dir):
+    """`jaxmlp train` as a real process, SIGTERM mid-run: it stops at the next chunk within seconds,
+    prints one line, exits 143 and leaves a checkpoint that --resume continues; no temp files."""
+    import os
+    import signal
+    import time
+
+    ckpt = tmp_path / "ck.npz"
+    env = {**os.environ, "JAXMLP_COMPILE_CACHE": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "jaxmlp", "train", "--data-dir", str(data_dir), *SMALL,
+                             "--epochs", "1000", "--chunk-steps", "4", "--save", str(ckpt), "--log",
+                             str(tmp_path / "log.jsonl")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "log.jsonl").exists() or not (tmp_path / "log.jsonl").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.1)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        waited = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("jaxmlp: interrupted by SIGTERM") and str(ckpt) in last and waited < 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz", "log.jsonl"]
+    _, state, _ = load_run(ckpt)
+    assert int(state.epoch) >= 1
 
 
 # ---------------------------------------------------------------- seeing what happens
@@ -224,7 +261,7 @@ def test_log_appends_one_json_line_per_epoch(tmp_path, data_dir, trained):
     log = tmp_path / "log.jsonl"
     shutil.copy(trained["log"], log)
     rc, out, err = run("train", "--data-dir", data_dir, *SMALL, "--epochs", 1, "--log", log, "--quiet")
-    assert rc == 0 and err == ""
+    assert rc == 0 and err == "", err
     assert "Epoch" not in out and line_with("Test Accuracy:", out)
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 1]
@@ -232,9 +269,11 @@ def test_log_appends_one_json_line_per_epoch(tmp_path, data_dir, trained):
 
 
 def test_epoch_lines_and_no_progress_bar_off_a_terminal(trained):
-    """Not quiet: one "Epoch i/N - Loss: x" line per epoch on stdout; stderr is not a terminal here,
-    so no progress bar is drawn there."""
-    epoch_lines = [line for line in trained["out"].splitlines() if line.startswith("Epoch")]
+    """Not quiet: one "Epoch i/N - Loss: x" line per epoch on stderr (progress), results alone on stdout;
+    stderr is not a terminal here, so no progress bar is drawn there."""
+    assert trained["out"].splitlines() == [line_with("Test Loss:", trained["out"]),
+                                           line_with("Test Accuracy:", trained["out"])]
+    epoch_lines = [line for line in trained["err"].splitlines() if line.startswith("Epoch")]
     assert [line.split(" - ")[0] for line in epoch_lines] == ["Epoch 1/2", "Epoch 2/2"]
     assert "\r" not in trained["err"] and "#" not in trained["err"] and "[" not in trained["err"]
 
@@ -294,12 +333,14 @@ def test_predict_classifies_idx_and_npy_files(tmp_path, data_dir, trained):
     (N, 28, 28) and float .npy (N, 784) in [0, 1] give the same lines; --top K lists K classes by
     decreasing probability; --json gives one object per line."""
     images = read_idx(data_dir / "t10k-images-idx3-ubyte.gz")
-    params, _ = load_model(trained["ckpt"])
+    params, _, _ = load_model(trained["ckpt"])
     ref = numpy_probs(params, images.reshape(len(images), -1) / 255.0)
 
     rc, out, err = run("predict", "--load", trained["ckpt"], data_dir / "t10k-images-idx3-ubyte.gz")
     assert rc == 0, err
-    rows = [line.split("\t") for line in out.splitlines()]
+    header, *lines = out.splitlines()
+    assert header == "index\tlabel\tprob"
+    rows = [line.split("\t") for line in lines]
     assert [int(r[0]) for r in rows] == list(range(len(images)))
     assert [int(r[1]) for r in rows] == list(ref.argmax(axis=1))
     # Printed to 4 decimals from float32 probabilities: 1e-4 covers rounding plus float32 error.
@@ -313,7 +354,8 @@ def test_predict_classifies_idx_and_npy_files(tmp_path, data_dir, trained):
 
     rc, out, err = run("predict", "--load", trained["ckpt"], tmp_path / "u8.npy", "--top", 3)
     assert rc == 0, err
-    for line, probs in zip(out.splitlines(), ref):
+    assert out.splitlines()[0] == "index\tlabel1\tprob1\tlabel2\tprob2\tlabel3\tprob3"
+    for line, probs in zip(out.splitlines()[1:], ref):
         cols = line.split("\t")
         assert len(cols) == 7
         assert [int(c) for c in cols[1::2]] == list(np.argsort(-probs)[:3])
@@ -369,14 +411,14 @@ def test_finetune_freezes_layers_and_replaces_the_head(tmp_path, data_dir, train
                        "--new-head", "--freeze", 0, "--epochs", 1, "--optimizer", "adam", "--lr", "1e-3",
                        "--save", ck, "--metrics-out", metrics)
     assert rc == 0, err
-    base, _ = load_model(trained["ckpt"])
-    tuned, config = load_model(ck)
+    base, _, _ = load_model(trained["ckpt"])
+    tuned, config, _ = load_model(ck)
     assert [layer["W"].shape for layer in tuned] == [(784, 32), (32, 5)]
     assert np.array_equal(tuned[0]["W"], base[0]["W"]) and np.array_equal(tuned[0]["b"], base[0]["b"])
     assert not np.array_equal(tuned[1]["W"][:, :5], base[1]["W"][:, :5])
     m = json.loads(metrics.read_text())
     assert m["config"]["freeze"] == [0] and m["config"]["classes"] == [5, 6, 7, 8, 9] and m["config"]["new_head"]
-    assert m["config"]["hidden"] == [32] and config["finetune"] == str(trained["ckpt"])
+    assert m["config"]["hidden"] == [32] and config.finetune == str(trained["ckpt"])
     # eval scores the fine-tuned model on the same subset: the numbers training printed, on that many images
     rc, eval_out, err = run("eval", "--load", ck, "--data-dir", data_dir, "--metrics-out", tmp_path / "e.json")
     assert rc == 0, err

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 
 from jaxmlp import config as cfg
@@ -158,7 +159,7 @@ def run(args) -> int:
     mesh = mesh_for(args.devices)  # before the data: a bad --devices fails fast
     config, resume = resume_from(args) if args.resume else (config_from_args(args), None)
     check_outputs(args)
-    if not args.quiet:
+    if not args.quiet and sys.stderr.isatty():  # a person waiting sees at once what happens
         say(f"jaxmlp train: {_describe(config)}; loading {config.dataset}, then compiling")
     data = ensure_dataset(args.data_dir, config.dataset, progress=not args.quiet)
     return _train(args, config, data, resume, mesh, started)
@@ -173,9 +174,10 @@ def _train(args, config, data, resume, mesh, started) -> int:
             result = fit(config, data, handlers=handlers, resume=resume, mesh=mesh, chunk_steps=args.chunk_steps,
                          divergence_rule=not args.no_divergence_check)
         except Interrupted as stop:
-            where = f"epoch {int(stop.state.epoch) + 1}, step {int(stop.state.step)}"
+            epoch, step = int(stop.state.epoch), int(stop.state.step)
+            where = f"after epoch {epoch}" if step == 0 else f"in epoch {epoch + 1} after step {step}"
             kept = f"; saved in {args.save} (continue with --resume {args.save})" if saver and saver.saved else ""
-            say(f"jaxmlp: interrupted by {_signal_name(stop.signum)} at {where}{kept}")
+            say(f"jaxmlp: interrupted by {_signal_name(stop.signum)} {where}{kept}")
             return 128 + stop.signum
         except DivergenceError as err:
             kept = f"; {args.save} keeps epoch {saver.saved[0]}" if saver and saver.saved else ""
