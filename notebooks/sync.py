@@ -130,7 +130,9 @@ def absolute_paths(nb: nbformat.NotebookNode) -> list[str]:
 
 
 def _keep_outputs(new: nbformat.NotebookNode, old: nbformat.NotebookNode) -> int:
-    """Copy outputs from old into new for code cells whose source is unchanged; returns how many changed."""
+    """Copy outputs from old into new for code cells whose source is unchanged, up to the first changed
+    one, and the kernel's metadata; returns how many code cells lost their outputs."""
+    new.metadata = old.metadata
     old_code = [c for c in old.cells if c.cell_type == "code"]
     new_code = [c for c in new.cells if c.cell_type == "code"]
     changed = 0
