@@ -5,8 +5,8 @@ raise ``train.StopRun`` to end the run at that boundary, or ``train.DivergenceEr
 thing: the checks that ``fit`` always runs (finiteness, the divergence rule, early stopping) and the
 ones the CLI adds (progress, the JSONL log, checkpoints, signals).
 
-The divergence rule: a chunk whose mean loss exceeds ten times the larger of the run's first chunk's
-mean loss and chance level (ln of the number of classes) means the run blew up, even when every
+The divergence rule: a chunk whose mean loss exceeds ten times the larger of the run's first loss
+(measured before any update) and chance level (ln of the number of classes) means the run blew up, even when every
 number stays finite (``--lr 1e4`` ends near loss 4000 at 10% accuracy). Healthy training never gets
 there: its loss starts near chance and falls.
 """
@@ -52,7 +52,7 @@ def check_finite(event: Event) -> None:
 
 
 class DivergenceRule:
-    """DivergenceError when a chunk's mean loss passes DIVERGENCE_FACTOR x max(first chunk, chance)."""
+    """DivergenceError when a chunk's mean loss passes DIVERGENCE_FACTOR x max(first loss, chance)."""
 
     def __init__(self, factor: float = DIVERGENCE_FACTOR):
         self.factor, self.start = factor, None
@@ -61,9 +61,9 @@ class DivergenceRule:
         if event.kind != "chunk" or not len(event.losses):
             return
         mean = float(np.mean(event.losses))
-        if self.start is None:
-            self.start = max(mean, math.log(event.run.num_classes))
-        elif mean > self.factor * self.start:
+        if self.start is None:  # the run's (or the resumed run's) first loss, taken before any update
+            self.start = max(float(event.losses[0]), math.log(event.run.num_classes))
+        if mean > self.factor * self.start:
             raise DivergenceError(
                 f"the loss rose to {mean:.4g} in {_where(event)}, over {self.factor:g}x its start "
                 f"({self.start:.4g}): the run diverged; training stopped (try a lower --lr, or "

@@ -34,6 +34,7 @@ from . import optim
 from .backprop import manual_grad
 from .config import TrainConfig, hparams
 from .losses import accuracy, cross_entropy, loss
+from .memory import check_fits
 from .model import Params, forward, softmax
 
 __all__ = ["sgd_step", "train_epoch_loop", "TrainSpec", "TrainState", "TrainConfig", "fit", "FitResult",
@@ -494,7 +495,8 @@ def setup(config: TrainConfig, data, state: TrainState | None = None, mesh: Any 
     dtype, num_classes = dtype_of(config), _num_classes(config, data)
     input_dim = int(np.prod(data.x_train.shape[1:]))
     n = len(data.y_train) - int(round(config.val_split * len(data.y_train)))
-    spec, hp, capacity = spec_for(config, n, int(data.x_train.shape[1])), hparams(config, dtype), 0
+    check_fits(config, len(data.y_train), input_dim, num_classes, len(data.y_test))  # refuse before any work
+    spec, hp = spec_for(config, n, int(data.x_train.shape[1])), hparams(config, dtype)
     capacity = steps_per_epoch(n, config.batch_size)
     if state is None:
         init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))

@@ -266,13 +266,15 @@ def _event(losses, num_classes=10):
 
 
 def test_the_divergence_rule_catches_a_finite_blow_up():
-    """A chunk whose mean loss passes 10x max(first chunk, ln C) is divergence; a loss that wanders
-    below that, or a first chunk above chance, is not."""
+    """A chunk whose mean loss passes 10x max(the run's first loss, ln C) is divergence, the first chunk
+    included; a loss that wanders below that, or a first loss above chance, is not."""
     rule = handlers.DivergenceRule()
     rule(_event([2.3, 2.2]))
     rule(_event([15.0, 20.0]))  # bad, but under 10 x ln(10) = 23
     with pytest.raises(DivergenceError, match="diverged.*--no-divergence-check"):
         rule(_event([4000.0, 4376.0]))
+    with pytest.raises(DivergenceError, match="diverged"):
+        handlers.DivergenceRule()(_event([2.4, 5e26, 4000.0]))  # blown up within the first chunk
     high_start = handlers.DivergenceRule()
     high_start(_event([40.0]))
     high_start(_event([300.0]))  # under 10 x 40

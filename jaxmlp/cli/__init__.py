@@ -95,6 +95,14 @@ def main(argv=None) -> int:
             raise
         print(f"jaxmlp: error: {one_line(err)}", file=sys.stderr)
         return 2 if isinstance(err, UsageError) else 1
+    except Exception as err:
+        from jaxmlp.memory import is_out_of_memory
+
+        if debug() or not is_out_of_memory(err):
+            raise
+        print(f"jaxmlp: error: out of memory on the device ({one_line(err)[:200]}); choose a smaller --hidden "
+              f"or --batch-size", file=sys.stderr)
+        return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,106 @@
+"""Will a run fit? An estimate of the memory a model, its optimizer, a batch and the data need, checked
+against what the device has, so that an impossible run is refused in a second instead of swapping or
+hanging for minutes.
+
+The estimate counts what a training run keeps alive at once: the state twice (the last good state is
+kept while the next chunk computes; no buffer donation), the gradients and one update's temporaries,
+the training, validation and test inputs on the device, and a batch's activations forward and
+backward. It is an estimate (XLA fuses and reuses buffers): it refuses only what is clearly too big.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import NamedTuple
+
+import jax
+
+SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}  # optimizer buffers per param
+HEADROOM = 0.9  # leave a tenth for the runtime, the compiler and everything else
+
+
+class MemoryEstimate(NamedTuple):
+    params: int       # parameter count
+    state_bytes: int  # params, optimizer slots and gradients, all copies alive at once
+    data_bytes: int   # inputs on the device
+    batch_bytes: int  # one batch's activations, forward and backward
+    total: int
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+def param_count(config, input_dim: int, num_classes: int) -> int:
+    """Parameters of ``config``'s model, from shapes alone (nothing is allocated)."""
+    from .train import init_model
+
+    shapes = jax.eval_shape(lambda k: init_model(config, k, input_dim, num_classes), jax.random.PRNGKey(0))
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
+
+
+def estimate(config, num_examples: int, input_dim: int, num_classes: int, num_test: int = 0) -> MemoryEstimate:
+    """The bytes a training run of ``config`` on ``num_examples`` (plus ``num_test``) inputs needs."""
+    size = 8 if config.dtype == "float64" else 4
+    p = param_count(config, input_dim, num_classes)
+    copies = 2 * (1 + SLOTS.get(config.optimizer, 2)) + 2  # two states, gradients, an update's temporaries
+    state = p * size * copies
+    data = (num_examples + num_test) * input_dim * size
+    width = 32 * 28 * 28 * 3 if config.arch == "cnn" else sum(config.hidden) + num_classes + input_dim
+    batch = config.batch_size * width * size * 4
+    return MemoryEstimate(p, state, data, batch, state + data + batch)
+
+
+def available_bytes(device=None) -> int | None:
+    """Memory the device can give: an accelerator's own limit, or the host's available memory (and the
+    container's limit, when there is one). None when it cannot be told."""
+    device = device or jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        limit = stats.get("bytes_limit")
+        return None if limit is None else int(limit) - int(stats.get("bytes_in_use", 0))
+    return _host_available()
+
+
+def _host_available() -> int | None:
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            text = f.read().strip()
+        if text.isdigit():
+            found.append(int(text))
+    except OSError:
+        pass
+    if not found and hasattr(os, "sysconf"):
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError):
+            pass
+    return min(found) if found else None
+
+
+def check_fits(config, num_examples: int, input_dim: int, num_classes: int, num_test: int = 0,
+               available: int | None = None) -> MemoryEstimate:
+    """The estimate, or MemoryError (one line: the estimate, what is available, what to change)."""
+    est = estimate(config, num_examples, input_dim, num_classes, num_test)
+    have = available if available is not None else available_bytes()
+    if have is not None and est.total > HEADROOM * have:
+        raise MemoryError(
+            f"this run needs about {_gb(est.total)} ({est.params:,} parameters: {_gb(est.state_bytes)} for them, "
+            f"their optimizer state and gradients; {_gb(est.data_bytes)} of data; {_gb(est.batch_bytes)} per "
+            f"batch) but {_gb(have)} is available on {jax.devices()[0].platform}; choose a smaller --hidden or "
+            f"--batch-size")
+    return est
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is XLA failing to allocate (RESOURCE_EXHAUSTED), to be reported as one line."""
+    return type(err).__name__ in ("XlaRuntimeError", "JaxRuntimeError") and "RESOURCE_EXHAUSTED" in str(err)
+

@@ -1,0 +1,212 @@
+"""Hostile input through the command line, table-driven: bombs, malformed checkpoint members, absurd
+sizes, unwritable outputs. Each case runs ``jaxmlp`` as a real process and must end with the expected
+exit code, exactly one stderr line and no traceback, leave no file behind in its output folder, and keep
+the child's peak RSS under a bound (the bombs inflate to 1 GiB; the bound is 900 MB)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_cli import SMALL, write_dataset
+from test_fuzz_idx import gzip_bomb
+
+pytestmark = pytest.mark.slow
+RSS_LIMIT_MB = 900
+CHILD = ("import os, resource, sys\n"
+         "from jaxmlp.cli import main\n"
+         "rc = main(sys.argv[1:])\n"
+         "open(os.environ['RSS_OUT'], 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+         "sys.exit(rc)\n")
+
+
+def jaxmlp(tmp_path: Path, *argv, timeout: float = 120) -> tuple[int, str, str, float, float]:
+    """(exit code, stdout, stderr, peak RSS in MB, seconds) of ``jaxmlp ARGV`` in a child process."""
+    rss = tmp_path / "rss.txt"
+    env = {**os.environ, "RSS_OUT": str(rss), "JAXMLP_COMPILE_CACHE": "0", "XDG_CACHE_HOME": str(tmp_path / "c")}
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, argv)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    seconds = time.monotonic() - t0
+    peak = int(rss.read_text()) / 1024 if rss.exists() else float("nan")
+    rss.unlink(missing_ok=True)
+    return proc.returncode, proc.stdout, proc.stderr, peak, seconds
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A small dataset folder and a 1-epoch checkpoint to damage."""
+    root = tmp_path_factory.mktemp("hostile")
+    data = write_dataset(root / "data")
+    ckpt = root / "good.npz"
+    from jaxmlp.cli import main
+
+    assert main(["train", "--data-dir", str(data), *SMALL, "--epochs", "1", "--save", str(ckpt), "--quiet"]) == 0
+    return {"data": data, "ckpt": ckpt, "root": root}
+
+
+def _members(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {name: z[name] for name in z.files}
+
+
+def _rewrite(path: Path, out: Path, change) -> Path:
+    members = _members(path)
+    change(members)
+    np.savez(out, **members)
+    return out
+
+
+def _meta_change(edit):
+    def change(members):
+        meta = json.loads(bytes(members["meta"]).decode())
+        edit(meta)
+        members["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    return change
+
+
+def _set(name, value):
+    def change(members):
+        members[name] = value(members[name])
+    return change
+
+
+def _zip_bomb(path: Path, out: Path) -> Path:
+    """The checkpoint with its first weight member replaced by one that inflates to 1 GiB (~1 MB file)."""
+    members = _members(path)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (1 << 28,)})
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, array in members.items():
+            if name != "state/params/0/W":
+                buf = io.BytesIO()
+                np.save(buf, array)
+                z.writestr(name + ".npy", buf.getvalue())
+        with z.open("state/params/0/W.npy", "w", force_zip64=True) as f:
+            f.write(header.getvalue())
+            zeros = bytes(1 << 20)
+            for _ in range(1 << 10):
+                f.write(zeros)
+    return out
+
+
+# (what, how to build the bad input, argv with {data} {ckpt} {bad} {out}, expected text in the error line)
+CHECKPOINT_CASES = {
+    "zip-bomb-eval": (_zip_bomb, ["eval", "--load", "{bad}", "--data-dir", "{data}"], "state/params/0/W"),
+    "zip-bomb-resume": (_zip_bomb, ["train", "--data-dir", "{data}", "--resume", "{bad}", "--epochs", "3",
+                                    "--save", "{out}/x.npz"], "state/params/0/W"),
+    "zip-bomb-finetune": (_zip_bomb, ["train", "--data-dir", "{data}", "--finetune", "{bad}", "--save", "{out}/x.npz"],
+                          "state/params/0/W"),
+    "int8-weights": (_set("state/params/0/W", lambda w: w.astype(np.int8)), ["eval", "--load", "{bad}", "--data-dir",
+                                                                              "{data}"], "state/params/0/W"),
+    "bool-weights": (_set("state/params/0/W", lambda w: w > 0), ["eval", "--load", "{bad}", "--data-dir", "{data}"],
+                     "state/params/0/W"),
+    "float16-weights": (_set("state/params/1/W", lambda w: w.astype(np.float16)),
+                        ["predict", "--load", "{bad}", "{data}/t10k-images-idx3-ubyte.gz"], "state/params/1/W"),
+    "complex-weights": (_set("state/params/0/b", lambda b: b.astype(np.complex64)),
+                        ["eval", "--load", "{bad}", "--data-dir", "{data}"], "state/params/0/b"),
+    "3d-weights": (_set("state/params/0/W", lambda w: w[None]), ["eval", "--load", "{bad}", "--data-dir", "{data}"],
+                   "state/params/0/W"),
+    "transposed-weights": (_set("state/params/0/W", lambda w: np.ascontiguousarray(w.T)),
+                           ["eval", "--load", "{bad}", "--data-dir", "{data}"], "state/params/0/W"),
+    "key-wrong-shape": (_set("state/key", lambda k: np.concatenate([k, k])),
+                        ["train", "--data-dir", "{data}", "--resume", "{bad}", "--epochs", "3"], "state/key"),
+    "negative-epoch": (_set("state/epoch", lambda e: np.array(-3, e.dtype)),
+                       ["train", "--data-dir", "{data}", "--resume", "{bad}", "--epochs", "3"], "epoch"),
+    "config-hidden-1e9": (_meta_change(lambda m: m["config"].update(hidden=[10 ** 9])),
+                          ["eval", "--load", "{bad}", "--data-dir", "{data}"], "state/params/0/W"),
+    "config-bad-init": (_meta_change(lambda m: m["config"].update(init="zeros")),
+                        ["eval", "--load", "{bad}", "--data-dir", "{data}"], "--init"),
+    "config-unknown-dtype": (_meta_change(lambda m: m["config"].update(dtype="float8")),
+                             ["eval", "--load", "{bad}", "--data-dir", "{data}"], "--dtype"),
+    "config-negative-seed": (_meta_change(lambda m: m["config"].update(seed=-1)),
+                             ["train", "--data-dir", "{data}", "--resume", "{bad}", "--epochs", "3"], "--seed"),
+    "meta-deep-nesting": (_set("meta", lambda m: np.frombuffer(bytes(m)[:-1] + b', "deep": ' + b"[" * 100000
+                                                      + b"]" * 100000 + b"}", np.uint8)),
+                          ["eval", "--load", "{bad}", "--data-dir", "{data}"], "meta"),
+}
+
+
+@pytest.mark.parametrize("make,argv,expect", CHECKPOINT_CASES.values(), ids=CHECKPOINT_CASES.keys())
+def test_hostile_checkpoints(tmp_path, world, make, argv, expect):
+    """A damaged checkpoint in eval, predict, --resume or --finetune: exit 1, one line naming the file
+    and what is wrong, nothing written, bounded memory."""
+    if make is _zip_bomb:
+        bad = _zip_bomb(world["ckpt"], tmp_path / "bad.npz")
+    else:
+        bad = _rewrite(world["ckpt"], tmp_path / "bad.npz", make)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [a.format(data=world["data"], ckpt=world["ckpt"], bad=bad, out=out) for a in argv]
+    rc, stdout, err, peak, _ = jaxmlp(tmp_path, *args)
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert "bad.npz" in lines[0] and expect in lines[0], lines[0]
+    assert stdout == "" and list(out.iterdir()) == []
+    assert peak < RSS_LIMIT_MB, f"peak RSS {peak:.0f} MB"
+
+
+def _bomb_data(tmp_path: Path, world) -> Path:
+    folder = tmp_path / "bombdata"
+    folder.mkdir()
+    for f in world["data"].iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    gzip_bomb(folder / "train-images-idx3-ubyte.gz", declared=(512, 28, 28))
+    return folder
+
+
+OTHER_CASES = {
+    "idx-bomb-train": (lambda t, w: ["train", "--data-dir", _bomb_data(t, w), "--save", t / "out" / "x.npz"],
+                       1, "unexpected bytes"),
+    "idx-bomb-predict": (lambda t, w: ["predict", "--load", w["ckpt"], _bomb_data(t, w) / "train-images-idx3-ubyte.gz"],
+                         1, "unexpected bytes"),
+    "predict-dev-zero": (lambda t, w: ["predict", "--load", w["ckpt"], "/dev/zero"], 1, "/dev/zero"),
+    "model-larger-than-the-machine": (lambda t, w: ["train", "--data-dir", w["data"], "--hidden", 100000, 100000,
+                                                    "--save", t / "out" / "x.npz"], 1, "available"),
+    "metrics-out-is-a-folder": (lambda t, w: ["train", "--data-dir", w["data"], *SMALL, "--metrics-out", t / "out"],
+                                1, "--metrics-out"),
+    "save-under-a-file": (lambda t, w: ["train", "--data-dir", w["data"], *SMALL, "--save",
+                                        w["ckpt"] / "x.npz"], 1, "--save"),
+    "plot-dir-is-a-file": (lambda t, w: ["train", "--data-dir", w["data"], *SMALL, "--plot-dir", w["ckpt"]],
+                           1, "--plot-dir"),
+    "log-under-a-file": (lambda t, w: ["train", "--data-dir", w["data"], *SMALL, "--log", w["ckpt"] / "l.jsonl"],
+                         1, "--log"),
+    "sweep-metrics-folder": (lambda t, w: ["sweep", "--data-dir", w["data"], "--hidden", 8, "--metrics-out", t / "out"],
+                             1, "--metrics-out"),
+    "bench-out-under-a-file": (lambda t, w: ["bench", "--synthetic", "--train-size", 256, "--metrics-out",
+                                             w["ckpt"] / "b.json"], 1, "--metrics-out"),
+}
+
+
+@pytest.mark.parametrize("make,code,expect", OTHER_CASES.values(), ids=OTHER_CASES.keys())
+def test_hostile_files_sizes_and_outputs(tmp_path, world, make, code, expect):
+    """IDX bombs, endless files, a model that cannot fit, outputs that cannot be written: refused within
+    seconds, before any training (nothing on stdout), one line, nothing left behind."""
+    (tmp_path / "out").mkdir()
+    rc, stdout, err, peak, seconds = jaxmlp(tmp_path, *make(tmp_path, world))
+    lines = err.strip().splitlines()
+    assert rc == code and len(lines) == 1 and "Traceback" not in err, err
+    assert expect in lines[0] and stdout == "", lines[0]
+    assert list((tmp_path / "out").iterdir()) == []
+    assert peak < RSS_LIMIT_MB and seconds < 60, (peak, seconds)
+
+
+def test_a_finite_blow_up_is_divergence_and_keeps_the_checkpoint(tmp_path, world):
+    """--lr 1e4: whatever form the blow-up takes (a loss far above its start, or NaN), one line, exit 1,
+    the earlier checkpoint untouched."""
+    keep = tmp_path / "keep.npz"
+    keep.write_bytes(world["ckpt"].read_bytes())
+    before = keep.read_bytes()
+    rc, _, err, _, _ = jaxmlp(tmp_path, "train", "--data-dir", world["data"], *SMALL, "--epochs", 3, "--lr", "1e4",
+                              "--save", keep, "--quiet")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and ("diverged" in err or "non-finite" in err), err
+    assert keep.read_bytes() == before
+
