@@ -35,7 +35,8 @@ from IPython.display import Image, display
 jax.config.update("jax_enable_x64", True)  # float64 available; arrays stay float32 unless asked
 import jaxmlp
 from jaxmlp import plots
-from jaxmlp.train import TrainSpec, epoch_loss, hparams_dict, make_optimizer, predict_labels, run_epoch
+from jaxmlp.train import (TrainSpec, epoch_loss, epoch_order, init_state, make_optimizer, predict_labels, run_chunk,
+                          steps_per_epoch)
 
 print("jax", jax.__version__, "on", jax.default_backend(), "| jaxmlp", jaxmlp.__version__)
 
@@ -205,29 +206,36 @@ print("old params untouched:", bool(jnp.all(params[0]["W"] == jaxmlp.init_params
 # %% [markdown]
 # ## 8. Training, compiled
 #
-# The original looped over minibatches in Python. Here a whole epoch is **one compiled program**
-# (`jaxmlp.train.run_epoch`): the shuffle is drawn on the device from a PRNG key and `lax.scan`
-# runs the 1875 minibatch updates, returning the per-batch losses. Training state (params,
-# optimizer state, key) goes in and comes out, explicitly.
+# The original looped over minibatches in Python. Here the whole state of a run is one PyTree,
+# `TrainState(params, opt_state, key, epoch, step)`, and a **compiled chunk** (`jaxmlp.train.run_chunk`)
+# advances it by up to a few hundred minibatch updates with `lax.fori_loop`, returning the
+# per-batch losses. Epoch `e`'s order is a pure function of the run's key and `e`, so any step can
+# be addressed (this is how `jaxmlp train` stops on Ctrl-C at a chunk boundary and resumes bit
+# for bit). State goes in and comes out, explicitly.
 #
 # We train the original's best experiment (SGD, lr 0.1, batch 32) in float32, but only for three
 # epochs so the notebook stays quick; `jaxmlp train` runs the full ten.
 
 # %%
 epochs = 3
-spec = TrainSpec(batch_size=32)              # static: changing it recompiles
-hparams = hparams_dict(jnp.float32, lr=0.1)  # traced: changing it does not
+spec = TrainSpec(batch_size=32)               # static: changing it recompiles
+hparams = jaxmlp.hparams(None, lr=0.1)        # traced: changing it does not
 params = jaxmlp.init_params(jax.random.PRNGKey(42), sizes)  # float32
-opt_state = make_optimizer(spec, hparams).init(params)
+state = init_state(params, make_optimizer(spec, hparams), jax.random.PRNGKey(0))
 x, y = x_train, jnp.asarray(data.y_train, jnp.int32)  # integer labels work too
+steps = steps_per_epoch(x.shape[0], spec.batch_size)  # 1875
+chunk = 625                                           # three chunks per epoch
 
-key = jax.random.PRNGKey(0)
 batch_losses = []
-for e in range(epochs):
-    key, epoch_key = jax.random.split(key)
-    params, opt_state, losses = run_epoch(params, opt_state, epoch_key, x, y, hparams, spec=spec)
-    batch_losses.append(np.asarray(losses))
-    print(f"Epoch {e + 1}/{epochs} - Loss: {epoch_loss(losses, x.shape[0], spec.batch_size):.4f}")
+while int(state.epoch) < epochs:
+    order = epoch_order(state.key, state.epoch, x.shape[0])
+    losses = []
+    for _ in range(steps // chunk):
+        state, out = run_chunk(state, order, x, y, hparams, jnp.int32(chunk), spec=spec, capacity=chunk)
+        losses.append(np.asarray(out))
+    batch_losses.append(np.concatenate(losses))
+    print(f"Epoch {int(state.epoch)}/{epochs} - Loss: {epoch_loss(batch_losses[-1], x.shape[0], 32):.4f}")
+params = state.params
 
 # %% [markdown]
 # ## 9. Evaluation

@@ -57,7 +57,7 @@ print("train", data.x_train.shape, "test", data.x_test.shape)
 # estimates, a step counter) is an ordinary PyTree that goes in and comes out, like the params.
 # So one training loop serves every optimizer, and nothing stops it from training several
 # networks at once. The loop below compiles a whole epoch into one program with `lax.scan`, as
-# `jaxmlp.train.run_epoch` does, and takes one step of every run on each minibatch. (It also
+# `jaxmlp.train.fused_epoch` does, and takes one step of every run on each minibatch. (It also
 # knows dropout, for section 3.)
 
 # %%
@@ -207,7 +207,7 @@ print(f"mean activation over 1000 dropout masks / without dropout: {float(draws.
 # network that can memorise, so we train the same 784-128-64-10 network (He initialisation this
 # time) on only 2,048 images, with SGD (lr 0.1) for 10 epochs, at three dropout rates, side by
 # side on the same minibatches. (The command line: `jaxmlp train --dropout 0.2`; in the library,
-# dropout is a field of the static `TrainSpec` that `run_epoch` compiles.)
+# dropout is a field of the static `TrainSpec` that `run_chunk` compiles.)
 
 # %%
 x_tiny = jaxmlp.normalize(jaxmlp.flatten(data.x_train[:2048]))
@@ -306,7 +306,7 @@ print(f"{sum(leaf.size for leaf in jax.tree_util.tree_leaves(shapes)):,} paramet
 # units) for one epoch over section 1's 12,800 images, with Adam. XLA runs a convolution quickly
 # at the top level of a compiled program but slowly inside `lax.scan` on a CPU, so this time each
 # step is its own jitted call in a plain Python loop, with `conv_impl="xla"`. (The library's fused
-# `run_epoch`, `TrainSpec(arch="cnn")`, switches to an im2col matrix product on the CPU instead.)
+# `run_chunk`, `TrainSpec(arch="cnn")`, switches to an im2col matrix product on the CPU instead.)
 
 # %%
 small_cnn = cnn.init_cnn_params(jax.random.PRNGKey(7), channels=(8, 16), hidden=64)
