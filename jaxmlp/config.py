@@ -15,7 +15,8 @@ import argparse
 import dataclasses
 import inspect
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -132,7 +133,7 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: dict, where: str = "config") -> "TrainConfig":
+    def from_dict(cls, values: dict, where: str = "config") -> TrainConfig:
         """A validated config from JSON-like values; ValueError naming ``where`` and the field."""
         if not isinstance(values, dict):
             raise ValueError(f"{where}: expected an object of settings, got {type(values).__name__}")
@@ -151,7 +152,7 @@ class TrainConfig:
             return float(self.weight_decay)
         return float(inspect.signature(getattr(optim, self.optimizer)).parameters["weight_decay"].default)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Normalise and check every field (ValueError naming the flag), then the cross-field rules."""
         for f in dataclasses.fields(self):
             setattr(self, f.name, _checked(f, getattr(self, f.name)))

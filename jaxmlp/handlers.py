@@ -17,11 +17,13 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .progress import Progress
 from .train import DivergenceError, Event, StopRun, save_run
 
 DIVERGENCE_FACTOR = 10.0
@@ -55,7 +57,8 @@ class DivergenceRule:
     """DivergenceError when a chunk's mean loss passes DIVERGENCE_FACTOR x max(first loss, chance)."""
 
     def __init__(self, factor: float = DIVERGENCE_FACTOR):
-        self.factor, self.start = factor, None
+        self.factor = factor
+        self.start: float | None = None
 
     def __call__(self, event: Event) -> None:
         if event.kind != "chunk" or not len(event.losses):
@@ -78,7 +81,8 @@ class EarlyStopping:
     """Stop after ``patience`` epochs without a better validation accuracy; keep the best params."""
 
     def __init__(self, patience: int):
-        self.patience, self.best, self.best_epoch, self.best_params = patience, -1.0, 0, None
+        self.patience, self.best, self.best_epoch = patience, -1.0, 0
+        self.best_params: Any = None
 
     def __call__(self, event: Event) -> None:
         if event.kind != "epoch" or not self.patience or "val_accuracy" not in event.history[-1]:
@@ -99,7 +103,7 @@ class SignalStop:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.received: int | None = None
         self.previous: dict = {}
 
@@ -168,7 +172,8 @@ class ProgressReport:
     per epoch. ``bar`` draws only on a terminal; the lines are written unless ``quiet``."""
 
     def __init__(self, quiet: bool = False, stream=None):
-        self.quiet, self.stream, self.bar = quiet, stream or sys.stderr, None
+        self.quiet, self.stream = quiet, stream or sys.stderr
+        self.bar: Progress | None = None
 
     def _say(self, text: str) -> None:
         if not self.quiet:
@@ -177,8 +182,6 @@ class ProgressReport:
             print(text, file=self.stream, flush=True)
 
     def __call__(self, event: Event) -> None:
-        from .progress import Progress
-
         run = event.run
         if event.kind == "start":
             total = run.config.epochs * run.steps_per_epoch
@@ -187,7 +190,7 @@ class ProgressReport:
             self.bar.done, self.t0, self.done0 = done, time.perf_counter(), done
             self._say(f"training: {run.steps_per_epoch} steps per epoch, epochs {int(event.state.epoch) + 1}-"
                       f"{run.config.epochs} (compiled in {run.compile_seconds:.1f} s)")
-        elif event.kind == "chunk":
+        elif event.kind == "chunk" and self.bar is not None:
             rate = (self.bar.done + len(event.losses) - self.done0) / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.update(len(event.losses), postfix=f"loss {float(np.mean(event.losses)):.4f} {rate:,.0f} steps/s")
         elif event.kind == "epoch":

@@ -24,7 +24,8 @@ import dataclasses
 import functools
 import signal
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -299,7 +300,7 @@ def compile_program(fn, static: dict, *args) -> tuple[Callable, float]:
     process compiled the same function, statics and argument shapes before: runs never recompile)."""
     leaves, treedef = jax.tree_util.tree_flatten(args)
     signature = (fn, tuple(sorted(static.items())), treedef, tuple(map(_arg_signature, leaves)),
-                 jax.config.jax_enable_x64)
+                 jax.config.read("jax_enable_x64"))
     if signature not in _COMPILED:
         t0 = time.perf_counter()
         _COMPILED[signature] = (fn.lower(*args, **static).compile(), time.perf_counter() - t0)
@@ -515,7 +516,9 @@ def setup(config: TrainConfig, data, state: TrainState | None = None, mesh: Any 
             chunk_size = min(_default_chunk(config.arch), arrays[4].shape[0])  # the test program, meanwhile
             _eval_chunk_jit(state.params, arrays[4][:chunk_size], arrays[5][:chunk_size], config.arch)
             program, seconds = pending.result()
-    return Run(config, spec, hp, *arrays, num_classes, capacity, program, capacity, seconds), state
+    x, y, x_val, y_val, x_test, y_test = arrays
+    return Run(config, spec, hp, x, y, x_val, y_val, x_test, y_test, num_classes, capacity, program, capacity,
+               seconds), state
 
 
 def finetune_params(config: TrainConfig, key: jax.Array, input_dim: int, num_classes: int) -> Params:
@@ -555,7 +558,7 @@ def _checked_meta(path, meta: dict) -> tuple[TrainConfig, dict]:
     from .checkpoint import CheckpointError
 
     try:
-        config = TrainConfig.from_dict(meta.get("config"), where=f"{path}: config")
+        config = TrainConfig.from_dict(meta.get("config"), where=f"{path}: config")  # type: ignore[arg-type]
         for name in ("input_dim", "num_classes"):
             if not isinstance(meta.get(name), int) or not 0 < meta[name] <= 1 << 20:
                 raise ValueError(f"{path}: meta {name!r} must be a positive integer, got {meta.get(name)!r}")
@@ -658,7 +661,7 @@ class Loop:
     def close_epoch(self, state: TrainState) -> dict:
         run = self.run
         record = {"epoch": int(state.epoch), "loss": self.loss_sum / run.x.shape[0], "seconds": self.epoch_seconds}
-        if run.x_val is not None:
+        if run.x_val is not None and run.y_val is not None:
             vl, va = evaluate(state.params, run.x_val, run.y_val, arch=run.config.arch)
             record.update(val_loss=vl, val_accuracy=va)
         self.history.append(record)
@@ -673,9 +676,13 @@ def advance(run: Run, state: TrainState, handlers: Sequence[Callable], *, histor
     ``Event`` at the start, after each chunk, after each epoch and at the end. Returns (final state,
     history, reason). A handler's ``StopRun`` ends the run at that boundary; errors propagate after
     the "end" event (reason "diverged" for ``DivergenceError``)."""
-    loop = Loop(run, history, partial or {}, chunk_steps, chunk_seconds)
-    emit = lambda kind, new, old, losses=np.zeros(0), seconds=0.0, reason="": [  # noqa: E731
-        h(Event(kind, run, new, old, losses, loop.history, seconds, reason, loop.partial())) for h in handlers]
+    loop = Loop(run, list(history), partial or {}, chunk_steps, chunk_seconds)
+    def emit(kind, new, old, losses=None, seconds=0.0, reason=""):
+        event = Event(kind, run, new, old, np.zeros(0) if losses is None else losses, loop.history, seconds, reason,
+                      loop.partial())
+        for handler in handlers:
+            handler(event)
+
     emit("start", state, state)
     order, reason, n, good = None, "done", run.x.shape[0], state
     try:

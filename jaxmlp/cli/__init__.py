@@ -65,7 +65,7 @@ def enable_compile_cache() -> None:
         return
     import jax
 
-    if jax.config.jax_compilation_cache_dir:  # the user (or a notebook) chose one already
+    if jax.config.read("jax_compilation_cache_dir"):  # the user (or a notebook) chose one already
         return
     folder = setting or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
                                      "jaxmlp", "xla")
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         return 130
     except Terminated as stop:
         print("jaxmlp: terminated (SIGTERM)", file=sys.stderr)
-        return int(stop.code)
+        return int(stop.code or 143)
     except (CLIError, ValueError, OSError, ArithmeticError, MemoryError) as err:
         if debug():
             raise

@@ -21,7 +21,8 @@ def add(sub) -> None:
                    help="random data of MNIST's shape (default: real MNIST when found, else synthetic)")
     p.add_argument("--train-size", type=positive_int, default=None, metavar="N",
                    help="training examples per epoch (default: all 60000)")
-    p.add_argument("--hidden", nargs="+", default=["128", "64"], metavar="N", help="hidden layer sizes (default: 128 64)")
+    p.add_argument("--hidden", nargs="+", default=["128", "64"], metavar="N",
+                   help="hidden layer sizes (default: 128 64)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="minibatch size (default: 32)")
     p.add_argument("--lr", type=positive_float, default=0.1, help="learning rate (default: 0.1)")
     p.add_argument("--large-batch", type=positive_int, default=512, help="the large-batch row's size (default: 512)")

@@ -5,6 +5,7 @@ import argparse
 import re
 import sys
 import time
+from typing import Any
 
 from jaxmlp import config as cfg
 
@@ -78,7 +79,7 @@ def add(sub) -> None:
 
 def explicit_values(args) -> dict:
     """The TrainConfig fields set by --preset and by flags given explicitly."""
-    values = {}
+    values: dict = {}
     if args.preset:
         from jaxmlp.presets import preset_config
         values.update(preset_config(args.preset), preset=args.preset)
@@ -123,12 +124,12 @@ def resume_from(args) -> tuple[cfg.TrainConfig, dict]:
     return config, {"state": state, "history": meta.get("history", []), "partial": meta.get("partial", {})}
 
 
-def _handlers(args) -> tuple[list, object]:
+def _handlers(args) -> tuple[list, Any]:
     from jaxmlp import handlers
     from jaxmlp.parallel import is_primary
 
-    saver = None
-    out = [handlers.ProgressReport(quiet=args.quiet)]
+    saver: handlers.Checkpointer | None = None
+    out: list = [handlers.ProgressReport(quiet=args.quiet)]
     if is_primary() and args.log:
         out.append(handlers.JsonlLog(args.log))
     if is_primary() and args.save:
