@@ -10,18 +10,49 @@ The functional core (params in, params out; keys passed explicitly)::
     grads = jax.grad(jaxmlp.loss)(params, x[:32], data.y_train[:32])
     same = jaxmlp.manual_grad(params, x[:32], data.y_train[:32])   # the notebook's backprop
 """
-from .backprop import autodiff_grad, finite_difference_grad, gradcheck, manual_grad, max_relative_error
-from .data import (Dataset, download, ensure_dataset, flatten, load_dataset, normalize, one_hot, read_idx,
-                   resolve_data_dir, write_idx)
-from .losses import accuracy, cross_entropy, loss, notebook_cross_entropy, notebook_loss
-from .model import (forward, forward_intermediates, init_layer, init_params, init_params_numpy, log_softmax, predict,
-                    relu, softmax)
-from .config import TrainConfig, hparams
-from .train import (DivergenceError, FitResult, Interrupted, TrainSpec, TrainState, chunk, evaluate, fit,
-                    fused_epoch, load_model, load_run, sgd_step, train_epoch_loop)
+from importlib.metadata import PackageNotFoundError as _NotFound, version as _version
 
-from importlib.metadata import PackageNotFoundError as _NotFound
-from importlib.metadata import version as _version
+from .backprop import autodiff_grad, finite_difference_grad, gradcheck, manual_grad, max_relative_error
+from .config import TrainConfig, hparams
+from .data import (
+    Dataset,
+    download,
+    ensure_dataset,
+    flatten,
+    load_dataset,
+    normalize,
+    one_hot,
+    read_idx,
+    resolve_data_dir,
+    write_idx,
+)
+from .losses import accuracy, cross_entropy, loss, notebook_cross_entropy, notebook_loss
+from .model import (
+    forward,
+    forward_intermediates,
+    init_layer,
+    init_params,
+    init_params_numpy,
+    log_softmax,
+    predict,
+    relu,
+    softmax,
+)
+from .train import (
+    DivergenceError,
+    FitResult,
+    Interrupted,
+    TrainSpec,
+    TrainState,
+    chunk,
+    evaluate,
+    fit,
+    fused_epoch,
+    load_model,
+    load_run,
+    sgd_step,
+    train_epoch_loop,
+)
 
 try:
     __version__ = _version("jaxmlp")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_cli import SMALL, write_dataset
 from test_fuzz_idx import gzip_bomb
 

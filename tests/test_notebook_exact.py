@@ -4,7 +4,6 @@ The seed printed its results to 2 decimals (accuracy in %, i.e. 1 test image = 0
 to 4 decimals; float64 JAX and NumPy differ only in summation order, which stays far below that.
 These tests need the real data (mandatory in CI) and take ~1 minute together.
 """
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -8,14 +8,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import make_synthetic_dataset
+
 from jaxmlp import handlers, train
 from jaxmlp.backprop import manual_grad
 from jaxmlp.config import TrainConfig, hparams
 from jaxmlp.model import forward, init_params
-from jaxmlp.train import (DivergenceError, Interrupted, TrainSpec, batch_slices, epoch_loss, evaluate, fit, prepare,
-                          sgd_step, split_validation)
+from jaxmlp.train import (
+    DivergenceError,
+    Interrupted,
+    TrainSpec,
+    batch_slices,
+    epoch_loss,
+    evaluate,
+    fit,
+    prepare,
+    sgd_step,
+    split_validation,
+)
 
 
 def _toy(n=70, d=12, c=4, seed=0):
