@@ -9,6 +9,7 @@ fail. Slow tests are marked here centrally (``SLOW``): ``python -m pytest -m "no
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import jax
@@ -16,6 +17,8 @@ import pytest
 
 # In-process CLI calls would otherwise switch on the on-disk compilation cache for the whole session.
 os.environ.setdefault("JAXMLP_COMPILE_CACHE", "0")
+# Downloads, hash stamps and caches that tests cause go to a folder of this session, never the user's.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="jaxmlp-tests-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
