@@ -21,7 +21,7 @@ a matmul is fast in both (measured on jax 0.10.2: 5 s vs 0.25 s per batch-128 tr
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +69,8 @@ CONV_IMPLS = ("auto", "xla", "im2col")
 def _conv_same(h: jax.Array, W: jax.Array, impl: str) -> jax.Array:
     """Stride-1 SAME convolution, (N, H, W, C_in) x HWIO -> (N, H, W, C_out)."""
     if impl == "auto":
-        impl = "im2col" if jax.default_backend() == "cpu" else "xla"
+        from .backend import choices
+        impl = choices().conv_impl
     if impl == "xla":
         return jax.lax.conv_general_dilated(h, W, window_strides=(1, 1), padding="SAME",
                                             dimension_numbers=_DIMS)
@@ -116,7 +117,8 @@ def cnn_forward(params: list[dict], x: jax.Array, *, key: jax.Array | None = Non
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"cnn_forward: conv_impl must be one of {', '.join(CONV_IMPLS)}, got {conv_impl!r}")
     n_conv = sum(layer["W"].ndim == 4 for layer in params)
-    if n_conv == 0 or n_conv == len(params) or [l["W"].ndim for l in params] != [4] * n_conv + [2] * (len(params) - n_conv):
+    ranks = [layer["W"].ndim for layer in params]
+    if n_conv == 0 or n_conv == len(params) or ranks != [4] * n_conv + [2] * (len(params) - n_conv):
         raise ValueError("cnn_forward: params must be conv (HWIO) layers followed by dense layers")
     convs, dense = params[:n_conv], params[n_conv:]
     h = _to_nhwc(jnp.asarray(x), convs[0]["W"].shape[2]).astype(convs[0]["W"].dtype)

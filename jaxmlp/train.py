@@ -671,12 +671,14 @@ class Loop:
 
 def advance(run: Run, state: TrainState, handlers: Sequence[Callable], *, history: Sequence = (),
             partial: dict | None = None, chunk_steps: int | None = None,
-            chunk_seconds: float = 0.25) -> tuple[TrainState, list, str]:
+            chunk_seconds: float | None = None) -> tuple[TrainState, list, str]:
     """Advance ``state`` chunk by chunk to ``run.config.epochs``, calling every handler with an
     ``Event`` at the start, after each chunk, after each epoch and at the end. Returns (final state,
     history, reason). A handler's ``StopRun`` ends the run at that boundary; errors propagate after
     the "end" event (reason "diverged" for ``DivergenceError``)."""
-    loop = Loop(run, list(history), partial or {}, chunk_steps, chunk_seconds)
+    from .backend import choices
+
+    loop = Loop(run, list(history), partial or {}, chunk_steps, chunk_seconds or choices().chunk_seconds)
     def emit(kind, new, old, losses=None, seconds=0.0, reason=""):
         event = Event(kind, run, new, old, np.zeros(0) if losses is None else losses, loop.history, seconds, reason,
                       loop.partial())
