@@ -560,3 +560,28 @@ def test_console_script_bad_flag_is_one_line_without_traceback():
     assert proc.returncode != 0 and proc.stdout == ""
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.splitlines()) == 1 and "--lr" in proc.stderr
+
+
+def test_every_flag_shows_its_default_and_the_top_level_help_has_examples():
+    """In every subcommand, a flag with a default worth stating says it in its help; `jaxmlp --help`
+    ends with examples."""
+    import argparse
+
+    from jaxmlp.cli import build_parser
+
+    parser = build_parser()
+    assert "examples:" in parser.format_help() and "jaxmlp train --preset fast-97" in parser.format_help()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            quiet = isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction)) or not action.option_strings
+            if quiet or action.default in (None, False) or action.dest in ("metrics_out",):
+                continue
+            assert "default" in (action.help or ""), f"jaxmlp {name} {action.option_strings[0]}: {action.help}"
+
+
+def test_python_dash_m_and_version():
+    """`python -m jaxmlp --version` prints the installed version."""
+    import jaxmlp
+
+    proc = subprocess.run([sys.executable, "-m", "jaxmlp", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"jaxmlp {jaxmlp.__version__}"
