@@ -2,16 +2,15 @@
 
 A configuration is a ``train.TrainConfig``. Configurations whose compiled programs would be identical
 (same hidden sizes, batch size, optimizer, dtype, epochs, ...: see ``group_key``) form a *group*, and a
-group trains as ONE program: ``train.epoch`` under ``jax.vmap``, the params, optimizer state, PRNG
-keys and numeric hyperparameters (lr, momentum, ...) carrying a leading model axis of size K while the
-dataset is shared. Learning rates and seeds are just that batch axis; the init scheme is too, because
-params are drawn outside the program. Each member follows exactly the key stream of ``train.fit``
-with its config, so a member equals the single run of its config up to float round-off.
+group trains as ONE program on the training engine itself: ``train.chunk`` under ``jax.vmap``
+(``group_chunk``), over a ``TrainState`` whose params, optimizer state and hyperparameters (lr,
+momentum, ...) carry a leading model axis K while the dataset and the step counters are shared.
+Learning rates, seeds and init schemes are just that batch axis (params are drawn outside the
+program). Each member's state is built exactly as ``train.setup`` builds it, so a member equals the
+single ``train.fit`` run of its config up to float round-off.
 
-When every member of a group has the same seed (an lr sweep), the shuffle key is passed *unbatched*:
-all members then see the same minibatch, so the first layer's K matmuls ``x_b @ W_k`` become one wide
-matmul. For plain SGD groups the first layer is then also *stored* side by side (``_wide_sgd_epoch``),
-which saves XLA re-laying out the largest tensor twice per step.
+When every member of a group has the same seed (an lr sweep), the run key is passed *unbatched*: one
+shuffle, one set of step keys, and all members see the same minibatch.
 """
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ import dataclasses
 import functools
 import itertools
 import math
-import os
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -27,10 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import optim, train
-from .losses import cross_entropy
-from .model import log_softmax, relu
-from .train import TrainConfig
+from . import train
+from .config import TrainConfig, hparams
+from .model import log_softmax
 
 SWEEP_AXES = ("lr", "batch_size", "hidden", "seed", "init")
 
@@ -86,16 +83,12 @@ def random_search(base: TrainConfig, num_trials: int, *, seed: int = 0,
 
 
 def _check_sweepable(config: TrainConfig) -> None:
-    if config.notebook_exact:
-        raise ValueError("--notebook-exact draws from NumPy's global RNG and cannot be batched; "
-                         "train those runs one by one with `jaxmlp train`")
     if config.val_split or config.patience:
         raise ValueError("sweeps and ensembles train on the whole training set: --val-split/--patience "
                          "are not supported here")
-
-
-def _dtype(config: TrainConfig):
-    return jnp.float64 if config.dtype == "float64" else jnp.float32
+    if config.finetune or config.classes is not None:
+        raise ValueError("sweeps and ensembles start from fresh params on all classes: --finetune/--classes "
+                         "are not supported here")
 
 
 def group_key(config: TrainConfig, num_examples: int, image_side: int = 28) -> tuple:
@@ -123,121 +116,57 @@ def group_by_shape(configs: Sequence[TrainConfig], num_examples: int, image_side
 # ---------------------------------------------------------------- training a group
 
 
-def _member_epoch(params, opt_state, key, hparams, x, y, spec):
-    # The key bookkeeping of train.fit_epochs, so a member replays its single run.
-    key, sub = jax.random.split(key)
-    params, opt_state, losses = train.epoch(params, opt_state, sub, x, y, hparams, spec)
-    return params, opt_state, key, losses
+def member_state(config: TrainConfig, input_dim: int, num_classes: int,
+                 spec: train.TrainSpec) -> tuple[train.TrainState, dict]:
+    """(state, hparams) of ``config``'s run, built exactly as ``train.setup`` builds them, so a member
+    follows the key stream of its single ``train.fit`` run."""
+    hp = hparams(config, train.dtype_of(config))
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    params = train.init_model(config, init_key, input_dim, num_classes)
+    return train.init_state(params, train.make_optimizer(spec, hp), run_key), hp
 
 
-def widens(spec: train.TrainSpec, shared_key: bool) -> bool:
-    """Whether a group trains with the side-by-side first layer (see ``_wide_sgd_epoch``): plain MLP,
-    SGD at a constant lr, no dropout or augmentation, one shuffle for all members."""
-    return (shared_key and spec.arch == "mlp" and spec.optimizer == "sgd" and spec.schedule == "constant"
-            and not spec.dropout and spec.augment is None and spec.loss == "ce" and spec.batch_sharding is None)
+def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: int, spec: train.TrainSpec,
+                 shared_key: bool = False) -> tuple[train.TrainState, dict]:
+    """The group's stacked ``TrainState`` and hparams: params, optimizer state and hparams with a
+    leading model axis K; the run keys (K, 2), or one (2,) key when ``shared_key`` (every member has
+    the same seed); ``epoch``/``step`` unbatched (the members move in step)."""
+    states, hps = zip(*(member_state(c, input_dim, num_classes, spec) for c in configs))
+    key = states[0].key if shared_key else jnp.stack([s.key for s in states])
+    state = train.TrainState(stack([s.params for s in states]), stack([s.opt_state for s in states]), key,
+                             states[0].epoch, states[0].step)
+    return state, stack(hps)
 
 
-def _wide_loss(wide, xb, yb, l2, num_models: int):
-    """Sum over the K members of (cross-entropy + l2 * 0.5 * sum W^2), and the K cross-entropies.
+def member_axes(shared_key: bool) -> train.TrainState:
+    """``vmap`` axes of a group's ``TrainState``: the step counters are unbatched, so the engine's
+    short-batch ``lax.cond`` stays a branch (a batched predicate would run both sides every step)."""
+    return train.TrainState(params=0, opt_state=0, key=None if shared_key else 0, epoch=None, step=None)
 
-    ``wide[0]`` holds the first layer of all members side by side, W (D, K*H1) and b (K*H1,), so the
-    first matmul is ONE (B, D) @ (D, K*H1) product; later layers are stacked (K, fan_in, fan_out).
-    Members share no parameters, so the gradient of the sum is each member's own gradient.
+
+def group_chunk(state: train.TrainState, order: jax.Array, x: jax.Array, y: jax.Array, hparams: dict,
+                num_steps: jax.Array, *, spec: train.TrainSpec, capacity: int,
+                shared_key: bool = False) -> tuple[train.TrainState, jax.Array]:
+    """``train.chunk`` for K members at once (``jax.vmap``; the dataset x (N, D), y (N,) is shared).
+
+    state: stacked as ``init_members`` builds it; order: ``group_order`` (one (N,) order when
+    ``shared_key``, else (K, N)); hparams: stacked. Returns the new state and losses (K, capacity).
     """
-    b = xb.shape[0]
-    h = jnp.transpose((xb @ wide[0]["W"] + wide[0]["b"]).reshape(b, num_models, -1), (1, 0, 2))
-    for layer in wide[1:]:
-        h = jnp.einsum("kbi,kio->kbo", relu(h), layer["W"]) + layer["b"][:, None, :]
-    values = jax.vmap(cross_entropy, in_axes=(0, None))(h, yb)                     # (K,)
-    l2_cols = jnp.repeat(l2, wide[0]["W"].shape[1] // num_models)
-    penalty = jnp.sum(l2_cols * jnp.square(wide[0]["W"])) + sum(
-        jnp.sum(l2[:, None, None] * jnp.square(layer["W"])) for layer in wide[1:])
-    return jnp.sum(values) + 0.5 * penalty, values
+    axes, key_axis = member_axes(shared_key), None if shared_key else 0
+    run = jax.vmap(functools.partial(train.chunk, spec=spec, capacity=capacity),
+                   in_axes=(axes, key_axis, None, None, 0, None), out_axes=(axes, 0))
+    return run(state, order, x, y, hparams, num_steps)
 
 
-def _wide_sgd_epoch(params, opt_state, key, hparams, x, y, spec):
-    """``_member_epoch`` for every member at once, for groups where ``widens`` holds.
-
-    Same keys, same minibatches, same update ``p - lr * (g + weight_decay * p)`` per member as
-    ``optim.sgd``; only the layout differs. Under ``vmap`` XLA keeps the K first-layer matrices as a
-    (K, D, H1) batch and re-lays them out (D, K*H1) for the matmul every step, then transposes the
-    gradient back: two full copies of the largest tensor per step. Here they live side by side
-    throughout, so each step is one wide matmul forward and one backward, and no copies.
-    """
-    key, sub = jax.random.split(key)
-    perm_key, _ = jax.random.split(sub)  # the second half drives dropout/augmentation: none here
-    perm = jax.random.permutation(perm_key, x.shape[0])
-    k, d, h1 = params[0]["W"].shape
-    wide = [{"W": jnp.transpose(params[0]["W"], (1, 0, 2)).reshape(d, k * h1), "b": params[0]["b"].reshape(k * h1)},
-            *params[1:]]
-    lr, wd, l2 = hparams["lr"], hparams["weight_decay"], hparams["l2"]
-    per_member = [jnp.repeat(lr, h1)] + [lr[:, None, None]] * (len(params) - 1)
-    per_member_b = [jnp.repeat(lr, h1)] + [lr[:, None]] * (len(params) - 1)
-    decay = [jnp.repeat(wd, h1)] + [wd[:, None, None]] * (len(params) - 1)
-    decay_b = [jnp.repeat(wd, h1)] + [wd[:, None]] * (len(params) - 1)
-
-    def step(wide, idx):
-        (_, values), grads = jax.value_and_grad(_wide_loss, has_aux=True)(wide, x[idx], y[idx], l2, k)
-        new = [{"W": p["W"] - lr_w * (g["W"] + wd_w * p["W"]), "b": p["b"] - lr_b * (g["b"] + wd_b * p["b"])}
-               for p, g, lr_w, lr_b, wd_w, wd_b in zip(wide, grads, per_member, per_member_b, decay, decay_b)]
-        return new, values
-
-    n, bs = perm.shape[0], spec.batch_size
-    num_full, rest = divmod(n, bs)
-    wide, losses = jax.lax.scan(step, wide, perm[: num_full * bs].reshape(num_full, bs))
-    if rest:
-        wide, last = step(wide, perm[num_full * bs:])
-        losses = jnp.concatenate([losses, last[None]])
-    params = [{"W": jnp.transpose(wide[0]["W"].reshape(d, k, h1), (1, 0, 2)), "b": wide[0]["b"].reshape(k, h1)},
-              *wide[1:]]
-    return params, optim.SgdState(opt_state.step + losses.shape[0]), key, losses.T
+run_group_chunk = jax.jit(group_chunk, static_argnames=("spec", "capacity", "shared_key"))
 
 
-def _chain_epoch(params, opt_state, key, hparams, x, y, spec, shared_key):
-    if widens(spec, shared_key):
-        return _wide_sgd_epoch(params, opt_state, key, hparams, x, y, spec)
-    key_axis = None if shared_key else 0
-    run = jax.vmap(functools.partial(_member_epoch, spec=spec), in_axes=(0, 0, key_axis, 0, None, None),
-                   out_axes=(0, 0, key_axis, 0))
-    return run(params, opt_state, key, hparams, x, y)
-
-
-@functools.partial(jax.jit, static_argnames=("spec", "shared_key", "chains"))
-def group_epoch(params, opt_state, key, hparams, x, y, *, spec: train.TrainSpec, shared_key: bool = False,
-                chains: int = 1):
-    """One epoch of K models in one program.
-
-    params, opt_state, hparams: PyTrees with a leading model axis K; key: (K, 2) keys, or one key when
-    ``shared_key`` (all members shuffle alike); x (N, D), y (N,) shared. Returns (params, opt_state,
-    key to continue from, batch losses (K, num_batches)). Compiled once per (shapes, spec, shared_key,
-    chains).
-
-    ``chains`` > 1 cuts the members into that many independent scans inside the one program. XLA's CPU
-    runtime executes independent operations concurrently, so the chains spread over the cores, where a
-    single chain of small matmuls would keep one core busy; smaller chains also keep each one's weights
-    in cache. The math per member is unchanged.
-    """
-    k = jax.tree_util.tree_leaves(params)[0].shape[0]
-    chains = max(1, min(int(chains), k))
-    if chains == 1:
-        return _chain_epoch(params, opt_state, key, hparams, x, y, spec, shared_key)
-    bounds = np.linspace(0, k, chains + 1).astype(int)
-    part = lambda tree, a, b: jax.tree_util.tree_map(lambda leaf: leaf[a:b], tree)  # noqa: E731
-    outs = [_chain_epoch(part(params, a, b), part(opt_state, a, b), key if shared_key else key[a:b],
-                         part(hparams, a, b), x, y, spec, shared_key)
-            for a, b in zip(bounds[:-1], bounds[1:])]
-    join = lambda i: jax.tree_util.tree_map(lambda *leaves: jnp.concatenate(leaves), *(o[i] for o in outs))  # noqa: E731
-    return join(0), join(1), outs[0][2] if shared_key else join(2), join(3)
-
-
-def default_chains(num_models: int) -> int:
-    """How many independent chains ``group_epoch`` should use: on a CPU about two models per chain,
-    at least two chains per core, at most 16 (each chain adds compile time); 1 on accelerators,
-    where one wide program is what keeps the device busy."""
-    if jax.default_backend() != "cpu":
-        return 1
-    cores = os.cpu_count() or 1
-    return max(1, min(num_models, 16, max(2 * cores, -(-num_models // 2))))
+@functools.partial(jax.jit, static_argnames=("num_examples", "shared_key"))
+def group_order(key: jax.Array, epoch: jax.Array, num_examples: int, shared_key: bool = False) -> jax.Array:
+    """The members' order of examples in epoch ``epoch``: ``train.epoch_order`` of each key."""
+    if shared_key:
+        return train.epoch_order(key, epoch, num_examples)
+    return jax.vmap(train.epoch_order, in_axes=(0, None, None))(key, epoch, num_examples)
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -256,64 +185,44 @@ class GroupResult(NamedTuple):
     history: np.ndarray         # (K, epochs) epoch losses (NaN once a member diverged)
     compile_seconds: float
     train_seconds: float        # epochs only, compilation excluded
-    shared_key: bool            # one shuffle for all members
-    wide: bool                  # trained with the side-by-side first layer (see widens)
-
-
-def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: int, spec: train.TrainSpec):
-    """Stacked (params, opt_state, keys (K, 2), hparams) for configs that share ``spec``, each member
-    initialised exactly as ``train.fit`` would with its config."""
-    params, states, keys, hps = [], [], [], []
-    for c in configs:
-        dtype = _dtype(c)
-        hp = train.hparams_dict(dtype, lr=c.lr, momentum=c.momentum, beta1=c.beta1, beta2=c.beta2,
-                                weight_decay=c.weight_decay, l2=c.l2)
-        key, init_key = jax.random.split(jax.random.PRNGKey(c.seed))
-        p = train.init_model(c, init_key, input_dim, num_classes)
-        params.append(p)
-        states.append(train.make_optimizer(spec, hp).init(p))
-        keys.append(key)
-        hps.append(hp)
-    return stack(params), stack(states), jnp.stack(keys), stack(hps)
+    shared_key: bool            # one key for all members: one shuffle, the same minibatches
+    state: train.TrainState     # the stacked final state (see init_members)
 
 
 def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int = 10, *,
-                image_side: int = 28, chains: int | None = None,
-                on_epoch: Callable[[int, np.ndarray], None] | None = None) -> GroupResult:
+                image_side: int = 28, on_epoch: Callable[[int, np.ndarray], None] | None = None) -> GroupResult:
     """Train configurations that share a ``group_key`` together, all epochs, one compiled program.
 
-    x (N, D) float, y (N,) int32, already on the device. ``chains``: see ``group_epoch`` (default:
-    ``default_chains``). ``on_epoch(epoch, losses (K,))`` after each epoch. A diverging member does
-    not stop the others: its losses become NaN.
+    x (N, D) float, y (N,) int32, already on the device (call inside ``train.precision`` for float64).
+    Each epoch is one ``group_chunk`` of all its steps. ``on_epoch(epoch, losses (K,))`` after each
+    epoch. A diverging member does not stop the others: its losses become NaN.
     """
     keys = {group_key(c, x.shape[0], image_side) for c in configs}
     if len(keys) != 1:
         raise ValueError("train_group needs configurations of one shape group (see group_by_shape)")
     for c in configs:
         _check_sweepable(c)
-    first = configs[0]
-    n = x.shape[0]
+    n, first = x.shape[0], configs[0]
     spec = train.spec_for(first, n, image_side)
-    params, opt_state, member_keys, hparams = init_members(configs, x.shape[1], num_classes, spec)
     shared = len({c.seed for c in configs}) == 1
-    key = member_keys[0] if shared else member_keys
-    chains = default_chains(len(configs)) if chains is None else chains
-
-    t0 = time.perf_counter()
-    compiled = group_epoch.lower(params, opt_state, key, hparams, x, y, spec=spec, shared_key=shared,
-                                 chains=chains).compile()
-    compile_seconds = time.perf_counter() - t0
+    state, hp = init_members(configs, x.shape[1], num_classes, spec, shared)
+    steps = train.steps_per_epoch(n, spec.batch_size)
+    order = group_order(state.key, state.epoch, n, shared)
+    program, compile_seconds = train.compile_program(
+        run_group_chunk, {"spec": spec, "capacity": steps, "shared_key": shared}, state, order, x, y, hp,
+        jnp.int32(steps))
     history = np.full((len(configs), first.epochs), np.nan)
     train_seconds = 0.0
     for e in range(first.epochs):
         t0 = time.perf_counter()
-        params, opt_state, key, losses = compiled(params, opt_state, key, hparams, x, y)
+        order = group_order(state.key, state.epoch, n, shared)
+        state, losses = program(state, order, x, y, hp, jnp.int32(steps))
         losses = np.asarray(losses)  # waits for the device
         train_seconds += time.perf_counter() - t0
         history[:, e] = [train.epoch_loss(row, n, spec.batch_size) for row in losses]
         if on_epoch is not None:
             on_epoch(e + 1, history[:, e])
-    return GroupResult(params, opt_state, history, compile_seconds, train_seconds, shared, widens(spec, shared))
+    return GroupResult(state.params, state.opt_state, history, compile_seconds, train_seconds, shared, state)
 
 
 # ---------------------------------------------------------------- evaluating many models
@@ -381,7 +290,6 @@ class GroupInfo(NamedTuple):
     compile_seconds: float
     train_seconds: float
     shared_key: bool
-    wide: bool
 
 
 class SweepResult(NamedTuple):
@@ -391,13 +299,12 @@ class SweepResult(NamedTuple):
 
 
 def _prepared(data, configs):
-    """(x, y, x_test, y_test, num_classes, side) on the device in the configurations' dtype."""
+    """(x, y, x_test, y_test, num_classes, side) on the device in the configurations' dtype (float64:
+    call inside ``train.precision``)."""
     dtypes = {c.dtype for c in configs}
     if len(dtypes) != 1:
         raise ValueError(f"one dtype per sweep, got {sorted(dtypes)}")
-    dtype = _dtype(configs[0])
-    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)
+    dtype = train.dtype_of(configs[0])
     num_classes = max(int(max(data.y_train.max(), data.y_test.max())) + 1, 10)  # as train.fit
     x = train.prepare(data.x_train, dtype)
     y = jnp.asarray(data.y_train, jnp.int32)
@@ -420,20 +327,21 @@ def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = N
         c.validate()
         _check_sweepable(c)
     started = time.perf_counter()
-    x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
-    runs: list[RunResult | None] = [None] * len(configs)
-    groups = []
-    for g, members in enumerate(group_by_shape(configs, x.shape[0], side, max_group)):
-        if on_group is not None:
-            on_group(g, members)
-        cb = None if on_epoch is None else functools.partial(on_epoch, g)
-        res = train_group([configs[i] for i in members], x, y, num_classes, image_side=side, on_epoch=cb)
-        losses, accs, _, _ = evaluate_members(res.params, x_test, y_test, arch=configs[members[0]].arch)
-        for k, i in enumerate(members):
-            hist = res.history[k]
-            runs[i] = RunResult(configs[i], [float(v) for v in hist], float(losses[k]), float(accs[k]),
-                                bool(not np.all(np.isfinite(hist))), g)
-        groups.append(GroupInfo(list(members), res.compile_seconds, res.train_seconds, res.shared_key, res.wide))
+    with train.precision(configs[0].dtype):
+        x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
+        runs: list[RunResult | None] = [None] * len(configs)
+        groups = []
+        for g, members in enumerate(group_by_shape(configs, x.shape[0], side, max_group)):
+            if on_group is not None:
+                on_group(g, members)
+            cb = None if on_epoch is None else functools.partial(on_epoch, g)
+            res = train_group([configs[i] for i in members], x, y, num_classes, image_side=side, on_epoch=cb)
+            losses, accs, _, _ = evaluate_members(res.params, x_test, y_test, arch=configs[members[0]].arch)
+            for k, i in enumerate(members):
+                hist = res.history[k]
+                runs[i] = RunResult(configs[i], [float(v) for v in hist], float(losses[k]), float(accs[k]),
+                                    bool(not np.all(np.isfinite(hist))), g)
+            groups.append(GroupInfo(list(members), res.compile_seconds, res.train_seconds, res.shared_key))
     return SweepResult(runs, groups, time.perf_counter() - started)
 
 
@@ -455,9 +363,10 @@ def fit_ensemble(config: TrainConfig, data, members: int, *,
     config.validate()
     _check_sweepable(config)
     configs = [dataclasses.replace(config, seed=config.seed + i) for i in range(members)]
-    x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
-    res = train_group(configs, x, y, num_classes, image_side=side, on_epoch=on_epoch)
-    losses, accs, ens_loss, ens_acc = evaluate_members(res.params, x_test, y_test, arch=config.arch)
+    with train.precision(config.dtype):
+        x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
+        res = train_group(configs, x, y, num_classes, image_side=side, on_epoch=on_epoch)
+        losses, accs, ens_loss, ens_acc = evaluate_members(res.params, x_test, y_test, arch=config.arch)
     runs = [RunResult(c, [float(v) for v in res.history[k]], float(losses[k]), float(accs[k]),
                       bool(not np.all(np.isfinite(res.history[k]))), 0) for k, c in enumerate(configs)]
     return EnsembleResult(runs, float(ens_loss), float(ens_acc), res.params, res.compile_seconds, res.train_seconds)
@@ -484,7 +393,7 @@ def sweep_record(result: SweepResult) -> dict:
     return {
         "runs": [run_record(r) for r in sorted_runs(result.runs)],
         "groups": [{"members": len(g.members), "config_indices": g.members, "compile_seconds": g.compile_seconds,
-                    "train_seconds": g.train_seconds, "shared_shuffle": g.shared_key, "wide_first_layer": g.wide}
+                    "train_seconds": g.train_seconds, "shared_shuffle": g.shared_key}
                    for g in result.groups],
         "num_configs": len(result.runs),
         "wall_seconds": result.wall_seconds,
