@@ -5,17 +5,11 @@ import json
 
 from jaxmlp.config import hidden_sizes, positive_float, positive_int
 
-from .common import add_data_flags, add_metrics_flag, check_outputs, say, write_metrics
+from .common import add_data_flags, add_metrics_flag, check_outputs, say, subcommand, write_metrics
 
 
 def add(sub) -> None:
-    p = sub.add_parser(
-        "bench", help="time numpy, a jitted-step loop, fused epochs, chunks, a vmapped sweep, a large batch",
-        description="Run, in one process and on the same data, the notebook's NumPy algorithm, a Python loop over "
-                    "the jitted step, the fused lax.scan epoch, the chunked engine that `train` uses, a vmapped "
-                    "learning-rate sweep and a large-batch run; print seconds per epoch, samples/s, GFLOP/s against "
-                    "a measured matmul peak, the ratios and the machine. Steady state: compile time is excluded "
-                    "(and reported).")
+    p = subcommand(sub, "bench", run, "time numpy, a jitted-step loop, fused epochs, chunks, a sweep, a large batch")
     add_data_flags(p)
     p.add_argument("--synthetic", action="store_true",
                    help="random data of MNIST's shape (default: real MNIST when found, else synthetic)")
@@ -37,10 +31,14 @@ def add(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_metrics_flag(p, "the JSON report")
     p.add_argument("--out", dest="metrics_out", metavar="FILE", help="the same as --metrics-out")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    """Run, in one process and on the same data, the notebook's NumPy algorithm, a Python loop over the jitted step,
+    the fused lax.scan epoch, the chunked engine that `train` uses, a vmapped learning-rate sweep and a large-
+    batch run; print seconds per epoch, samples/s, GFLOP/s against a measured matmul peak, the ratios and the
+    machine. Steady state: compile time is excluded (and reported).
+    """
     from jaxmlp.bench import format_report, load_bench_data, run_bench
 
     check_outputs(args)

@@ -22,6 +22,16 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{where + ': ' if where else ''}{message} (see --help)")
 
 
+def subcommand(sub, name: str, run, summary: str) -> argparse.ArgumentParser:
+    """Declare subcommand ``name``: ``summary`` in ``jaxmlp --help``, ``run``'s docstring as its description."""
+    import inspect
+
+    description = " ".join(inspect.cleandoc(run.__doc__ or summary).split())
+    p = sub.add_parser(name, help=summary, description=description)
+    p.set_defaults(func=run)
+    return p
+
+
 def say(text: str) -> None:
     """Progress and diagnostics go to stderr, so stdout holds only results."""
     print(text, file=sys.stderr, flush=True)

@@ -3,14 +3,11 @@ from __future__ import annotations
 
 from jaxmlp.config import INIT_SCHEMES, hidden_sizes, nonneg_int, positive_float, positive_int
 
-from .common import add_data_flags, say
+from .common import add_data_flags, say, subcommand
 
 
 def add_download(sub) -> None:
-    p = sub.add_parser(
-        "download", help="fetch a dataset's IDX files and verify their checksums",
-        description="Download MNIST, Fashion-MNIST or KMNIST into a folder, verifying each file's SHA-256; files "
-                    "already there and verified are kept. Prints the folder.")
+    p = subcommand(sub, "download", run_download, "fetch a dataset's IDX files and verify their checksums")
     add_data_flags(p)
     p.add_argument("--mirror", metavar="URL", action="append", default=None,
                    help="base URL to fetch from instead of the built-in mirrors (file URL = URL/NAME); repeat to "
@@ -18,10 +15,12 @@ def add_download(sub) -> None:
     p.add_argument("--timeout", type=positive_float, default=30.0, metavar="SECONDS",
                    help="network timeout per request (default: 30)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_download)
 
 
 def run_download(args) -> int:
+    """Download MNIST, Fashion-MNIST or KMNIST into a folder, verifying each file's SHA-256; files already there and
+    verified are kept. Prints the folder.
+    """
     from jaxmlp.data import download
 
     print(download(args.dataset, args.data_dir, mirrors=args.mirror, progress=not args.quiet, timeout=args.timeout))
@@ -29,12 +28,11 @@ def run_download(args) -> int:
 
 
 def add_presets(sub) -> None:
-    p = sub.add_parser("presets", help="list the named training recipes for `train --preset`",
-                       description="List the presets of `jaxmlp train --preset NAME` and their settings.")
-    p.set_defaults(func=run_presets)
+    subcommand(sub, "presets", run_presets, "list the named training recipes for `train --preset`")
 
 
 def run_presets(args) -> int:
+    """List the presets of `jaxmlp train --preset NAME` and their settings."""
     from jaxmlp.presets import PRESETS
 
     for name, preset in PRESETS.items():
@@ -46,10 +44,7 @@ def run_presets(args) -> int:
 
 
 def add_gradcheck(sub) -> None:
-    p = sub.add_parser(
-        "gradcheck", help="compare manual backprop, jax.grad and finite differences",
-        description="Compare the notebook's hand-derived backprop, jax.grad and central finite differences in "
-                    "float64 on a batch, reporting the max relative error per parameter.")
+    p = subcommand(sub, "gradcheck", run_gradcheck, "compare manual backprop, jax.grad and finite differences")
     add_data_flags(p)
     p.add_argument("--hidden", type=str, nargs="+", default=["128", "64"], metavar="N",
                    help="hidden layer sizes (default: 128 64)")
@@ -60,7 +55,6 @@ def add_gradcheck(sub) -> None:
                    help="finite-difference coordinates checked per parameter (default: 20)")
     p.add_argument("--eps", type=positive_float, default=1e-4, help="finite-difference step (default: 1e-4)")
     p.add_argument("--synthetic", action="store_true", help="use random inputs instead of the dataset")
-    p.set_defaults(func=run_gradcheck)
 
 
 def _batch(args, key):
@@ -80,6 +74,9 @@ def _batch(args, key):
 
 
 def run_gradcheck(args) -> int:
+    """Compare the notebook's hand-derived backprop, jax.grad and central finite differences in float64 on a batch,
+    reporting the max relative error per parameter.
+    """
     import jax
     import jax.numpy as jnp
 

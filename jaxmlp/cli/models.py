@@ -7,19 +7,15 @@ import sys
 
 from jaxmlp.config import positive_int
 
-from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, write_metrics
+from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, subcommand, write_metrics
 
 
 def add_eval(sub) -> None:
-    p = sub.add_parser(
-        "eval", help="test loss and accuracy of a saved checkpoint",
-        description="Load a checkpoint written by `jaxmlp train --save` and report its test loss and accuracy on "
-                    "the dataset it was trained on (its saved config gives the architecture, dtype and dataset).")
+    p = subcommand(sub, "eval", run_eval, "test loss and accuracy of a saved checkpoint")
     p.add_argument("--load", metavar="PATH", required=True, help="checkpoint (.npz) from `jaxmlp train --save`")
     add_data_flags(p, dataset_default=None)
     add_metrics_flag(p, "a JSON summary")
     p.add_argument("--quiet", action="store_true", help="no download progress bar")
-    p.set_defaults(func=run_eval)
 
 
 def _check_inputs(config, meta, num_features: int, source: str) -> None:
@@ -29,6 +25,9 @@ def _check_inputs(config, meta, num_features: int, source: str) -> None:
 
 
 def run_eval(args) -> int:
+    """Load a checkpoint written by `jaxmlp train --save` and report its test loss and accuracy on the dataset it was
+    trained on (its saved config gives the architecture, dtype and dataset).
+    """
     import jax.numpy as jnp
 
     from jaxmlp.data import ensure_dataset, select_classes
@@ -53,13 +52,7 @@ def run_eval(args) -> int:
 
 
 def add_predict(sub) -> None:
-    p = sub.add_parser(
-        "predict", help="classify images with a saved checkpoint",
-        description="Classify the images in FILE with a checkpoint from `jaxmlp train --save`. FILE is an IDX "
-                    "images file (N, 28, 28) of uint8 pixels, gzip or raw, or a .npy array (N, 28, 28) or (N, 784) "
-                    "of integer pixels 0..255 or floats already scaled to [0, 1]. Prints a header and one row per "
-                    "image: its index, the predicted label and its probability (with --top K, K label/probability "
-                    "pairs, most probable first).")
+    p = subcommand(sub, "predict", run_predict, "classify images with a saved checkpoint")
     p.add_argument("file", metavar="FILE", help="IDX or .npy images")
     p.add_argument("--load", metavar="PATH", required=True, help="checkpoint (.npz) from `jaxmlp train --save`")
     p.add_argument("--top", type=positive_int, default=1, metavar="K",
@@ -68,7 +61,6 @@ def add_predict(sub) -> None:
                    help="tsv (default) or csv with a header row, or json: one object per line "
                         '{"index", "label", "prob", "top": [[label, prob], ...]}')
     p.add_argument("--json", action="store_true", help="the same as --format json")
-    p.set_defaults(func=run_predict)
 
 
 def _rows(probs, names, k: int, fmt: str) -> list[str]:
@@ -86,6 +78,11 @@ def _rows(probs, names, k: int, fmt: str) -> list[str]:
 
 
 def run_predict(args) -> int:
+    """Classify the images in FILE with a checkpoint from `jaxmlp train --save`. FILE is an IDX images file (N, 28, 28)
+    of uint8 pixels, gzip or raw, or a .npy array (N, 28, 28) or (N, 784) of integer pixels 0..255 or floats
+    already scaled to [0, 1]. Prints a header and one row per image: its index, the predicted label and its
+    probability (with --top K, K label/probability pairs, most probable first).
+    """
     import jax.numpy as jnp
 
     from jaxmlp.data import read_images

@@ -5,20 +5,14 @@ import argparse
 
 from jaxmlp import config as cfg
 
-from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, say, write_metrics
+from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, say, subcommand, write_metrics
 
 SHARED = ("epochs", "optimizer", "momentum", "beta1", "beta2", "weight_decay", "l2", "schedule", "warmup_epochs",
           "dropout", "augment", "dtype")
 
 
 def add(sub) -> None:
-    p = sub.add_parser(
-        "sweep", help="grid or random search; same-shape configurations train together, vmapped",
-        description="Train every combination of the values given (or --random N draws from them) and print the "
-                    "runs sorted by test accuracy. Configurations that share shapes (hidden sizes, batch size) train "
-                    "together as ONE compiled program: learning rates, seeds and init schemes are a vmapped axis. "
-                    "An architecture is written as in train; repeat --hidden for several. Example: jaxmlp sweep "
-                    "--lr 0.001 0.01 0.1 --hidden 128 64 --hidden 256 128 --batch-size 32 128")
+    p = subcommand(sub, "sweep", run, "grid or random search; same-shape configurations train together, vmapped")
     add_data_flags(p)
     g = p.add_argument_group("search space (each flag takes one or more values)")
     g.add_argument("--lr", type=cfg.positive_float, nargs="+", default=[0.1], metavar="LR",
@@ -44,7 +38,6 @@ def add(sub) -> None:
     g.add_argument("--top", type=cfg.positive_int, default=None, metavar="N", help="print only the N best runs")
     g.add_argument("--plot-dir", metavar="DIR", default=None, help="write sweep.png: test accuracy per swept value")
     g.add_argument("--quiet", action="store_true", help="only the final table")
-    p.set_defaults(func=run)
 
 
 def architectures(groups) -> list[tuple]:
@@ -99,6 +92,12 @@ class SweepProgress:
 
 
 def run(args) -> int:
+    """Train every combination of the values given (or --random N draws from them) and print the runs sorted by test
+    accuracy. Configurations that share shapes (hidden sizes, batch size) train together as ONE compiled
+    program: learning rates, seeds and init schemes are a vmapped axis. An architecture is written as in train;
+    repeat --hidden for several. Example: jaxmlp sweep --lr 0.001 0.01 0.1 --hidden 128 64 --hidden 256 128
+    --batch-size 32 128
+    """
     from jaxmlp.data import ensure_dataset
     from jaxmlp.sweep import format_table, group_by_shape, run_sweep, sorted_runs, sweep_record
 

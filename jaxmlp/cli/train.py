@@ -9,7 +9,7 @@ from typing import Any
 
 from jaxmlp import config as cfg
 
-from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, say, write_metrics
+from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, say, subcommand, write_metrics
 
 MODEL = ("arch", "hidden", "init", "dtype")
 OPTIMIZATION = ("epochs", "batch_size", "lr", "seed", "optimizer", "momentum", "beta1", "beta2", "weight_decay",
@@ -29,11 +29,7 @@ def save_every(text: str) -> tuple[str, float]:
 
 
 def add(sub) -> None:
-    p = sub.add_parser(
-        "train", help="train a model and report test loss and accuracy",
-        description="Train the MLP (or CNN) in compiled chunks of steps. Defaults: the notebook's 784-128-64-10 "
-                    "network and its best experiment (SGD lr 0.1, batch 32, 10 epochs, seed 42). Ctrl-C or "
-                    "SIGTERM stops at the next chunk (within about a second), saving that step with --save.")
+    p = subcommand(sub, "train", run, "train a model and report test loss and accuracy")
     add_data_flags(p)
     p.add_argument("--preset", default=None, help="a named recipe (see `jaxmlp presets`); explicit flags override it")
     cfg.add_flags(p.add_argument_group("model"), MODEL)
@@ -74,7 +70,6 @@ def add(sub) -> None:
                    help="multi-process training: process 0's address (with --num-processes, --process-id)")
     g.add_argument("--num-processes", type=cfg.positive_int, default=None, metavar="N", help="processes in the run")
     g.add_argument("--process-id", type=cfg.nonneg_int, default=None, metavar="I", help="this process, 0..N-1")
-    p.set_defaults(func=run)
 
 
 def explicit_values(args) -> dict:
@@ -147,6 +142,10 @@ def _describe(config: cfg.TrainConfig) -> str:
 
 
 def run(args) -> int:
+    """Train the MLP (or CNN) in compiled chunks of steps. Defaults: the notebook's 784-128-64-10 network and its best
+    experiment (SGD lr 0.1, batch 32, 10 epochs, seed 42). Ctrl-C or SIGTERM stops at the next chunk (within
+    about a second), saving that step with --save.
+    """
     if args.notebook_exact or args.replay_notebook_step:
         return run_notebook(args)
     if args.ensemble > 1:
