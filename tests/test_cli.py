@@ -466,7 +466,10 @@ BAD_TRAIN_FLAGS = {
     "lr-negative": ["--lr", "-1"], "lr-nan": ["--lr", "nan"], "lr-inf": ["--lr", "inf"],
     "batch-zero": ["--batch-size", "0"], "epochs-zero": ["--epochs", "0"], "epochs-negative": ["--epochs", "-2"],
     "hidden-zero": ["--hidden", "0"], "hidden-negative": ["--hidden", "32", "-4"], "unknown-flag": ["--bogus"],
-    "save-is-a-folder": ["--save", "."],
+    "save-is-a-folder": ["--save", "."], "coordinator-no-port": ["--coordinator", "localhost"],
+    "processes-alone": ["--num-processes", "2"], "process-id-out-of-range": [
+        "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
+    "save-every-bad": ["--save-every", "soon"],
 }
 
 
