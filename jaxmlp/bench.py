@@ -1,12 +1,14 @@
 """``jaxmlp bench``: the ways of training the notebook's MLP, timed side by side in one process.
 
 Rows, all on the same data: the notebook's NumPy algorithm (float64 weights, float32 inputs, its
-forward / backward / update functions), the notebook's loop calling the jitted ``train.sgd_step`` on
-host minibatches instead, the fused
-epoch (``train.run_epoch``: one compiled program per epoch), a vmapped learning-rate sweep
-(``sweep.group_epoch``) and a large-batch fused run. Every timing is steady state: programs are
-compiled (and the compile time reported) and run once before the clock starts; the best of the
-repeats is kept, as ``timeit`` does, because on a shared machine noise only ever adds time.
+forward / backward / update functions); the notebook's loop calling the jitted ``train.sgd_step`` on
+host minibatches instead; the pre-chunk fused epoch (``train.fused_epoch``: one ``lax.scan``
+program per epoch); the engine ``train.fit`` runs (``train.chunk``, in 4 chunks an epoch and in one)
+beside it; a vmapped learning-rate sweep (``sweep.run_group_chunk``: the same chunk under ``vmap``);
+a large-batch fused run and that run's matmuls alone, so the distance between an epoch and its dots
+shows. Every timing is steady state: programs are compiled (and the compile time reported) and run
+once before the clock starts; the best of the repeats is kept, as ``timeit`` does, because on a
+shared machine noise only ever adds time. The report names the machine (CPU model, cores, device).
 
 Work per epoch is counted in matmul FLOPs, for layer sizes d_0..d_L and N examples::
 
@@ -19,6 +21,7 @@ square matmul).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import resource
@@ -31,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import sweep, train
-from .model import init_params
+from .config import TrainConfig
 
 # A program built by XLA, or loaded from the persistent compilation cache (the CLI turns that on):
 # either way the in-memory jit cache missed.
@@ -201,11 +204,12 @@ def time_numpy(images: np.ndarray, y: np.ndarray, layer_sizes, batch_size: int, 
 # ---------------------------------------------------------------- the JAX rows
 
 
-def _setup(layer_sizes, batch_size, num_examples, lr):
-    spec = train.TrainSpec(batch_size=batch_size)
-    hp = train.hparams_dict(jnp.float32, lr=lr)
-    params = init_params(jax.random.PRNGKey(0), layer_sizes, scheme="notebook", dtype=jnp.float32)
-    return spec, hp, params, train.make_optimizer(spec, hp).init(params)
+def _setup(layer_sizes, batch_size: int, num_examples: int, lr: float):
+    """(config, spec, state, hparams) of the bench's run, built as ``train.setup`` builds a run's."""
+    config = TrainConfig(hidden=tuple(int(h) for h in layer_sizes[1:-1]), batch_size=batch_size, lr=lr, seed=0)
+    spec = train.spec_for(config, num_examples)
+    state, hp = sweep.member_state(config, int(layer_sizes[0]), int(layer_sizes[-1]), spec)
+    return config, spec, state, hp
 
 
 def time_jit_loop(images: np.ndarray, labels: np.ndarray, layer_sizes, batch_size: int, lr: float, steps: int,
@@ -217,7 +221,7 @@ def time_jit_loop(images: np.ndarray, labels: np.ndarray, layer_sizes, batch_siz
     n = images.shape[0]
     shuffle_s, xs, ys = _host_shuffle(images, labels, repeats)
     steps = max(1, min(steps, n // batch_size))
-    _, _, params, _ = _setup(layer_sizes, batch_size, n, lr)
+    params = _setup(layer_sizes, batch_size, n, lr)[2].params
     t0 = time.perf_counter()
     jax.block_until_ready(train.sgd_step(params, xs[:batch_size], ys[:batch_size], lr))  # compiles
     compile_s = time.perf_counter() - t0
@@ -238,38 +242,97 @@ def time_jit_loop(images: np.ndarray, labels: np.ndarray, layer_sizes, batch_siz
 
 def time_fused(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr: float,
                repeats: int = 3) -> tuple[float, float, int]:
-    """(seconds per epoch, compile seconds, recompilations while timed) of ``train.run_epoch``: a whole epoch, one program."""
-    spec, hp, params, opt_state = _setup(layer_sizes, batch_size, x.shape[0], lr)
-    key = jax.random.PRNGKey(1)
-    t0 = time.perf_counter()
-    compiled = train.run_epoch.lower(params, opt_state, key, x, y, hp, spec=spec).compile()
-    compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(params, opt_state, key, x, y, hp))
-    # run_epoch itself (not the AOT executable) is timed: later calls must hit its jit cache.
-    best, recompiles = _timed(
-        lambda: jax.block_until_ready(train.run_epoch(params, opt_state, key, x, y, hp, spec=spec)), repeats)
+    """(seconds per epoch, compile seconds, recompilations while timed) of ``train.fused_epoch``: the
+    whole epoch, shuffle included, as one ``lax.scan`` program."""
+    _, spec, state, hp = _setup(layer_sizes, batch_size, x.shape[0], lr)
+    program, compile_s = train.compile_program(train.run_fused_epoch, {"spec": spec}, state, x, y, hp)
+    jax.block_until_ready(program(state, x, y, hp))
+    best, recompiles = _timed(lambda: jax.block_until_ready(program(state, x, y, hp)), repeats)
+    return best, compile_s, recompiles
+
+
+def time_chunked(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr: float, chunks: int,
+                 repeats: int = 3) -> tuple[float, float, int]:
+    """(seconds per epoch, compile seconds, recompilations while timed) of the engine ``train.fit``
+    runs: the epoch's order (``train.epoch_order``), then ``chunks`` calls of the chunk program
+    (capacity one epoch, a traced step count), each waited for as fit waits for its losses."""
+    n = x.shape[0]
+    _, spec, state, hp = _setup(layer_sizes, batch_size, n, lr)
+    steps = train.steps_per_epoch(n, batch_size)
+    program, compile_s = train.compile_program(train.run_chunk, {"spec": spec, "capacity": steps}, state,
+                                               jnp.zeros((n,), jnp.int32), x, y, hp, jnp.int32(steps))
+    size = -(-steps // max(1, chunks))
+
+    def epoch():
+        s, order = state, train.epoch_order(state.key, state.epoch, n)
+        for a in range(0, steps, size):
+            s, losses = program(s, order, x, y, hp, jnp.int32(min(size, steps - a)))
+            np.asarray(losses)
+        return s
+
+    epoch()
+    best, recompiles = _timed(epoch, repeats)
     return best, compile_s, recompiles
 
 
 def time_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lrs,
                repeats: int = 2) -> tuple[float, float, int]:
-    """(seconds per epoch for all ``len(lrs)`` models, compile seconds, recompilations while timed) of one vmapped group program:
-    the lr sweep of ``jaxmlp sweep`` (one seed, so the members share the shuffle)."""
-    spec, _, params, _ = _setup(layer_sizes, batch_size, x.shape[0], 0.1)
-    k = len(lrs)
-    hps = sweep.stack([train.hparams_dict(jnp.float32, lr=float(lr)) for lr in lrs])
-    params_b = sweep.stack([params] * k)
-    states = sweep.stack([train.make_optimizer(spec, train.hparams_dict(jnp.float32)).init(params)] * k)
-    key = jax.random.PRNGKey(1)
-    t0 = time.perf_counter()
-    chains = sweep.default_chains(k)
-    compiled = sweep.group_epoch.lower(params_b, states, key, hps, x, y, spec=spec, shared_key=True,
-                                       chains=chains).compile()
-    compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(params_b, states, key, hps, x, y))
-    best, recompiles = _timed(lambda: jax.block_until_ready(
-        sweep.group_epoch(params_b, states, key, hps, x, y, spec=spec, shared_key=True, chains=chains)), repeats)
+    """(seconds per epoch for all ``len(lrs)`` models, compile seconds, recompilations while timed) of
+    the lr sweep of ``jaxmlp sweep``: one seed (so one key, one shuffle), the group's order and one
+    ``sweep.run_group_chunk`` (the vmapped engine chunk) per epoch."""
+    n = x.shape[0]
+    config, spec, _, _ = _setup(layer_sizes, batch_size, n, float(lrs[0]))
+    configs = [dataclasses.replace(config, lr=float(lr)) for lr in lrs]
+    state, hp = sweep.init_members(configs, int(layer_sizes[0]), int(layer_sizes[-1]), spec, shared_key=True)
+    steps = train.steps_per_epoch(n, batch_size)
+    order = sweep.group_order(state.key, state.epoch, n, True)
+    program, compile_s = train.compile_program(
+        sweep.run_group_chunk, {"spec": spec, "capacity": steps, "shared_key": True}, state, order, x, y, hp,
+        jnp.int32(steps))
+
+    def epoch():
+        return np.asarray(program(state, sweep.group_order(state.key, state.epoch, n, True), x, y, hp,
+                                  jnp.int32(steps))[1])
+
+    epoch()
+    best, recompiles = _timed(epoch, repeats)
     return best, compile_s, recompiles
+
+
+def _dots(weights: list, xb: jax.Array) -> list:
+    """The matmuls of one training step and nothing else: forward ``h_l = h_{l-1} @ W_l``, weight
+    gradients ``h_{l-1}.T @ d_l``, activation gradients ``d_l @ W_l.T`` (none for the input)."""
+    hs = [xb]
+    for w in weights:
+        hs.append(hs[-1] @ w)
+    d, grads = hs[-1], []
+    for i in reversed(range(len(weights))):
+        grads.append(hs[i].T @ d)
+        if i > 0:
+            d = d @ weights[i].T
+    return grads[::-1]
+
+
+@jax.jit
+def _dots_epoch(weights: list, batches: jax.Array) -> list:
+    def body(acc, xb):
+        return [a + g for a, g in zip(acc, _dots(weights, xb))], None
+
+    return jax.lax.scan(body, [jnp.zeros_like(w) for w in weights], batches)[0]
+
+
+def time_matmuls(x: jax.Array, layer_sizes, batch_size: int, repeats: int = 3) -> tuple[float, float, int]:
+    """(seconds per epoch, compile seconds, recompilations while timed) of an epoch's matmuls alone
+    (``_dots`` over every full batch of ``batch_size``, scaled to the epoch): what the epoch would
+    take if its elementwise work, gathers and loop were free."""
+    n = x.shape[0]
+    full = max(1, n // batch_size)
+    batches = x[: full * batch_size].reshape(full, batch_size, -1) if n >= batch_size else x[None]
+    weights = [w["W"] for w in _setup(layer_sizes, batch_size, n, 0.1)[2].params]
+    program, compile_s = train.compile_program(_dots_epoch, {}, weights, batches)
+    jax.block_until_ready(program(weights, batches))
+    best, recompiles = _timed(lambda: jax.block_until_ready(program(weights, batches)), repeats)
+    return best * n / (batches.shape[0] * batches.shape[1]), compile_s, recompiles
 
 
 # ---------------------------------------------------------------- the whole benchmark
@@ -339,13 +402,20 @@ def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch
     x = train.prepare(images, jnp.float32)  # resident on the device, as fit() has it
     y = jnp.asarray(labels, jnp.int32)
     fused_s, fused_c, r2 = time_fused(x, y, sizes, batch_size, lr, repeats)
-    add("fused epoch (lax.scan)", batch_size, fused_s, fused_c)
+    add("fused epoch (lax.scan)", batch_size, fused_s, fused_c, note="train.fused_epoch")
+    chunk_s, chunk_c, r3 = time_chunked(x, y, sizes, batch_size, lr, 4, repeats)
+    add("chunked engine, 4 chunks/epoch", batch_size, chunk_s, chunk_c, note="train.chunk, as fit runs it")
+    whole_s, _, r4 = time_chunked(x, y, sizes, batch_size, lr, 1, repeats)
+    add("chunked engine, 1 chunk/epoch", batch_size, whole_s, 0.0, note="the same program")
     lrs = np.geomspace(1e-3, 0.5, sweep_size) if sweep_size > 1 else np.array([lr])
-    sweep_s, sweep_c, r3 = time_sweep(x, y, sizes, batch_size, lrs, max(2, repeats // 2))  # K epochs a repeat
-    add(f"vmapped sweep, {sweep_size} lrs", batch_size, sweep_s, sweep_c, models=sweep_size)
-    big_s, big_c, r4 = time_fused(x, y, sizes, large_batch, lr, repeats)
+    sweep_s, sweep_c, r5 = time_sweep(x, y, sizes, batch_size, lrs, max(2, repeats // 2))  # K epochs a repeat
+    add(f"vmapped sweep, {sweep_size} lrs", batch_size, sweep_s, sweep_c, models=sweep_size,
+        note="vmap of train.chunk, one chunk/epoch")
+    big_s, big_c, r6 = time_fused(x, y, sizes, large_batch, lr, repeats)
     add("fused epoch, large batch", large_batch, big_s, big_c)
-    recompiles = r1 + r2 + r3 + r4
+    dots_s, dots_c, r7 = time_matmuls(x, sizes, large_batch, repeats)
+    add("its matmuls alone", large_batch, dots_s, dots_c, note="forward + backward dots of the large-batch epoch")
+    recompiles = r1 + r2 + r3 + r4 + r5 + r6 + r7
     # Measured before and after the rows, the higher kept: a busy moment must not lower the bar.
     peak = max(peak_before, matmul_peak(peak_size))
     for row in rows:
@@ -356,11 +426,18 @@ def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch
         "fused_speedup_vs_numpy": np_s / fused_s,
         "fused_speedup_vs_jit_loop": loop_s / fused_s,
         "jit_loop_speedup_vs_numpy": np_s / loop_s,
+        # The engine against the pre-chunk fused epoch (seconds over seconds; 1.05 = 5% slower).
+        "chunked_vs_fused": chunk_s / fused_s,
+        "one_chunk_vs_fused": whole_s / fused_s,
         "sweep_cost_per_model_vs_fused": (sweep_s / sweep_size) / fused_s,
+        "sweep_cost_per_model_vs_single": (sweep_s / sweep_size) / whole_s,
         # A sweep cannot beat the matmul peak, so its per-model cost is at least the single run's
-        # fraction of peak: the floor of the ratio above on this machine.
+        # fraction of peak: the floor of the ratios above on this machine.
         "sweep_cost_floor_at_peak": by["fused epoch (lax.scan)"]["fraction_of_peak"],
         "large_batch_fraction_of_peak": by["fused epoch, large batch"]["fraction_of_peak"],
+        # How much of the large-batch epoch its matmuls account for (the rest: elementwise work,
+        # gathers, the update, the loop).
+        "large_batch_matmul_share": dots_s / big_s,
     }
     return {
         "machine": machine_info(),
@@ -410,9 +487,13 @@ def format_report(report: dict) -> str:
     q = report["ratios"]
     lines += [f"fused epoch: {q['fused_speedup_vs_numpy']:.2f}x the numpy notebook, "
               f"{q['fused_speedup_vs_jit_loop']:.2f}x the jitted-step loop",
-              f"sweep: {q['sweep_cost_per_model_vs_fused']:.2f}x a single fused run per model-epoch (floor here: "
+              f"chunked engine: {q['chunked_vs_fused']:.3f}x the fused epoch's time in 4 chunks, "
+              f"{q['one_chunk_vs_fused']:.3f}x in one",
+              f"sweep: {q['sweep_cost_per_model_vs_single']:.2f}x a single run (one chunk an epoch) and "
+              f"{q['sweep_cost_per_model_vs_fused']:.2f}x a fused epoch per model-epoch (floor here: "
               f"{q['sweep_cost_floor_at_peak']:.2f}x, a sweep at 100% of the matmul peak)",
-              f"large batch: {q['large_batch_fraction_of_peak'] * 100:.0f}% of the matmul peak",
+              f"large batch: {q['large_batch_fraction_of_peak'] * 100:.0f}% of the matmul peak; its matmuls alone "
+              f"take {q['large_batch_matmul_share'] * 100:.0f}% of its time",
               f"recompilations while timed: {report['recompiles_while_timed']}",
               f"peak RSS: {report['peak_rss_mb']:.0f} MiB"]
     return "\n".join(lines)

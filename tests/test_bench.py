@@ -1,5 +1,5 @@
 """The benchmark: its FLOP count, its NumPy baseline being the notebook's algorithm, the --json
-report's fields on a tiny synthetic setting, and the fused epoch never recompiling."""
+report's fields on a tiny synthetic setting, and the engine's programs never recompiling."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from jaxmlp import bench, cli, train
-from jaxmlp.model import init_params
 
 def test_flop_count_of_the_notebook_mlp():
     """784-128-64-10: forward 2*109184, weight grads 2*109184, activation grads 2*(8192 + 640) (none
@@ -20,7 +19,7 @@ def test_flop_count_of_the_notebook_mlp():
     assert bench.mlp_flops_per_example([5, 3]) == 2 * 15 + 2 * 15  # one layer: no activation gradients
 
 
-def test_numpy_step_is_the_jitted_sgd_step():
+def test_numpy_step_is_the_jitted_sgd_step(x64):
     """The bench's NumPy baseline does the same update as train.sgd_step (float64 both, so the only
     difference is summation order: agreement to 1e-12 relative)."""
     rng = np.random.default_rng(0)
@@ -36,25 +35,29 @@ def test_numpy_step_is_the_jitted_sgd_step():
     assert loss == pytest.approx(float(jax_loss), abs=1e-7)  # the notebook's +1e-8 inside the log
 
 
-def test_fused_epoch_does_not_recompile_across_epochs_or_calls():
-    """fit_epochs builds its epoch program once: later epochs, and a second run with the same shapes,
-    build no XLA program at all (neither compiled nor loaded from the persistent cache)."""
-    spec = train.TrainSpec(batch_size=16)
-    hp = train.hparams_dict(jnp.float32, lr=0.1)
-    params = init_params(jax.random.PRNGKey(0), [12, 6, 3], dtype=jnp.float32)
-    opt_state = train.make_optimizer(spec, hp).init(params)
+def test_engine_programs_do_not_recompile_across_epochs_chunk_sizes_or_calls():
+    """The chunk program is built once for a shape: later epochs, other chunk sizes (a traced step
+    count) and a second run build no XLA program (neither compiled nor loaded from the persistent
+    cache); the fused epoch likewise."""
+    _, spec, state, hp = bench._setup([12, 6, 3], 16, 70, 0.1)
     x = jax.random.uniform(jax.random.PRNGKey(1), (70, 12), jnp.float32)
     y = jax.random.randint(jax.random.PRNGKey(2), (70,), 0, 3)
+    steps = train.steps_per_epoch(70, 16)
+
+    def run(state, sizes):
+        for size in sizes:
+            order = train.epoch_order(state.key, state.epoch, 70)
+            state, _ = train.run_chunk(state, order, x, y, hp, jnp.int32(size), spec=spec, capacity=steps)
+        return state
+
+    run(state, [2])
+    train.run_fused_epoch(state, x, y, hp, spec=spec)
     with bench.CompileCounter() as built:
-        per_epoch = []
-        for _ in train.fit_epochs(params, opt_state, jax.random.PRNGKey(3), x, y, hp, spec, 3):
-            per_epoch.append(built.count)
-        first_run = built.count
-        for _ in train.fit_epochs(params, opt_state, jax.random.PRNGKey(4), x, y, hp, spec, 3):
-            pass
-        train.run_epoch(params, opt_state, jax.random.PRNGKey(5), x, y, hp, spec=spec)
-    assert per_epoch[0] >= 1 and per_epoch[1] == per_epoch[2] == per_epoch[0]
-    assert built.count == first_run
+        end = run(state, [2, 3, 5, 1, 4])  # three epochs: 2+3, 5, 1+4
+        run(state._replace(key=jax.random.PRNGKey(9)), [5, 5])
+        train.run_fused_epoch(end, x, y, hp, spec=spec)
+    assert int(end.epoch) == 3 and int(end.step) == 0
+    assert built.count == 0
 
 
 def test_bench_json_has_every_row_and_field(capsys):
@@ -70,19 +73,27 @@ def test_bench_json_has_every_row_and_field(capsys):
     assert report["data"].startswith("synthetic")
     assert report["matmul_peak_gflops"] > 0
     names = [r["name"] for r in report["rows"]]
-    assert names == ["numpy notebook", "jit step, Python loop", "fused epoch (lax.scan)", "vmapped sweep, 2 lrs",
-                     "fused epoch, large batch"]
+    assert names == ["numpy notebook", "jit step, Python loop", "fused epoch (lax.scan)",
+                     "chunked engine, 4 chunks/epoch", "chunked engine, 1 chunk/epoch", "vmapped sweep, 2 lrs",
+                     "fused epoch, large batch", "its matmuls alone"]
     for row in report["rows"]:
         for field in ("seconds_per_epoch", "samples_per_second", "gflops", "fraction_of_peak"):
             assert row[field] > 0
     assert report["rows"][1]["compile_seconds"] > 0 and report["rows"][0]["compile_seconds"] is None
-    assert report["rows"][3]["models"] == 2
+    assert report["rows"][5]["models"] == 2
     assert set(report["ratios"]) == {"fused_speedup_vs_numpy", "fused_speedup_vs_jit_loop",
-                                     "jit_loop_speedup_vs_numpy", "sweep_cost_per_model_vs_fused",
-                                     "large_batch_fraction_of_peak", "sweep_cost_floor_at_peak"}
-    assert report["ratios"]["sweep_cost_floor_at_peak"] == report["rows"][2]["fraction_of_peak"]
+                                     "jit_loop_speedup_vs_numpy", "chunked_vs_fused", "one_chunk_vs_fused",
+                                     "sweep_cost_per_model_vs_fused", "sweep_cost_per_model_vs_single",
+                                     "large_batch_fraction_of_peak", "sweep_cost_floor_at_peak",
+                                     "large_batch_matmul_share"}
+    by = {r["name"]: r for r in report["rows"]}
+    assert report["ratios"]["sweep_cost_floor_at_peak"] == by["fused epoch (lax.scan)"]["fraction_of_peak"]
     assert report["ratios"]["fused_speedup_vs_numpy"] == pytest.approx(
         report["rows"][0]["seconds_per_epoch"] / report["rows"][2]["seconds_per_epoch"])
+    assert report["ratios"]["chunked_vs_fused"] == pytest.approx(
+        report["rows"][3]["seconds_per_epoch"] / report["rows"][2]["seconds_per_epoch"])
+    assert report["ratios"]["large_batch_matmul_share"] == pytest.approx(
+        by["its matmuls alone"]["seconds_per_epoch"] / by["fused epoch, large batch"]["seconds_per_epoch"])
     assert report["recompiles_while_timed"] == 0
     assert 0 < report["peak_rss_mb"] < 1536
     assert report["machine"]["cores"] >= 1 and report["machine"]["backend"] == jax.default_backend()
@@ -98,11 +109,14 @@ def test_bench_text_report_and_bad_data_dir(capsys, tmp_path):
         "rows": [{"name": n, "batch_size": 1, "models": m, "seconds_per_model_epoch": s, "samples_per_second": 1.0,
                   "gflops": 1.0, "fraction_of_peak": 0.1, "compile_seconds": None}
                  for n, m, s in (("numpy notebook", 1, 2.0), ("fused", 1, 0.5), ("sweep", 4, 0.25))],
-        "ratios": {"fused_speedup_vs_numpy": 4.0, "fused_speedup_vs_jit_loop": 2.0,
-                   "sweep_cost_per_model_vs_fused": 0.5, "large_batch_fraction_of_peak": 0.6,
-                   "sweep_cost_floor_at_peak": 0.25},
+        "ratios": {"fused_speedup_vs_numpy": 4.0, "fused_speedup_vs_jit_loop": 2.0, "chunked_vs_fused": 1.02,
+                   "one_chunk_vs_fused": 0.99, "sweep_cost_per_model_vs_fused": 0.5,
+                   "sweep_cost_per_model_vs_single": 0.45, "large_batch_fraction_of_peak": 0.6,
+                   "sweep_cost_floor_at_peak": 0.25, "large_batch_matmul_share": 0.7},
     }
     text = bench.format_report(report)
     assert "4.0x" in text and "8.0x" in text and "60% of the matmul peak" in text and "floor here: 0.25x" in text
+    assert "1.020x the fused epoch" in text and "0.45x a single run" in text and "70% of its time" in text
+    assert "machine: cpu, 2 cores" in text
     assert cli.main(["bench", "--data-dir", str(tmp_path)]) == 1
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
