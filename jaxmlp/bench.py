@@ -27,7 +27,8 @@ import platform
 import resource
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -279,16 +280,16 @@ def time_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lrs,
                repeats: int = 2) -> tuple[float, float, int]:
     """(seconds per epoch for all ``len(lrs)`` models, compile seconds, recompilations while timed) of
     the lr sweep of ``jaxmlp sweep``: one seed (so one key, one shuffle), the group's order and one
-    ``sweep.run_group_chunk`` (the vmapped engine chunk) per epoch."""
+    ``sweep.run_group_chunk`` (the vmapped engine chunk, ``sweep.default_chains`` chains) per epoch."""
     n = x.shape[0]
     config, spec, _, _ = _setup(layer_sizes, batch_size, n, float(lrs[0]))
     configs = [dataclasses.replace(config, lr=float(lr)) for lr in lrs]
     state, hp = sweep.init_members(configs, int(layer_sizes[0]), int(layer_sizes[-1]), spec, shared_key=True)
     steps = train.steps_per_epoch(n, batch_size)
     order = sweep.group_order(state.key, state.epoch, n, True)
-    program, compile_s = train.compile_program(
-        sweep.run_group_chunk, {"spec": spec, "capacity": steps, "shared_key": True}, state, order, x, y, hp,
-        jnp.int32(steps))
+    statics = {"spec": spec, "capacity": steps, "shared_key": True, "chains": sweep.default_chains(len(lrs))}
+    program, compile_s = train.compile_program(sweep.run_group_chunk, statics, state, order, x, y, hp,
+                                               jnp.int32(steps))
 
     def epoch():
         return np.asarray(program(state, sweep.group_order(state.key, state.epoch, n, True), x, y, hp,
@@ -455,7 +456,7 @@ def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch
         "rows": rows,
         "ratios": ratios,
         "recompiles_while_timed": int(recompiles),
-        "persistent_compile_cache": jax.config.jax_compilation_cache_dir or None,
+        "persistent_compile_cache": getattr(jax.config, "jax_compilation_cache_dir", None) or None,
         "peak_rss_mb": peak_rss_mb(),
     }
 

@@ -11,6 +11,7 @@ import pytest
 
 from jaxmlp import bench, cli, train
 
+
 def test_flop_count_of_the_notebook_mlp():
     """784-128-64-10: forward 2*109184, weight grads 2*109184, activation grads 2*(8192 + 640) (none
     for the input) = 454,400 FLOPs per example, 27.26 GFLOP per 60,000-example epoch."""

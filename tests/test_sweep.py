@@ -237,3 +237,24 @@ def test_cli_train_ensemble(tmp_path, data, capsys):
     # fine-tuning flags are not honoured by the vmapped ensemble: refused, not silently ignored
     assert cli.main(["train", "--data-dir", str(folder), "--ensemble", "2", "--classes", "1", "2"]) == 1
     assert "--ensemble cannot be combined with --classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-key", "per-member-keys"])
+def test_chains_split_members_without_changing_them(data, x64, shared):
+    """group_chunk with the members cut into 3 uneven independent chains (2 + 2 + 1) returns what one
+    chain returns: params, optimizer state, keys, step counters and losses, member for member."""
+    configs = [dataclasses.replace(BASE, lr=lr, optimizer="momentum", seed=1 if shared else i)
+               for i, lr in enumerate([0.5, 0.2, 0.1, 0.05, 0.01])]
+    x = train.prepare(data.x_train, np.float64)
+    y = jax.numpy.asarray(data.y_train, jax.numpy.int32)
+    spec = train.spec_for(configs[0], x.shape[0])
+    state, hp = sweep.init_members(configs, 784, 10, spec, shared)
+    order = sweep.group_order(state.key, state.epoch, x.shape[0], shared)
+    run = functools.partial(sweep.run_group_chunk, state, order, x, y, hp, jax.numpy.int32(5), spec=spec,
+                            capacity=8, shared_key=shared)
+    one, three = run(chains=1), run(chains=3)
+    assert int(three[0].step) == 5 and three[0].epoch.shape == ()
+    for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(three)):
+        # Each member's arithmetic is identical; only XLA's scheduling differs, so allow round-off.
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-15)
+    assert sweep.default_chains(1) == 1 and 1 <= sweep.default_chains(16) <= 16
