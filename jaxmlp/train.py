@@ -504,11 +504,15 @@ def setup(config: TrainConfig, data, state: TrainState | None = None, mesh: Any 
         state = init_state(_start_params(config, init_key, input_dim, num_classes), make_optimizer(spec, hp), run_key)
     arrays = _arrays(config, data, dtype)
     if mesh is not None:
-        from .parallel import distribute
+        from .parallel import distribute, replicate
+
+        # Everything the chunk reads is placed on the mesh first, so the program is compiled for the
+        # placements it will be called with (the epoch's order comes out replicated, like the key).
         spec, (state, *placed) = distribute(mesh, spec, (state, arrays[0], arrays[1]))
-        arrays = (*placed, *arrays[2:])
-        program, seconds = compile_program(run_chunk, {"spec": spec, "capacity": capacity}, state,
-                                           jnp.zeros((n,), jnp.int32), arrays[0], arrays[1], hp, jnp.int32(0))
+        arrays, hp = (*placed, *arrays[2:]), replicate(hp, mesh)
+        order = replicate(jnp.zeros((n,), jnp.int32), mesh)
+        program, seconds = compile_program(run_chunk, {"spec": spec, "capacity": capacity}, state, order,
+                                           arrays[0], arrays[1], hp, jnp.int32(0))
     else:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(_compile_chunk, spec, capacity, jax.eval_shape(lambda s: s, state), n,

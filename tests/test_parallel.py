@@ -29,8 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_enable_x64", True)  # this child process computes in float64 throughout
     from jaxmlp import cli, parallel, train
+    from jaxmlp.config import hparams
     from jaxmlp.data import Dataset, write_idx
 
     rng = np.random.default_rng(0)
@@ -47,17 +48,19 @@ SCRIPT = textwrap.dedent("""
     out["param_sharding"] = list(runs[4].params[0]["W"].sharding.spec)
     out["param_devices"] = len(runs[4].params[0]["W"].sharding.device_set)
 
-    # The compiled epoch really splits the batch: 32 rows / 4 devices = 8 per device, and XLA
+    # The compiled chunk really splits the batch: 32 rows / 4 devices = 8 per device, and XLA
     # all-reduces the gradients.
     mesh = parallel.make_mesh(4)
     spec = train.spec_for(config, 240)
     params = train.init_model(config, jax.random.PRNGKey(0), 784, 10)
-    hp = train.hparams_dict(np.float64, lr=0.3)
-    opt_state = train.make_optimizer(spec, hp).init(params)
+    hp = parallel.replicate(hparams(config, np.float64), mesh)
+    state = train.init_state(params, train.make_optimizer(spec, hp), jax.random.PRNGKey(1))
     xs = train.prepare(data.x_train, np.float64)
     ys = jax.numpy.asarray(data.y_train, jax.numpy.int32)
-    dspec, args = parallel.distribute(mesh, spec, (params, opt_state, jax.random.PRNGKey(1), xs, ys, hp))
-    hlo = train.run_epoch.lower(*args, spec=dspec).compile().as_text()
+    dspec, (state, xs, ys) = parallel.distribute(mesh, spec, (state, xs, ys))
+    order = parallel.replicate(jax.numpy.arange(240, dtype=jax.numpy.int32), mesh)
+    hlo = train.run_chunk.lower(state, order, xs, ys, hp, jax.numpy.int32(8), spec=dspec,
+                                capacity=8).compile().as_text()
     out["all_reduce"] = "all-reduce" in hlo
     out["per_device_rows"] = "f64[8,784]" in hlo
 
