@@ -9,7 +9,8 @@ inputs with exact zeros (``jnp.maximum(0, z)`` would give 0.5 at the tie and dis
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +30,7 @@ def manual_grad(params: Params, x: jax.Array, y: jax.Array) -> Params:
     L = len(params)
     m = x.shape[0]
     Y = _as_one_hot(y, params[-1]["W"].shape[1], cache[f"A{L}"].dtype)
-    grads = [None] * L
+    grads: list[Any] = [None] * L  # every entry is set below, last layer first
     dZ = cache[f"A{L}"] - Y
     for i in range(L, 0, -1):
         A_prev = cache[f"A{i - 1}"]
@@ -65,17 +66,22 @@ def finite_difference_grad(f: Callable[[Params], jax.Array], params: Params, eps
         est = np.zeros(n, dtype=flat.dtype)
         mask = np.zeros(n, dtype=bool)
         for j in idx:
-            def shifted(delta):
-                v = flat.copy()
-                v[j] += delta
-                ls = list(leaves)
-                ls[li] = jnp.asarray(v.reshape(leaf.shape), leaf.dtype)
-                return float(f_jit(ls))
-            est[j] = (shifted(eps) - shifted(-eps)) / (2 * eps)
+            up, down = _shifted(f_jit, leaves, li, flat, j, eps), _shifted(f_jit, leaves, li, flat, j, -eps)
+            est[j] = (up - down) / (2 * eps)
             mask[j] = True
         estimates.append(est.reshape(leaf.shape))
         masks.append(mask.reshape(leaf.shape))
     return jax.tree_util.tree_unflatten(treedef, estimates), jax.tree_util.tree_unflatten(treedef, masks)
+
+
+def _shifted(f_jit: Callable, leaves: list, li: int, flat: np.ndarray, j: int, delta: float) -> float:
+    """``f_jit(leaves)`` with coordinate ``j`` of leaf ``li`` (raveled values ``flat``) moved by ``delta``."""
+    leaf = leaves[li]
+    v = flat.copy()
+    v[j] += delta
+    ls = list(leaves)
+    ls[li] = jnp.asarray(v.reshape(leaf.shape), leaf.dtype)
+    return float(f_jit(ls))
 
 
 def max_relative_error(a, b, mask=None, floor: float = 1e-12) -> float:

@@ -28,8 +28,9 @@ import tokenize
 import warnings
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -69,8 +70,8 @@ def _named_leaves(path: Path, tree: Any) -> tuple[list[str], list[Any], Any]:
     """Member names ``state/<key path>``, the leaves, and the treedef of ``tree``."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
     names = ["state/" + jax.tree_util.keystr(kp, simple=True, separator="/") for kp, _ in flat]
-    if _repeated(names):
-        raise _error(path, _repeated(names), "two state leaves share this name")
+    if dup := _repeated(names):
+        raise _error(path, dup, "two state leaves share this name")
     return names, [leaf for _, leaf in flat], treedef
 
 
@@ -94,7 +95,8 @@ def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict) -> Path:
                 and not np.isfinite(arr).all()):
             raise _error(path, name, "refusing to save non-finite params (NaN or inf); nothing was written")
         arrays[name] = arr
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
+    # The stub types **kwds as if a key could be savez's allow_pickle; ours are all 'format', 'meta', 'state/...'.
+    return atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
 
 
 def _storable(path: Path, name: str, leaf: Any) -> np.ndarray:
@@ -197,8 +199,8 @@ def _archive(path: Path) -> Iterator[zipfile.ZipFile]:
         names = zf.namelist()
         if len(names) > MAX_MEMBERS:
             raise CheckpointError(f"{path}: not a checkpoint ({len(names)} zip members, more than {MAX_MEMBERS})")
-        if _repeated(names):
-            raise _error(path, _repeated(names).removesuffix(".npy"), "appears twice in the zip directory")
+        if dup := _repeated(names):
+            raise _error(path, dup.removesuffix(".npy"), "appears twice in the zip directory")
         yield zf
 
 

@@ -126,7 +126,7 @@ def cnn_forward(params: list[dict], x: jax.Array, *, key: jax.Array | None = Non
         h = _max_pool_2x2(jax.nn.relu(_conv_same(h, layer["W"], conv_impl) + layer["b"]))
     h = h.reshape(h.shape[0], -1)
     use_dropout = key is not None and dropout > 0.0
-    keys = jax.random.split(key, len(dense)) if use_dropout else [None] * len(dense)
+    keys = jax.random.split(key, len(dense)) if key is not None and use_dropout else [None] * len(dense)
     for layer, k in zip(dense[:-1], keys):
         h = jax.nn.relu(h @ layer["W"] + layer["b"])
         if use_dropout:

@@ -31,14 +31,14 @@ import io
 import json
 import math
 import os
-import socket
 import stat
 import struct
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, NamedTuple, Sequence
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +62,7 @@ class DownloadError(DataError):
 # ---------------------------------------------------------------- IDX files
 
 # Type code -> on-disk (big-endian) dtype.
-IDX_DTYPES = {
+IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -87,7 +87,7 @@ def _size(n: int) -> str:
     return str(n) if n < 10**15 else f"about 10^{len(str(n)) - 1}"
 
 
-def _read_upto(stream: IO[bytes], n: int) -> bytes:
+def _read_upto(stream: io.BufferedIOBase, n: int) -> bytes:
     """Up to n bytes, fewer only at the end of the stream."""
     parts, got = [], 0
     while got < n:
@@ -99,9 +99,9 @@ def _read_upto(stream: IO[bytes], n: int) -> bytes:
     return b"".join(parts)
 
 
-def _read_into(stream: IO[bytes], buf: np.ndarray) -> int:
+def _read_into(stream: io.BufferedIOBase, buf: np.ndarray) -> int:
     """Fill the 1-D uint8 array buf from stream in bounded pieces; return the bytes read."""
-    view, got = memoryview(buf), 0
+    view, got = buf.data, 0  # buf.data: a memoryview of buf
     while got < len(view):
         n = stream.readinto(view[got:got + _CHUNK])
         if not n:
@@ -110,7 +110,7 @@ def _read_into(stream: IO[bytes], buf: np.ndarray) -> int:
     return got
 
 
-def _idx_header(stream: IO[bytes], name: str) -> tuple[np.dtype, tuple[int, ...], int]:
+def _idx_header(stream: io.BufferedIOBase, name: str) -> tuple[np.dtype, tuple[int, ...], int]:
     """Read and check an IDX header: (on-disk dtype, shape, header bytes)."""
     head = _read_upto(stream, 4)
     if len(head) < 4:
@@ -147,7 +147,7 @@ def _check_declared(name: str, expected: int, size: int, header: int, gz: bool) 
                        f"(header declares {expected} payload bytes, file has {got})")
 
 
-def _read_idx_from(f: IO[bytes], name: str, size: int) -> np.ndarray:
+def _read_idx_from(f: io.BufferedIOBase, name: str, size: int) -> np.ndarray:
     """The array in the IDX file open as f (at offset 0, `size` bytes, gzip or raw), native-endian."""
     gz = _read_upto(f, 2) == _GZIP_MAGIC
     f.seek(0)
@@ -177,7 +177,7 @@ def _read_idx_from(f: IO[bytes], name: str, size: int) -> np.ndarray:
                        f"supports") from None
 
 
-def _open_file(path: str | os.PathLike, error: type[DataError]) -> tuple[IO[bytes], int]:
+def _open_file(path: str | os.PathLike, error: type[DataError]) -> tuple[io.BufferedIOBase, int]:
     """(binary file, size) for a regular file; `error` naming the path for anything else, so a folder,
     a FIFO or a device such as /dev/zero is refused before any read (O_NONBLOCK: a FIFO without a
     writer must not block the open)."""
@@ -237,7 +237,7 @@ def write_idx(path: str | os.PathLike, array) -> None:
 # ---------------------------------------------------------------- image files (predict's input)
 
 
-def _npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _npy_header(f: io.BufferedIOBase, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     fmt = np.lib.format
     try:
         version = fmt.read_magic(f)
@@ -251,7 +251,7 @@ def _npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dtyp
         raise DataError(f"{name}: unreadable .npy file ({msg})") from None
 
 
-def _read_npy(f: IO[bytes], name: str, size: int) -> np.ndarray:
+def _read_npy(f: io.BufferedIOBase, name: str, size: int) -> np.ndarray:
     """The array in the .npy file open as f, read only after its header has been checked: no pickles,
     images' rank and dtype, at most MAX_ARRAY_BYTES, exactly what the file holds."""
     shape, fortran, dtype = _npy_header(f, name)
@@ -510,7 +510,7 @@ def _find_all(folder: Path, dataset: str = "mnist", source: str | None = "--data
     missing = [stem for stem, p in zip(FILE_STEMS, paths) if p is None]
     if missing:
         raise DataError(f"{where} has no {', '.join(missing)} (.gz or uncompressed); {hint}")
-    return paths
+    return [p for p in paths if p is not None]  # none is: missing is empty
 
 
 def _load_paths(paths: Sequence[Path], num_classes: int) -> Dataset:
@@ -793,7 +793,7 @@ def _fetch(url: str, out, timeout: float, bar_enabled: bool, desc: str) -> None:
         raise _MirrorFailed(f"HTTP {err.code}") from None
     except http.client.IncompleteRead:
         raise _MirrorFailed(f"connection closed after {got} of {total} bytes") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise _MirrorFailed(f"timed out after {timeout:g} s ({got} bytes received)") from None
     except urllib.error.URLError as err:
         reason = err.reason

@@ -14,8 +14,9 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?:tmp|part)$")
 
@@ -42,7 +43,7 @@ def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
 
     Returns the paths removed. Files that do not match our naming pattern are never touched.
     """
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(Path(folder).iterdir())
     except OSError:

@@ -7,7 +7,7 @@ Hidden layers use ReLU; the last layer is linear and returns logits.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -25,8 +25,11 @@ Conventions (PyTorch-style, documented per function):
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Callable, NamedTuple, Union
+import operator
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +37,7 @@ import numpy as np
 
 PyTree = Any
 Schedule = Callable[[jax.Array], jax.Array]
-LR = Union[float, jax.Array, Schedule]
+LR = float | jax.Array | Schedule
 
 __all__ = [
     "Optimizer", "SgdState", "MomentumState", "AdamState",
@@ -69,7 +72,7 @@ class AdamState(NamedTuple):
 
 # ----------------------------------------------------------------------------- helpers
 
-def _lr_at(lr: LR, step: jax.Array) -> jax.Array:
+def _lr_at(lr: LR, step: jax.Array) -> jax.Array | float:
     # callable() is a python-type check, safe on tracers (arrays are not callable).
     return lr(step) if callable(lr) else lr
 
@@ -315,7 +318,7 @@ def l2_penalty(params: PyTree) -> jax.Array:
     weights = [layer["W"] for layer in params]
     if not weights:
         raise ValueError("l2_penalty: params has no layers")
-    return 0.5 * sum(jnp.sum(jnp.square(w)) for w in weights)
+    return 0.5 * functools.reduce(operator.add, (jnp.sum(jnp.square(w)) for w in weights))
 
 
 def _select(mask: PyTree, new: PyTree, old: PyTree) -> PyTree:

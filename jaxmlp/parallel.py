@@ -118,6 +118,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         raise ValueError("--coordinator, --num-processes and --process-id go together (or give none of them "
                          "to let JAX detect a SLURM / Open MPI cluster)")
     if all(given):
+        assert coordinator is not None and num_processes is not None and process_id is not None  # all(given)
         host, port = _parse_coordinator(coordinator)
         _check_process_flags(num_processes, process_id)
         if jax.distributed.is_initialized():
@@ -126,8 +127,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
             _check_port_free(coordinator, port)
         else:
             _wait_for_coordinator(coordinator, host, port, timeout_s)
-        args = {"coordinator_address": coordinator, "num_processes": int(num_processes),
-                "process_id": int(process_id)}
+        args: dict[str, Any] = {"coordinator_address": coordinator, "num_processes": int(num_processes),
+                                "process_id": int(process_id)}
     else:
         args = {}
     if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
@@ -222,7 +223,7 @@ def _check_same_everywhere(leaves: list) -> None:
     training on mismatched copies."""
     from jax.experimental import multihost_utils
 
-    crcs = np.array([zlib.crc32(np.ascontiguousarray(leaf).reshape(-1).view(np.uint8)) for leaf in leaves],
+    crcs = np.array([zlib.crc32(np.ascontiguousarray(leaf).reshape(-1).view(np.uint8).data) for leaf in leaves],
                     np.uint32)
     every = multihost_utils.process_allgather(crcs)  # (processes, leaves)
     if (every != every[0]).any():

@@ -49,7 +49,7 @@ class Progress:
             self.stream.write("\r" + " " * 100 + "\r")
             self.stream.flush()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,7 +10,7 @@ and train only the head::
 from __future__ import annotations
 
 import operator
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 

@@ -99,8 +99,9 @@ def npy(arr, **kw) -> bytes:
     return buf.getvalue()
 
 
-def raw_npy(header: str, version=1, length=None, data=W_GOOD.tobytes()) -> bytes:
+def raw_npy(header: str, version=1, length=None, data=None) -> bytes:
     """An npy file with a hand-written header dict (and a header length that may lie)."""
+    data = W_GOOD.tobytes() if data is None else data
     text = header.encode() + b"\n"
     fmt = "<H" if version == 1 else "<I"
     return b"\x93NUMPY" + bytes([version, 0]) + struct.pack(fmt, len(text) if length is None else length) + text + data

@@ -12,8 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from jaxmlp import data
@@ -599,7 +598,7 @@ def test_offline_first_run_names_the_folder_and_the_ways_out(two_sets):
         data.load_dataset(dataset="alpha", mirrors=[_dead_mirror()])
     msg = str(info.value)
     assert "\n" not in msg and f"no alpha data in {folder}" in msg and "Connection refused" in msg
-    for way in ("--data-dir DIR", "$JAXMLP_DATA_DIR", "--mirror URL", f"jaxmlp download --dataset alpha",
+    for way in ("--data-dir DIR", "$JAXMLP_DATA_DIR", "--mirror URL", "jaxmlp download --dataset alpha",
                 *(f"{stem}.gz" for stem in data.FILE_STEMS), f"into {folder}"):
         assert way in msg
     with pytest.raises(data.DataError, match="downloading is off"):
