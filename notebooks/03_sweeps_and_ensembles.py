@@ -85,9 +85,9 @@ print(f"adding seed=[0, 1, 2]: {len(with_seeds)} configurations, still "
 # learning rate, the seed and the init scheme are just numbers fed to the program, so the models
 # of a group get a leading axis on their params, optimizer state and keys, while the training
 # images are shared. Each member still follows exactly the random stream `train.fit` would use
-# for its configuration. When all members have the same seed, as here, they also see the same
-# minibatches, and their first layers become one wide matrix product. `run_sweep` trains each
-# group and tests every member.
+# for its configuration: a group is `jax.vmap` of the engine's own compiled chunk, with the step
+# counters shared. When all members have the same seed, as here, they also see the same
+# minibatches. `run_sweep` trains each group and tests every member.
 
 # %%
 result = sweep.run_sweep(configs, small)
