@@ -177,17 +177,21 @@ def gzip_bomb(path: Path, declared=(60000, 28, 28), inflated: int = 1 << 30) -> 
     path.write_bytes(head + segment * (inflated >> 20) + end + trailer)
 
 
+# VmHWM, not getrusage's ru_maxrss: Linux carries the forking parent's peak (pytest's, which grows
+# over a session) into the child's ru_maxrss across exec, while VmHWM is this process's own.
 _CHILD = """
-import resource, sys
+import sys
 from jaxmlp import data
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kib():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])
+before = peak_kib()
 for read in (data.read_idx, data.read_images):
     try:
         read(sys.argv[1])
         print("accepted")
     except data.DataError as err:
         print(err)
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(before, peak_kib())
 """
 
 

@@ -20,10 +20,13 @@ from test_fuzz_idx import gzip_bomb
 
 pytestmark = pytest.mark.slow
 RSS_LIMIT_MB = 900
-CHILD = ("import os, resource, sys\n"
+# The child's own peak (VmHWM, KiB). Not getrusage's ru_maxrss: Linux carries the forking parent's peak
+# (pytest's, which grows over a session) into the child's ru_maxrss across exec.
+CHILD = ("import os, sys\n"
          "from jaxmlp.cli import main\n"
          "rc = main(sys.argv[1:])\n"
-         "open(os.environ['RSS_OUT'], 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+         "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:')).split()[1]\n"
+         "open(os.environ['RSS_OUT'], 'w').write(hwm)\n"
          "sys.exit(rc)\n")
 
 
