@@ -372,6 +372,41 @@ def load_bench_data(data_dir=None, dataset: str = "mnist", synthetic: bool = Fal
     return images, labels, note
 
 
+def _row(name: str, batch_size: int, seconds: float, samples: int, flops: float, peak: float,
+         compile_s: float | None, models: int, note: str) -> dict:
+    """One row of the report: ``samples`` examples and ``flops`` matmul FLOPs done in ``seconds``."""
+    return {"name": name, "batch_size": batch_size, "models": models, "seconds_per_epoch": seconds,
+            "seconds_per_model_epoch": seconds / models, "samples_per_second": samples / seconds,
+            "gflops": flops / seconds / 1e9, "fraction_of_peak": flops / seconds / 1e9 / peak,
+            "compile_seconds": compile_s, "note": note}
+
+
+def _ratios(by: dict, sweep_size: int) -> dict:
+    """The report's ratios from its rows (by name)."""
+    seconds = {name: row["seconds_per_epoch"] for name, row in by.items()}
+    np_s, loop_s = seconds["numpy notebook"], seconds["jit step, Python loop"]
+    fused_s, big_s = seconds["fused epoch (lax.scan)"], seconds["fused epoch, large batch"]
+    chunk_s, whole_s = seconds["chunked engine, 4 chunks/epoch"], seconds["chunked engine, 1 chunk/epoch"]
+    sweep_s = seconds[f"vmapped sweep, {sweep_size} lrs"]
+    return {
+        "fused_speedup_vs_numpy": np_s / fused_s,
+        "fused_speedup_vs_jit_loop": loop_s / fused_s,
+        "jit_loop_speedup_vs_numpy": np_s / loop_s,
+        # The engine against the pre-chunk fused epoch (seconds over seconds; 1.05 = 5% slower).
+        "chunked_vs_fused": chunk_s / fused_s,
+        "one_chunk_vs_fused": whole_s / fused_s,
+        "sweep_cost_per_model_vs_fused": (sweep_s / sweep_size) / fused_s,
+        "sweep_cost_per_model_vs_single": (sweep_s / sweep_size) / whole_s,
+        # A sweep cannot beat the matmul peak, so its per-model cost is at least the single run's
+        # fraction of peak: the floor of the ratios above on this machine.
+        "sweep_cost_floor_at_peak": by["fused epoch (lax.scan)"]["fraction_of_peak"],
+        "large_batch_fraction_of_peak": by["fused epoch, large batch"]["fraction_of_peak"],
+        # How much of the large-batch epoch its matmuls account for (the rest: elementwise work,
+        # gathers, the update, the loop).
+        "large_batch_matmul_share": seconds["its matmuls alone"] / big_s,
+    }
+
+
 def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch_size: int = 32,
               lr: float = 0.1, large_batch: int = 512, sweep_size: int = 16, numpy_steps: int = 600,
               loop_steps: int = 600, repeats: int = 5, peak_size: int = 2048, data_note: str = "",
@@ -385,16 +420,9 @@ def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch
     rows: list[dict] = []
 
     def add(name, bs, seconds, compile_s=None, models=1, note=""):
-        row = {"name": name, "batch_size": bs, "models": models, "seconds_per_epoch": seconds,
-               "seconds_per_model_epoch": seconds / models,
-               "samples_per_second": n * models / seconds,
-               "gflops": flops_epoch * models / seconds / 1e9,
-               "fraction_of_peak": flops_epoch * models / seconds / 1e9 / peak_before,
-               "compile_seconds": compile_s, "note": note}
-        rows.append(row)
+        rows.append(_row(name, bs, seconds, n * models, flops_epoch * models, peak_before, compile_s, models, note))
         if on_row is not None:
-            on_row(row)
-        return row
+            on_row(rows[-1])
 
     np_s = time_numpy(images, labels, sizes, batch_size, lr, numpy_steps, repeats)
     add("numpy notebook", batch_size, np_s, note=f"float64 weights; {min(numpy_steps, n // batch_size)} steps timed")
@@ -416,30 +444,10 @@ def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch
     add("fused epoch, large batch", large_batch, big_s, big_c)
     dots_s, dots_c, r7 = time_matmuls(x, sizes, large_batch, repeats)
     add("its matmuls alone", large_batch, dots_s, dots_c, note="forward + backward dots of the large-batch epoch")
-    recompiles = r1 + r2 + r3 + r4 + r5 + r6 + r7
     # Measured before and after the rows, the higher kept: a busy moment must not lower the bar.
     peak = max(peak_before, matmul_peak(peak_size))
     for row in rows:
         row["fraction_of_peak"] = row["gflops"] / peak
-
-    by = {r["name"]: r for r in rows}
-    ratios = {
-        "fused_speedup_vs_numpy": np_s / fused_s,
-        "fused_speedup_vs_jit_loop": loop_s / fused_s,
-        "jit_loop_speedup_vs_numpy": np_s / loop_s,
-        # The engine against the pre-chunk fused epoch (seconds over seconds; 1.05 = 5% slower).
-        "chunked_vs_fused": chunk_s / fused_s,
-        "one_chunk_vs_fused": whole_s / fused_s,
-        "sweep_cost_per_model_vs_fused": (sweep_s / sweep_size) / fused_s,
-        "sweep_cost_per_model_vs_single": (sweep_s / sweep_size) / whole_s,
-        # A sweep cannot beat the matmul peak, so its per-model cost is at least the single run's
-        # fraction of peak: the floor of the ratios above on this machine.
-        "sweep_cost_floor_at_peak": by["fused epoch (lax.scan)"]["fraction_of_peak"],
-        "large_batch_fraction_of_peak": by["fused epoch, large batch"]["fraction_of_peak"],
-        # How much of the large-batch epoch its matmuls account for (the rest: elementwise work,
-        # gathers, the update, the loop).
-        "large_batch_matmul_share": dots_s / big_s,
-    }
     return {
         "machine": machine_info(),
         "data": data_note,
@@ -454,8 +462,8 @@ def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch
         "matmul_peak_size": peak_size,
         "timing": f"best of {repeats} after a warm-up (step loops: best of 10 chunks per pass); compile time separate",
         "rows": rows,
-        "ratios": ratios,
-        "recompiles_while_timed": int(recompiles),
+        "ratios": _ratios({r["name"]: r for r in rows}, sweep_size),
+        "recompiles_while_timed": int(r1 + r2 + r3 + r4 + r5 + r6 + r7),
         "persistent_compile_cache": getattr(jax.config, "jax_compilation_cache_dir", None) or None,
         "peak_rss_mb": peak_rss_mb(),
     }

@@ -382,6 +382,53 @@ def _sweep_caption(lines: str, counts: list[int]) -> str:
     return f"{lines}: mean test accuracy of the {runs} runs at each point; dots: single runs"
 
 
+def _sweep_value(run: dict, k: str) -> Any:
+    return _hashable(run.get("config", {}).get(k))
+
+
+def _draw_sweep_axis(ax: Axes, runs: Sequence[dict], acc: np.ndarray, xkey: str,
+                     group_key: str | None = None) -> list[int]:
+    """Lines (the mean accuracy at each value of ``xkey``, one per value of ``group_key``) and dots
+    (every run) on ``ax``; returns how many runs each point of the lines averages."""
+    from matplotlib.ticker import PercentFormatter
+
+    xs = [_sweep_value(r, xkey) for r in runs]
+    distinct, pos, ticks = _axis_values(xs)
+    where = {v: p for v, p in zip(distinct, pos)}
+    groups = [None] if group_key is None else _axis_values([_sweep_value(r, group_key) for r in runs])[0]
+    counts = []
+    for g in groups:
+        sel = [i for i, r in enumerate(runs) if group_key is None or _sweep_value(r, group_key) == g]
+        px = [where[xs[i]] for i in sel]
+        # Mean over the runs sharing an x (seeds, or the other settings when pooled) as a line;
+        # every run as a faint dot.
+        line_x = sorted(set(px))
+        members = [[acc[i] for i in sel if where[xs[i]] == x] for x in line_x]
+        counts += [len(m) for m in members]
+        repeats = max(len(m) for m in members) > 1
+        label = f"{group_key}={g}" if group_key is not None else (
+            f"mean of the runs at each {xkey}" if repeats else f"one run at each {xkey}")
+        (line,) = ax.plot(line_x, [float(np.mean(m)) for m in members], marker="o", label=label)
+        ax.scatter(px, acc[sel], s=18, alpha=0.4, color=line.get_color(),
+                   label="single runs" if group_key is None and repeats else None)
+    if ticks is None and _is_lr(xkey) and min(pos) > 0:
+        ax.set_xscale("log")
+        ax.minorticks_off()
+    if ticks is None and len(distinct) <= 8:
+        # Few swept values: label exactly those, not matplotlib's round numbers in between.
+        ticks = [f"{v:g}" for v in distinct]
+    if ticks is not None:
+        ax.set_xticks(pos, ticks)
+    if not all(_is_number(v) for v in distinct):
+        ax.set_xlim(-0.5, len(distinct) - 0.5)
+    ax.set_xlabel(xkey)
+    ax.set_ylabel("test accuracy")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return counts
+
+
 def sweep_figure(runs: Sequence[dict]) -> Figure:
     """The matplotlib Figure that plot_sweep saves (see there); tests inspect its axes."""
     runs = [r for r in runs if r.get("test_accuracy") is not None]
@@ -394,48 +441,6 @@ def sweep_figure(runs: Sequence[dict]) -> Figure:
     if len(varying) > 1 and "seed" in varying:
         # Seeds are repeats, not a knob: the dots at each x show their spread, the line their mean.
         varying.remove("seed")
-
-    def value(run: dict, k: str) -> Any:
-        return _hashable(run.get("config", {}).get(k))
-
-    def draw(ax: Axes, xkey: str, group_key: str | None = None) -> list[int]:
-        """Lines and dots on ax; returns how many runs each point of the lines averages."""
-        xs = [value(r, xkey) for r in runs]
-        distinct, pos, ticks = _axis_values(xs)
-        where = {v: p for v, p in zip(distinct, pos)}
-        groups = [None] if group_key is None else _axis_values([value(r, group_key) for r in runs])[0]
-        counts = []
-        for g in groups:
-            sel = [i for i, r in enumerate(runs) if group_key is None or value(r, group_key) == g]
-            px = [where[xs[i]] for i in sel]
-            # Mean over the runs sharing an x (seeds, or the other settings when pooled) as a line;
-            # every run as a faint dot.
-            line_x = sorted(set(px))
-            members = [[acc[i] for i in sel if where[xs[i]] == x] for x in line_x]
-            counts += [len(m) for m in members]
-            repeats = max(len(m) for m in members) > 1
-            label = f"{group_key}={g}" if group_key is not None else (
-                f"mean of the runs at each {xkey}" if repeats else f"one run at each {xkey}")
-            (line,) = ax.plot(line_x, [float(np.mean(m)) for m in members], marker="o", label=label)
-            ax.scatter(px, acc[sel], s=18, alpha=0.4, color=line.get_color(),
-                       label="single runs" if group_key is None and repeats else None)
-        if ticks is None and _is_lr(xkey) and min(pos) > 0:
-            ax.set_xscale("log")
-            ax.minorticks_off()
-        if ticks is None and len(distinct) <= 8:
-            # Few swept values: label exactly those, not matplotlib's round numbers in between.
-            ticks = [f"{v:g}" for v in distinct]
-        if ticks is not None:
-            ax.set_xticks(pos, ticks)
-        if not all(_is_number(v) for v in distinct):
-            ax.set_xlim(-0.5, len(distinct) - 0.5)
-        ax.set_xlabel(xkey)
-        ax.set_ylabel("test accuracy")
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        return counts
-
     if not varying:
         fig = _new_figure((5, 4))
         ax = fig.subplots()
@@ -447,7 +452,7 @@ def sweep_figure(runs: Sequence[dict]) -> Figure:
     elif len(varying) <= 2:
         fig = _new_figure((7.5, 4.8))
         ax = fig.subplots()
-        counts = draw(ax, varying[0], varying[1] if len(varying) == 2 else None)
+        counts = _draw_sweep_axis(ax, runs, acc, varying[0], varying[1] if len(varying) == 2 else None)
         lines = "line" if len(varying) == 1 else f"one line per {varying[1]}"
         ax.set_title(f"Sweep: test accuracy vs {' and '.join(varying)} ({len(runs)} runs)\n"
                      + _sweep_caption(lines, counts), fontsize=10)
@@ -456,7 +461,7 @@ def sweep_figure(runs: Sequence[dict]) -> Figure:
         axes = fig.subplots(1, len(varying), squeeze=False)[0]
         counts = []
         for ax, k in zip(axes, varying):
-            counts += draw(ax, k)
+            counts += _draw_sweep_axis(ax, runs, acc, k)
         fig.suptitle(f"Sweep: test accuracy vs each hyperparameter ({len(runs)} runs)\n"
                      + _sweep_caption("each panel's line (the other settings pooled)", counts), fontsize=10)
     fig.tight_layout()
