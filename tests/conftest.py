@@ -61,6 +61,7 @@ SLOW = {
     "tests/test_cli.py::test_finetune_freezes_layers": "fine-tuning, eval and predict through the CLI",
     "tests/test_cli.py::test_console_script_bad_flag": "starts the installed console script",
     "tests/test_cli.py::test_python_dash_m_and_version": "starts a Python process",
+    "tests/test_cli.py::test_the_compile_cache": "two real `jaxmlp train` processes",
     "tests/test_backprop.py::test_finite_differences_agree_with_both[2": "float64 finite differences, depth 2",
     "tests/test_backprop.py::test_finite_differences_agree_with_both[3": "float64 finite differences, depth 3",
     "tests/test_backprop.py::test_finite_differences_agree_with_both[4": "float64 finite differences, depth 4",

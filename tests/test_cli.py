@@ -588,3 +588,16 @@ def test_python_dash_m_and_version():
 
     proc = subprocess.run([sys.executable, "-m", "jaxmlp", "--version"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == f"jaxmlp {jaxmlp.__version__}"
+
+
+def test_the_compile_cache_is_switched_on_at_the_cli_entry(tmp_path, data_dir):
+    """With JAXMLP_COMPILE_CACHE=DIR (the default is the jaxmlp cache folder) a real run keeps its
+    compiled programs in DIR, and the second run of the same shapes works from them."""
+    import os
+
+    env = {**os.environ, "JAXMLP_COMPILE_CACHE": str(tmp_path / "xla")}
+    argv = [sys.executable, "-m", "jaxmlp", "train", "--data-dir", str(data_dir), *SMALL, "--epochs", "1", "--quiet"]
+    for _ in range(2):
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert any((tmp_path / "xla").iterdir())

@@ -65,7 +65,7 @@ def enable_compile_cache() -> None:
         return
     import jax
 
-    if jax.config.read("jax_compilation_cache_dir"):  # the user (or a notebook) chose one already
+    if getattr(jax.config, "jax_compilation_cache_dir", None):  # the user (or a notebook) chose one already
         return
     folder = setting or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
                                      "jaxmlp", "xla")

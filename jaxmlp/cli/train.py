@@ -205,10 +205,10 @@ def _report(args, config, data, result, resume, mesh, started) -> None:
         "resumed_from_epoch": len(resume["history"]) if resume else None})
     params = to_host(result.params)  # every process: the params may span them
     if args.plot_dir and is_primary():
-        _plots(args, config, data, params, result.history)
+        _plots(args, config, data, params, result.history, result.test_loss)
 
 
-def _plots(args, config, data, params, history) -> None:
+def _plots(args, config, data, params, history, test_loss: float) -> None:
     from jaxmlp.plots import save_training_plots
     from jaxmlp.train import dtype_of, predict_labels, prepare
 
@@ -218,7 +218,8 @@ def _plots(args, config, data, params, history) -> None:
     preds = predict_labels(params, prepare(data.x_test, dtype_of(config)), arch=config.arch)
     paths = save_training_plots(args.plot_dir, history=history, params=params, x_test_images=data.x_test,
                                 y_test=data.y_test, preds=preds,
-                                class_names=None if config.classes is None else [str(c) for c in config.classes])
+                                class_names=None if config.classes is None else [str(c) for c in config.classes],
+                                test_loss=test_loss)
     if not args.quiet:
         say(f"plots: {', '.join(str(p) for p in paths)}")
 
