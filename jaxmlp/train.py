@@ -627,22 +627,24 @@ class StopRun(Exception):
         self.reason, self.signum = reason, signum
 
 
-def _next_steps(steps: int, seconds: float, target: float, room: int) -> int:
-    """Steps for the next chunk so that it takes about ``target`` seconds (at most ``room``)."""
+def _next_steps(steps: int, seconds: float, target: float, room: int, least: int = 1) -> int:
+    """Steps for the next chunk so that it takes about ``target`` seconds: at least ``least``, at most
+    ``room``."""
     if seconds > 0:
         steps = int(steps * min(max(target / seconds, 0.25), 4.0))
-    return max(1, min(steps, room))
+    return max(1, min(max(steps, least), room))
 
 
 class Loop:
     """The host side of a run: picks chunk sizes, tracks the epoch's loss, builds the history."""
 
-    def __init__(self, run: Run, history: list, partial: dict, chunk_steps: int | None, chunk_seconds: float):
+    def __init__(self, run: Run, history: list, partial: dict, chunk_steps: int | None, chunk_seconds: float,
+                 least: int = 1):
         self.run, self.history = run, list(history)
         self.loss_sum = float(partial.get("loss_sum", 0.0))
         self.epoch_seconds = float(partial.get("seconds", 0.0))
-        self.fixed, self.target = chunk_steps, chunk_seconds
-        self.steps = chunk_steps or 8  # a short first chunk measures the speed
+        self.fixed, self.target, self.least = chunk_steps, chunk_seconds, least
+        self.steps = chunk_steps or max(8, least)  # a short first chunk measures the speed
 
     def partial(self) -> dict:
         return {"loss_sum": self.loss_sum, "seconds": self.epoch_seconds}
@@ -650,14 +652,14 @@ class Loop:
     def advance(self, state: TrainState, order) -> tuple[TrainState, np.ndarray, float]:
         run = self.run
         room = run.steps_per_epoch - int(state.step)
-        steps = min(self.fixed, room) if self.fixed else _next_steps(self.steps, 0, self.target, room)
+        steps = min(self.fixed, room) if self.fixed else _next_steps(self.steps, 0, self.target, room, self.least)
         t0 = time.perf_counter()
         new, losses = run.program(state, order, run.x, run.y, run.hparams, jnp.int32(steps))
         from .parallel import to_host
         losses = np.asarray(to_host(losses))[:steps]  # waits for the device: honest timing
         seconds = time.perf_counter() - t0
         if not self.fixed:
-            self.steps = _next_steps(steps, seconds, self.target, run.steps_per_epoch)
+            self.steps = _next_steps(steps, seconds, self.target, run.steps_per_epoch, self.least)
         self.loss_sum += loss_sum(losses, run.x.shape[0], run.spec.batch_size, int(state.step))
         self.epoch_seconds += seconds
         return new, losses, seconds
@@ -682,7 +684,8 @@ def advance(run: Run, state: TrainState, handlers: Sequence[Callable], *, histor
     the "end" event (reason "diverged" for ``DivergenceError``)."""
     from .backend import choices
 
-    loop = Loop(run, list(history), partial or {}, chunk_steps, chunk_seconds or choices().chunk_seconds)
+    loop = Loop(run, list(history), partial or {}, chunk_steps, chunk_seconds or choices().chunk_seconds,
+                choices().min_chunk_steps)
     def emit(kind, new, old, losses=None, seconds=0.0, reason=""):
         event = Event(kind, run, new, old, np.zeros(0) if losses is None else losses, loop.history, seconds, reason,
                       loop.partial())

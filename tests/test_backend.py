@@ -24,10 +24,10 @@ def test_the_cnn_follows_the_switch(monkeypatch):
     convs = []
     real = jax.lax.conv_general_dilated
     monkeypatch.setattr(jax.lax, "conv_general_dilated", lambda *a, **k: convs.append(1) or real(*a, **k))
-    monkeypatch.setattr(backend, "choices", lambda platform=None: backend.Choices("gpu", "xla", 0.25, 1))
+    monkeypatch.setattr(backend, "choices", lambda platform=None: backend.Choices("gpu", "xla", 0.25, 1, 1))
     as_gpu = cnn.cnn_forward(params, x)
     assert len(convs) == 2  # both conv layers went to XLA's convolution
-    monkeypatch.setattr(backend, "choices", lambda platform=None: backend.Choices("cpu", "im2col", 0.25, 4))
+    monkeypatch.setattr(backend, "choices", lambda platform=None: backend.Choices("cpu", "im2col", 0.25, 16, 4))
     as_cpu = cnn.cnn_forward(params, x)
     assert len(convs) == 2  # none more: im2col matmuls
     np.testing.assert_allclose(np.asarray(as_gpu), np.asarray(as_cpu), rtol=1e-5, atol=1e-6)
