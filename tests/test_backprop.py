@@ -47,7 +47,7 @@ _auto_jit = jax.jit(autodiff_grad)
 _WIDTHS = st.sampled_from([1, 2, 5, 16])
 
 
-@settings(max_examples=16, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(depth=st.integers(1, 4), width=st.lists(_WIDTHS, min_size=5, max_size=5),
        n=st.sampled_from([1, 3, 8]), seed=st.integers(0, 2**16), one_hot=st.booleans())
 def test_manual_equals_autodiff_any_depth(depth, width, n, seed, one_hot):

@@ -77,7 +77,7 @@ def zip_of(members: dict[str, bytes], compress: int) -> bytes:
     return buf.getvalue()
 
 
-@settings(max_examples=1200, **FUZZ)
+@settings(max_examples=700, **FUZZ)
 @given(edits=EDITS)
 def test_mutated_file_bytes(original, edits):
     """Flipped, overwritten, inserted, deleted and truncated bytes anywhere in a real checkpoint."""
@@ -95,7 +95,7 @@ HEADERS = st.fixed_dictionaries({"descr": HEADER_VALUES, "fortran_order": HEADER
     lambda d: "{" + ", ".join(f"'{k}': {v}" for k, v in d.items()) + "}")
 
 
-@settings(max_examples=800, **FUZZ)
+@settings(max_examples=450, **FUZZ)
 @given(which=st.integers(0, 1 << 10), edits=EDITS, header=st.none() | HEADERS,
        version=st.sampled_from([b"\x01\x00", b"\x02\x00", b"\x03\x00", b"\x01\x01"]), tail=st.integers(-8, 8),
        compress=st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]))

@@ -101,14 +101,14 @@ def _parses_faithfully_or_raises(blob: bytes) -> None:
     assert encode(got) == (gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob)
 
 
-@fuzz(2000)
+@fuzz(700)
 @given(case=damaged_files())
 def test_damaged_idx_files_raise_only_idx_error(case):
     """Damaged real and synthetic IDX files, raw or gzip: IDXError or a faithful decode, nothing else."""
     _parses_faithfully_or_raises(case[1])
 
 
-@fuzz(1200)
+@fuzz(700)
 @given(blob=st.one_of(st.binary(max_size=300),
                       st.binary(max_size=300).map(lambda b: b"\0\0" + b),
                       st.tuples(st.sampled_from(sorted(DTYPES)), st.integers(1, 4), st.binary(max_size=200))

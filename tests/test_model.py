@@ -102,7 +102,7 @@ _forward = jax.jit(forward)
 _intermediates = jax.jit(forward_intermediates)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(sizes=st.lists(st.sampled_from([1, 3, 12]), min_size=2, max_size=5), n=st.sampled_from([1, 4, 9]),
        seed=st.integers(0, 2**16))
 def test_forward_shapes_any_depth(sizes, n, seed):
