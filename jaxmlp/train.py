@@ -37,6 +37,7 @@ from .config import TrainConfig, hparams
 from .losses import accuracy, cross_entropy, loss
 from .memory import check_fits
 from .model import Params, forward, softmax
+from .parallel import to_host
 
 __all__ = ["sgd_step", "train_epoch_loop", "TrainSpec", "TrainState", "TrainConfig", "fit", "FitResult",
            "evaluate", "predict_labels", "predict_probs", "prepare", "DivergenceError", "Interrupted"]
@@ -596,7 +597,6 @@ def load_model(path) -> tuple[Params, TrainConfig, dict]:
 def save_run(path, run: Run, state: TrainState, history: list, partial: dict | None = None):
     """Atomically write ``state`` and the run's meta to ``path`` (``checkpoint.save_checkpoint``)."""
     from .checkpoint import save_checkpoint
-    from .parallel import to_host
 
     meta = {**run_meta(run, history, partial), "steps_per_epoch": run.steps_per_epoch}
     return save_checkpoint(path, to_host(state), meta)
@@ -655,7 +655,6 @@ class Loop:
         steps = min(self.fixed, room) if self.fixed else _next_steps(self.steps, 0, self.target, room, self.least)
         t0 = time.perf_counter()
         new, losses = run.program(state, order, run.x, run.y, run.hparams, jnp.int32(steps))
-        from .parallel import to_host
         losses = np.asarray(to_host(losses))[:steps]  # waits for the device: honest timing
         seconds = time.perf_counter() - t0
         if not self.fixed:
