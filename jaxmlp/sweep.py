@@ -9,8 +9,16 @@ Learning rates, seeds and init schemes are just that batch axis (params are draw
 program). Each member's state is built exactly as ``train.setup`` builds it, so a member equals the
 single ``train.fit`` run of its config up to float round-off.
 
-When every member of a group has the same seed (an lr sweep), the run key is passed *unbatched*: one
-shuffle, one set of step keys, and all members see the same minibatch.
+Which groups share their minibatches. When every member has the same seed (an lr, init or
+regularisation sweep), the run key is passed *unbatched*: one shuffle, one set of step keys
+(dropout, augmentation), all members see the same minibatch, and each still equals its own single
+run. Members with different seeds (a seed sweep, ``--ensemble``) have their own shuffles by default,
+because that is what their single runs do; ``share_order=True`` (``--shared-order``) gives them the
+first member's run key instead, so they differ only in their initial params and take the same
+shared-batch path (one gather per step, one minibatch operand for every member's products). A
+member other than the first then equals the single run of its seed's params with the first
+member's data order (tested), not its own single run. Members of different shape groups
+(hidden sizes, batch size, optimizer, ...) never share a program, so they never share a batch.
 """
 from __future__ import annotations
 
@@ -220,14 +228,15 @@ class GroupResult(NamedTuple):
 
 
 def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int = 10, *,
-                image_side: int = 28, chains: int | None = None,
+                image_side: int = 28, chains: int | None = None, share_order: bool = False,
                 on_epoch: Callable[[int, np.ndarray], None] | None = None) -> GroupResult:
     """Train configurations that share a ``group_key`` together, all epochs, one compiled program.
 
     x (N, D) float, y (N,) int32, already on the device (call inside ``train.precision`` for float64).
     Each epoch is one ``group_chunk`` of all its steps; ``chains``: see there (default:
-    ``default_chains``). ``on_epoch(epoch, losses (K,))`` after each epoch. A diverging member does
-    not stop the others: its losses become NaN.
+    ``default_chains``). ``share_order``: every member uses the first one's run key (see the module
+    docstring); members of one seed share it anyway. ``on_epoch(epoch, losses (K,))`` after each
+    epoch. A diverging member does not stop the others: its losses become NaN.
     """
     keys = {group_key(c, x.shape[0], image_side) for c in configs}
     if len(keys) != 1:
@@ -236,7 +245,7 @@ def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_
         _check_sweepable(c)
     n, first = x.shape[0], configs[0]
     spec = train.spec_for(first, n, image_side)
-    shared = len({c.seed for c in configs}) == 1
+    shared = share_order or len({c.seed for c in configs}) == 1
     state, hp = init_members(configs, x.shape[1], num_classes, spec, shared)
     steps = train.steps_per_epoch(n, spec.batch_size)
     order = group_order(state.key, state.epoch, n, shared)
@@ -347,13 +356,14 @@ def _prepared(data, configs):
     return x, y, x_test, y_test, num_classes, int(data.x_train.shape[1])
 
 
-def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = None,
+def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = None, share_order: bool = False,
               on_group: Callable[[int, list[int]], None] | None = None,
               on_epoch: Callable[[int, int, np.ndarray], None] | None = None) -> SweepResult:
     """Train and test every configuration on ``data`` (a ``data.Dataset``), one program per shape group.
 
     ``on_group(group_index, member_indices)`` before a group starts; ``on_epoch(group_index, epoch,
-    losses (K,))`` after each of its epochs. Returns results in the order of ``configs``.
+    losses (K,))`` after each of its epochs. ``share_order``: see ``train_group``. Returns results
+    in the order of ``configs``.
     """
     if not configs:
         raise ValueError("a sweep needs at least one configuration")
@@ -369,7 +379,8 @@ def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = N
             if on_group is not None:
                 on_group(g, members)
             cb = None if on_epoch is None else functools.partial(on_epoch, g)
-            res = train_group([configs[i] for i in members], x, y, num_classes, image_side=side, on_epoch=cb)
+            res = train_group([configs[i] for i in members], x, y, num_classes, image_side=side,
+                              share_order=share_order, on_epoch=cb)
             losses, accs, _, _ = evaluate_members(res.params, x_test, y_test, arch=configs[members[0]].arch)
             for k, i in enumerate(members):
                 hist = res.history[k]
@@ -388,10 +399,11 @@ class EnsembleResult(NamedTuple):
     train_seconds: float
 
 
-def fit_ensemble(config: TrainConfig, data, members: int, *,
+def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool = False,
                  on_epoch: Callable[[int, np.ndarray], None] | None = None) -> EnsembleResult:
     """Train ``members`` copies of ``config`` with seeds ``seed, seed + 1, ...`` together (one vmapped
-    program) and test each member and their averaged-probability ensemble."""
+    program) and test each member and their averaged-probability ensemble. ``share_order``: all
+    members see seed ``seed``'s minibatches (see ``train_group``)."""
     if members < 1:
         raise ValueError(f"--ensemble must be positive, got {members}")
     config.validate()
@@ -399,7 +411,7 @@ def fit_ensemble(config: TrainConfig, data, members: int, *,
     configs = [dataclasses.replace(config, seed=config.seed + i) for i in range(members)]
     with train.precision(config.dtype):
         x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
-        res = train_group(configs, x, y, num_classes, image_side=side, on_epoch=on_epoch)
+        res = train_group(configs, x, y, num_classes, image_side=side, share_order=share_order, on_epoch=on_epoch)
         losses, accs, ens_loss, ens_acc = evaluate_members(res.params, x_test, y_test, arch=config.arch)
     runs = [RunResult(c, [float(v) for v in res.history[k]], float(losses[k]), float(accs[k]),
                       bool(not np.all(np.isfinite(res.history[k]))), 0) for k, c in enumerate(configs)]

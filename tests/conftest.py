@@ -42,6 +42,7 @@ SLOW = {
     "tests/test_bench.py": "every bench row, each compiling its own program",
     "tests/test_sweep.py::test_sweep_members_equal_single_runs": "a vmapped group against each member's fit",
     "tests/test_sweep.py::test_chains_split_members": "the same group trained in one chain and in three",
+    "tests/test_sweep.py::test_shared_order_members_differ_only_in_their_params": "a group against 5 single fits",
     "tests/test_sweep.py::test_fit_ensemble_members": "an ensemble against each member's own fit",
     "tests/test_sweep.py::test_group_program_keeps_the_short_batch_branch": "compiles and reads a group's HLO",
     "tests/test_sweep.py::test_second_group_call_does_not_recompile": "two group trainings counting compiles",

@@ -74,27 +74,30 @@ def test_bench_json_has_every_row_and_field(capsys):
     assert report["data"].startswith("synthetic")
     assert report["matmul_peak_gflops"] > 0
     names = [r["name"] for r in report["rows"]]
-    assert names == ["numpy notebook", "jit step, Python loop", "fused epoch (lax.scan)",
+    assert names == ["numpy notebook", "jit step, Python loop", "fused epoch (lax.scan)", "its matmuls alone",
                      "chunked engine, 4 chunks/epoch", "chunked engine, 1 chunk/epoch", "vmapped sweep, 2 lrs",
-                     "fused epoch, large batch", "its matmuls alone"]
+                     "fused epoch, large batch", "the large batch's matmuls alone"]
     for row in report["rows"]:
         for field in ("seconds_per_epoch", "samples_per_second", "gflops", "fraction_of_peak"):
             assert row[field] > 0
     assert report["rows"][1]["compile_seconds"] > 0 and report["rows"][0]["compile_seconds"] is None
-    assert report["rows"][5]["models"] == 2
+    assert report["rows"][6]["models"] == 2
     assert set(report["ratios"]) == {"fused_speedup_vs_numpy", "fused_speedup_vs_jit_loop",
                                      "jit_loop_speedup_vs_numpy", "chunked_vs_fused", "one_chunk_vs_fused",
                                      "sweep_cost_per_model_vs_fused", "sweep_cost_per_model_vs_single",
                                      "large_batch_fraction_of_peak", "sweep_cost_floor_at_peak",
-                                     "large_batch_matmul_share"}
+                                     "large_batch_matmul_share", "sweep_cost_floor_same_matmuls"}
     by = {r["name"]: r for r in report["rows"]}
     assert report["ratios"]["sweep_cost_floor_at_peak"] == by["fused epoch (lax.scan)"]["fraction_of_peak"]
     assert report["ratios"]["fused_speedup_vs_numpy"] == pytest.approx(
         report["rows"][0]["seconds_per_epoch"] / report["rows"][2]["seconds_per_epoch"])
     assert report["ratios"]["chunked_vs_fused"] == pytest.approx(
-        report["rows"][3]["seconds_per_epoch"] / report["rows"][2]["seconds_per_epoch"])
+        by["chunked engine, 4 chunks/epoch"]["seconds_per_epoch"] / report["rows"][2]["seconds_per_epoch"])
+    seconds = {name: row["seconds_per_epoch"] for name, row in by.items()}
     assert report["ratios"]["large_batch_matmul_share"] == pytest.approx(
-        by["its matmuls alone"]["seconds_per_epoch"] / by["fused epoch, large batch"]["seconds_per_epoch"])
+        seconds["the large batch's matmuls alone"] / seconds["fused epoch, large batch"])
+    assert report["ratios"]["sweep_cost_floor_same_matmuls"] == pytest.approx(
+        by["its matmuls alone"]["seconds_per_epoch"] / by["fused epoch (lax.scan)"]["seconds_per_epoch"])
     assert report["recompiles_while_timed"] == 0
     assert 0 < report["peak_rss_mb"] < 1536
     assert report["machine"]["cores"] >= 1 and report["machine"]["backend"] == jax.default_backend()
@@ -113,10 +116,12 @@ def test_bench_text_report_and_bad_data_dir(capsys, tmp_path):
         "ratios": {"fused_speedup_vs_numpy": 4.0, "fused_speedup_vs_jit_loop": 2.0, "chunked_vs_fused": 1.02,
                    "one_chunk_vs_fused": 0.99, "sweep_cost_per_model_vs_fused": 0.5,
                    "sweep_cost_per_model_vs_single": 0.45, "large_batch_fraction_of_peak": 0.6,
-                   "sweep_cost_floor_at_peak": 0.25, "large_batch_matmul_share": 0.7},
+                   "sweep_cost_floor_at_peak": 0.25, "large_batch_matmul_share": 0.7,
+                   "sweep_cost_floor_same_matmuls": 0.8},
     }
     text = bench.format_report(report)
     assert "4.0x" in text and "8.0x" in text and "60% of the matmul peak" in text and "floor here: 0.25x" in text
+    assert "0.80x, a sweep doing only the single run's matmuls" in text
     assert "1.020x the fused epoch" in text and "0.45x a single run" in text and "70% of its time" in text
     assert "machine: cpu, 2 cores" in text
     assert cli.main(["bench", "--data-dir", str(tmp_path)]) == 1

@@ -469,7 +469,8 @@ BAD_TRAIN_FLAGS = {
     "save-is-a-folder": ["--save", "."], "coordinator-no-port": ["--coordinator", "localhost"],
     "processes-alone": ["--num-processes", "2"], "process-id-out-of-range": [
         "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
-    "save-every-bad": ["--save-every", "soon"],
+    "save-every-bad": ["--save-every", "soon"], "shared-order-alone": ["--shared-order"],
+    "shared-order-notebook": ["--notebook-exact", "--shared-order"],
 }
 
 

@@ -92,7 +92,18 @@ def _set(name, value):
 
 
 def _zip_bomb(path: Path, out: Path) -> Path:
-    """The checkpoint with its first weight member replaced by one that inflates to 1 GiB (~1 MB file)."""
+    """The checkpoint with its first weight member replaced by one that inflates to 1 GiB (~1 MB file).
+    Deflating the GiB takes seconds, so each checkpoint's bomb is built once and copied."""
+    if path not in _BOMBS:
+        _BOMBS[path] = _build_zip_bomb(path, out).read_bytes()
+    out.write_bytes(_BOMBS[path])
+    return out
+
+
+_BOMBS: dict = {}
+
+
+def _build_zip_bomb(path: Path, out: Path) -> Path:
     members = _members(path)
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (1 << 28,)})

@@ -103,6 +103,25 @@ def test_sweep_members_equal_single_runs(data, seeds, optimizer):
     assert len({round(r.history[-1], 8) for r in result.runs}) == len(configs)  # members really differ
 
 
+def test_shared_order_members_differ_only_in_their_params(data):
+    """share_order: members of different seeds train on the first member's minibatches. Each equals
+    train.fit of its own config resumed from its own initial params with the first member's run key,
+    and (for the second seed) not its own single run: the order really is the first seed's."""
+    configs = sweep.grid(BASE, lr=[0.5, 0.05], seed=SEEDS_PER_MEMBER)
+    result = sweep.run_sweep(configs, data, share_order=True)
+    assert len(result.groups) == 1 and result.groups[0].shared_key
+    spec = train.spec_for(BASE, len(data.y_train))
+    with train.precision("float64"):
+        first_key = sweep.member_state(configs[0], 784, 10, spec)[0].key
+        starts = [sweep.member_state(c, 784, 10, spec)[0]._replace(key=first_key) for c in configs]
+    for config, run, start in zip(configs, result.runs, starts):
+        expected = train.fit(config, data, resume={"state": start}, divergence_rule=False)
+        np.testing.assert_allclose(run.history, [h["loss"] for h in expected.history], rtol=1e-10)
+        np.testing.assert_allclose(run.test_loss, expected.test_loss, rtol=1e-10)
+    own = train.fit(configs[2], data, divergence_rule=False)  # seed 6, lr 0.5, its own shuffle
+    assert abs(own.history[-1]["loss"] - result.runs[2].history[-1]) > 1e-6
+
+
 def test_group_program_keeps_the_short_batch_branch(data, x64):
     """vmap of the engine's chunk with the step counters unbatched keeps the short last batch a
     ``cond`` (a batched predicate would turn it into a select that runs both branches every step)."""

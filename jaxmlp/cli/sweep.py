@@ -33,6 +33,9 @@ def add(sub) -> None:
     g = p.add_argument_group("running")
     g.add_argument("--max-group", type=cfg.positive_int, default=None, metavar="K",
                    help="at most K models per compiled program (bounds memory; default: no limit)")
+    g.add_argument("--shared-order", action="store_true",
+                   help="members with different --seed values draw their own params but all see the first seed's "
+                        "minibatches (one shuffle; off by default: each seed shuffles as its single run does)")
     g = p.add_argument_group("output")
     add_metrics_flag(g, "JSON: runs (config, test_accuracy, history, ...) best first, and the programs,")
     g.add_argument("--top", type=cfg.positive_int, default=None, metavar="N", help="print only the N best runs")
@@ -108,7 +111,8 @@ def run(args) -> int:
     if not args.quiet:
         say(f"{len(configs)} configurations, {len(groups)} compiled program(s), {configs[0].epochs} epochs")
     progress = SweepProgress(configs, groups, configs[0].epochs, args.quiet)
-    result = run_sweep(configs, data, max_group=args.max_group, on_group=progress.on_group,
+    result = run_sweep(configs, data, max_group=args.max_group, share_order=args.shared_order,
+                       on_group=progress.on_group,
                        on_epoch=progress.on_epoch)
     print(format_table(sorted_runs(result.runs)[: args.top] if args.top else result.runs))
     if not args.quiet:

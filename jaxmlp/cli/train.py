@@ -63,6 +63,9 @@ def add(sub) -> None:
     g.add_argument("--ensemble", type=cfg.positive_int, default=1, metavar="K",
                    help="train K models (seeds SEED..SEED+K-1) in one vmapped program and report each and their "
                         "averaged-probability ensemble (default: 1)")
+    g.add_argument("--shared-order", action="store_true",
+                   help="with --ensemble: every member sees the first seed's minibatches, only the initial params "
+                        "differ (default: each seed its own shuffle)")
     g.add_argument("--devices", type=cfg.positive_int, default=None, metavar="N",
                    help="data parallelism: split each minibatch over N devices (default: 1, or every device of "
                         "every process in a multi-process run)")
@@ -150,6 +153,8 @@ def run(args) -> int:
         return run_notebook(args)
     if args.ensemble > 1:
         return run_ensemble(args)
+    if args.shared_order:
+        raise CLIError("--shared-order makes ensemble members share their minibatches; it needs --ensemble K")
     from jaxmlp.data import ensure_dataset
     from jaxmlp.parallel import initialize, mesh_for
 
@@ -227,7 +232,8 @@ def _plots(args, config, data, params, history, test_loss: float) -> None:
 def _refuse(args, allowed: tuple, what: str) -> None:
     """CLIError naming the first flag given that ``what`` cannot honour."""
     fields = [n for n in (*MODEL, *OPTIMIZATION, *TRANSFER) if n not in allowed and getattr(args, n) is not None]
-    others = [n for n in ("preset", "save", "resume", "log", "plot_dir", "save_every", "devices", "coordinator")
+    others = [n for n in ("preset", "save", "resume", "log", "plot_dir", "save_every", "devices", "coordinator",
+                          "shared_order")
               if n not in allowed and getattr(args, n)]
     if args.ensemble > 1 and "ensemble" not in allowed:
         others.append("ensemble")
@@ -266,21 +272,22 @@ def run_ensemble(args) -> int:
     from jaxmlp.data import ensure_dataset
     from jaxmlp.sweep import fit_ensemble, run_record
 
-    _refuse(args, (*MODEL, *OPTIMIZATION, "ensemble", "preset", "metrics_out"), "--ensemble")
+    _refuse(args, (*MODEL, *OPTIMIZATION, "ensemble", "preset", "metrics_out", "shared_order"), "--ensemble")
     check_outputs(args)
     started = time.perf_counter()
     config = config_from_args(args)
     data = ensure_dataset(args.data_dir, config.dataset, progress=not args.quiet)
     show = (lambda e, losses: None) if args.quiet else (  # noqa: E731
         lambda e, losses: say(f"Epoch {e}/{config.epochs} - Loss: " + " ".join(f"{v:.4f}" for v in losses)))
-    res = fit_ensemble(config, data, args.ensemble, on_epoch=show)
+    res = fit_ensemble(config, data, args.ensemble, share_order=args.shared_order, on_epoch=show)
     for m in res.members:
         print(f"member seed {m.config.seed}: Test Loss: {m.test_loss:.4f}  Test Accuracy: "
               f"{m.test_accuracy * 100:.2f}%" + ("  (diverged)" if m.diverged else ""))
     print(f"Ensemble of {args.ensemble} (averaged probabilities): Test Loss: {res.ensemble_loss:.4f}  "
           f"Test Accuracy: {res.ensemble_accuracy * 100:.2f}%")
     write_metrics(args.metrics_out, {
-        "config": config.to_dict(), "ensemble": args.ensemble, "members": [run_record(m) for m in res.members],
+        "config": config.to_dict(), "ensemble": args.ensemble, "shared_order": args.shared_order,
+        "members": [run_record(m) for m in res.members],
         "test_loss": res.ensemble_loss, "test_accuracy": res.ensemble_accuracy,
         "compile_seconds": res.compile_seconds, "train_seconds": res.train_seconds,
         "wall_seconds": time.perf_counter() - started, "devices": 1})
