@@ -3,13 +3,16 @@
 Rows, all on the same data: the notebook's NumPy algorithm (float64 weights, float32 inputs, its
 forward / backward / update functions); the notebook's loop calling the jitted ``train.sgd_step`` on
 host minibatches instead; the pre-chunk fused epoch (``train.fused_epoch``: one ``lax.scan``
-program per epoch) and its matmuls alone (what no sweep of such models can go below, per model,
-while it multiplies the same shapes); the engine ``train.fit`` runs (``train.chunk``, in 4 chunks an epoch and in one)
-beside it; a vmapped learning-rate sweep (``sweep.run_group_chunk``: the same chunk under ``vmap``);
-a large-batch fused run and that run's matmuls alone, so the distance between an epoch and its dots
-shows. Every timing is steady state: programs are compiled (and the compile time reported) and run
-once before the clock starts; the best of the repeats is kept, as ``timeit`` does, because on a
-shared machine noise only ever adds time. The report names the machine (CPU model, cores, device).
+program per epoch) and its matmuls alone (how much of the epoch its 32-row products are); the
+engine ``train.fit`` runs (``train.chunk``, in 4 chunks an epoch and in one) beside it; a vmapped
+learning-rate sweep (``sweep.run_group_chunk``: the same chunk under ``vmap``) and a prototype of
+the same sweep with the members' first layers as one wide product on the shared minibatch
+(``wide_sweep_steps``: plain SGD only, not the engine; measured so that a machine shows whether
+that layout would pay off there); a large-batch fused run and that run's matmuls alone, so the
+distance between an epoch and its dots shows. Every timing is steady state: programs are compiled
+(and the compile time reported) and run once before the clock starts; the best of the repeats is
+kept, as ``timeit`` does, because on a shared machine noise only ever adds time. The report names
+the machine (CPU model, cores, device).
 
 Work per epoch is counted in matmul FLOPs, for layer sizes d_0..d_L and N examples::
 
@@ -23,6 +26,7 @@ square matmul).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import resource
@@ -37,6 +41,8 @@ import numpy as np
 
 from . import sweep, train
 from .config import TrainConfig
+from .losses import cross_entropy
+from .model import relu
 
 # A program built by XLA, or loaded from the persistent compilation cache (the CLI turns that on):
 # either way the in-memory jit cache missed.
@@ -79,9 +85,14 @@ def machine_info() -> dict:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2 ** 20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+    """This process's peak resident memory so far, in MiB (on Linux the kernel's VmHWM, which a test
+    can reset by writing 5 to /proc/self/clear_refs; elsewhere getrusage's maximum)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2 ** 20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
 def _best_of(fn: Callable[[], Any], repeats: int) -> float:
@@ -301,6 +312,62 @@ def time_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lrs,
     return best, compile_s, recompiles
 
 
+def wide_params(stacked: list) -> list:
+    """K stacked MLPs (leading axis K on every leaf) with their first layers side by side as one
+    (d0, K * d1) matrix (member k's units in columns k*d1 .. (k+1)*d1 - 1); the other layers stay stacked."""
+    w, b = stacked[0]["W"], stacked[0]["b"]
+    k, d0, d1 = w.shape
+    return [{"W": jnp.transpose(w, (1, 0, 2)).reshape(d0, k * d1), "b": b.reshape(k * d1)}, *stacked[1:]]
+
+
+def _wide_loss(params: list, xb: jax.Array, yb: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum, each (K,)) of the K members' mean cross-entropies on one shared minibatch xb (B, d0)."""
+    k = params[1]["W"].shape[0]
+    h = relu(xb @ params[0]["W"] + params[0]["b"])              # (B, K * d1): one product for every member
+    h = jnp.swapaxes(h.reshape(xb.shape[0], k, -1), 0, 1)      # (K, B, d1)
+    for layer in params[1:-1]:
+        h = relu(jnp.einsum("kbi,kio->kbo", h, layer["W"]) + layer["b"][:, None])
+    logits = jnp.einsum("kbi,kio->kbo", h, params[-1]["W"]) + params[-1]["b"][:, None]
+    losses = jax.vmap(cross_entropy, in_axes=(0, None))(logits, yb)
+    return jnp.sum(losses), losses  # each member's gradient is that of the sum: they share no params
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size",))
+def wide_sweep_steps(params: list, lrs: jax.Array, x: jax.Array, y: jax.Array, order: jax.Array,
+                     batch_size: int) -> tuple[list, jax.Array]:
+    """Plain SGD for K models with learning rates ``lrs`` (K,) on the shared minibatches of ``order``
+    (its ``len(order) // batch_size`` full batches), params in ``wide_params`` layout. The same
+    arithmetic as an lr sweep's group (tested against it), in the layout a shared batch allows: the
+    prototype of a sweep whose first layers are one wide product. Returns params and losses (steps, K)."""
+    d1 = params[0]["b"].shape[0] // lrs.shape[0]
+    lr_tree = [{"W": jnp.repeat(lrs, d1)[None, :], "b": jnp.repeat(lrs, d1)},
+               *({"W": lrs[:, None, None], "b": lrs[:, None]} for _ in params[1:])]
+
+    def body(p, i):
+        idx = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
+        (_, losses), grads = jax.value_and_grad(_wide_loss, has_aux=True)(p, x[idx], y[idx])
+        return jax.tree_util.tree_map(lambda w, lr, g: w - lr.astype(w.dtype) * g, p, lr_tree, grads), losses
+
+    return jax.lax.scan(body, params, jnp.arange(order.shape[0] // batch_size))
+
+
+def time_wide_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lrs,
+                    repeats: int = 2) -> tuple[float, float, int]:
+    """(seconds per epoch for all ``len(lrs)`` models, compile seconds, recompilations while timed) of
+    ``wide_sweep_steps`` over one epoch's full batches, from the members an lr sweep starts with."""
+    n = x.shape[0]
+    config, spec, _, _ = _setup(layer_sizes, batch_size, n, float(lrs[0]))
+    configs = [dataclasses.replace(config, lr=float(lr)) for lr in lrs]
+    state, _ = sweep.init_members(configs, int(layer_sizes[0]), int(layer_sizes[-1]), spec, shared_key=True)
+    params, lrs = wide_params(state.params), jnp.asarray(lrs, x.dtype)
+    order = sweep.group_order(state.key, state.epoch, n, True)
+    program, compile_s = train.compile_program(wide_sweep_steps, {"batch_size": batch_size}, params, lrs, x, y,
+                                               order)
+    jax.block_until_ready(program(params, lrs, x, y, order))
+    best, recompiles = _timed(lambda: jax.block_until_ready(program(params, lrs, x, y, order)), repeats)
+    return best * n / ((n // batch_size) * batch_size), compile_s, recompiles
+
+
 def _dots(weights: list, xb: jax.Array) -> list:
     """The matmuls of one training step and nothing else: forward ``h_l = h_{l-1} @ W_l``, weight
     gradients ``h_{l-1}.T @ d_l``, activation gradients ``d_l @ W_l.T`` (none for the input)."""
@@ -374,6 +441,7 @@ def load_bench_data(data_dir=None, dataset: str = "mnist", synthetic: bool = Fal
 
 
 SMALL_DOTS, LARGE_DOTS = "its matmuls alone", "the large batch's matmuls alone"
+WIDE_SWEEP = "sweep, one wide first layer"
 
 
 def _row(name: str, batch_size: int, seconds: float, samples: int, flops: float, peak: float,
@@ -401,18 +469,46 @@ def _ratios(by: dict, sweep_size: int) -> dict:
         "one_chunk_vs_fused": whole_s / fused_s,
         "sweep_cost_per_model_vs_fused": (sweep_s / sweep_size) / fused_s,
         "sweep_cost_per_model_vs_single": (sweep_s / sweep_size) / whole_s,
+        # The wide-first-layer prototype (shared batch, plain SGD) against the fused single run.
+        "wide_sweep_cost_per_model_vs_fused": (seconds[WIDE_SWEEP] / sweep_size) / fused_s,
         # A sweep cannot beat the matmul peak, so its per-model cost is at least the single run's
         # fraction of peak: the floor of the ratios above on this machine.
         "sweep_cost_floor_at_peak": by["fused epoch (lax.scan)"]["fraction_of_peak"],
-        # The single run's own matmuls alone, over the run: a sweep whose matmuls have the same shapes
-        # (vmap: one 32-row product per member) cannot cost less per model than this, however little
-        # else it does. Only wider products that run nearer the peak could go lower.
-        "sweep_cost_floor_same_matmuls": seconds[SMALL_DOTS] / fused_s,
+        # How much of the single run its matmuls alone take (one bare scan of the same products): near
+        # 1, the epoch is bound by its 32-row products and a sweep can gain only by running members
+        # concurrently (chains over cores) or by products of other shapes that run nearer the peak.
+        "fused_matmul_share": seconds[SMALL_DOTS] / fused_s,
         "large_batch_fraction_of_peak": by["fused epoch, large batch"]["fraction_of_peak"],
         # How much of the large-batch epoch its matmuls account for (the rest: elementwise work,
         # gathers, the update, the loop).
         "large_batch_matmul_share": seconds[LARGE_DOTS] / big_s,
     }
+
+
+def _device_rows(add: Callable, x: jax.Array, y: jax.Array, sizes: list, *, batch_size: int, lr: float,
+                 large_batch: int, sweep_size: int, repeats: int) -> int:
+    """``add`` the rows that train on the device-resident x (N, D), y (N,); returns the number of
+    recompilations seen while timing them."""
+    fused_s, fused_c, r2 = time_fused(x, y, sizes, batch_size, lr, repeats)
+    add("fused epoch (lax.scan)", batch_size, fused_s, fused_c, note="train.fused_epoch")
+    small_dots_s, small_dots_c, r8 = time_matmuls(x, sizes, batch_size, repeats)
+    add(SMALL_DOTS, batch_size, small_dots_s, small_dots_c, note="forward + backward dots of the fused epoch")
+    chunk_s, chunk_c, r3 = time_chunked(x, y, sizes, batch_size, lr, 4, repeats)
+    add("chunked engine, 4 chunks/epoch", batch_size, chunk_s, chunk_c, note="train.chunk, as fit runs it")
+    whole_s, _, r4 = time_chunked(x, y, sizes, batch_size, lr, 1, repeats)
+    add("chunked engine, 1 chunk/epoch", batch_size, whole_s, 0.0, note="the same program")
+    lrs = np.geomspace(1e-3, 0.5, sweep_size) if sweep_size > 1 else np.array([lr])
+    sweep_s, sweep_c, r5 = time_sweep(x, y, sizes, batch_size, lrs, max(2, repeats // 2))  # K epochs a repeat
+    add(f"vmapped sweep, {sweep_size} lrs", batch_size, sweep_s, sweep_c, models=sweep_size,
+        note="vmap of train.chunk, one chunk/epoch")
+    wide_s, wide_c, r9 = time_wide_sweep(x, y, sizes, batch_size, lrs, max(2, repeats // 2))
+    add(WIDE_SWEEP, batch_size, wide_s, wide_c, models=sweep_size,
+        note="prototype, not the engine: plain SGD, shared minibatch, the first layers as one wide product")
+    big_s, big_c, r6 = time_fused(x, y, sizes, large_batch, lr, repeats)
+    add("fused epoch, large batch", large_batch, big_s, big_c)
+    dots_s, dots_c, r7 = time_matmuls(x, sizes, large_batch, repeats)
+    add(LARGE_DOTS, large_batch, dots_s, dots_c, note="forward + backward dots of the large-batch epoch")
+    return r2 + r3 + r4 + r5 + r6 + r7 + r8 + r9
 
 
 def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch_size: int = 32,
@@ -437,23 +533,8 @@ def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch
     loop_s, loop_c, r1 = time_jit_loop(images, labels, sizes, batch_size, lr, loop_steps, repeats)
     add("jit step, Python loop", batch_size, loop_s, loop_c, note=f"{min(loop_steps, n // batch_size)} steps timed")
     x = train.prepare(images, jnp.float32)  # resident on the device, as fit() has it
-    y = jnp.asarray(labels, jnp.int32)
-    fused_s, fused_c, r2 = time_fused(x, y, sizes, batch_size, lr, repeats)
-    add("fused epoch (lax.scan)", batch_size, fused_s, fused_c, note="train.fused_epoch")
-    small_dots_s, small_dots_c, r8 = time_matmuls(x, sizes, batch_size, repeats)
-    add(SMALL_DOTS, batch_size, small_dots_s, small_dots_c, note="forward + backward dots of the fused epoch")
-    chunk_s, chunk_c, r3 = time_chunked(x, y, sizes, batch_size, lr, 4, repeats)
-    add("chunked engine, 4 chunks/epoch", batch_size, chunk_s, chunk_c, note="train.chunk, as fit runs it")
-    whole_s, _, r4 = time_chunked(x, y, sizes, batch_size, lr, 1, repeats)
-    add("chunked engine, 1 chunk/epoch", batch_size, whole_s, 0.0, note="the same program")
-    lrs = np.geomspace(1e-3, 0.5, sweep_size) if sweep_size > 1 else np.array([lr])
-    sweep_s, sweep_c, r5 = time_sweep(x, y, sizes, batch_size, lrs, max(2, repeats // 2))  # K epochs a repeat
-    add(f"vmapped sweep, {sweep_size} lrs", batch_size, sweep_s, sweep_c, models=sweep_size,
-        note="vmap of train.chunk, one chunk/epoch")
-    big_s, big_c, r6 = time_fused(x, y, sizes, large_batch, lr, repeats)
-    add("fused epoch, large batch", large_batch, big_s, big_c)
-    dots_s, dots_c, r7 = time_matmuls(x, sizes, large_batch, repeats)
-    add(LARGE_DOTS, large_batch, dots_s, dots_c, note="forward + backward dots of the large-batch epoch")
+    recompiles = r1 + _device_rows(add, x, jnp.asarray(labels, jnp.int32), sizes, batch_size=batch_size, lr=lr,
+                                   large_batch=large_batch, sweep_size=sweep_size, repeats=repeats)
     # Measured before and after the rows, the higher kept: a busy moment must not lower the bar.
     peak = max(peak_before, matmul_peak(peak_size))
     for row in rows:
@@ -473,7 +554,7 @@ def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch
         "timing": f"best of {repeats} after a warm-up (step loops: best of 10 chunks per pass); compile time separate",
         "rows": rows,
         "ratios": _ratios({r["name"]: r for r in rows}, sweep_size),
-        "recompiles_while_timed": int(r1 + r2 + r3 + r4 + r5 + r6 + r7 + r8),
+        "recompiles_while_timed": int(recompiles),
         "persistent_compile_cache": getattr(jax.config, "jax_compilation_cache_dir", None) or None,
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -505,13 +586,15 @@ def format_report(report: dict) -> str:
     lines.append("")
     q = report["ratios"]
     lines += [f"fused epoch: {q['fused_speedup_vs_numpy']:.2f}x the numpy notebook, "
-              f"{q['fused_speedup_vs_jit_loop']:.2f}x the jitted-step loop",
+              f"{q['fused_speedup_vs_jit_loop']:.2f}x the jitted-step loop; its matmuls alone take "
+              f"{q['fused_matmul_share'] * 100:.0f}% of its time",
               f"chunked engine: {q['chunked_vs_fused']:.3f}x the fused epoch's time in 4 chunks, "
               f"{q['one_chunk_vs_fused']:.3f}x in one",
               f"sweep: {q['sweep_cost_per_model_vs_single']:.2f}x a single run (one chunk an epoch) and "
               f"{q['sweep_cost_per_model_vs_fused']:.2f}x a fused epoch per model-epoch (floor here: "
-              f"{q['sweep_cost_floor_at_peak']:.2f}x, a sweep at 100% of the matmul peak; "
-              f"{q['sweep_cost_floor_same_matmuls']:.2f}x, a sweep doing only the single run's matmuls)",
+              f"{q['sweep_cost_floor_at_peak']:.2f}x, a sweep at 100% of the matmul peak)",
+              f"sweep with one wide first layer (a prototype): {q['wide_sweep_cost_per_model_vs_fused']:.2f}x a "
+              f"fused epoch per model-epoch",
               f"large batch: {q['large_batch_fraction_of_peak'] * 100:.0f}% of the matmul peak; its matmuls alone "
               f"take {q['large_batch_matmul_share'] * 100:.0f}% of its time",
               f"recompilations while timed: {report['recompiles_while_timed']}",

@@ -143,3 +143,14 @@ def make_synthetic_dataset(n_train: int = 512, n_test: int = 128, seed: int = 0,
 @pytest.fixture
 def synthetic():
     return make_synthetic_dataset()
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak-RSS mark (Linux VmHWM) so a memory check sees only what follows: the
+    test workers run many modules, and a peak reached by an earlier test would hide a later one's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

@@ -2,12 +2,14 @@
 report's fields on a tiny synthetic setting, and the engine's programs never recompiling."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import reset_peak_rss
 
 from jaxmlp import bench, cli, train
 
@@ -34,6 +36,29 @@ def test_numpy_step_is_the_jitted_sgd_step(x64):
         np.testing.assert_allclose(p["W"], q["W"], rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(p["b"][0], q["b"], rtol=1e-12, atol=1e-15)
     assert loss == pytest.approx(float(jax_loss), abs=1e-7)  # the notebook's +1e-8 inside the log
+
+
+def test_wide_first_layer_sweep_is_the_groups_arithmetic(x64):
+    """The bench's wide-layout prototype trains what an lr sweep's vmapped group trains: three SGD
+    steps on the shared minibatches give the same params (float64; only summation order differs,
+    so 1e-12 relative) and the same per-member losses."""
+    from jaxmlp import sweep
+
+    n, b, lrs = 70, 16, [0.5, 0.1, 0.02]
+    config, spec, _, _ = bench._setup([12, 6, 5, 3], b, n, lrs[0])
+    configs = [dataclasses.replace(config, lr=lr) for lr in lrs]
+    x = jax.random.uniform(jax.random.PRNGKey(1), (n, 12), jnp.float64)
+    y = jax.random.randint(jax.random.PRNGKey(2), (n,), 0, 3)
+    state, hp = sweep.init_members(configs, 12, 3, spec, shared_key=True)
+    order = sweep.group_order(state.key, state.epoch, n, True)
+    group, group_losses = sweep.run_group_chunk(state, order, x, y, hp, jnp.int32(3), spec=spec,
+                                                capacity=train.steps_per_epoch(n, b), shared_key=True)
+    wide, wide_losses = bench.wide_sweep_steps(bench.wide_params(state.params), jnp.asarray(lrs), x, y,
+                                               order[:3 * b], batch_size=b)
+    for got, want in zip(jax.tree_util.tree_leaves(wide), jax.tree_util.tree_leaves(bench.wide_params(group.params))):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(wide_losses, np.asarray(group_losses)[:, :3].T, rtol=1e-12)
+    assert not np.allclose(group.params[0]["W"][0], state.params[0]["W"][0])  # the steps really moved
 
 
 def test_engine_programs_do_not_recompile_across_epochs_chunk_sizes_or_calls():
@@ -64,6 +89,7 @@ def test_engine_programs_do_not_recompile_across_epochs_chunk_sizes_or_calls():
 def test_bench_json_has_every_row_and_field(capsys):
     """`jaxmlp bench --json` on a tiny synthetic set: five rows with timings, GFLOP/s against a measured
     peak, the ratios, no recompilation while timed, and a peak RSS."""
+    reset_peak_rss()  # the bench's own peak, not that of the tests this worker ran before
     rc = cli.main(["bench", "--synthetic", "--json", "--train-size", "512", "--hidden", "16",
                    "--numpy-steps", "4", "--loop-steps", "4", "--repeats", "1", "--sweep-size", "2",
                    "--large-batch", "128", "--peak-size", "128"])
@@ -76,17 +102,18 @@ def test_bench_json_has_every_row_and_field(capsys):
     names = [r["name"] for r in report["rows"]]
     assert names == ["numpy notebook", "jit step, Python loop", "fused epoch (lax.scan)", "its matmuls alone",
                      "chunked engine, 4 chunks/epoch", "chunked engine, 1 chunk/epoch", "vmapped sweep, 2 lrs",
-                     "fused epoch, large batch", "the large batch's matmuls alone"]
+                     "sweep, one wide first layer", "fused epoch, large batch", "the large batch's matmuls alone"]
     for row in report["rows"]:
         for field in ("seconds_per_epoch", "samples_per_second", "gflops", "fraction_of_peak"):
             assert row[field] > 0
     assert report["rows"][1]["compile_seconds"] > 0 and report["rows"][0]["compile_seconds"] is None
-    assert report["rows"][6]["models"] == 2
+    assert report["rows"][6]["models"] == 2 and report["rows"][7]["models"] == 2
     assert set(report["ratios"]) == {"fused_speedup_vs_numpy", "fused_speedup_vs_jit_loop",
                                      "jit_loop_speedup_vs_numpy", "chunked_vs_fused", "one_chunk_vs_fused",
                                      "sweep_cost_per_model_vs_fused", "sweep_cost_per_model_vs_single",
                                      "large_batch_fraction_of_peak", "sweep_cost_floor_at_peak",
-                                     "large_batch_matmul_share", "sweep_cost_floor_same_matmuls"}
+                                     "large_batch_matmul_share", "fused_matmul_share",
+                                     "wide_sweep_cost_per_model_vs_fused"}
     by = {r["name"]: r for r in report["rows"]}
     assert report["ratios"]["sweep_cost_floor_at_peak"] == by["fused epoch (lax.scan)"]["fraction_of_peak"]
     assert report["ratios"]["fused_speedup_vs_numpy"] == pytest.approx(
@@ -96,7 +123,7 @@ def test_bench_json_has_every_row_and_field(capsys):
     seconds = {name: row["seconds_per_epoch"] for name, row in by.items()}
     assert report["ratios"]["large_batch_matmul_share"] == pytest.approx(
         seconds["the large batch's matmuls alone"] / seconds["fused epoch, large batch"])
-    assert report["ratios"]["sweep_cost_floor_same_matmuls"] == pytest.approx(
+    assert report["ratios"]["fused_matmul_share"] == pytest.approx(
         by["its matmuls alone"]["seconds_per_epoch"] / by["fused epoch (lax.scan)"]["seconds_per_epoch"])
     assert report["recompiles_while_timed"] == 0
     assert 0 < report["peak_rss_mb"] < 1536
@@ -117,11 +144,11 @@ def test_bench_text_report_and_bad_data_dir(capsys, tmp_path):
                    "one_chunk_vs_fused": 0.99, "sweep_cost_per_model_vs_fused": 0.5,
                    "sweep_cost_per_model_vs_single": 0.45, "large_batch_fraction_of_peak": 0.6,
                    "sweep_cost_floor_at_peak": 0.25, "large_batch_matmul_share": 0.7,
-                   "sweep_cost_floor_same_matmuls": 0.8},
+                   "fused_matmul_share": 0.8, "wide_sweep_cost_per_model_vs_fused": 1.7},
     }
     text = bench.format_report(report)
     assert "4.0x" in text and "8.0x" in text and "60% of the matmul peak" in text and "floor here: 0.25x" in text
-    assert "0.80x, a sweep doing only the single run's matmuls" in text
+    assert "its matmuls alone take 80% of its time" in text and "prototype): 1.70x" in text
     assert "1.020x the fused epoch" in text and "0.45x a single run" in text and "70% of its time" in text
     assert "machine: cpu, 2 cores" in text
     assert cli.main(["bench", "--data-dir", str(tmp_path)]) == 1

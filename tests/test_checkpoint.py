@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import resource
 import struct
 import time
 import warnings
@@ -19,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import reset_peak_rss
 
+from jaxmlp import bench
 from jaxmlp.checkpoint import FORMAT, MAX_MEMBERS, CheckpointError, load_state, read_meta, save_checkpoint
 from jaxmlp.optim import AdamState, adam
 
@@ -448,7 +449,8 @@ def test_too_many_members_refused(saved, tmp_path):
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """The peak since the last reset_peak_rss() (VmHWM), so an earlier test's peak cannot hide this one's."""
+    return bench.peak_rss_mb()
 
 
 @pytest.mark.parametrize("member", [W, "meta"])
@@ -463,6 +465,7 @@ def test_zip_bomb_refused_from_directory(saved, tmp_path, gib_of_zeros, member):
     assert bomb.stat().st_size < 2 << 20
     with zipfile.ZipFile(bomb) as zf:
         assert zf.getinfo(member + ".npy").file_size == 1 << 30  # a real bomb: a zip reader would inflate it
+    reset_peak_rss()
     rss, start = _peak_rss_mib(), time.perf_counter()
     msg = refused(lambda: load_state(bomb, template) if member == W else read_meta(bomb), bomb, member)
     assert "declares 1073741824 bytes" in msg
@@ -480,6 +483,7 @@ def test_lying_directory_reads_only_the_declared_bytes(saved, tmp_path, gib_of_z
         size = zf.getinfo(W + ".npy").file_size
     bomb = tmp_path / "liar.npz"
     bomb.write_bytes(raw_zip(members + [(W + ".npy", zipfile.ZIP_DEFLATED, stream, crc, size)]))
+    reset_peak_rss()
     rss, start = _peak_rss_mib(), time.perf_counter()
     refused(lambda: load_state(bomb, template), bomb, W)
     assert time.perf_counter() - start < 0.5 and _peak_rss_mib() - rss < 64
