@@ -288,17 +288,23 @@ def time_chunked(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr: f
     return best, compile_s, recompiles
 
 
+def _lr_sweep_members(layer_sizes, batch_size: int, num_examples: int, lrs) -> tuple:
+    """(spec, stacked state, stacked hparams, epoch 0's shared order) of the bench's lr sweep: the
+    bench run's config at each lr, one seed, so one key and one shuffle for every member."""
+    config, spec, _, _ = _setup(layer_sizes, batch_size, num_examples, float(lrs[0]))
+    configs = [dataclasses.replace(config, lr=float(lr)) for lr in lrs]
+    state, hp = sweep.init_members(configs, int(layer_sizes[0]), int(layer_sizes[-1]), spec, shared_key=True)
+    return spec, state, hp, sweep.group_order(state.key, state.epoch, num_examples, True)
+
+
 def time_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lrs,
                repeats: int = 2) -> tuple[float, float, int]:
     """(seconds per epoch for all ``len(lrs)`` models, compile seconds, recompilations while timed) of
     the lr sweep of ``jaxmlp sweep``: one seed (so one key, one shuffle), the group's order and one
     ``sweep.run_group_chunk`` (the vmapped engine chunk, ``sweep.default_chains`` chains) per epoch."""
     n = x.shape[0]
-    config, spec, _, _ = _setup(layer_sizes, batch_size, n, float(lrs[0]))
-    configs = [dataclasses.replace(config, lr=float(lr)) for lr in lrs]
-    state, hp = sweep.init_members(configs, int(layer_sizes[0]), int(layer_sizes[-1]), spec, shared_key=True)
+    spec, state, hp, order = _lr_sweep_members(layer_sizes, batch_size, n, lrs)
     steps = train.steps_per_epoch(n, batch_size)
-    order = sweep.group_order(state.key, state.epoch, n, True)
     statics = {"spec": spec, "capacity": steps, "shared_key": True, "chains": sweep.default_chains(len(lrs))}
     program, compile_s = train.compile_program(sweep.run_group_chunk, statics, state, order, x, y, hp,
                                                jnp.int32(steps))
@@ -356,11 +362,8 @@ def time_wide_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr
     """(seconds per epoch for all ``len(lrs)`` models, compile seconds, recompilations while timed) of
     ``wide_sweep_steps`` over one epoch's full batches, from the members an lr sweep starts with."""
     n = x.shape[0]
-    config, spec, _, _ = _setup(layer_sizes, batch_size, n, float(lrs[0]))
-    configs = [dataclasses.replace(config, lr=float(lr)) for lr in lrs]
-    state, _ = sweep.init_members(configs, int(layer_sizes[0]), int(layer_sizes[-1]), spec, shared_key=True)
+    _, state, _, order = _lr_sweep_members(layer_sizes, batch_size, n, lrs)
     params, lrs = wide_params(state.params), jnp.asarray(lrs, x.dtype)
-    order = sweep.group_order(state.key, state.epoch, n, True)
     program, compile_s = train.compile_program(wide_sweep_steps, {"batch_size": batch_size}, params, lrs, x, y,
                                                order)
     jax.block_until_ready(program(params, lrs, x, y, order))
