@@ -26,6 +26,8 @@ from .data import (
     resolve_data_dir,
     write_idx,
 )
+from .engine import DivergenceError, Interrupted, TrainResult, TrainState, chunk, fused_epoch, train
+from .evaluation import evaluate, predict_labels, predict_probs
 from .losses import accuracy, cross_entropy, loss, notebook_cross_entropy, notebook_loss
 from .model import (
     forward,
@@ -38,21 +40,8 @@ from .model import (
     relu,
     softmax,
 )
-from .train import (
-    DivergenceError,
-    FitResult,
-    Interrupted,
-    TrainSpec,
-    TrainState,
-    chunk,
-    evaluate,
-    fit,
-    fused_epoch,
-    load_model,
-    load_run,
-    sgd_step,
-    train_epoch_loop,
-)
+from .runs import FitResult, TrainSpec, fit, load_model, load_run
+from .steps import sgd_step, train_epoch_loop
 
 try:
     __version__ = _version("jaxmlp")
@@ -66,4 +55,5 @@ __all__ = [
     "init_params", "init_params_numpy", "load_dataset", "log_softmax", "loss", "manual_grad", "max_relative_error",
     "normalize", "notebook_cross_entropy", "notebook_loss", "one_hot", "predict", "read_idx", "relu",
     "load_model", "load_run", "resolve_data_dir", "sgd_step", "softmax", "train_epoch_loop", "write_idx",
+    "train", "TrainResult", "predict_labels", "predict_probs",
 ]

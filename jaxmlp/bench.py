@@ -1,10 +1,10 @@
 """``jaxmlp bench``: the ways of training the notebook's MLP, timed side by side in one process.
 
 Rows, all on the same data: the notebook's NumPy algorithm (float64 weights, float32 inputs, its
-forward / backward / update functions); the notebook's loop calling the jitted ``train.sgd_step`` on
-host minibatches instead; the pre-chunk fused epoch (``train.fused_epoch``: one ``lax.scan``
+forward / backward / update functions); the notebook's loop calling the jitted ``teaching.sgd_step`` on
+host minibatches instead; the pre-chunk fused epoch (``engine.fused_epoch``: one ``lax.scan``
 program per epoch) and its matmuls alone (how much of the epoch its 32-row products are); the
-engine ``train.fit`` runs (``train.chunk``, in 4 chunks an epoch and in one) beside it; a vmapped
+engine ``runs.fit`` runs (``engine.chunk``, in 4 chunks an epoch and in one) beside it; a vmapped
 learning-rate sweep (``sweep.run_group_chunk``: the same chunk under ``vmap``) and a prototype of
 the same sweep with the members' first layers as one wide product on the shared minibatch
 (``wide_sweep_steps``: plain SGD only, not the engine; measured so that a machine shows whether
@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import sweep, train
+from . import engine, runs, steps as teaching, sweep
 from .config import TrainConfig
 from .losses import cross_entropy
 from .model import relu
@@ -218,9 +218,9 @@ def time_numpy(images: np.ndarray, y: np.ndarray, layer_sizes, batch_size: int, 
 
 
 def _setup(layer_sizes, batch_size: int, num_examples: int, lr: float):
-    """(config, spec, state, hparams) of the bench's run, built as ``train.setup`` builds a run's."""
+    """(config, spec, state, hparams) of the bench's run, built as ``runs.setup`` builds a run's."""
     config = TrainConfig(hidden=tuple(int(h) for h in layer_sizes[1:-1]), batch_size=batch_size, lr=lr, seed=0)
-    spec = train.spec_for(config, num_examples)
+    spec = runs.spec_for(config, num_examples)
     state, hp = sweep.member_state(config, int(layer_sizes[0]), int(layer_sizes[-1]), spec)
     return config, spec, state, hp
 
@@ -228,7 +228,7 @@ def _setup(layer_sizes, batch_size: int, num_examples: int, lr: float):
 def time_jit_loop(images: np.ndarray, labels: np.ndarray, layer_sizes, batch_size: int, lr: float, steps: int,
                   repeats: int = 3) -> tuple[float, float, int]:
     """(seconds per epoch, compile seconds, recompilations while timed) of the notebook's loop with its
-    update replaced by the jitted ``train.sgd_step``: NumPy shuffles and slices float32 minibatches on
+    update replaced by the jitted ``teaching.sgd_step``: NumPy shuffles and slices float32 minibatches on
     the host, one jitted call per minibatch. Timed on ``steps`` minibatches and scaled to the epoch,
     plus the epoch's shuffle."""
     n = images.shape[0]
@@ -236,7 +236,7 @@ def time_jit_loop(images: np.ndarray, labels: np.ndarray, layer_sizes, batch_siz
     steps = max(1, min(steps, n // batch_size))
     params = _setup(layer_sizes, batch_size, n, lr)[2].params
     t0 = time.perf_counter()
-    jax.block_until_ready(train.sgd_step(params, xs[:batch_size], ys[:batch_size], lr))  # compiles
+    jax.block_until_ready(teaching.sgd_step(params, xs[:batch_size], ys[:batch_size], lr))  # compiles
     compile_s = time.perf_counter() - t0
 
     state = [params]
@@ -244,8 +244,8 @@ def time_jit_loop(images: np.ndarray, labels: np.ndarray, layer_sizes, batch_siz
     def run(a, b):
         p = state[0]
         for i in range(a, b):
-            p, _ = train.sgd_step(p, xs[i * batch_size:(i + 1) * batch_size], ys[i * batch_size:(i + 1) * batch_size],
-                                  lr)
+            batch = slice(i * batch_size, (i + 1) * batch_size)
+            p, _ = teaching.sgd_step(p, xs[batch], ys[batch], lr)
         state[0] = jax.block_until_ready(p)
 
     with CompileCounter() as counter:
@@ -255,10 +255,10 @@ def time_jit_loop(images: np.ndarray, labels: np.ndarray, layer_sizes, batch_siz
 
 def time_fused(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr: float,
                repeats: int = 3) -> tuple[float, float, int]:
-    """(seconds per epoch, compile seconds, recompilations while timed) of ``train.fused_epoch``: the
+    """(seconds per epoch, compile seconds, recompilations while timed) of ``engine.fused_epoch``: the
     whole epoch, shuffle included, as one ``lax.scan`` program."""
     _, spec, state, hp = _setup(layer_sizes, batch_size, x.shape[0], lr)
-    program, compile_s = train.compile_program(train.run_fused_epoch, {"spec": spec}, state, x, y, hp)
+    program, compile_s = engine.compile_program(engine.run_fused_epoch, {"spec": spec}, state, x, y, hp)
     jax.block_until_ready(program(state, x, y, hp))
     best, recompiles = _timed(lambda: jax.block_until_ready(program(state, x, y, hp)), repeats)
     return best, compile_s, recompiles
@@ -266,18 +266,18 @@ def time_fused(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr: flo
 
 def time_chunked(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr: float, chunks: int,
                  repeats: int = 3) -> tuple[float, float, int]:
-    """(seconds per epoch, compile seconds, recompilations while timed) of the engine ``train.fit``
-    runs: the epoch's order (``train.epoch_order``), then ``chunks`` calls of the chunk program
+    """(seconds per epoch, compile seconds, recompilations while timed) of the engine ``runs.fit``
+    runs: the epoch's order (``engine.epoch_order``), then ``chunks`` calls of the chunk program
     (capacity one epoch, a traced step count), each waited for as fit waits for its losses."""
     n = x.shape[0]
     _, spec, state, hp = _setup(layer_sizes, batch_size, n, lr)
-    steps = train.steps_per_epoch(n, batch_size)
-    program, compile_s = train.compile_program(train.run_chunk, {"spec": spec, "capacity": steps}, state,
+    steps = engine.steps_per_epoch(n, batch_size)
+    program, compile_s = engine.compile_program(engine.run_chunk, {"spec": spec, "capacity": steps}, state,
                                                jnp.zeros((n,), jnp.int32), x, y, hp, jnp.int32(steps))
     size = -(-steps // max(1, chunks))
 
     def epoch():
-        s, order = state, train.epoch_order(state.key, state.epoch, n)
+        s, order = state, engine.epoch_order(state.key, state.epoch, n)
         for a in range(0, steps, size):
             s, losses = program(s, order, x, y, hp, jnp.int32(min(size, steps - a)))
             np.asarray(losses)
@@ -304,9 +304,9 @@ def time_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lrs,
     ``sweep.run_group_chunk`` (the vmapped engine chunk, ``sweep.default_chains`` chains) per epoch."""
     n = x.shape[0]
     spec, state, hp, order = _lr_sweep_members(layer_sizes, batch_size, n, lrs)
-    steps = train.steps_per_epoch(n, batch_size)
+    steps = engine.steps_per_epoch(n, batch_size)
     statics = {"spec": spec, "capacity": steps, "shared_key": True, "chains": sweep.default_chains(len(lrs))}
-    program, compile_s = train.compile_program(sweep.run_group_chunk, statics, state, order, x, y, hp,
+    program, compile_s = engine.compile_program(sweep.run_group_chunk, statics, state, order, x, y, hp,
                                                jnp.int32(steps))
 
     def epoch():
@@ -364,7 +364,7 @@ def time_wide_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr
     n = x.shape[0]
     _, state, _, order = _lr_sweep_members(layer_sizes, batch_size, n, lrs)
     params, lrs = wide_params(state.params), jnp.asarray(lrs, x.dtype)
-    program, compile_s = train.compile_program(wide_sweep_steps, {"batch_size": batch_size}, params, lrs, x, y,
+    program, compile_s = engine.compile_program(wide_sweep_steps, {"batch_size": batch_size}, params, lrs, x, y,
                                                order)
     jax.block_until_ready(program(params, lrs, x, y, order))
     best, recompiles = _timed(lambda: jax.block_until_ready(program(params, lrs, x, y, order)), repeats)
@@ -401,7 +401,7 @@ def time_matmuls(x: jax.Array, layer_sizes, batch_size: int, repeats: int = 3) -
     full = max(1, n // batch_size)
     batches = x[: full * batch_size].reshape(full, batch_size, -1) if n >= batch_size else x[None]
     weights = [w["W"] for w in _setup(layer_sizes, batch_size, n, 0.1)[2].params]
-    program, compile_s = train.compile_program(_dots_epoch, {}, weights, batches)
+    program, compile_s = engine.compile_program(_dots_epoch, {}, weights, batches)
     jax.block_until_ready(program(weights, batches))
     best, recompiles = _timed(lambda: jax.block_until_ready(program(weights, batches)), repeats)
     return best * n / (batches.shape[0] * batches.shape[1]), compile_s, recompiles
@@ -493,17 +493,17 @@ def _device_rows(add: Callable, x: jax.Array, y: jax.Array, sizes: list, *, batc
     """``add`` the rows that train on the device-resident x (N, D), y (N,); returns the number of
     recompilations seen while timing them."""
     fused_s, fused_c, r2 = time_fused(x, y, sizes, batch_size, lr, repeats)
-    add("fused epoch (lax.scan)", batch_size, fused_s, fused_c, note="train.fused_epoch")
+    add("fused epoch (lax.scan)", batch_size, fused_s, fused_c, note="engine.fused_epoch")
     small_dots_s, small_dots_c, r8 = time_matmuls(x, sizes, batch_size, repeats)
     add(SMALL_DOTS, batch_size, small_dots_s, small_dots_c, note="forward + backward dots of the fused epoch")
     chunk_s, chunk_c, r3 = time_chunked(x, y, sizes, batch_size, lr, 4, repeats)
-    add("chunked engine, 4 chunks/epoch", batch_size, chunk_s, chunk_c, note="train.chunk, as fit runs it")
+    add("chunked engine, 4 chunks/epoch", batch_size, chunk_s, chunk_c, note="engine.chunk, as fit runs it")
     whole_s, _, r4 = time_chunked(x, y, sizes, batch_size, lr, 1, repeats)
     add("chunked engine, 1 chunk/epoch", batch_size, whole_s, 0.0, note="the same program")
     lrs = np.geomspace(1e-3, 0.5, sweep_size) if sweep_size > 1 else np.array([lr])
     sweep_s, sweep_c, r5 = time_sweep(x, y, sizes, batch_size, lrs, max(2, repeats // 2))  # K epochs a repeat
     add(f"vmapped sweep, {sweep_size} lrs", batch_size, sweep_s, sweep_c, models=sweep_size,
-        note="vmap of train.chunk, one chunk/epoch")
+        note="vmap of engine.chunk, one chunk/epoch")
     wide_s, wide_c, r9 = time_wide_sweep(x, y, sizes, batch_size, lrs, max(2, repeats // 2))
     add(WIDE_SWEEP, batch_size, wide_s, wide_c, models=sweep_size,
         note="prototype, not the engine: plain SGD, shared minibatch, the first layers as one wide product")
@@ -535,7 +535,7 @@ def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch
     add("numpy notebook", batch_size, np_s, note=f"float64 weights; {min(numpy_steps, n // batch_size)} steps timed")
     loop_s, loop_c, r1 = time_jit_loop(images, labels, sizes, batch_size, lr, loop_steps, repeats)
     add("jit step, Python loop", batch_size, loop_s, loop_c, note=f"{min(loop_steps, n // batch_size)} steps timed")
-    x = train.prepare(images, jnp.float32)  # resident on the device, as fit() has it
+    x = runs.prepare(images, jnp.float32)  # resident on the device, as fit() has it
     recompiles = r1 + _device_rows(add, x, jnp.asarray(labels, jnp.int32), sizes, batch_size=batch_size, lr=lr,
                                    large_batch=large_batch, sweep_size=sweep_size, repeats=repeats)
     # Measured before and after the rows, the higher kept: a busy moment must not lower the bar.

@@ -1,7 +1,7 @@
-"""Small handlers that ``train.advance`` calls between compiled chunks.
+"""Small handlers that ``engine.advance`` calls between compiled chunks.
 
-A handler is a callable taking a ``train.Event`` (kind "start", "chunk", "epoch" or "end"); it may
-raise ``train.StopRun`` to end the run at that boundary, or ``train.DivergenceError``. Each does one
+A handler is a callable taking an ``engine.Event`` (kind "start", "chunk", "epoch" or "end"); it may
+raise ``engine.StopRun`` to end the run at that boundary, or ``engine.DivergenceError``. Each does one
 thing: the checks that ``fit`` always runs (finiteness, the divergence rule, early stopping) and the
 ones the CLI adds (progress, the JSONL log, checkpoints, signals).
 
@@ -12,7 +12,6 @@ there: its loss starts near chance and falls.
 """
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import threading
@@ -23,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .engine import DivergenceError, Event, StopRun
 from .progress import Progress
-from .train import DivergenceError, Event, StopRun, save_run
 
 DIVERGENCE_FACTOR = 10.0
 
@@ -65,7 +64,7 @@ class DivergenceRule:
             return
         mean = float(np.mean(event.losses))
         if self.start is None:  # the run's (or the resumed run's) first loss, taken before any update
-            self.start = max(float(event.losses[0]), math.log(event.run.num_classes))
+            self.start = max(float(event.losses[0]), event.run.loss_floor)
         if mean > self.factor * self.start:
             raise DivergenceError(
                 f"the loss rose to {mean:.4g} in {_where(event)}, over {self.factor:g}x its start "
@@ -135,7 +134,7 @@ class Checkpointer:
     def _save(self, event: Event) -> None:
         where = (int(event.state.epoch), int(event.state.step))
         if where != self.saved:
-            save_run(self.path, event.run, event.state, event.history, event.partial)
+            event.run.save(self.path, event.state, event.history, event.partial)
             self.saved, self._last_time, self._steps = where, time.monotonic(), 0
 
     def __call__(self, event: Event) -> None:
@@ -184,18 +183,18 @@ class ProgressReport:
     def __call__(self, event: Event) -> None:
         run = event.run
         if event.kind == "start":
-            total = run.config.epochs * run.steps_per_epoch
+            total = run.epochs * run.steps_per_epoch
             done = int(event.state.epoch) * run.steps_per_epoch + int(event.state.step)
             self.bar = Progress(total, "train", enabled=not self.quiet, stream=self.stream, unit=" steps")
             self.bar.done, self.t0, self.done0 = done, time.perf_counter(), done
             self._say(f"training: {run.steps_per_epoch} steps per epoch, epochs {int(event.state.epoch) + 1}-"
-                      f"{run.config.epochs} (compiled in {run.compile_seconds:.1f} s)")
+                      f"{run.epochs} (compiled in {run.compile_seconds:.1f} s)")
         elif event.kind == "chunk" and self.bar is not None:
             rate = (self.bar.done + len(event.losses) - self.done0) / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.update(len(event.losses), postfix=f"loss {float(np.mean(event.losses)):.4f} {rate:,.0f} steps/s")
         elif event.kind == "epoch":
             r = event.history[-1]
             val = f" - val acc: {r['val_accuracy'] * 100:.2f}%" if "val_accuracy" in r else ""
-            self._say(f"Epoch {r['epoch']}/{run.config.epochs} - Loss: {r['loss']:.4f}{val} ({r['seconds']:.1f} s)")
+            self._say(f"Epoch {r['epoch']}/{run.epochs} - Loss: {r['loss']:.4f}{val} ({r['seconds']:.1f} s)")
         elif event.kind == "end" and self.bar is not None:
             self.bar.close()

@@ -6,6 +6,9 @@ kept for the notebook-exact mode's reported numbers.
 """
 from __future__ import annotations
 
+import functools
+import operator
+
 import jax
 import jax.numpy as jnp
 
@@ -53,3 +56,16 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     if labels.ndim == 2:
         labels = jnp.argmax(labels, axis=-1)
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+def l2_penalty(params: Params) -> jax.Array:
+    """``0.5 * sum ||W||^2`` over layers (conv kernels included), scalar in W's dtype.
+
+    Args:
+        params: a list of ``{"W", "b"}`` layers. Biases are left out on purpose: they only shift
+            activations and don't grow the function's sensitivity to its input (Krogh & Hertz).
+    """
+    weights = [layer["W"] for layer in params]
+    if not weights:
+        raise ValueError("params: l2_penalty needs at least one layer")
+    return 0.5 * functools.reduce(operator.add, (jnp.sum(jnp.square(w)) for w in weights))

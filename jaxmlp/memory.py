@@ -9,7 +9,6 @@ backward. It is an estimate (XLA fuses and reuses buffers): it refuses only what
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import NamedTuple
 
@@ -31,18 +30,20 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
-def param_count(config, input_dim: int, num_classes: int) -> int:
-    """Parameters of ``config``'s model, from shapes alone (nothing is allocated)."""
-    from .train import init_model
+def estimate(config, num_examples: int, input_dim: int, num_classes: int, num_test: int = 0, *,
+             params: int) -> MemoryEstimate:
+    """The bytes a training run of ``config`` on ``num_examples`` (plus ``num_test``) inputs needs.
 
-    shapes = jax.eval_shape(lambda k: init_model(config, k, input_dim, num_classes), jax.random.PRNGKey(0))
-    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
-
-
-def estimate(config, num_examples: int, input_dim: int, num_classes: int, num_test: int = 0) -> MemoryEstimate:
-    """The bytes a training run of ``config`` on ``num_examples`` (plus ``num_test``) inputs needs."""
+    Args:
+        config: the run's ``TrainConfig``.
+        num_examples: training examples.
+        input_dim: features per example.
+        num_classes: outputs.
+        num_test: test examples also kept on the device.
+        params: the model's parameter count (``runs.param_count``).
+    """
     size = 8 if config.dtype == "float64" else 4
-    p = param_count(config, input_dim, num_classes)
+    p = int(params)
     copies = 2 * (1 + SLOTS.get(config.optimizer, 2)) + 2  # two states, gradients, an update's temporaries
     state = p * size * copies
     data = (num_examples + num_test) * input_dim * size
@@ -87,9 +88,19 @@ def _host_available() -> int | None:
 
 
 def check_fits(config, num_examples: int, input_dim: int, num_classes: int, num_test: int = 0,
-               available: int | None = None) -> MemoryEstimate:
-    """The estimate, or MemoryError (one line: the estimate, what is available, what to change)."""
-    est = estimate(config, num_examples, input_dim, num_classes, num_test)
+               available: int | None = None, *, params: int) -> MemoryEstimate:
+    """The estimate, or MemoryError (one line: the estimate, what is available, what to change).
+
+    Args:
+        config: the run's ``TrainConfig``.
+        num_examples: training examples.
+        input_dim: features per example.
+        num_classes: outputs.
+        num_test: test examples also kept on the device.
+        available: bytes available (None: asked of the device).
+        params: the model's parameter count.
+    """
+    est = estimate(config, num_examples, input_dim, num_classes, num_test, params=params)
     have = available if available is not None else available_bytes()
     if have is not None and est.total > HEADROOM * have:
         raise MemoryError(

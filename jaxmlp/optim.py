@@ -1,33 +1,30 @@
-"""Optimizers and learning-rate schedules as pure functions (no optax).
+"""Optimizers, gradient transformations and learning-rate schedules as pure functions (no optax).
 
-One protocol, many small implementations::
+The protocol is the JAX ecosystem's (optax's ``GradientTransformation``), so optimizers written here
+and optax's own are interchangeable wherever one is expected::
 
-    opt = adam(1e-3)
+    opt = chain(clip_by_global_norm(1.0), adam(1e-3))
     state = opt.init(params)
-    params, state = opt.update(grads, state, params)
+    updates, state = opt.update(grads, state, params)
+    params = apply_updates(params, updates)
 
-``state`` is a PyTree of NamedTuples of arrays with an int32 ``step`` counter, so it can
-be carried through ``jax.lax.scan``, ``jax.jit`` and ``jax.vmap`` unchanged. ``update``
-returns the new params directly (not an update to add), which keeps a training step a
-single line and lets :func:`freeze` select old or new values leaf by leaf.
+``state`` is a PyTree (NamedTuples of arrays with an int32 ``step`` counter), so it passes through
+``jax.lax.scan``, ``jax.jit`` and ``jax.vmap`` unchanged. ``updates`` are what is *added* to the params
+(``-lr * direction`` for a descent rule), so transforms compose: clip, mask, decay, accumulate.
 
-``lr`` is a python number, a (possibly traced) jnp scalar, or a schedule
-``step -> lr``; the schedule is evaluated at the state's ``step`` *before* the update,
-so the first update uses ``lr(0)``. The code never branches in python on ``lr`` so the
-constructors can be called inside ``jit``/``vmap`` with a batched ``lr``.
+``lr`` is a python number, a (possibly traced) jnp scalar, or a schedule ``step -> lr``; a schedule
+is evaluated at the state's ``step`` *before* the update, so the first update uses ``lr(0)``. Nothing
+branches in python on ``lr``, so the constructors can be called inside ``jit``/``vmap`` with a
+batched ``lr``.
 
-Conventions (PyTorch-style, documented per function):
-- ``sgd``/``momentum``/``nesterov``/``adam``: ``weight_decay`` is coupled L2, i.e.
-  ``g <- g + weight_decay * p`` before the rule (the gradient of ``wd * l2_penalty``
-  summed over every leaf, biases included; use :func:`l2_penalty` in the loss for W only).
-- ``adamw``: decoupled decay (Loshchilov & Hutter), scaled by ``lr`` as in PyTorch/optax.
+Conventions (PyTorch's, documented per function):
+- ``sgd``/``momentum``/``nesterov``/``adam``: ``weight_decay`` is coupled L2, ``g <- g + wd * p``
+  before the rule, on every leaf (use :func:`jaxmlp.losses.l2_penalty` in the loss for W only).
+- ``adamw``: decoupled decay (Loshchilov & Hutter), scaled by ``lr`` as in PyTorch and optax.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -35,24 +32,44 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .losses import l2_penalty
+from .schedules import (  # noqa: F401  (re-exported: optim.cosine etc.)
+    SCHEDULES,
+    Schedule,
+    constant,
+    cosine,
+    schedule_by_name,
+    step_decay,
+    warmup_cosine,
+)
+
 PyTree = Any
-Schedule = Callable[[jax.Array], jax.Array]
 LR = float | jax.Array | Schedule
 
 __all__ = [
-    "Optimizer", "SgdState", "MomentumState", "AdamState",
+    "GradientTransformation", "Optimizer", "SgdState", "MomentumState", "AdamState", "EmptyState",
+    "AccumulateState", "apply_updates", "chain", "identity",
     "sgd", "momentum", "nesterov", "adam", "adamw", "by_name", "OPTIMIZERS",
+    "scale", "scale_by_learning_rate", "scale_by_adam", "add_decayed_weights", "clip_by_global_norm",
+    "freeze", "masked", "accumulate", "max_norm", "global_norm",
     "constant", "step_decay", "cosine", "warmup_cosine", "schedule_by_name", "SCHEDULES",
-    "l2_penalty", "freeze",
+    "l2_penalty",
 ]
 
 
-class Optimizer(NamedTuple):
+class GradientTransformation(NamedTuple):
     """A pair of pure functions: ``init(params) -> state`` and
-    ``update(grads, state, params) -> (new_params, new_state)``."""
+    ``update(grads, state, params=None) -> (updates, new_state)``; optax's protocol."""
 
     init: Callable[[PyTree], PyTree]
-    update: Callable[[PyTree, PyTree, PyTree], tuple[PyTree, PyTree]]
+    update: Callable[..., tuple[PyTree, PyTree]]
+
+
+Optimizer = GradientTransformation  # the name the rest of jaxmlp uses for a whole optimizer
+
+
+class EmptyState(NamedTuple):
+    """The state of a stateless transform."""
 
 
 class SgdState(NamedTuple):
@@ -68,6 +85,12 @@ class AdamState(NamedTuple):
     step: jax.Array
     mu: PyTree  # first-moment EMA, like params
     nu: PyTree  # second-moment EMA, like params
+
+
+class AccumulateState(NamedTuple):
+    count: jax.Array  # int32: micro-steps since the last real update
+    grads: PyTree     # their summed gradients, like params
+    inner: PyTree     # the wrapped optimizer's state
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -90,10 +113,15 @@ def _zero_step() -> jax.Array:
 def _zeros_like(tree: PyTree) -> PyTree:
     """Zeros shaped like ``tree``'s leaves. Concrete arrays get host zeros copied to where the leaf
     lives, which compiles nothing (``jnp.zeros_like`` compiles one small program per leaf shape, a
-    noticeable part of a cold start on CPU); under jit/vmap tracing the usual ``jnp.zeros_like``."""
+    noticeable part of a cold start on CPU); under jit/vmap tracing the usual ``jnp.zeros_like``.
+    A leaf with no placement yet (a NumPy array, a fresh ``init_params`` result) gets its zeros on the
+    default device uncommitted, like the leaf itself, so a jitted step sees one placement for both
+    and compiles once."""
     def zeros(leaf):
-        if isinstance(leaf, jax.core.Tracer) or not hasattr(leaf, "sharding"):
+        if isinstance(leaf, jax.core.Tracer):
             return jnp.zeros_like(leaf)
+        if not hasattr(leaf, "sharding") or not getattr(leaf, "committed", True):
+            return jnp.asarray(np.zeros(np.shape(leaf), jnp.result_type(leaf)))
         return jax.device_put(np.zeros(leaf.shape, leaf.dtype), leaf.sharding)
     return jax.tree_util.tree_map(zeros, tree)
 
@@ -103,23 +131,47 @@ def _with_decay(grads: PyTree, params: PyTree, weight_decay) -> PyTree:
     exact ``p - lr * g`` (a traced wd, e.g. in a vmapped sweep, always adds)."""
     if isinstance(weight_decay, (int, float)) and weight_decay == 0:
         return jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
+    _need_params(params, "weight_decay")
     return jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype) + _as(weight_decay, p) * p,
                                   grads, params)
+
+
+def _need_params(params, what: str) -> None:
+    if params is None:
+        raise ValueError(f"{what} needs the params: call update(grads, state, params)")
+
+
+def _descend(direction: PyTree, lr_t) -> PyTree:
+    """The updates ``-lr * direction``: adding them to p gives exactly the rule's ``p - lr * d``."""
+    return jax.tree_util.tree_map(lambda d: -(_as(lr_t, d) * d), direction)
+
+
+def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
+    """``params + updates`` leaf by leaf, each result in its param's dtype."""
+    return jax.tree_util.tree_map(lambda p, u: jnp.asarray(p + u).astype(jnp.result_type(p)), params, updates)
+
+
+def global_norm(tree: PyTree) -> jax.Array:
+    """The L2 norm of all leaves of ``tree`` together (a scalar)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
 # -------------------------------------------------------------------------- optimizers
 
 def sgd(lr: LR, weight_decay=0.0) -> Optimizer:
-    """Plain gradient descent, the notebook's rule: ``p <- p - lr * (g + wd * p)``."""
+    """Plain gradient descent, the notebook's rule: ``p <- p - lr * (g + wd * p)``.
+
+    Args:
+        lr: learning rate, a number, a traced scalar or a schedule ``step -> lr``.
+        weight_decay: coupled L2 coefficient added to the gradient.
+    """
 
     def init(params):
         return SgdState(_zero_step())
 
-    def update(grads, state, params):
-        lr_t = _lr_at(lr, state.step)
-        grads = _with_decay(grads, params, weight_decay)
-        new_params = jax.tree_util.tree_map(lambda p, g: p - _as(lr_t, p) * g, params, grads)
-        return new_params, SgdState(state.step + 1)
+    def update(grads, state, params=None):
+        grads = _with_decay(grads, params, weight_decay) if params is not None else grads
+        return _descend(grads, _lr_at(lr, state.step)), SgdState(state.step + 1)
 
     return Optimizer(init, update)
 
@@ -128,9 +180,9 @@ def _heavy_ball(lr: LR, beta, weight_decay, nesterov_: bool) -> Optimizer:
     def init(params):
         return MomentumState(_zero_step(), _zeros_like(params))
 
-    def update(grads, state, params):
+    def update(grads, state, params=None):
         lr_t = _lr_at(lr, state.step)
-        grads = _with_decay(grads, params, weight_decay)
+        grads = _with_decay(grads, params, weight_decay) if params is not None else grads
         velocity = jax.tree_util.tree_map(lambda v, g: _as(beta, v) * v + g.astype(v.dtype),
                                           state.velocity, grads)
         if nesterov_:
@@ -138,22 +190,48 @@ def _heavy_ball(lr: LR, beta, weight_decay, nesterov_: bool) -> Optimizer:
             direction = jax.tree_util.tree_map(lambda g, v: g + _as(beta, v) * v, grads, velocity)
         else:
             direction = velocity
-        new_params = jax.tree_util.tree_map(lambda p, d: p - _as(lr_t, p) * d, params, direction)
-        return new_params, MomentumState(state.step + 1, velocity)
+        return _descend(direction, lr_t), MomentumState(state.step + 1, velocity)
 
     return Optimizer(init, update)
 
 
 def momentum(lr: LR, beta=0.9, weight_decay=0.0) -> Optimizer:
     """Heavy-ball momentum, PyTorch convention (no dampening):
-    ``g <- g + wd*p; v <- beta*v + g; p <- p - lr*v``."""
+    ``g <- g + wd*p; v <- beta*v + g; p <- p - lr*v``.
+
+    Args:
+        lr: learning rate or schedule.
+        beta: momentum coefficient.
+        weight_decay: coupled L2 coefficient.
+    """
     return _heavy_ball(lr, beta, weight_decay, nesterov_=False)
 
 
 def nesterov(lr: LR, beta=0.9, weight_decay=0.0) -> Optimizer:
     """Nesterov momentum, PyTorch convention:
-    ``g <- g + wd*p; v <- beta*v + g; p <- p - lr*(g + beta*v)``."""
+    ``g <- g + wd*p; v <- beta*v + g; p <- p - lr*(g + beta*v)``.
+
+    Args:
+        lr: learning rate or schedule.
+        beta: momentum coefficient.
+        weight_decay: coupled L2 coefficient.
+    """
     return _heavy_ball(lr, beta, weight_decay, nesterov_=True)
+
+
+def _adam_direction(grads, state: AdamState, b1, b2, eps):
+    """(direction per leaf, new state) of Adam's rule, bias-corrected: m_hat / (sqrt(v_hat) + eps)."""
+    t = state.step + 1
+    mu = jax.tree_util.tree_map(lambda m, g: _as(b1, m) * m + (1 - _as(b1, m)) * g, state.mu, grads)
+    nu = jax.tree_util.tree_map(lambda v, g: _as(b2, v) * v + (1 - _as(b2, v)) * g * g, state.nu, grads)
+
+    def leaf(m, v):
+        tt = t.astype(m.dtype)
+        m_hat = m / (1 - _as(b1, m) ** tt)  # bias correction: EMAs start at zero
+        v_hat = v / (1 - _as(b2, m) ** tt)
+        return m_hat / (jnp.sqrt(v_hat) + _as(eps, m))
+
+    return jax.tree_util.tree_map(leaf, mu, nu), AdamState(t, mu, nu)
 
 
 def _adam_like(lr: LR, b1, b2, eps, l2, decoupled) -> Optimizer:
@@ -161,26 +239,14 @@ def _adam_like(lr: LR, b1, b2, eps, l2, decoupled) -> Optimizer:
         zeros = _zeros_like(params)
         return AdamState(_zero_step(), zeros, zeros)
 
-    def update(grads, state, params):
+    def update(grads, state, params=None):
         lr_t = _lr_at(lr, state.step)
-        t = state.step + 1
-        grads = _with_decay(grads, params, l2)
-        mu = jax.tree_util.tree_map(lambda m, g: _as(b1, m) * m + (1 - _as(b1, m)) * g,
-                                    state.mu, grads)
-        nu = jax.tree_util.tree_map(lambda v, g: _as(b2, v) * v + (1 - _as(b2, v)) * g * g,
-                                    state.nu, grads)
-
-        def step_leaf(p, m, v):
-            tt = t.astype(p.dtype)
-            m_hat = m / (1 - _as(b1, p) ** tt)  # bias correction: EMAs start at zero
-            v_hat = v / (1 - _as(b2, p) ** tt)
-            delta = m_hat / (jnp.sqrt(v_hat) + _as(eps, p))
-            if decoupled is not None:
-                delta = delta + _as(decoupled, p) * p
-            return p - _as(lr_t, p) * delta
-
-        new_params = jax.tree_util.tree_map(step_leaf, params, mu, nu)
-        return new_params, AdamState(t, mu, nu)
+        grads = _with_decay(grads, params, l2) if params is not None else grads
+        direction, new_state = _adam_direction(grads, state, b1, b2, eps)
+        if decoupled is not None:
+            _need_params(params, "adamw")
+            direction = jax.tree_util.tree_map(lambda d, p: d + _as(decoupled, p) * p, direction, params)
+        return _descend(direction, lr_t), new_state
 
     return Optimizer(init, update)
 
@@ -189,14 +255,29 @@ def adam(lr: LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0) -> Optimizer:
     """Adam (Kingma & Ba) with bias correction, eps outside the sqrt:
     ``m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2;
     p <- p - lr * m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps)``, t = 1, 2, ...
-    ``weight_decay`` is coupled L2 (added to g), as in PyTorch's Adam; prefer :func:`adamw`."""
+
+    Args:
+        lr: learning rate or schedule.
+        b1: first-moment decay.
+        b2: second-moment decay.
+        eps: added to the root of the second moment.
+        weight_decay: coupled L2 (added to g), as in PyTorch's Adam; prefer :func:`adamw`.
+    """
     return _adam_like(lr, b1, b2, eps, weight_decay, decoupled=None)
 
 
 def adamw(lr: LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2) -> Optimizer:
     """AdamW: Adam plus decoupled weight decay (Loshchilov & Hutter),
     ``p <- p - lr * (adam_direction + weight_decay * p)`` with the *old* p; the decay never
-    enters the moment estimates. Applies to every leaf (biases too), as PyTorch does."""
+    enters the moment estimates. Applies to every leaf (biases too), as PyTorch does.
+
+    Args:
+        lr: learning rate or schedule.
+        b1: first-moment decay.
+        b2: second-moment decay.
+        eps: added to the root of the second moment.
+        weight_decay: decoupled decay coefficient (scaled by lr).
+    """
     return _adam_like(lr, b1, b2, eps, 0.0, decoupled=weight_decay)
 
 
@@ -206,13 +287,22 @@ _HEAVY_BALL = {"momentum": momentum, "nesterov": nesterov}  # by_name's `momentu
 
 def by_name(name: str, lr: LR, *, momentum=None, beta1=None, beta2=None, eps=None,
             weight_decay=None) -> Optimizer:
-    """Build an optimizer from CLI-style names (``--optimizer --momentum --beta1 --beta2
-    --weight-decay``). ``None`` means the optimizer's default; hyperparameters the chosen
-    optimizer does not use are ignored so the CLI can pass all flags unconditionally.
-    Raises ValueError for an unknown name."""
+    """Build an optimizer from its name and the config's hyperparameters.
+
+    Args:
+        name: one of ``OPTIMIZERS``.
+        lr: learning rate or schedule.
+        momentum: beta of momentum/nesterov (None: 0.9).
+        beta1: Adam's b1 (None: 0.9).
+        beta2: Adam's b2 (None: 0.999).
+        eps: Adam's eps (None: 1e-8).
+        weight_decay: None means the optimizer's default.
+
+    Hyperparameters the chosen optimizer does not use are ignored. ValueError for an unknown name.
+    """
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in OPTIMIZERS:
-        raise ValueError(f"--optimizer: unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+        raise ValueError(f"optimizer: unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
     def pick(value, default):
         return default if value is None else value
@@ -227,98 +317,134 @@ def by_name(name: str, lr: LR, *, momentum=None, beta1=None, beta2=None, eps=Non
     return adamw(lr, weight_decay=pick(weight_decay, 1e-2), **adam_hyper)
 
 
-# --------------------------------------------------------------------------- schedules
-# Pure functions of the (possibly traced) integer step. Step counts and decay factors are
-# python numbers fixed by the config; lr may be traced.
+# -------------------------------------------------------------------- composable transforms
 
-def _check_positive_int(value, what: str) -> None:
-    if isinstance(value, (int, float)) and not (value > 0 and float(value).is_integer()):
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+def identity() -> GradientTransformation:
+    """Updates pass through unchanged."""
+    return GradientTransformation(lambda params: EmptyState(), lambda updates, state, params=None: (updates, state))
 
 
-def constant(lr) -> Schedule:
-    """``lr`` at every step (an array shaped like ``step``, default float dtype)."""
-    return lambda step: jnp.zeros(jnp.shape(step), jnp.result_type(float)) + lr
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Apply ``transforms`` in order, each to the previous one's updates; the state is their tuple.
+
+    Args:
+        *transforms: objects with ``init``/``update`` (this module's or optax's).
+    """
+
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(updates, state, params=None):
+        new = []
+        for t, s in zip(transforms, state):
+            updates, s = t.update(updates, s, params)
+            new.append(s)
+        return updates, tuple(new)
+
+    return GradientTransformation(init, update)
 
 
-def step_decay(lr, decay_rate, decay_steps: int) -> Schedule:
-    """Staircase decay: ``lr * decay_rate ** floor(step / decay_steps)``."""
-    _check_positive_int(decay_steps, "decay_steps")
-
-    def schedule(step):
-        k = (jnp.asarray(step) // decay_steps).astype(jnp.result_type(float))
-        return lr * decay_rate ** k
-
-    return schedule
+def _stateless(fn: Callable[[PyTree, PyTree], PyTree]) -> GradientTransformation:
+    return GradientTransformation(lambda params: EmptyState(),
+                                  lambda updates, state, params=None: (fn(updates, params), state))
 
 
-def cosine(lr, total_steps: int, final_lr=0.0) -> Schedule:
-    """Cosine annealing from ``lr`` at step 0 to ``final_lr`` at ``total_steps`` (held after):
-    ``final + (lr - final) * (1 + cos(pi * min(step/total, 1))) / 2``."""
-    _check_positive_int(total_steps, "total_steps")
-
-    def schedule(step):
-        frac = jnp.clip(jnp.asarray(step).astype(jnp.result_type(float)) / total_steps, 0.0, 1.0)
-        return final_lr + (lr - final_lr) * 0.5 * (1.0 + jnp.cos(math.pi * frac))
-
-    return schedule
+def scale(factor) -> GradientTransformation:
+    """Multiply every update by ``factor`` (a number or traced scalar)."""
+    return _stateless(lambda u, p: jax.tree_util.tree_map(lambda x: _as(factor, x) * x, u))
 
 
-def warmup_cosine(lr, warmup_steps: int, total_steps: int, final_lr=0.0) -> Schedule:
-    """Linear warmup ``lr * (step+1) / warmup_steps`` for steps ``0..warmup_steps-1`` (so no
-    update is wasted at lr 0 and step ``warmup_steps-1`` uses the peak), then cosine from
-    ``lr`` at ``warmup_steps`` to ``final_lr`` at ``total_steps``. ``warmup_steps=0`` is plain
-    :func:`cosine`."""
-    _check_positive_int(total_steps, "total_steps")
-    if isinstance(warmup_steps, (int, float)) and isinstance(total_steps, (int, float)):
-        if warmup_steps < 0 or warmup_steps >= total_steps or not float(warmup_steps).is_integer():
-            raise ValueError(f"warmup_steps must be an integer in [0, total_steps={total_steps}), "
-                             f"got {warmup_steps!r}")
-    decay = cosine(lr, total_steps - warmup_steps, final_lr)
+def scale_by_learning_rate(lr: LR) -> GradientTransformation:
+    """Turn a direction into a descent step: ``updates <- -lr(step) * updates``; counts its own steps.
 
-    def schedule(step):
-        step = jnp.asarray(step)
-        warm = lr * (step + 1).astype(jnp.result_type(float)) / max(warmup_steps, 1)
-        return jnp.where(step < warmup_steps, warm, decay(step - warmup_steps))
+    Args:
+        lr: learning rate, traced scalar or schedule ``step -> lr``.
+    """
 
-    return schedule
+    def update(updates, state, params=None):
+        return _descend(updates, _lr_at(lr, state.step)), SgdState(state.step + 1)
+
+    return GradientTransformation(lambda params: SgdState(_zero_step()), update)
 
 
-SCHEDULES = ("constant", "step", "cosine", "warmup-cosine")
+def scale_by_adam(b1=0.9, b2=0.999, eps=1e-8) -> GradientTransformation:
+    """Adam's bias-corrected direction ``m_hat / (sqrt(v_hat) + eps)`` (no learning rate, no sign):
+    chain it with :func:`scale_by_learning_rate`.
+
+    Args:
+        b1: first-moment decay.
+        b2: second-moment decay.
+        eps: added to the root of the second moment.
+    """
+
+    def init(params):
+        zeros = _zeros_like(params)
+        return AdamState(_zero_step(), zeros, zeros)
+
+    return GradientTransformation(init, lambda updates, state, params=None: _adam_direction(updates, state, b1, b2,
+                                                                                            eps))
 
 
-def schedule_by_name(name: str, lr, total_steps: int, *, decay_rate=0.1, decay_steps=None,
-                     warmup_steps=None, final_lr=0.0) -> Schedule:
-    """Build a schedule from a CLI name (``--schedule {constant,step,cosine,warmup-cosine}``).
-    Defaults: ``decay_steps = total_steps // 3``; ``warmup_steps = total_steps // 20``
-    (at least 1 when total_steps > 1). Raises ValueError for an unknown name."""
-    key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
-    if key not in SCHEDULES:
-        raise ValueError(f"--schedule: unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    if key == "constant":
-        return constant(lr)
-    _check_positive_int(total_steps, "total_steps")
-    if key == "step":
-        return step_decay(lr, decay_rate, max(1, total_steps // 3) if decay_steps is None else decay_steps)
-    if key == "cosine":
-        return cosine(lr, total_steps, final_lr)
-    if warmup_steps is None:
-        warmup_steps = min(max(1, total_steps // 20), total_steps - 1)
-    return warmup_cosine(lr, warmup_steps, total_steps, final_lr)
+def add_decayed_weights(weight_decay, mask: PyTree | None = None) -> GradientTransformation:
+    """``updates + weight_decay * params``: coupled L2 when placed before an optimizer's rule,
+    decoupled decay when placed after a direction and before :func:`scale_by_learning_rate`.
+
+    Args:
+        weight_decay: the coefficient.
+        mask: optional PyTree of bools like params: decay only where True (e.g. weights, not biases).
+    """
+
+    def fn(updates, params):
+        _need_params(params, "add_decayed_weights")
+        decayed = jax.tree_util.tree_map(lambda u, p: u + _as(weight_decay, p) * p, updates, params)
+        return decayed if mask is None else _select(mask, decayed, updates)
+
+    return _stateless(fn)
 
 
-# ------------------------------------------------------------------- regularization/freeze
+def clip_by_global_norm(max_norm_value) -> GradientTransformation:
+    """Scale all updates together so their global L2 norm is at most ``max_norm_value``.
 
-def l2_penalty(params: PyTree) -> jax.Array:
-    """``0.5 * sum ||W||^2`` over layers (conv kernels included), scalar in W's dtype.
+    Args:
+        max_norm_value: the largest allowed global norm (positive).
+    """
 
-    Biases are left out on purpose: they only shift activations and do not grow the
-    function's sensitivity to its input, and pulling them to zero can bias outputs for
-    no gain (the usual convention since Krogh & Hertz)."""
-    weights = [layer["W"] for layer in params]
-    if not weights:
-        raise ValueError("l2_penalty: params has no layers")
-    return 0.5 * functools.reduce(operator.add, (jnp.sum(jnp.square(w)) for w in weights))
+    def fn(updates, params):
+        norm = global_norm(updates)
+        leaves = jax.tree_util.tree_leaves(updates)
+        limit = jnp.asarray(max_norm_value, leaves[0].dtype) if leaves else max_norm_value
+        factor = jnp.where(norm > limit, limit / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny), 1.0)
+        return jax.tree_util.tree_map(lambda u: (u * factor).astype(u.dtype), updates)
+
+    return _stateless(fn)
+
+
+def max_norm(limit, axis: int = 0) -> GradientTransformation:
+    """Max-norm constraint (Srivastava et al. 2014): after the step, every column of each 2-D ``W``
+    (the incoming weights of one unit, summed over ``axis``) has L2 norm at most ``limit``; the
+    updates are changed so that ``params + updates`` lands on the constrained weights. Place it last
+    in a chain. Biases and other leaves are left alone.
+
+    Args:
+        limit: the largest allowed norm of a unit's incoming weights.
+        axis: the axis summed over (0: fan_in for this library's (fan_in, fan_out) ``W``).
+    """
+
+    def fn(updates, params):
+        _need_params(params, "max_norm")
+
+        def leaf(path, u, p):
+            if getattr(path[-1], "key", None) != "W" or jnp.ndim(p) != 2:
+                return u
+            new = p + u
+            norms = jnp.sqrt(jnp.sum(jnp.square(new), axis=axis, keepdims=True))
+            lim = _as(limit, new)
+            clipped = new * jnp.where(norms > lim, lim / jnp.maximum(norms, jnp.finfo(new.dtype).tiny), 1.0)
+            return (clipped - p).astype(u.dtype)
+
+        return jax.tree_util.tree_map_with_path(leaf, updates, params)
+
+    return _stateless(fn)
 
 
 def _select(mask: PyTree, new: PyTree, old: PyTree) -> PyTree:
@@ -340,28 +466,86 @@ def _select_state(mask: PyTree, mask_def, new: PyTree, old: PyTree) -> PyTree:
     return new
 
 
-def freeze(optimizer: Optimizer, mask: PyTree) -> Optimizer:
-    """Wrap ``optimizer`` so leaves whose ``mask`` leaf is False stay bit-identical.
-
-    ``mask`` has params' structure with bool leaves (python bools or bool arrays, e.g. from
-    :func:`jaxmlp.transfer.trainable_mask`). Frozen leaves get zero grads (so moment EMAs
-    see nothing) and are then *selected* back from the old params with ``jnp.where``, so
-    not even weight decay touches them; their params-shaped state is selected back too."""
+def _mask_checker(mask: PyTree) -> Callable[[PyTree], None]:
     mask_def = jax.tree_util.tree_structure(mask)
 
-    def check(params):
-        if jax.tree_util.tree_structure(params) != mask_def:
-            raise ValueError("freeze: mask structure does not match params "
-                             f"({mask_def} vs {jax.tree_util.tree_structure(params)})")
+    def check(tree):
+        if tree is not None and jax.tree_util.tree_structure(tree) != mask_def:
+            raise ValueError("mask: its structure does not match the params "
+                             f"({mask_def} vs {jax.tree_util.tree_structure(tree)})")
+    return check
+
+
+def freeze(optimizer: GradientTransformation, mask: PyTree) -> GradientTransformation:
+    """Wrap ``optimizer`` so leaves whose ``mask`` leaf is False stay bit-identical.
+
+    Args:
+        optimizer: the optimizer of the trainable leaves.
+        mask: params' structure with bool leaves (e.g. :func:`jaxmlp.transfer.trainable_mask`).
+
+    Frozen leaves get zero grads (so moment EMAs see nothing) and zero updates (so not even weight
+    decay touches them); their params-shaped state is kept as it was.
+    """
+    check, mask_def = _mask_checker(mask), jax.tree_util.tree_structure(mask)
 
     def init(params):
         check(params)
         return optimizer.init(params)
 
-    def update(grads, state, params):
+    def update(grads, state, params=None):
         check(params)
         grads = jax.tree_util.tree_map(lambda m, g: jnp.where(m, g, jnp.zeros_like(g)), mask, grads)
-        new_params, new_state = optimizer.update(grads, state, params)
-        return _select(mask, new_params, params), _select_state(mask, mask_def, new_state, state)
+        updates, new_state = optimizer.update(grads, state, params)
+        updates = jax.tree_util.tree_map(lambda m, u: jnp.where(m, u, jnp.zeros_like(u)), mask, updates)
+        return updates, _select_state(mask, mask_def, new_state, state)
 
-    return Optimizer(init, update)
+    return GradientTransformation(init, update)
+
+
+def masked(transform: GradientTransformation, mask: PyTree) -> GradientTransformation:
+    """Apply ``transform`` where ``mask`` is True; elsewhere the updates pass through unchanged
+    (optax's ``masked``; use :func:`freeze` to stop leaves instead).
+
+    Args:
+        transform: the transformation to apply to the selected leaves.
+        mask: params' structure with bool leaves.
+    """
+    check, mask_def = _mask_checker(mask), jax.tree_util.tree_structure(mask)
+
+    def update(updates, state, params=None):
+        check(params)
+        new, new_state = transform.update(updates, state, params)
+        return _select(mask, new, updates), _select_state(mask, mask_def, new_state, state)
+
+    return GradientTransformation(transform.init, update)
+
+
+def accumulate(optimizer: GradientTransformation, every: int) -> GradientTransformation:
+    """Gradient accumulation: sum the gradients of ``every`` calls and let ``optimizer`` take one
+    step with their mean on the last of them; the other calls return zero updates.
+
+    Args:
+        optimizer: the wrapped optimizer.
+        every: micro-steps per real step (a positive int): the effective batch is ``every`` x the batch.
+    """
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"accumulate: every must be a positive integer, got {every!r}")
+
+    def init(params):
+        return AccumulateState(_zero_step(), _zeros_like(params), optimizer.init(params))
+
+    def update(grads, state, params=None):
+        summed = jax.tree_util.tree_map(lambda a, g: a + g.astype(a.dtype), state.grads, grads)
+
+        def step(_):
+            mean = jax.tree_util.tree_map(lambda s: s / every, summed)
+            updates, inner = optimizer.update(mean, state.inner, params)
+            return updates, AccumulateState(_zero_step(), jax.tree_util.tree_map(jnp.zeros_like, summed), inner)
+
+        def wait(_):
+            return (jax.tree_util.tree_map(jnp.zeros_like, summed),
+                    AccumulateState(state.count + 1, summed, state.inner))
+
+        return jax.lax.cond(state.count + 1 >= every, step, wait, None)
+
+    return GradientTransformation(init, update)

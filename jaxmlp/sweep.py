@@ -1,13 +1,13 @@
 """Hyperparameter sweeps and seed ensembles: many models trained in one compiled program.
 
-A configuration is a ``train.TrainConfig``. Configurations whose compiled programs would be identical
+A configuration is a ``TrainConfig``. Configurations whose compiled programs would be identical
 (same hidden sizes, batch size, optimizer, dtype, epochs, ...: see ``group_key``) form a *group*, and a
-group trains as ONE program on the training engine itself: ``train.chunk`` under ``jax.vmap``
+group trains as ONE program on the training engine itself: ``engine.chunk`` under ``jax.vmap``
 (``group_chunk``), over a ``TrainState`` whose params, optimizer state and hyperparameters (lr,
 momentum, ...) carry a leading model axis K while the dataset and the step counters are shared.
 Learning rates, seeds and init schemes are just that batch axis (params are drawn outside the
-program). Each member's state is built exactly as ``train.setup`` builds it, so a member equals the
-single ``train.fit`` run of its config up to float round-off.
+program). Each member's state is built exactly as ``runs.setup`` builds it, so a member equals the
+single ``runs.fit`` run of its config up to float round-off.
 
 Which groups share their minibatches. When every member has the same seed (an lr, init or
 regularisation sweep), the run key is passed *unbatched*: one shuffle, one set of step keys
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import train
+from . import engine, evaluation, runs
 from .config import TrainConfig, hparams
 from .model import log_softmax
 
@@ -105,7 +105,7 @@ def group_key(config: TrainConfig, num_examples: int, image_side: int = 28) -> t
     """What two configurations must share to train in one program: the static ``TrainSpec`` (batch
     size, optimizer, schedule horizon, ...), the architecture's shapes and the dtype. lr, seed, init
     scheme and the other numeric hyperparameters are left out: they batch."""
-    return (train.spec_for(config, num_examples, image_side), config.arch, tuple(int(h) for h in config.hidden),
+    return (runs.spec_for(config, num_examples, image_side), config.arch, tuple(int(h) for h in config.hidden),
             config.dtype, config.epochs)
 
 
@@ -127,37 +127,37 @@ def group_by_shape(configs: Sequence[TrainConfig], num_examples: int, image_side
 
 
 def member_state(config: TrainConfig, input_dim: int, num_classes: int,
-                 spec: train.TrainSpec) -> tuple[train.TrainState, dict]:
-    """(state, hparams) of ``config``'s run, built exactly as ``train.setup`` builds them, so a member
-    follows the key stream of its single ``train.fit`` run."""
-    hp = hparams(config, train.dtype_of(config))
+                 spec: runs.TrainSpec) -> tuple[engine.TrainState, dict]:
+    """(state, hparams) of ``config``'s run, built exactly as ``runs.setup`` builds them, so a member
+    follows the key stream of its single ``runs.fit`` run."""
+    hp = hparams(config, runs.dtype_of(config))
     init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    params = train.init_model(config, init_key, input_dim, num_classes)
-    return train.init_state(params, train.make_optimizer(spec, hp), run_key), hp
+    params = runs.init_model(config, init_key, input_dim, num_classes)
+    return engine.init_state(params, runs.make_optimizer(spec, hp), run_key), hp
 
 
-def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: int, spec: train.TrainSpec,
-                 shared_key: bool = False) -> tuple[train.TrainState, dict]:
+def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: int, spec: runs.TrainSpec,
+                 shared_key: bool = False) -> tuple[engine.TrainState, dict]:
     """The group's stacked ``TrainState`` and hparams: params, optimizer state and hparams with a
     leading model axis K; the run keys (K, 2), or one (2,) key when ``shared_key`` (every member has
     the same seed); ``epoch``/``step`` unbatched (the members move in step)."""
     states, hps = zip(*(member_state(c, input_dim, num_classes, spec) for c in configs))
     key = states[0].key if shared_key else jnp.stack([s.key for s in states])
-    state = train.TrainState(stack([s.params for s in states]), stack([s.opt_state for s in states]), key,
+    state = engine.TrainState(stack([s.params for s in states]), stack([s.opt_state for s in states]), key,
                              states[0].epoch, states[0].step)
     return state, stack(hps)
 
 
-def member_axes(shared_key: bool) -> train.TrainState:
+def member_axes(shared_key: bool) -> engine.TrainState:
     """``vmap`` axes of a group's ``TrainState``: the step counters are unbatched, so the engine's
     short-batch ``lax.cond`` stays a branch (a batched predicate would run both sides every step)."""
-    return train.TrainState._make([0, 0, None if shared_key else 0, None, None])
+    return engine.TrainState._make([0, 0, None if shared_key else 0, None, None])
 
 
-def group_chunk(state: train.TrainState, order: jax.Array, x: jax.Array, y: jax.Array, hparams: dict,
-                num_steps: jax.Array, *, spec: train.TrainSpec, capacity: int, shared_key: bool = False,
-                chains: int = 1) -> tuple[train.TrainState, jax.Array]:
-    """``train.chunk`` for K members at once (``jax.vmap``; the dataset x (N, D), y (N,) is shared).
+def group_chunk(state: engine.TrainState, order: jax.Array, x: jax.Array, y: jax.Array, hparams: dict,
+                num_steps: jax.Array, *, spec: runs.TrainSpec, capacity: int, shared_key: bool = False,
+                chains: int = 1) -> tuple[engine.TrainState, jax.Array]:
+    """``engine.chunk`` for K members at once (``jax.vmap``; the dataset x (N, D), y (N,) is shared).
 
     state: stacked as ``init_members`` builds it; order: ``group_order`` (one (N,) order when
     ``shared_key``, else (K, N)); hparams: stacked. Returns the new state and losses (K, capacity).
@@ -169,19 +169,19 @@ def group_chunk(state: train.TrainState, order: jax.Array, x: jax.Array, y: jax.
     k = jax.tree_util.tree_leaves(state.params)[0].shape[0]
     bounds = np.linspace(0, k, max(1, min(int(chains), k)) + 1).astype(int)
     axes, key_axis = member_axes(shared_key), None if shared_key else 0
-    run = jax.vmap(functools.partial(train.chunk, spec=spec, capacity=capacity),
+    run = jax.vmap(functools.partial(engine.chunk, spec=spec, capacity=capacity),
                    in_axes=(axes, key_axis, None, None, 0, None), out_axes=(axes, 0))
     if len(bounds) == 2:
         return run(state, order, x, y, hparams, num_steps)
     part = lambda tree, a, b, axis=0: tree if axis is None else jax.tree_util.tree_map(  # noqa: E731
         lambda leaf: leaf[a:b], tree)
-    outs = [run(train.TrainState(part(state.params, a, b), part(state.opt_state, a, b),
+    outs = [run(engine.TrainState(part(state.params, a, b), part(state.opt_state, a, b),
                                  part(state.key, a, b, key_axis), state.epoch, state.step),
                 part(order, a, b, key_axis), x, y, part(hparams, a, b), num_steps)
             for a, b in zip(bounds[:-1], bounds[1:])]
     join = lambda *trees: jax.tree_util.tree_map(lambda *leaves: jnp.concatenate(leaves), *trees)  # noqa: E731
     new = [o[0] for o in outs]
-    return (train.TrainState(join(*(s.params for s in new)), join(*(s.opt_state for s in new)),
+    return (engine.TrainState(join(*(s.params for s in new)), join(*(s.opt_state for s in new)),
                              new[0].key if shared_key else join(*(s.key for s in new)), new[0].epoch, new[0].step),
             join(*(o[1] for o in outs)))
 
@@ -201,10 +201,10 @@ def default_chains(num_models: int) -> int:
 
 @functools.partial(jax.jit, static_argnames=("num_examples", "shared_key"))
 def group_order(key: jax.Array, epoch: jax.Array, num_examples: int, shared_key: bool = False) -> jax.Array:
-    """The members' order of examples in epoch ``epoch``: ``train.epoch_order`` of each key."""
+    """The members' order of examples in epoch ``epoch``: ``engine.epoch_order`` of each key."""
     if shared_key:
-        return train.epoch_order(key, epoch, num_examples)
-    return jax.vmap(train.epoch_order, in_axes=(0, None, None))(key, epoch, num_examples)
+        return engine.epoch_order(key, epoch, num_examples)
+    return jax.vmap(engine.epoch_order, in_axes=(0, None, None))(key, epoch, num_examples)
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -224,7 +224,7 @@ class GroupResult(NamedTuple):
     compile_seconds: float
     train_seconds: float        # epochs only, compilation excluded
     shared_key: bool            # one key for all members: one shuffle, the same minibatches
-    state: train.TrainState     # the stacked final state (see init_members)
+    state: engine.TrainState     # the stacked final state (see init_members)
 
 
 def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int = 10, *,
@@ -232,7 +232,7 @@ def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_
                 on_epoch: Callable[[int, np.ndarray], None] | None = None) -> GroupResult:
     """Train configurations that share a ``group_key`` together, all epochs, one compiled program.
 
-    x (N, D) float, y (N,) int32, already on the device (call inside ``train.precision`` for float64).
+    x (N, D) float, y (N,) int32, already on the device (call inside ``engine.precision`` for float64).
     Each epoch is one ``group_chunk`` of all its steps; ``chains``: see there (default:
     ``default_chains``). ``share_order``: every member uses the first one's run key (see the module
     docstring); members of one seed share it anyway. ``on_epoch(epoch, losses (K,))`` after each
@@ -244,13 +244,13 @@ def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_
     for c in configs:
         _check_sweepable(c)
     n, first = x.shape[0], configs[0]
-    spec = train.spec_for(first, n, image_side)
+    spec = runs.spec_for(first, n, image_side)
     shared = share_order or len({c.seed for c in configs}) == 1
     state, hp = init_members(configs, x.shape[1], num_classes, spec, shared)
-    steps = train.steps_per_epoch(n, spec.batch_size)
+    steps = engine.steps_per_epoch(n, spec.batch_size)
     order = group_order(state.key, state.epoch, n, shared)
     chains = default_chains(len(configs)) if chains is None else chains
-    program, compile_seconds = train.compile_program(
+    program, compile_seconds = engine.compile_program(
         run_group_chunk, {"spec": spec, "capacity": steps, "shared_key": shared, "chains": chains}, state, order,
         x, y, hp, jnp.int32(steps))
     history = np.full((len(configs), first.epochs), np.nan)
@@ -261,7 +261,7 @@ def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_
         state, losses = program(state, order, x, y, hp, jnp.int32(steps))
         losses = np.asarray(losses)  # waits for the device
         train_seconds += time.perf_counter() - t0
-        history[:, e] = [train.epoch_loss(row, n, spec.batch_size) for row in losses]
+        history[:, e] = [engine.epoch_loss(row, n, spec.batch_size) for row in losses]
         if on_epoch is not None:
             on_epoch(e + 1, history[:, e])
     return GroupResult(state.params, state.opt_state, history, compile_seconds, train_seconds, shared, state)
@@ -272,7 +272,7 @@ def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_
 
 @functools.partial(jax.jit, static_argnames=("arch",))
 def _members_eval_chunk(params, x, y, arch: str):
-    logits = jax.vmap(lambda p: train.apply_fn(arch)(p, x))(params)          # (K, n, C)
+    logits = jax.vmap(lambda p: evaluation.apply_fn(arch)(p, x))(params)          # (K, n, C)
     logp = log_softmax(logits)
     picked = jnp.take_along_axis(logp, jnp.broadcast_to(y[None, :, None], (logp.shape[0], y.shape[0], 1)), axis=2)
     nll = -jnp.sum(picked[..., 0], axis=1)                                  # (K,)
@@ -293,7 +293,7 @@ def evaluate_members(params: Any, x: jax.Array, y: jax.Array, *, arch: str = "ml
     k = jax.tree_util.tree_leaves(params)[0].shape[0]
     nll, correct = np.zeros(k), np.zeros(k)
     ens_nll = ens_correct = 0.0
-    for s in train.batch_slices(n, chunk_size):
+    for s in engine.batch_slices(n, chunk_size):
         a, b, c, d = _members_eval_chunk(params, x[s], y[s], arch)
         nll, correct = nll + np.asarray(a, np.float64), correct + np.asarray(b, np.float64)
         ens_nll, ens_correct = ens_nll + float(c), ens_correct + float(d)
@@ -304,7 +304,7 @@ def ensemble_probs(params: Any, x: jax.Array, *, arch: str = "mlp") -> jax.Array
     """Each stacked model's class probabilities on x: (K, N, C)."""
     from .model import softmax
 
-    return jax.vmap(lambda p: softmax(train.apply_fn(arch)(p, x)))(params)
+    return jax.vmap(lambda p: softmax(evaluation.apply_fn(arch)(p, x)))(params)
 
 
 def ensemble_accuracy(probs, labels) -> float:
@@ -343,15 +343,15 @@ class SweepResult(NamedTuple):
 
 def _prepared(data, configs):
     """(x, y, x_test, y_test, num_classes, side) on the device in the configurations' dtype (float64:
-    call inside ``train.precision``)."""
+    call inside ``engine.precision``)."""
     dtypes = {c.dtype for c in configs}
     if len(dtypes) != 1:
         raise ValueError(f"one dtype per sweep, got {sorted(dtypes)}")
-    dtype = train.dtype_of(configs[0])
-    num_classes = max(int(max(data.y_train.max(), data.y_test.max())) + 1, 10)  # as train.fit
-    x = train.prepare(data.x_train, dtype)
+    dtype = runs.dtype_of(configs[0])
+    num_classes = max(int(max(data.y_train.max(), data.y_test.max())) + 1, 10)  # as runs.fit
+    x = runs.prepare(data.x_train, dtype)
     y = jnp.asarray(data.y_train, jnp.int32)
-    x_test = train.prepare(data.x_test, dtype)
+    x_test = runs.prepare(data.x_test, dtype)
     y_test = jnp.asarray(data.y_test, jnp.int32)
     return x, y, x_test, y_test, num_classes, int(data.x_train.shape[1])
 
@@ -371,7 +371,7 @@ def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = N
         c.validate()
         _check_sweepable(c)
     started = time.perf_counter()
-    with train.precision(configs[0].dtype):
+    with engine.precision(configs[0].dtype):
         x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
         runs: list[RunResult | None] = [None] * len(configs)
         groups = []
@@ -409,7 +409,7 @@ def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool =
     config.validate()
     _check_sweepable(config)
     configs = [dataclasses.replace(config, seed=config.seed + i) for i in range(members)]
-    with train.precision(config.dtype):
+    with engine.precision(config.dtype):
         x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
         res = train_group(configs, x, y, num_classes, image_side=side, share_order=share_order, on_epoch=on_epoch)
         losses, accs, ens_loss, ens_acc = evaluate_members(res.params, x_test, y_test, arch=config.arch)

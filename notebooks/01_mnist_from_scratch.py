@@ -35,16 +35,9 @@ from IPython.display import Image, display
 jax.config.update("jax_enable_x64", True)  # float64 available; arrays stay float32 unless asked
 import jaxmlp
 from jaxmlp import plots
-from jaxmlp.train import (
-    TrainSpec,
-    epoch_loss,
-    epoch_order,
-    init_state,
-    make_optimizer,
-    predict_labels,
-    run_chunk,
-    steps_per_epoch,
-)
+from jaxmlp.engine import epoch_loss, epoch_order, init_state, run_chunk, steps_per_epoch
+from jaxmlp.evaluation import predict_labels
+from jaxmlp.runs import TrainSpec, make_optimizer
 
 print("jax", jax.__version__, "on", jax.default_backend(), "| jaxmlp", jaxmlp.__version__)
 

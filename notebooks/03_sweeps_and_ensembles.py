@@ -34,8 +34,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmlp
-from jaxmlp import sweep, train
-from jaxmlp.train import TrainConfig
+from jaxmlp import sweep
+from jaxmlp.config import TrainConfig
+from jaxmlp.runs import fit, prepare
 
 notebook_start = time.perf_counter()
 
@@ -84,7 +85,7 @@ print(f"adding seed=[0, 1, 2]: {len(with_seeds)} configurations, still "
 # structure agrees: hidden sizes, batch size, optimizer, epochs, dtype (`sweep.group_key`). The
 # learning rate, the seed and the init scheme are just numbers fed to the program, so the models
 # of a group get a leading axis on their params, optimizer state and keys, while the training
-# images are shared. Each member still follows exactly the random stream `train.fit` would use
+# images are shared. Each member still follows exactly the random stream `jaxmlp.fit` would use
 # for its configuration: a group is `jax.vmap` of the engine's own compiled chunk, with the step
 # counters shared. When all members have the same seed, as here, they also see the same
 # minibatches. `run_sweep` trains each group and tests every member.
@@ -140,13 +141,13 @@ print("programs:", [len(members) for members in sweep.group_by_shape(drawn, n_tr
 # A group is one program: one compilation for all its models, one Python loop, the data on the
 # device once. Whether it also makes each model-epoch cheaper depends on how much of the hardware
 # one small network leaves idle. Below, the time per model and epoch of each sweep program next to
-# one `train.fit` of a 128-64 network (compilation excluded in both), then the compile times.
+# one `jaxmlp.fit` of a 128-64 network (compilation excluded in both), then the compile times.
 
 # %%
 single_config = dataclasses.replace(base, lr=0.1, hidden=(128, 64), seed=0)
-single = train.fit(single_config, small)
+single = fit(single_config, small)
 per_single = single.train_seconds / single_config.epochs
-print(f"one 128-64 model, train.fit:  {per_single:.3f} s per model-epoch")
+print(f"one 128-64 model, fit:      {per_single:.3f} s per model-epoch")
 for g, info in enumerate(result.groups):
     per_model = info.train_seconds / (len(info.members) * base.epochs)
     shape = "-".join(map(str, configs[info.members[0]].hidden))
@@ -196,7 +197,7 @@ print(f"training: {ens.train_seconds / (5 * ens_config.epochs):.3f} s per model-
 # members do not all agree.
 
 # %%
-x_test = train.prepare(data.x_test, jnp.float32)
+x_test = prepare(data.x_test, jnp.float32)
 probs = np.asarray(sweep.ensemble_probs(ens.params, x_test))       # (5, 10000, 10)
 print("ensemble_accuracy(probs, labels):", f"{sweep.ensemble_accuracy(probs, data.y_test):.2%}")
 

@@ -19,8 +19,9 @@ import jax
 import numpy as np
 
 from jaxmlp import parallel
+from jaxmlp.config import TrainConfig
 from jaxmlp.data import Dataset
-from jaxmlp.train import TrainConfig, fit
+from jaxmlp.runs import fit
 
 CONFIG = TrainConfig(epochs=2, hidden=(32,), batch_size=64, lr=0.02, init="he", seed=7)
 

@@ -96,7 +96,7 @@ def test_relu_kink_exact_zeros():
 
 def test_gradcheck_reports_each_parameter(mnist):
     """gradcheck on real images of the notebook's network: one row per W/b, all errors within bounds."""
-    from jaxmlp.train import prepare
+    from jaxmlp.runs import prepare
 
     x = prepare(mnist.x_train[:16], jnp.float64)
     y = jnp.asarray(mnist.y_train[:16])

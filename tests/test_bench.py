@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import reset_peak_rss
 
-from jaxmlp import bench, cli, train
+from jaxmlp import bench, cli, engine, steps
 
 
 def test_flop_count_of_the_notebook_mlp():
@@ -23,7 +23,7 @@ def test_flop_count_of_the_notebook_mlp():
 
 
 def test_numpy_step_is_the_jitted_sgd_step(x64):
-    """The bench's NumPy baseline does the same update as train.sgd_step (float64 both, so the only
+    """The bench's NumPy baseline does the same update as steps.sgd_step (float64 both, so the only
     difference is summation order: agreement to 1e-12 relative)."""
     rng = np.random.default_rng(0)
     x = rng.random((16, 20))
@@ -31,7 +31,7 @@ def test_numpy_step_is_the_jitted_sgd_step(x64):
     np_params = bench.numpy_params([20, 8, 4], seed=1)
     jax_params = [{"W": jnp.asarray(p["W"]), "b": jnp.asarray(p["b"][0])} for p in np_params]
     loss = bench.numpy_step(np_params, x, np.eye(4)[y], 0.5)
-    new_params, jax_loss = train.sgd_step(jax_params, jnp.asarray(x), jnp.asarray(y), 0.5)
+    new_params, jax_loss = steps.sgd_step(jax_params, jnp.asarray(x), jnp.asarray(y), 0.5)
     for p, q in zip(np_params, new_params):
         np.testing.assert_allclose(p["W"], q["W"], rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(p["b"][0], q["b"], rtol=1e-12, atol=1e-15)
@@ -52,7 +52,7 @@ def test_wide_first_layer_sweep_is_the_groups_arithmetic(x64):
     state, hp = sweep.init_members(configs, 12, 3, spec, shared_key=True)
     order = sweep.group_order(state.key, state.epoch, n, True)
     group, group_losses = sweep.run_group_chunk(state, order, x, y, hp, jnp.int32(3), spec=spec,
-                                                capacity=train.steps_per_epoch(n, b), shared_key=True)
+                                                capacity=engine.steps_per_epoch(n, b), shared_key=True)
     wide, wide_losses = bench.wide_sweep_steps(bench.wide_params(state.params), jnp.asarray(lrs), x, y,
                                                order[:3 * b], batch_size=b)
     for got, want in zip(jax.tree_util.tree_leaves(wide), jax.tree_util.tree_leaves(bench.wide_params(group.params))):
@@ -68,20 +68,20 @@ def test_engine_programs_do_not_recompile_across_epochs_chunk_sizes_or_calls():
     _, spec, state, hp = bench._setup([12, 6, 3], 16, 70, 0.1)
     x = jax.random.uniform(jax.random.PRNGKey(1), (70, 12), jnp.float32)
     y = jax.random.randint(jax.random.PRNGKey(2), (70,), 0, 3)
-    steps = train.steps_per_epoch(70, 16)
+    steps = engine.steps_per_epoch(70, 16)
 
     def run(state, sizes):
         for size in sizes:
-            order = train.epoch_order(state.key, state.epoch, 70)
-            state, _ = train.run_chunk(state, order, x, y, hp, jnp.int32(size), spec=spec, capacity=steps)
+            order = engine.epoch_order(state.key, state.epoch, 70)
+            state, _ = engine.run_chunk(state, order, x, y, hp, jnp.int32(size), spec=spec, capacity=steps)
         return state
 
     run(state, [2])
-    train.run_fused_epoch(state, x, y, hp, spec=spec)
+    engine.run_fused_epoch(state, x, y, hp, spec=spec)
     with bench.CompileCounter() as built:
         end = run(state, [2, 3, 5, 1, 4])  # three epochs: 2+3, 5, 1+4
         run(state._replace(key=jax.random.PRNGKey(9)), [5, 5])
-        train.run_fused_epoch(end, x, y, hp, spec=spec)
+        engine.run_fused_epoch(end, x, y, hp, spec=spec)
     assert int(end.epoch) == 3 and int(end.step) == 0
     assert built.count == 0
 

@@ -23,7 +23,7 @@ import pytest
 from jaxmlp.checkpoint import read_meta
 from jaxmlp.cli import main
 from jaxmlp.data import read_idx, write_idx
-from jaxmlp.train import load_model, load_run
+from jaxmlp.runs import load_model, load_run
 
 SMALL = ["--hidden", "32", "--init", "he"]
 PLOTS = ("curves.png", "confusion.png", "misclassified.png", "first_layer.png")
@@ -288,7 +288,7 @@ def test_plot_dir_writes_four_pngs(trained):
 def test_metrics_out_summarizes_the_run(trained):
     """--metrics-out: every hyperparameter (hidden as a list), the per-epoch history, test metrics
     (accuracy a fraction, matching the printed one), timings, backend and JAX version."""
-    from jaxmlp.train import TrainConfig
+    from jaxmlp.config import TrainConfig
 
     m = json.loads(trained["metrics"].read_text())
     assert set(m["config"]) == set(TrainConfig.__dataclass_fields__)

@@ -12,7 +12,7 @@ from jaxmlp.backprop import manual_grad
 from jaxmlp.losses import notebook_loss
 from jaxmlp.model import forward, init_params_numpy, softmax
 from jaxmlp.notebook import fit_notebook
-from jaxmlp.train import prepare
+from jaxmlp.runs import prepare
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.usefixtures("x64")]
 

@@ -1,6 +1,7 @@
 """Tests for jaxmlp.optim: each optimizer vs a hand-written numpy reference, schedules vs
 closed forms, jit/vmap, dtype keeping, freeze, and descent on a quadratic."""
 
+import functools
 import math
 
 import jax
@@ -78,10 +79,16 @@ CASES = {
 }
 
 
+def descend(opt, grads, state, params):
+    """One step in the optax protocol: the updates added to the params."""
+    updates, state = opt.update(grads, state, params)
+    return optim.apply_updates(params, updates), state
+
+
 def run_steps(opt, params, grads_seq):
     state = opt.init(params)
     for g in grads_seq:
-        params, state = opt.update(g, state, params)
+        params, state = descend(opt, g, state, params)
     return params, state
 
 
@@ -199,7 +206,7 @@ def test_by_name():
         pb, _ = run_steps(b, params, grads_seq)
         for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    with pytest.raises(ValueError, match="--optimizer"):
+    with pytest.raises(ValueError, match="optimizer: unknown"):
         optim.by_name("rmsprop", 0.1)
 
 
@@ -215,7 +222,7 @@ def test_jit_matches_eager(name):
     opt = make_opt()
     eager, _ = run_steps(opt, params, grads_seq)
     state = opt.init(params)
-    update = jax.jit(opt.update)
+    update = jax.jit(functools.partial(descend, opt))
     p = params
     for g in grads_seq:
         p, state = update(g, state, p)
@@ -250,8 +257,8 @@ def test_float32_params_stay_float32(name):
     grads = to_jax(make_params(rng, np.float32))
     for opt in [CASES[name][0](), optim.by_name(name, jnp.float64(0.01))]:
         state = opt.init(params)
-        p, state = jax.jit(opt.update)(grads, state, params)
-        p, state = opt.update(grads, state, p)
+        p, state = jax.jit(functools.partial(descend, opt))(grads, state, params)
+        p, state = descend(opt, grads, state, p)
         for leaf in jax.tree_util.tree_leaves(p):
             assert leaf.dtype == jnp.float32
         for leaf in jax.tree_util.tree_leaves(state)[1:]:
@@ -268,7 +275,7 @@ def test_state_carries_through_scan():
     opt = optim.adamw(optim.cosine(0.01, 4))
 
     def body(carry, g):
-        p, s = opt.update(g, carry[1], carry[0])
+        p, s = descend(opt, g, carry[1], carry[0])
         return (p, s), None
 
     (p, s), _ = jax.lax.scan(body, (params, opt.init(params)), grads)
@@ -286,7 +293,7 @@ def test_freeze_keeps_frozen_leaves_bit_identical(name):
     mask = [{"W": False, "b": False}, {"W": True, "b": True}]
     opt = optim.freeze(CASES[name][0](), mask)
     state = opt.init(params)
-    update = jax.jit(opt.update)
+    update = jax.jit(functools.partial(descend, opt))
     p = params
     for _ in range(5):
         p, state = update(to_jax(make_params(rng)), state, p)
@@ -334,7 +341,7 @@ def test_decreases_quadratic(opt):
 
     @jax.jit
     def step(params, state):
-        return opt.update(jax.grad(f)(params), state, params)
+        return descend(opt, jax.grad(f)(params), state, params)
 
     f0 = float(f(params))
     for _ in range(200):

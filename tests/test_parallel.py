@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmlp import cli, parallel, train
+from jaxmlp import cli, parallel, runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,20 +30,20 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     jax.config.update("jax_enable_x64", True)  # this child process computes in float64 throughout
-    from jaxmlp import cli, parallel, train
-    from jaxmlp.config import hparams
+    from jaxmlp import cli, engine, parallel, runs
+    from jaxmlp.config import TrainConfig, hparams
     from jaxmlp.data import Dataset, write_idx
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (300, 28, 28), dtype=np.uint8)
     y = (x[:, 10:18, 10:18].mean(axis=(1, 2)) // 26).clip(0, 9).astype(np.uint8)
     data = Dataset(x[:240], y[:240], x[240:], y[240:])   # 240 = 7 batches of 32 + a short one of 16
-    config = train.TrainConfig(hidden=(16,), epochs=2, batch_size=32, lr=0.3, dtype="float64", seed=3)
+    config = TrainConfig(hidden=(16,), epochs=2, batch_size=32, lr=0.3, dtype="float64", seed=3)
     out = {"device_count": jax.device_count()}
-    runs = {n: train.fit(config, data, mesh=None if n == 1 else parallel.make_mesh(n)) for n in (1, 4)}
-    leaves = {n: [np.asarray(l) for l in jax.tree_util.tree_leaves(r.params)] for n, r in runs.items()}
-    out["losses"] = {n: [h["loss"] for h in r.history] for n, r in runs.items()}
-    out["test_accuracy"] = {n: r.test_accuracy for n, r in runs.items()}
+    fits = {n: runs.fit(config, data, mesh=None if n == 1 else parallel.make_mesh(n)) for n in (1, 4)}
+    leaves = {n: [np.asarray(l) for l in jax.tree_util.tree_leaves(r.params)] for n, r in fits.items()}
+    out["losses"] = {n: [h["loss"] for h in r.history] for n, r in fits.items()}
+    out["test_accuracy"] = {n: r.test_accuracy for n, r in fits.items()}
     out["max_param_diff"] = {4: max(float(np.abs(a - b).max()) for a, b in zip(leaves[1], leaves[4]))}
     out["param_sharding"] = list(runs[4].params[0]["W"].sharding.spec)
     out["param_devices"] = len(runs[4].params[0]["W"].sharding.device_set)
@@ -51,15 +51,15 @@ SCRIPT = textwrap.dedent("""
     # The compiled chunk really splits the batch: 32 rows / 4 devices = 8 per device, and XLA
     # all-reduces the gradients.
     mesh = parallel.make_mesh(4)
-    spec = train.spec_for(config, 240)
-    params = train.init_model(config, jax.random.PRNGKey(0), 784, 10)
+    spec = runs.spec_for(config, 240)
+    params = runs.init_model(config, jax.random.PRNGKey(0), 784, 10)
     hp = parallel.replicate(hparams(config, np.float64), mesh)
-    state = train.init_state(params, train.make_optimizer(spec, hp), jax.random.PRNGKey(1))
-    xs = train.prepare(data.x_train, np.float64)
+    state = engine.init_state(params, runs.make_optimizer(spec, hp), jax.random.PRNGKey(1))
+    xs = runs.prepare(data.x_train, np.float64)
     ys = jax.numpy.asarray(data.y_train, jax.numpy.int32)
     dspec, (state, xs, ys) = parallel.distribute(mesh, spec, (state, xs, ys))
     order = parallel.replicate(jax.numpy.arange(240, dtype=jax.numpy.int32), mesh)
-    hlo = train.run_chunk.lower(state, order, xs, ys, hp, jax.numpy.int32(8), spec=dspec,
+    hlo = engine.run_chunk.lower(state, order, xs, ys, hp, jax.numpy.int32(8), spec=dspec,
                                 capacity=8).compile().as_text()
     out["all_reduce"] = "all-reduce" in hlo
     out["per_device_rows"] = "f64[8,784]" in hlo
@@ -134,9 +134,9 @@ def test_make_mesh_validates_device_count():
 def test_data_parallel_spec_sets_the_batch_sharding():
     """The spec gains a batch sharding over the mesh's data axis and stays hashable (a jit static)."""
     mesh = parallel.make_mesh(1)
-    spec = parallel.data_parallel_spec(train.TrainSpec(batch_size=32), mesh)
+    spec = parallel.data_parallel_spec(runs.TrainSpec(batch_size=32), mesh)
     assert spec.batch_sharding == parallel.batch_sharding(mesh)
-    assert hash(spec) == hash(parallel.data_parallel_spec(train.TrainSpec(batch_size=32), mesh))
+    assert hash(spec) == hash(parallel.data_parallel_spec(runs.TrainSpec(batch_size=32), mesh))
     assert parallel.device_count(None) == 1 and parallel.device_count(mesh) == 1
 
 

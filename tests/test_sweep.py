@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmlp import bench, cli, sweep, train
+from jaxmlp import bench, cli, engine, runs, sweep
+from jaxmlp.config import TrainConfig
 from jaxmlp.data import Dataset, write_idx
 
 
@@ -23,7 +24,7 @@ def tiny_dataset(n_train=250, n_test=60, seed=0) -> Dataset:
     return Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
 
 
-BASE = train.TrainConfig(hidden=(8,), epochs=2, batch_size=32, dtype="float64")
+BASE = TrainConfig(hidden=(8,), epochs=2, batch_size=32, dtype="float64")
 # Compiling dominates these tests' time, so they share shapes: every group below has 4 members with a
 # shared shuffle (one seed) or 8 members with per-member shuffles, and all reuse BASE's shapes.
 SEEDS_PER_MEMBER = [5, 6]
@@ -85,7 +86,7 @@ def test_group_by_shape_batches_lr_seed_init_but_not_shapes():
 @pytest.mark.parametrize("seeds, optimizer", [([5], "sgd"), (SEEDS_PER_MEMBER, "sgd"), ([5], "momentum")],
                          ids=["shared-key-sgd", "per-member-keys", "shared-key-momentum"])
 def test_sweep_members_equal_single_runs(data, seeds, optimizer):
-    """Each member of a group reproduces train.fit of its own config: the same epoch losses, test loss
+    """Each member of a group reproduces runs.fit of its own config: the same epoch losses, test loss
     and accuracy, with one run key for all members (an lr sweep: the key unbatched, one shuffle) and
     with per-member keys (batched), for SGD and for momentum (optimizer state under vmap too)."""
     base = dataclasses.replace(BASE, optimizer=optimizer, momentum=0.8, weight_decay=1e-3, l2=2e-3)
@@ -93,7 +94,7 @@ def test_sweep_members_equal_single_runs(data, seeds, optimizer):
     result = sweep.run_sweep(configs, data)
     assert len(result.groups) == 1 and result.groups[0].shared_key == (len(seeds) == 1)
     for config, run in zip(configs, result.runs):
-        single = train.fit(config, data, chunk_steps=3, divergence_rule=False)  # chunks of 3, 3, 2 steps
+        single = runs.fit(config, data, chunk_steps=3, divergence_rule=False)  # chunks of 3, 3, 2 steps
         # float64 throughout; vmap only reorders sums inside batched matmuls, so agreement is to ~1e-15
         # relative per step, amplified over 16 SGD steps: 1e-10 leaves ample margin and still fails on
         # any real difference (a wrong key, lr or init changes the loss in the 3rd-4th digit).
@@ -105,20 +106,20 @@ def test_sweep_members_equal_single_runs(data, seeds, optimizer):
 
 def test_shared_order_members_differ_only_in_their_params(data):
     """share_order: members of different seeds train on the first member's minibatches. Each equals
-    train.fit of its own config resumed from its own initial params with the first member's run key,
+    runs.fit of its own config resumed from its own initial params with the first member's run key,
     and (for the second seed) not its own single run: the order really is the first seed's."""
     configs = sweep.grid(BASE, lr=[0.5, 0.05], seed=SEEDS_PER_MEMBER)
     result = sweep.run_sweep(configs, data, share_order=True)
     assert len(result.groups) == 1 and result.groups[0].shared_key
-    spec = train.spec_for(BASE, len(data.y_train))
-    with train.precision("float64"):
+    spec = runs.spec_for(BASE, len(data.y_train))
+    with engine.precision("float64"):
         first_key = sweep.member_state(configs[0], 784, 10, spec)[0].key
         starts = [sweep.member_state(c, 784, 10, spec)[0]._replace(key=first_key) for c in configs]
     for config, run, start in zip(configs, result.runs, starts):
-        expected = train.fit(config, data, resume={"state": start}, divergence_rule=False)
+        expected = runs.fit(config, data, resume={"state": start}, divergence_rule=False)
         np.testing.assert_allclose(run.history, [h["loss"] for h in expected.history], rtol=1e-10)
         np.testing.assert_allclose(run.test_loss, expected.test_loss, rtol=1e-10)
-    own = train.fit(configs[2], data, divergence_rule=False)  # seed 6, lr 0.5, its own shuffle
+    own = runs.fit(configs[2], data, divergence_rule=False)  # seed 6, lr 0.5, its own shuffle
     assert abs(own.history[-1]["loss"] - result.runs[2].history[-1]) > 1e-6
 
 
@@ -126,9 +127,9 @@ def test_group_program_keeps_the_short_batch_branch(data, x64):
     """vmap of the engine's chunk with the step counters unbatched keeps the short last batch a
     ``cond`` (a batched predicate would turn it into a select that runs both branches every step)."""
     configs = sweep.grid(BASE, lr=[0.1, 0.2])
-    x = train.prepare(data.x_train, np.float64)
+    x = runs.prepare(data.x_train, np.float64)
     y = jax.numpy.asarray(data.y_train, jax.numpy.int32)
-    spec = train.spec_for(configs[0], x.shape[0])
+    spec = runs.spec_for(configs[0], x.shape[0])
     for shared in (True, False):
         state, hp = sweep.init_members(configs, 784, 10, spec, shared)
         order = sweep.group_order(state.key, state.epoch, x.shape[0], shared)
@@ -141,7 +142,7 @@ def test_group_program_keeps_the_short_batch_branch(data, x64):
 def test_second_group_call_does_not_recompile(data, x64):
     """Training the same shapes again (another lr, another seed) reuses the compiled group program."""
     configs = sweep.grid(BASE, lr=[0.1, 0.2, 0.3, 0.4])
-    x = train.prepare(data.x_train, np.float64)
+    x = runs.prepare(data.x_train, np.float64)
     y = jax.numpy.asarray(data.y_train, jax.numpy.int32)
     sweep.train_group(configs, x, y)
     with bench.CompileCounter() as built:
@@ -173,9 +174,9 @@ def test_fit_ensemble_members_and_ensemble_metrics(data, x64):
     config = dataclasses.replace(BASE, seed=11, lr=0.3)
     res = sweep.fit_ensemble(config, data, 8)
     assert [m.config.seed for m in res.members] == list(range(11, 19))
-    single = train.fit(dataclasses.replace(config, seed=12), data)
+    single = runs.fit(dataclasses.replace(config, seed=12), data)
     np.testing.assert_allclose(res.members[1].test_loss, single.test_loss, rtol=1e-10)
-    x_test = train.prepare(data.x_test, np.float64)
+    x_test = runs.prepare(data.x_test, np.float64)
     probs = sweep.ensemble_probs(res.params, x_test)
     assert probs.shape == (8, len(data.y_test), 10)
     assert res.ensemble_accuracy == pytest.approx(sweep.ensemble_accuracy(probs, data.y_test), abs=1e-12)
@@ -264,9 +265,9 @@ def test_chains_split_members_without_changing_them(data, x64, shared):
     chain returns: params, optimizer state, keys, step counters and losses, member for member."""
     configs = [dataclasses.replace(BASE, lr=lr, optimizer="momentum", seed=1 if shared else i)
                for i, lr in enumerate([0.5, 0.2, 0.1, 0.05, 0.01])]
-    x = train.prepare(data.x_train, np.float64)
+    x = runs.prepare(data.x_train, np.float64)
     y = jax.numpy.asarray(data.y_train, jax.numpy.int32)
-    spec = train.spec_for(configs[0], x.shape[0])
+    spec = runs.spec_for(configs[0], x.shape[0])
     state, hp = sweep.init_members(configs, 784, 10, spec, shared)
     order = sweep.group_order(state.key, state.epoch, x.shape[0], shared)
     run = functools.partial(sweep.run_group_chunk, state, order, x, y, hp, jax.numpy.int32(5), spec=spec,

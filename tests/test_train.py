@@ -1,6 +1,7 @@
 """The engine: the jitted step, chunks and fused epochs, compilation counts, fit, stopping and resuming
 anywhere bit for bit, float64 kept to its scope, evaluation."""
 import dataclasses
+import math
 import os
 import signal
 
@@ -10,22 +11,14 @@ import numpy as np
 import pytest
 from conftest import make_synthetic_dataset
 
-from jaxmlp import handlers, train
+from jaxmlp import engine, handlers, runs
 from jaxmlp.backprop import manual_grad
 from jaxmlp.config import TrainConfig, hparams
+from jaxmlp.engine import DivergenceError, Interrupted, batch_slices, epoch_loss
+from jaxmlp.evaluation import evaluate
 from jaxmlp.model import forward, init_params
-from jaxmlp.train import (
-    DivergenceError,
-    Interrupted,
-    TrainSpec,
-    batch_slices,
-    epoch_loss,
-    evaluate,
-    fit,
-    prepare,
-    sgd_step,
-    split_validation,
-)
+from jaxmlp.runs import TrainSpec, fit, prepare, split_validation
+from jaxmlp.steps import sgd_step
 
 
 def _toy(n=70, d=12, c=4, seed=0):
@@ -47,7 +40,7 @@ def _identical(a, b) -> bool:
 
 
 def _state(params, spec, hp, key=0):
-    return train.init_state(params, train.make_optimizer(spec, hp), jax.random.PRNGKey(key))
+    return engine.init_state(params, runs.make_optimizer(spec, hp), jax.random.PRNGKey(key))
 
 
 def test_sgd_step_is_p_minus_lr_grad(x64):
@@ -71,8 +64,8 @@ def test_a_chunk_equals_the_python_loop_of_steps(x64):
     params, x, y = _toy()
     spec, hp = TrainSpec(batch_size=32), hparams(None, jnp.float64, lr=0.2)
     state = _state(params, spec, hp)
-    order = train.epoch_order(state.key, state.epoch, 70)
-    new, losses = train.run_chunk(state, order, x, y, hp, jnp.int32(3), spec=spec, capacity=3)
+    order = engine.epoch_order(state.key, state.epoch, 70)
+    new, losses = engine.run_chunk(state, order, x, y, hp, jnp.int32(3), spec=spec, capacity=3)
     ref, ref_losses = params, []
     for s in batch_slices(70, 32):
         ref, value = sgd_step(ref, x[order[s]], y[order[s]], 0.2)
@@ -80,7 +73,7 @@ def test_a_chunk_equals_the_python_loop_of_steps(x64):
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-12)
     _leaves_close(new.params, ref, 1e-11)
     assert (int(new.epoch), int(new.step)) == (1, 0)
-    fused, fused_losses = train.run_fused_epoch(state, x, y, hp, spec=spec)
+    fused, fused_losses = engine.run_fused_epoch(state, x, y, hp, spec=spec)
     _leaves_close(fused.params, ref, 1e-11)
     np.testing.assert_allclose(fused_losses, ref_losses, rtol=1e-12)
 
@@ -93,10 +86,10 @@ def test_chunks_of_any_size_give_the_same_state_bit_for_bit(x64):
     results = []
     for sizes in ([1, 1, 1], [2, 1], [3]):
         state = _state(params, spec, hp)
-        order = train.epoch_order(state.key, state.epoch, 70)
+        order = engine.epoch_order(state.key, state.epoch, 70)
         losses = []
         for k in sizes:
-            state, out = train.run_chunk(state, order, x, y, hp, jnp.int32(k), spec=spec, capacity=3)
+            state, out = engine.run_chunk(state, order, x, y, hp, jnp.int32(k), spec=spec, capacity=3)
             losses.extend(np.asarray(out[:k]))
         results.append((state, losses))
     for state, losses in results[1:]:
@@ -111,8 +104,8 @@ def test_manual_and_autodiff_chunks_agree(x64):
     for grad in ("manual", "autodiff"):
         spec = TrainSpec(batch_size=16, grad=grad)
         state = _state(params, spec, hp)
-        order = train.epoch_order(state.key, state.epoch, 70)
-        outs.append(train.run_chunk(state, order, x, y, hp, jnp.int32(5), spec=spec, capacity=5)[0].params)
+        order = engine.epoch_order(state.key, state.epoch, 70)
+        outs.append(engine.run_chunk(state, order, x, y, hp, jnp.int32(5), spec=spec, capacity=5)[0].params)
     _leaves_close(outs[0], outs[1], 1e-10)
 
 
@@ -120,7 +113,7 @@ def test_epoch_loss_weights_the_short_batch_and_sums_over_chunks():
     """The example-weighted mean (short batch by its size); sums of chunks starting anywhere add up."""
     losses = np.array([1.0, 2.0, 4.0])
     assert epoch_loss(losses, 70, 32) == pytest.approx((32 * 1 + 32 * 2 + 6 * 4) / 70)
-    parts = train.loss_sum(losses[:2], 70, 32) + train.loss_sum(losses[2:], 70, 32, first_step=2)
+    parts = engine.loss_sum(losses[:2], 70, 32) + engine.loss_sum(losses[2:], 70, 32, first_step=2)
     assert parts == pytest.approx(70 * epoch_loss(losses, 70, 32))
 
 
@@ -139,16 +132,16 @@ def test_nothing_recompiles_across_epochs_chunk_sizes_lrs_and_runs(monkeypatch):
     """fit compiles the chunk program once, from shapes, on its background thread: the executable it
     builds is the one that runs; chunk sizes picked at run time, later epochs, a new lr (traced) and a
     second run with the same shapes compile nothing new."""
-    monkeypatch.setattr(train, "_COMPILED", {})
+    monkeypatch.setattr(engine, "_COMPILED", {})
     data = make_synthetic_dataset(256, 64)
     cfg = TrainConfig(hidden=(24,), epochs=3, batch_size=50, init="he", optimizer="adam", lr=1e-3)
     events = _count_compiles()
     first = fit(cfg, data)
-    assert first.compile_seconds > 0 and len(train._COMPILED) == 1
+    assert first.compile_seconds > 0 and len(engine._COMPILED) == 1
     n = len(events)
     assert n >= 1, "the compile listener saw nothing, so this test would prove nothing"
     again = fit(dataclasses.replace(cfg, lr=5e-3, seed=3), data, chunk_steps=2)
-    assert again.compile_seconds == 0.0 and len(train._COMPILED) == 1
+    assert again.compile_seconds == 0.0 and len(engine._COMPILED) == 1
     assert len(events) == n, "a second run with the same shapes compiled something"
     assert not np.array_equal(again.params[0]["W"], first.params[0]["W"])
 
@@ -202,7 +195,7 @@ def _interrupt(data, path, steps, signum=signal.SIGINT, resume=None):
     with pytest.raises(Interrupted) as stop:
         fit(CFG, data, handlers=hs, resume=resume, chunk_steps=1)
     assert stop.value.signum == signum
-    config, state, meta = train.load_run(path)
+    config, state, meta = runs.load_run(path)
     assert int(state.epoch) * 16 + int(state.step) == steps
     return {"state": state, "history": meta["history"], "partial": meta["partial"]}
 
@@ -270,9 +263,9 @@ def test_a_non_finite_loss_is_divergence(synthetic):
 
 
 def _event(losses, num_classes=10):
-    run = type("R", (), {"num_classes": num_classes, "steps_per_epoch": 100})()
-    state = train.TrainState(None, None, None, jnp.int32(0), jnp.int32(0))
-    return train.Event("chunk", run, state, state, np.asarray(losses, float), [], 0.0)
+    run = type("R", (), {"loss_floor": math.log(num_classes), "steps_per_epoch": 100})()
+    state = engine.TrainState(None, None, None, jnp.int32(0), jnp.int32(0))
+    return engine.Event("chunk", run, state, state, np.asarray(losses, float), [], 0.0)
 
 
 def test_the_divergence_rule_catches_a_finite_blow_up():

@@ -74,7 +74,8 @@ def test_mask_with_freeze_trains_only_the_head():
 
     @jax.jit
     def step(p, s):
-        return opt.update(jax.grad(loss)(p), s, p)
+        updates, s = opt.update(jax.grad(loss)(p), s, p)
+        return optim.apply_updates(p, updates), s
 
     p = params
     for _ in range(3):

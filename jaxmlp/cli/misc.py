@@ -66,7 +66,7 @@ def _batch(args, key):
         return (jax.random.uniform(kx, (args.batch_size, 784), jnp.float64),
                 jax.random.randint(ky, (args.batch_size,), 0, 10), "synthetic inputs")
     from jaxmlp.data import ensure_dataset
-    from jaxmlp.train import prepare
+    from jaxmlp.runs import prepare
 
     data = ensure_dataset(args.data_dir, args.dataset)
     x = prepare(data.x_train[: args.batch_size], jnp.float64)

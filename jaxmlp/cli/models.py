@@ -31,7 +31,9 @@ def run_eval(args) -> int:
     import jax.numpy as jnp
 
     from jaxmlp.data import ensure_dataset, select_classes
-    from jaxmlp.train import dtype_of, evaluate, load_model, precision, prepare
+    from jaxmlp.engine import precision
+    from jaxmlp.evaluation import evaluate
+    from jaxmlp.runs import dtype_of, load_model, prepare
 
     check_outputs(args)
     params, config, meta = load_model(args.load)
@@ -86,7 +88,9 @@ def run_predict(args) -> int:
     import jax.numpy as jnp
 
     from jaxmlp.data import read_images
-    from jaxmlp.train import dtype_of, load_model, precision, predict_probs, prepare
+    from jaxmlp.engine import precision
+    from jaxmlp.evaluation import predict_probs
+    from jaxmlp.runs import dtype_of, load_model, prepare
 
     images, kind = read_images(args.file)
     params, config, meta = load_model(args.load)

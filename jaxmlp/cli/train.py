@@ -92,7 +92,7 @@ def config_from_args(args) -> cfg.TrainConfig:
     """Defaults, then the preset, then explicit flags; with --finetune, the checkpoint's model."""
     values = explicit_values(args)
     if values.get("finetune"):
-        from jaxmlp.train import load_model
+        from jaxmlp.runs import load_model
 
         _, saved, _ = load_model(values["finetune"])
         values.setdefault("arch", saved.arch)
@@ -102,7 +102,7 @@ def config_from_args(args) -> cfg.TrainConfig:
 
 def resume_from(args) -> tuple[cfg.TrainConfig, dict]:
     """(config, fit's resume) from --resume: the saved run, --epochs extended; other flags must agree."""
-    from jaxmlp.train import load_run
+    from jaxmlp.runs import load_run
 
     config, state, meta = load_run(args.resume)
     given = explicit_values(args)
@@ -171,7 +171,8 @@ def run(args) -> int:
 
 
 def _train(args, config, data, resume, mesh, started) -> int:
-    from jaxmlp.train import DivergenceError, Interrupted, fit, precision
+    from jaxmlp.engine import DivergenceError, Interrupted, precision
+    from jaxmlp.runs import fit
 
     handlers, saver = _handlers(args)
     with precision(config.dtype):
@@ -214,8 +215,9 @@ def _report(args, config, data, result, resume, mesh, started) -> None:
 
 
 def _plots(args, config, data, params, history, test_loss: float) -> None:
+    from jaxmlp.evaluation import predict_labels
     from jaxmlp.plots import save_training_plots
-    from jaxmlp.train import dtype_of, predict_labels, prepare
+    from jaxmlp.runs import dtype_of, prepare
 
     if config.classes is not None:  # fit trained and tested on the subset, relabelled
         from jaxmlp.data import select_classes
