@@ -42,7 +42,7 @@ import numpy as np
 from . import engine, runs, steps as teaching, sweep
 from .config import TrainConfig
 from .losses import cross_entropy
-from .model import relu
+from .model import forward, relu
 
 # A program built by XLA, or loaded from the persistent compilation cache (the CLI turns that on):
 # either way the in-memory jit cache missed.
@@ -269,9 +269,33 @@ def time_chunked(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr: f
     """(seconds per epoch, compile seconds, recompilations while timed) of the engine ``runs.fit``
     runs: the epoch's order (``engine.epoch_order``), then ``chunks`` calls of the chunk program
     (capacity one epoch, a traced step count), each waited for as fit waits for its losses."""
+    _, spec, state, hp = _setup(layer_sizes, batch_size, x.shape[0], lr)
+    return _time_engine_epoch(spec, state, hp, x, y, chunks, repeats)
+
+
+def _user_loss(params, x, y, key):
+    """The built-in objective written as a user of ``jaxmlp.train`` would write it."""
+    del key
+    return cross_entropy(forward(params, x), y)
+
+
+def time_user_loss(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr: float,
+                   repeats: int = 3) -> tuple[float, float, int]:
+    """(seconds per epoch, compile seconds, recompilations while timed) of ``jaxmlp.train`` with a
+    user's loss function and ``optim.sgd``: the same engine, one chunk an epoch, the step built from
+    the user's function instead of a ``TrainSpec``."""
+    from .optim import sgd
+
+    _, _, state, _ = _setup(layer_sizes, batch_size, x.shape[0], lr)
+    opt = sgd(lr)
+    spec = engine.FunctionTask(_user_loss, opt, batch_size)
+    return _time_engine_epoch(spec, engine.init_state(state.params, opt, state.key), {}, x, y, 1, repeats)
+
+
+def _time_engine_epoch(spec, state, hp, x: jax.Array, y: jax.Array, chunks: int,
+                       repeats: int) -> tuple[float, float, int]:
     n = x.shape[0]
-    _, spec, state, hp = _setup(layer_sizes, batch_size, n, lr)
-    steps = engine.steps_per_epoch(n, batch_size)
+    steps = engine.steps_per_epoch(n, spec.batch_size)
     program, compile_s = engine.compile_program(engine.run_chunk, {"spec": spec, "capacity": steps}, state,
                                                jnp.zeros((n,), jnp.int32), x, y, hp, jnp.int32(steps))
     size = -(-steps // max(1, chunks))
@@ -445,6 +469,7 @@ def load_bench_data(data_dir=None, dataset: str = "mnist", synthetic: bool = Fal
 
 SMALL_DOTS, LARGE_DOTS = "its matmuls alone", "the large batch's matmuls alone"
 WIDE_SWEEP = "sweep, one wide first layer"
+USER_LOSS = "jaxmlp.train, a user's loss, 1 chunk/epoch"
 
 
 def _row(name: str, batch_size: int, seconds: float, samples: int, flops: float, peak: float,
@@ -470,6 +495,8 @@ def _ratios(by: dict, sweep_size: int) -> dict:
         # The engine against the pre-chunk fused epoch (seconds over seconds; 1.05 = 5% slower).
         "chunked_vs_fused": chunk_s / fused_s,
         "one_chunk_vs_fused": whole_s / fused_s,
+        # A user's loss through jaxmlp.train against the built-in step on the same engine (1.0 = same cost).
+        "user_loss_vs_builtin": seconds[USER_LOSS] / whole_s,
         "sweep_cost_per_model_vs_fused": (sweep_s / sweep_size) / fused_s,
         "sweep_cost_per_model_vs_single": (sweep_s / sweep_size) / whole_s,
         # The wide-first-layer prototype (shared batch, plain SGD) against the fused single run.
@@ -500,6 +527,8 @@ def _device_rows(add: Callable, x: jax.Array, y: jax.Array, sizes: list, *, batc
     add("chunked engine, 4 chunks/epoch", batch_size, chunk_s, chunk_c, note="engine.chunk, as fit runs it")
     whole_s, _, r4 = time_chunked(x, y, sizes, batch_size, lr, 1, repeats)
     add("chunked engine, 1 chunk/epoch", batch_size, whole_s, 0.0, note="the same program")
+    user_s, user_c, r10 = time_user_loss(x, y, sizes, batch_size, lr, repeats)
+    add(USER_LOSS, batch_size, user_s, user_c, note="jaxmlp.train's step from a user's loss_fn and optim.sgd")
     lrs = np.geomspace(1e-3, 0.5, sweep_size) if sweep_size > 1 else np.array([lr])
     sweep_s, sweep_c, r5 = time_sweep(x, y, sizes, batch_size, lrs, max(2, repeats // 2))  # K epochs a repeat
     add(f"vmapped sweep, {sweep_size} lrs", batch_size, sweep_s, sweep_c, models=sweep_size,
@@ -511,7 +540,7 @@ def _device_rows(add: Callable, x: jax.Array, y: jax.Array, sizes: list, *, batc
     add("fused epoch, large batch", large_batch, big_s, big_c)
     dots_s, dots_c, r7 = time_matmuls(x, sizes, large_batch, repeats)
     add(LARGE_DOTS, large_batch, dots_s, dots_c, note="forward + backward dots of the large-batch epoch")
-    return r2 + r3 + r4 + r5 + r6 + r7 + r8 + r9
+    return r2 + r3 + r4 + r5 + r6 + r7 + r8 + r9 + r10
 
 
 def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch_size: int = 32,
@@ -592,7 +621,8 @@ def format_report(report: dict) -> str:
               f"{q['fused_speedup_vs_jit_loop']:.2f}x the jitted-step loop; its matmuls alone take "
               f"{q['fused_matmul_share'] * 100:.0f}% of its time",
               f"chunked engine: {q['chunked_vs_fused']:.3f}x the fused epoch's time in 4 chunks, "
-              f"{q['one_chunk_vs_fused']:.3f}x in one",
+              f"{q['one_chunk_vs_fused']:.3f}x in one; a user's loss through jaxmlp.train: "
+              f"{q['user_loss_vs_builtin']:.3f}x the built-in step's epoch",
               f"sweep: {q['sweep_cost_per_model_vs_single']:.2f}x a single run (one chunk an epoch) and "
               f"{q['sweep_cost_per_model_vs_fused']:.2f}x a fused epoch per model-epoch (floor here: "
               f"{q['sweep_cost_floor_at_peak']:.2f}x, a sweep at 100% of the matmul peak)",

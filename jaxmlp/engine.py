@@ -11,7 +11,7 @@
   up to the capacity runs the same executable). The short last batch of an epoch is a second branch
   of the same program. ``fused_epoch`` is a whole epoch as one ``lax.scan`` (``jaxmlp bench``).
 * ``advance``: the host loop, chunk after chunk, calling handlers (``handlers.py``: progress, logs,
-  checkpoints, signals, divergence) between them.
+  checkpoints, signals, divergence) between them with an ``events.Event``.
 
 What a step computes is a static, hashable *spec*: ``FunctionTask`` wraps a user's loss and
 optimizer; ``runs.TrainSpec`` is the built-in MLP/CNN described by a ``TrainConfig``. A spec has
@@ -33,6 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import handlers as h
+from .backend import matmul_precision
+from .events import DivergenceError, Event, Interrupted, Run, StopRun
 from .optim import apply_updates
 from .parallel import to_host
 
@@ -41,22 +44,13 @@ __all__ = ["train", "TrainResult", "TrainState", "FunctionTask", "init_state", "
            "Run", "precision", "compile_program", "build_run"]
 
 
-class DivergenceError(ArithmeticError):
-    """Training diverged (a non-finite loss or params, or the loss far above its start)."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """The run was stopped by a signal at a chunk boundary; ``state`` is where it stopped."""
-
-    def __init__(self, signum: int, state: TrainState, saved: str | None = None):
-        super().__init__(signum)
-        self.signum, self.state, self.saved = signum, state, saved
-
-
-def precision(dtype: str) -> contextlib.AbstractContextManager:
-    """A context in which ``dtype`` ("float32"/"float64") arrays can exist: float64 needs JAX's x64
-    mode, switched on for the block only, so nothing outside it changes."""
-    return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+@contextlib.contextmanager
+def precision(dtype: str, matmul: str = "default"):
+    """A context in which ``dtype`` ("float32"/"float64") arrays can exist and float32 matmuls run at
+    ``matmul`` (``backend.matmul_precision``; "default" changes nothing). float64 needs JAX's x64 mode,
+    switched on for the block only, so nothing outside it changes. Both settings are per thread."""
+    with jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext(), matmul_precision(matmul):
+        yield
 
 
 def batch_slices(num_examples: int, batch_size: int) -> list[slice]:
@@ -260,8 +254,9 @@ def compile_program(fn, static: dict, *args) -> tuple[Callable, float]:
         *args: arrays or ``jax.ShapeDtypeStruct`` s of its positional arguments.
     """
     leaves, treedef = jax.tree_util.tree_flatten(args)
+    # The matmul precision changes the HLO but no argument: it must be part of the key (as in JAX's own).
     signature = (fn, tuple(sorted(static.items())), treedef, tuple(map(_arg_signature, leaves)),
-                 jax.config.read("jax_enable_x64"))
+                 jax.config.read("jax_enable_x64"), jax.config.jax_default_matmul_precision)
     if signature not in _COMPILED:
         t0 = time.perf_counter()
         _COMPILED[signature] = (fn.lower(*args, **static).compile(), time.perf_counter() - t0)
@@ -284,46 +279,6 @@ def loss_sum(batch_losses, num_examples: int, batch_size: int, first_step: int =
 
 
 # ---------------------------------------------------------------- advancing a run
-
-
-class Run(NamedTuple):
-    """Everything fixed for the length of a run: what handlers and the host loop read."""
-
-    spec: Any               # what a step computes (static)
-    hparams: Any            # the traced numbers the spec reads
-    x: jax.Array            # (N, ...) training inputs on the device
-    y: jax.Array            # (N, ...) training targets
-    epochs: int
-    steps_per_epoch: int
-    program: Callable       # the compiled chunk
-    capacity: int           # the most steps one chunk runs
-    compile_seconds: float
-    loss_floor: float = 0.0             # the divergence rule's least reference loss (chance level)
-    validate: Callable | None = None    # params -> {"val_loss": .., "val_accuracy": ..} after each epoch
-    save: Callable | None = None        # (path, state, history, partial) -> writes a checkpoint
-    config: Any = None                  # the ``TrainConfig`` of a run built by ``fit``
-
-
-class Event(NamedTuple):
-    """What handlers see: ``kind`` is "start", "chunk", "epoch" or "end"."""
-
-    kind: str
-    run: Run
-    state: TrainState          # after the chunk (for "end": the state the run stops with)
-    previous: TrainState       # before the chunk: the last state known good
-    losses: np.ndarray         # this chunk's per-step losses
-    history: list              # epoch records so far
-    seconds: float             # this chunk's wall time
-    reason: str = ""           # for "end": "done", "early-stop", "SIGINT", "SIGTERM", "diverged"
-    partial: dict = {}         # the current epoch's loss sum and seconds so far (for checkpoints)
-
-
-class StopRun(Exception):
-    """Raised by a handler to end the run at this chunk boundary; ``reason`` is reported in "end"."""
-
-    def __init__(self, reason: str, signum: int = 0):
-        super().__init__(reason)
-        self.reason, self.signum = reason, signum
 
 
 def _next_steps(steps: int, seconds: float, target: float, room: int, least: int = 1) -> int:
@@ -476,11 +431,12 @@ def build_run(spec, state: TrainState, x, y, epochs: int, hparams: Any = None, *
 
 def _as_arrays(data) -> tuple[jax.Array, jax.Array]:
     """(x, y) on the device from a pair of arrays or a ``Dataset`` (its training images, flattened
-    and scaled to [0, 1] as ``runs.prepare`` does)."""
+    and scaled to [0, 1])."""
     if hasattr(data, "x_train") and hasattr(data, "y_train"):
-        from .runs import prepare
+        from .data import normalize
 
-        return prepare(data.x_train, jnp.float32), jnp.asarray(np.asarray(data.y_train).astype(np.int32))
+        images = np.asarray(data.x_train)
+        return normalize(images.reshape(len(images), -1)), jnp.asarray(np.asarray(data.y_train).astype(np.int32))
     try:
         x, y = data
     except (TypeError, ValueError):
@@ -540,8 +496,6 @@ def train(loss_fn: Callable, params: Any, optimizer: Any, data: Any, *, epochs: 
     Returns a ``TrainResult``. SIGINT/SIGTERM stop at the next chunk boundary: the checkpoint (if any)
     holds that exact step and ``Interrupted`` is raised carrying the state.
     """
-    from . import handlers as h
-
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:

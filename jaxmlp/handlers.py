@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .engine import DivergenceError, Event, StopRun
+from .events import DivergenceError, Event, StopRun
 from .progress import Progress
 
 DIVERGENCE_FACTOR = 10.0

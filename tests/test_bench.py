@@ -102,19 +102,20 @@ def test_bench_json_has_every_row_and_field(capsys):
     assert report["matmul_peak_gflops"] > 0
     names = [r["name"] for r in report["rows"]]
     assert names == ["numpy notebook", "jit step, Python loop", "fused epoch (lax.scan)", "its matmuls alone",
-                     "chunked engine, 4 chunks/epoch", "chunked engine, 1 chunk/epoch", "vmapped sweep, 2 lrs",
+                     "chunked engine, 4 chunks/epoch", "chunked engine, 1 chunk/epoch",
+                     "jaxmlp.train, a user's loss, 1 chunk/epoch", "vmapped sweep, 2 lrs",
                      "sweep, one wide first layer", "fused epoch, large batch", "the large batch's matmuls alone"]
     for row in report["rows"]:
         for field in ("seconds_per_epoch", "samples_per_second", "gflops", "fraction_of_peak"):
             assert row[field] > 0
     assert report["rows"][1]["compile_seconds"] > 0 and report["rows"][0]["compile_seconds"] is None
-    assert report["rows"][6]["models"] == 2 and report["rows"][7]["models"] == 2
+    assert report["rows"][7]["models"] == 2 and report["rows"][8]["models"] == 2
     assert set(report["ratios"]) == {"fused_speedup_vs_numpy", "fused_speedup_vs_jit_loop",
                                      "jit_loop_speedup_vs_numpy", "chunked_vs_fused", "one_chunk_vs_fused",
                                      "sweep_cost_per_model_vs_fused", "sweep_cost_per_model_vs_single",
                                      "large_batch_fraction_of_peak", "sweep_cost_floor_at_peak",
                                      "large_batch_matmul_share", "fused_matmul_share",
-                                     "wide_sweep_cost_per_model_vs_fused"}
+                                     "wide_sweep_cost_per_model_vs_fused", "user_loss_vs_builtin"}
     by = {r["name"]: r for r in report["rows"]}
     assert report["ratios"]["sweep_cost_floor_at_peak"] == by["fused epoch (lax.scan)"]["fraction_of_peak"]
     assert report["ratios"]["fused_speedup_vs_numpy"] == pytest.approx(
@@ -124,6 +125,8 @@ def test_bench_json_has_every_row_and_field(capsys):
     seconds = {name: row["seconds_per_epoch"] for name, row in by.items()}
     assert report["ratios"]["large_batch_matmul_share"] == pytest.approx(
         seconds["the large batch's matmuls alone"] / seconds["fused epoch, large batch"])
+    assert report["ratios"]["user_loss_vs_builtin"] == pytest.approx(
+        seconds["jaxmlp.train, a user's loss, 1 chunk/epoch"] / seconds["chunked engine, 1 chunk/epoch"])
     assert report["ratios"]["fused_matmul_share"] == pytest.approx(
         by["its matmuls alone"]["seconds_per_epoch"] / by["fused epoch (lax.scan)"]["seconds_per_epoch"])
     assert report["recompiles_while_timed"] == 0
@@ -146,11 +149,13 @@ def test_bench_text_report_and_bad_data_dir(capsys, tmp_path):
                    "one_chunk_vs_fused": 0.99, "sweep_cost_per_model_vs_fused": 0.5,
                    "sweep_cost_per_model_vs_single": 0.45, "large_batch_fraction_of_peak": 0.6,
                    "sweep_cost_floor_at_peak": 0.25, "large_batch_matmul_share": 0.7,
-                   "fused_matmul_share": 0.8, "wide_sweep_cost_per_model_vs_fused": 1.7},
+                   "fused_matmul_share": 0.8, "wide_sweep_cost_per_model_vs_fused": 1.7,
+                   "user_loss_vs_builtin": 1.03},
     }
     text = bench.format_report(report)
     assert "4.0x" in text and "8.0x" in text and "60% of the matmul peak" in text and "floor here: 0.25x" in text
     assert "its matmuls alone take 80% of its time" in text and "prototype): 1.70x" in text
+    assert "1.030x the built-in step's epoch" in text
     assert "1.020x the fused epoch" in text and "0.45x a single run" in text and "70% of its time" in text
     assert "machine: cpu, 2 cores" in text
     assert cli.main(["bench", "--data-dir", str(tmp_path)]) == 1
