@@ -9,10 +9,24 @@ The functional core (params in, params out; keys passed explicitly)::
     logits = jaxmlp.forward(params, x[:32])                # (32, 10)
     grads = jax.grad(jaxmlp.loss)(params, x[:32], data.y_train[:32])
     same = jaxmlp.manual_grad(params, x[:32], data.y_train[:32])   # the notebook's backprop
+
+and the engine, for any pure loss, params PyTree and optimizer (``init``/``update``, optax's protocol)::
+
+    result = jaxmlp.train(loss_fn, params, jaxmlp.optim.adam(1e-3), (x, y), epochs=5, batch_size=128)
 """
 from importlib.metadata import PackageNotFoundError as _NotFound, version as _version
 
-from .backprop import autodiff_grad, finite_difference_grad, gradcheck, manual_grad, max_relative_error
+from . import optim
+from .backprop import (
+    GradCheckResult,
+    GradCheckRow,
+    autodiff_grad,
+    finite_difference_grad,
+    gradcheck,
+    gradcheck_mlp,
+    manual_grad,
+    max_relative_error,
+)
 from .config import TrainConfig, hparams
 from .data import (
     Dataset,
@@ -28,8 +42,9 @@ from .data import (
 )
 from .engine import DivergenceError, Interrupted, TrainResult, TrainState, chunk, fused_epoch, train
 from .evaluation import evaluate, predict_labels, predict_probs
-from .losses import accuracy, cross_entropy, loss, notebook_cross_entropy, notebook_loss
+from .losses import accuracy, cross_entropy, l2_penalty, loss, notebook_cross_entropy, notebook_loss
 from .model import (
+    ACTIVATIONS,
     forward,
     forward_intermediates,
     init_layer,
@@ -55,5 +70,6 @@ __all__ = [
     "init_params", "init_params_numpy", "load_dataset", "log_softmax", "loss", "manual_grad", "max_relative_error",
     "normalize", "notebook_cross_entropy", "notebook_loss", "one_hot", "predict", "read_idx", "relu",
     "load_model", "load_run", "resolve_data_dir", "sgd_step", "softmax", "train_epoch_loop", "write_idx",
-    "train", "TrainResult", "predict_labels", "predict_probs",
+    "train", "TrainResult", "predict_labels", "predict_probs", "optim", "gradcheck_mlp", "GradCheckResult",
+    "GradCheckRow", "ACTIVATIONS", "l2_penalty",
 ]

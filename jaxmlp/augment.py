@@ -1,8 +1,10 @@
 """Data augmentation on the device: pure, jittable, fresh randomness per call from a key.
 
-Both functions take a batch of images shaped ``(N, H, W)`` or flattened ``(N, side*side)``
-(square images; ``side`` defaults to ``isqrt(D)``, i.e. 28 for MNIST's 784) and return the
-same shape and dtype. Each image draws its own transform. Pixels that come from outside the
+Each function takes a batch of images shaped ``(N, H, W)`` or flattened ``(N, side*side)``
+(square images; ``side`` defaults to ``isqrt(D)``, i.e. 28 for MNIST's 784) and returns the
+same shape and dtype: integer shifts (``random_shift``), rotation, scale and translation
+(``random_affine``) or Simard et al.'s elastic distortion (``random_elastic``). Each image draws its
+own transform. Pixels that come from outside the
 image are filled with 0 (MNIST's background), so augmented [0, 1] images stay in [0, 1].
 
 Typical use inside a jitted training step::
@@ -17,9 +19,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.ndimage import map_coordinates
 
-__all__ = ["random_shift", "random_affine"]
+__all__ = ["random_shift", "random_affine", "random_elastic", "elastic_field", "gaussian_kernel"]
 
 
 def _as_images(images: jax.Array, side: int | None) -> tuple[jax.Array, tuple[int, ...]]:
@@ -42,7 +45,7 @@ def _as_images(images: jax.Array, side: int | None) -> tuple[jax.Array, tuple[in
 def random_shift(key: jax.Array, images: jax.Array, max_shift: int = 2, *,
                  side: int | None = None) -> jax.Array:
     """Shift each image by integers ``(dy, dx)`` drawn uniformly from
-    ``[-max_shift, max_shift]`` (positive = down/right), zero fill.
+    ``[-max_shift, max_shift]`` (positive = down/right) from ``key``, zero fill.
 
     images: (N, H, W) or (N, side*side), float. ``max_shift`` is a python int (it fixes the
     padding shape). Returns the same shape and dtype."""
@@ -65,7 +68,7 @@ def random_shift(key: jax.Array, images: jax.Array, max_shift: int = 2, *,
 def random_affine(key: jax.Array, images: jax.Array, max_rotation_deg: float = 10.0,
                   max_shift: float = 2.0, max_scale: float = 0.1, *,
                   side: int | None = None) -> jax.Array:
-    """Random rotation, isotropic scale and translation per image, bilinear sampling.
+    """Random rotation, isotropic scale and translation per image (drawn from ``key``), bilinear sampling.
 
     Per image: angle ~ U(-max_rotation_deg, max_rotation_deg) degrees about the image
     centre, scale ~ U(1 - max_scale, 1 + max_scale), shift (dy, dx) ~ U(-max_shift,
@@ -95,6 +98,89 @@ def random_affine(key: jax.Array, images: jax.Array, max_rotation_deg: float = 1
         return map_coordinates(img.astype(compute), [src_y, src_x], order=1, mode="constant", cval=0.0)
 
     out = jax.vmap(warp)(x, angle, scale, shift)
+    lo = jnp.minimum(jnp.min(x), 0).astype(compute)
+    hi = jnp.maximum(jnp.max(x), 0).astype(compute)
+    return jnp.clip(out, lo, hi).astype(x.dtype).reshape(shape)
+
+
+def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The normalised 1-D Gaussian of standard deviation ``sigma`` (pixels), cut at ``truncate`` sigmas
+    as ``scipy.ndimage.gaussian_filter`` cuts it: shape (2r + 1,) float64, r = int(truncate * sigma + 0.5).
+
+    Args:
+        sigma: the standard deviation in pixels, a positive python number (it fixes the kernel's length).
+        truncate: the kernel's half-width in standard deviations.
+    """
+    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not 0 < sigma < math.inf:
+        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+    radius = max(int(truncate * sigma + 0.5), 1)
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (t / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def elastic_field(key: jax.Array, n: int, side: int, sigma: float = 4.0, alpha: float = 34.0,
+                  dtype=jnp.float32) -> jax.Array:
+    """Simard et al.'s (2003) displacement fields: per-pixel draws U(-1, 1), smoothed by a Gaussian of
+    standard deviation ``sigma``, scaled by ``alpha``. Returns (n, 2, side, side) of ``dtype``: the
+    (dy, dx) displacement, in pixels, of every pixel of ``n`` images.
+
+    The noise is drawn on a grid ``r`` pixels wider on every side (``r``: the kernel's radius) and the
+    separable smoothing keeps only the fully covered part, so every pixel's displacement has the same
+    distribution (standard deviation ``alpha * sum(k**2) / sqrt(3)`` for the 1-D kernel ``k``), at the
+    borders too (a zero-padded filter weakens the field there).
+
+    Args:
+        key: the PRNG key of the draw.
+        n: images (static).
+        side: image side in pixels (static).
+        sigma: the Gaussian's standard deviation in pixels, a python number (static: it sets the kernel).
+        alpha: the scale, a number or a traced scalar (0: no displacement).
+        dtype: a float dtype.
+    """
+    k = gaussian_kernel(sigma)
+    radius = (len(k) - 1) // 2
+    wide = side + 2 * radius
+    # Row i of the band matrix sums the kernel over wide positions i..i+2r: a 'valid' 1-D convolution.
+    band = np.zeros((side, wide))
+    for i in range(side):
+        band[i, i:i + len(k)] = k
+    band = jnp.asarray(band, dtype)
+    noise = jax.random.uniform(key, (n, 2, wide, wide), dtype, -1.0, 1.0)
+    smooth = jnp.einsum("ik,nckl,jl->ncij", band, noise, band, precision=jax.lax.Precision.HIGHEST)
+    return jnp.asarray(alpha, dtype) * smooth
+
+
+def random_elastic(key: jax.Array, images: jax.Array, sigma: float = 4.0, alpha: float = 34.0, *,
+                   side: int | None = None) -> jax.Array:
+    """Elastic distortion (Simard, Steinkraus & Platt 2003): each image is resampled, bilinearly, at
+    its pixel grid moved by its own smooth random field (``elastic_field``); outside the image reads 0.
+
+    Output pixel ``(i, j)`` reads the input at ``(i + dy[i, j], j + dx[i, j])``. Their best MNIST
+    setting, sigma 4 and alpha 34, is the default: displacements of about 1.4 pixels (standard
+    deviation) that vary over about sigma pixels. alpha 0 returns the input exactly.
+
+    Args:
+        key: the PRNG key; a new key gives new fields.
+        images: (N, H, W) or (N, side*side), float.
+        sigma: the smoothing's standard deviation in pixels (a python number: it sets the kernel length).
+        alpha: the displacement scale in pixels (a number or a traced scalar).
+        side: the image side of flattened input (default: isqrt(D)).
+
+    Returns the same shape and dtype, clipped, as ``random_affine``, to the hull of 0 and the input's range.
+    """
+    x, shape = _as_images(images, side)
+    n, h, w = x.shape
+    if h != w:
+        raise ValueError(f"random_elastic needs square images, got {h}x{w}")
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    field = elastic_field(key, n, h, sigma, alpha, compute)
+    rows, cols = jnp.meshgrid(jnp.arange(h, dtype=compute), jnp.arange(w, dtype=compute), indexing="ij")
+
+    def warp(img, d):
+        return map_coordinates(img.astype(compute), [rows + d[0], cols + d[1]], order=1, mode="constant", cval=0.0)
+
+    out = jax.vmap(warp)(x, field)
     lo = jnp.minimum(jnp.min(x), 0).astype(compute)
     hi = jnp.maximum(jnp.max(x), 0).astype(compute)
     return jnp.clip(out, lo, hi).astype(x.dtype).reshape(shape)

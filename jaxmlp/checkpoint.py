@@ -128,7 +128,7 @@ def _meta_bytes(path: Path, meta: dict) -> np.ndarray:
 
 
 def read_meta(path: str | os.PathLike) -> dict:
-    """The ``meta`` dict of a checkpoint; only its ``format`` and ``meta`` members are read."""
+    """The ``meta`` dict of the checkpoint at ``path``; only its ``format`` and ``meta`` members are read."""
     path = Path(path)
     with _archive(path) as zf:
         _check_format(zf, path)

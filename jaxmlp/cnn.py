@@ -40,11 +40,13 @@ def _normal(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
 def init_cnn_params(key: jax.Array, in_shape: tuple[int, int, int] = (28, 28, 1),
                     channels: Sequence[int] = (32, 64), hidden: int = 128,
                     num_classes: int = 10, dtype=jnp.float32, kernel_size: int = 3) -> list[dict]:
-    """He-normal init (std sqrt(2/fan_in), fan_in = kh*kw*c_in for convs), zero biases.
+    """He-normal init (std sqrt(2/fan_in), fan_in = kh*kw*c_in for convs), zero biases, drawn from ``key``.
 
-    in_shape: (H, W, C) of one image. Each block halves H and W (floor), so the dense layer's
-    fan_in is ``(H >> k) * (W >> k) * channels[-1]`` for k blocks. Returns a list of
-    ``len(channels) + 2`` layer dicts in ``dtype``."""
+    in_shape: (H, W, C) of one image. channels: the conv blocks' output channels. Each block is a
+    ``kernel_size`` x ``kernel_size`` SAME convolution and a 2x2 max-pool that halves H and W (floor),
+    so the dense layer's fan_in is ``(H >> k) * (W >> k) * channels[-1]`` for k blocks. hidden: the
+    dense layer's width; num_classes: the outputs. Returns a list of ``len(channels) + 2`` layer dicts
+    in ``dtype``."""
     h, w, c = in_shape
     if len(channels) == 0 or min(channels) <= 0 or hidden <= 0 or num_classes <= 0:
         raise ValueError(f"channels/hidden/num_classes must be positive, got {channels}, {hidden}, {num_classes}")

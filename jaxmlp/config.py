@@ -6,6 +6,13 @@ role in its metadata; everything else is derived from that one declaration: the 
 (``hparams``), the static program description (``train.spec_for``), the metrics and checkpoint JSON
 (``to_dict`` / ``from_dict``). Adding a hyperparameter means adding one field here.
 
+A config is checked when it is built (``__post_init__``, so ``dataclasses.replace`` checks too): a
+refused value is a ``ConfigError`` (a ValueError) naming the field in Python terms
+(``TrainConfig.optimizer: unknown value 'adma'; ...``); the command line words the same error with
+its flags (``ConfigError.flags``: ``--optimizer: ...``). A setting the run would not use (``momentum``
+with plain SGD, ``hidden`` with the CNN, ``warmup_epochs`` without the warmup schedule) is refused
+rather than recorded as if it mattered (``unused_settings``).
+
 Roles: ``hparam`` fields are numbers that travel into the compiled program as traced 0-d arrays
 (changing them never recompiles; a sweep vmaps over them); every other field is static or a record.
 """
@@ -15,6 +22,7 @@ import argparse
 import dataclasses
 import inspect
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,13 +30,31 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import optim
-from .model import INIT_SCHEMES
+from .backend import MATMUL_PRECISIONS
+from .model import ACTIVATIONS, INIT_SCHEMES
 
 ARCHS = ("mlp", "cnn")
 DTYPES = ("float32", "float64")
-AUGMENTS = ("none", "shift", "affine")
+AUGMENTS = ("none", "shift", "affine", "elastic")
 GRADS = ("autodiff", "manual")
 DATASET_NAMES = ("mnist", "fashion-mnist", "kmnist")
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ConfigError(ValueError):
+    """A refused setting. ``str(err)`` names fields as ``TrainConfig.name``; ``flags()`` words the same
+    message with the command line's flags (``--name``)."""
+
+    def flags(self) -> str:
+        """The message with every ``TrainConfig.field_name`` written as its flag ``--field-name``."""
+        return re.sub(r"TrainConfig\.(\w+)", lambda m: _flag(m[1]), str(self))
+
+    def fields(self) -> str:
+        """The message with every ``TrainConfig.field_name`` written as the bare ``field_name`` (for a
+        checkpoint's saved settings, which are keyed by field)."""
+        return re.sub(r"TrainConfig\.(\w+)", lambda m: m[1], str(self))
 
 
 # ---------------------------------------------------------------- kinds of values
@@ -95,7 +121,12 @@ class TrainConfig:
                            nargs="+")
     init: str = _field("notebook", "weight init: notebook = N(0,1)*0.01, he, glorot", _text,
                        choices=INIT_SCHEMES)
+    activation: str = _field("relu", "hidden-layer activation of the MLP", _text, choices=ACTIVATIONS)
     dtype: str = _field("float32", "float dtype of params and inputs", _text, choices=DTYPES)
+    matmul_precision: str = _field(
+        "default", "float32 matmuls and convolutions: default = the backend's (full float32 on CPUs, TF32 on "
+                   "recent NVIDIA GPUs), highest = full float32 everywhere (see jaxmlp.backend)", _text,
+        choices=MATMUL_PRECISIONS)
     epochs: int = _field(10, "passes over the training data", positive_int)
     batch_size: int = _field(32, "minibatch size", positive_int)
     lr: float = _field(0.1, "learning rate (the peak of a schedule)", positive_float, hparam=True)
@@ -112,6 +143,12 @@ class TrainConfig:
     warmup_epochs: int = _field(0, "warmup length in epochs (warmup-cosine)", nonneg_int)
     dropout: float = _field(0.0, "dropout rate on hidden units", unit_float)
     augment: str = _field("none", "on-device data augmentation, fresh every step", _text, choices=AUGMENTS)
+    elastic_sigma: float = _field(4.0, "--augment elastic: the smoothing Gaussian's standard deviation in pixels "
+                                       "(Simard et al. 2003)", positive_float)
+    elastic_alpha: float = _field(34.0, "--augment elastic: the displacement scale in pixels", nonneg_float)
+    max_norm: float | None = _field(None, "max-norm constraint: after every step, each unit's incoming weights "
+                                          "(a column of a dense W) have L2 norm at most this (Srivastava et al. "
+                                          "2014)", positive_float)
     val_split: float = _field(0.0, "fraction of the training data held out for validation", unit_float)
     patience: int = _field(0, "early stopping: stop after this many epochs without a better validation "
                               "accuracy and keep the best params (needs --val-split; 0: off)", nonneg_int)
@@ -141,7 +178,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{where}: unknown setting {unknown[0]!r}")
         try:
-            return cls(**values).validate()
+            return cls(**values)
+        except ConfigError as err:
+            raise ValueError(f"{where}: {err.fields()}") from None
         except (ValueError, TypeError, argparse.ArgumentTypeError) as err:
             raise ValueError(f"{where}: {err}") from None
 
@@ -152,16 +191,61 @@ class TrainConfig:
             return float(self.weight_decay)
         return float(inspect.signature(getattr(optim, self.optimizer)).parameters["weight_decay"].default)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> TrainConfig:
-        """Normalise and check every field (ValueError naming the flag), then the cross-field rules."""
+        """Normalise and check every field, then the cross-field rules; ``ConfigError`` naming the field.
+        Construction already validates; call it again after assigning a field."""
         for f in dataclasses.fields(self):
             setattr(self, f.name, _checked(f, getattr(self, f.name)))
         _cross_checks(self)
+        unused = {k: why for k, why in unused_settings(self).items() if getattr(self, k) != _default(k)}
+        if unused:
+            name, why = next(iter(unused.items()))
+            raise ConfigError(f"TrainConfig.{name} would be ignored: {why}")
         return self
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _default(name: str):
+    return TrainConfig.__dataclass_fields__[name].default
+
+
+# Which optimizers read which constants (optim's own parameter names differ: beta, b1, b2).
+OPTIMIZER_CONSTANTS = {"momentum": ("momentum", "nesterov"), "beta1": ("adam", "adamw"), "beta2": ("adam", "adamw")}
+
+
+def unused_settings(config: TrainConfig | dict) -> dict[str, str]:
+    """The settings that ``config`` (a config or a dict of field values; missing ones default) would not
+    use, each with the reason, in Python terms. A config refuses such a field set to anything but its
+    default; the command line refuses it given at all.
+
+    Args:
+        config: a ``TrainConfig`` or a dict of its field values.
+    """
+    get = (lambda n: config.get(n, _default(n))) if isinstance(config, dict) else (  # noqa: E731
+        lambda n: getattr(config, n))
+    out = {}
+    for name, users in OPTIMIZER_CONSTANTS.items():
+        if get("optimizer") not in users:
+            out[name] = f"only {' and '.join(users)} use it; TrainConfig.optimizer is {get('optimizer')}"
+    if get("schedule") != "warmup-cosine":
+        out["warmup_epochs"] = f"only the warmup-cosine schedule warms up; TrainConfig.schedule is {get('schedule')}"
+    if get("arch") == "cnn":
+        why = "the CNN's layers are fixed (conv32-conv64-dense128, He init, ReLU); TrainConfig.arch is cnn"
+        out.update({"hidden": why, "activation": why})
+        if get("init") != "he":  # the CNN's own init is He's: asking for it is what happens
+            out["init"] = why
+    if get("augment") != "elastic":
+        why = f"only the elastic augmentation reads it; TrainConfig.augment is {get('augment')}"
+        out.update({"elastic_sigma": why, "elastic_alpha": why})
+    if get("dtype") == "float64":
+        out["matmul_precision"] = "it sets the precision of float32 matmuls; TrainConfig.dtype is float64"
+    return out
 
 
 def _checked(f: dataclasses.Field, value):
@@ -181,24 +265,30 @@ def _checked(f: dataclasses.Field, value):
         elif meta["check"] is not None:
             value = meta["check"](value)
     except argparse.ArgumentTypeError as err:
-        raise ValueError(f"{_flag(f.name)}: {err}") from None
+        raise ConfigError(f"TrainConfig.{f.name}: {err}") from None
     if meta["choices"] is not None and value not in meta["choices"]:
-        raise ValueError(f"{_flag(f.name)}: unknown value {value!r}; choose one of {', '.join(meta['choices'])}")
+        raise ConfigError(f"TrainConfig.{f.name}: unknown value {value!r}; choose one of {', '.join(meta['choices'])}")
     return value
 
 
 def _cross_checks(c: TrainConfig) -> None:
     if c.classes is not None:
         from .data import check_classes
-        c.classes = tuple(check_classes(c.classes))
+        try:
+            c.classes = tuple(check_classes(c.classes))
+        except ValueError as err:
+            raise ConfigError(str(err).replace("--classes", "TrainConfig.classes")) from None
     if c.new_head and not c.finetune:
-        raise ValueError("--new-head replaces the head of a trained model; it needs --finetune CHECKPOINT")
+        raise ConfigError("TrainConfig.new_head replaces the head of a trained model; it needs TrainConfig.finetune "
+                          "(a checkpoint)")
     if c.schedule == "warmup-cosine" and c.warmup_epochs >= c.epochs:
-        raise ValueError(f"--warmup-epochs ({c.warmup_epochs}) must be less than --epochs ({c.epochs})")
+        raise ConfigError(f"TrainConfig.warmup_epochs ({c.warmup_epochs}) must be less than TrainConfig.epochs "
+                          f"({c.epochs})")
     if c.patience and not c.val_split:
-        raise ValueError("--patience (early stopping) needs a validation split (--val-split)")
-    if c.grad == "manual" and (c.arch != "mlp" or c.dropout or c.augment != "none"):
-        raise ValueError("--grad manual supports the plain MLP only (no --dropout, --augment or --arch cnn)")
+        raise ConfigError("TrainConfig.patience (early stopping) needs a validation split (TrainConfig.val_split)")
+    if c.grad == "manual" and c.arch != "mlp":
+        raise ConfigError("TrainConfig.grad manual is the MLP's hand-derived backprop; TrainConfig.arch cnn needs "
+                          "autodiff")
 
 
 def hparam_names() -> tuple[str, ...]:

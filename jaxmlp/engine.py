@@ -433,10 +433,14 @@ def _as_arrays(data) -> tuple[jax.Array, jax.Array]:
     """(x, y) on the device from a pair of arrays or a ``Dataset`` (its training images, flattened
     and scaled to [0, 1])."""
     if hasattr(data, "x_train") and hasattr(data, "y_train"):
+        from .checks import check_labels
         from .data import normalize
 
         images = np.asarray(data.x_train)
-        return normalize(images.reshape(len(images), -1)), jnp.asarray(np.asarray(data.y_train).astype(np.int32))
+        if images.ndim < 2 or len(images) == 0:
+            raise ValueError(f"data.x_train: expected a non-empty batch of images, got shape {images.shape}")
+        labels = check_labels(data.y_train, rows=len(images), name="data.y_train")
+        return normalize(images.reshape(len(images), -1)), jnp.asarray(labels.astype(np.int32))
     try:
         x, y = data
     except (TypeError, ValueError):

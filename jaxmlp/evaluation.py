@@ -59,9 +59,8 @@ def evaluate(params: Params, x: jax.Array, y: jax.Array, *, arch: str = "mlp", a
         activation: the MLP's hidden activation.
         chunk_size: examples per compiled call (default: 10000 for the MLP, 1000 for the CNN).
     """
+    x, y = _checked(params, x, y)
     n = x.shape[0]
-    if n == 0:
-        raise ValueError("x: cannot evaluate on an empty set")
     total_loss = total_acc = 0.0
     for s in batch_slices(n, chunk_size or _default_chunk(arch)):
         lo, ac = _eval_chunk_jit(params, x[s], y[s], arch, activation)
@@ -76,9 +75,32 @@ def _predict_chunk(params, x, arch: str, probs: bool, activation: str = "relu"):
     return softmax(logits) if probs else jnp.argmax(logits, axis=-1)
 
 
+def _num_classes(params) -> int | None:
+    try:
+        return int(np.shape(params[-1]["b"])[-1])
+    except (TypeError, KeyError, IndexError):
+        return None  # not a list of layers: the forward pass's own check names it
+
+
+def _checked(params, x, y=None):
+    """(x, y) checked on the host where they enter (``checks``): float inputs (N, D), N labels in the
+    model's range (class indices, or one-hot rows of its width)."""
+    from .checks import check_inputs, check_labels
+
+    x = check_inputs(x)
+    if y is None:
+        return x, None
+    labels, classes = np.asarray(y), _num_classes(params)
+    if labels.ndim == 2 and labels.dtype.kind == "f":
+        if labels.shape != (x.shape[0], classes or labels.shape[1]):
+            raise ValueError(f"y: one-hot labels of shape {labels.shape} for {x.shape[0]} examples and {classes} "
+                             f"classes")
+        return x, jnp.asarray(labels)
+    return x, jnp.asarray(check_labels(labels, classes, x.shape[0], "y"))
+
+
 def _predict(params, x, arch, probs, activation, chunk_size) -> np.ndarray:
-    if x.shape[0] == 0:
-        raise ValueError("x: nothing to predict (no examples)")
+    x, _ = _checked(params, x)
     return np.concatenate([np.asarray(_predict_chunk(params, x[s], arch, probs, activation))
                            for s in batch_slices(x.shape[0], chunk_size or _default_chunk(arch))])
 

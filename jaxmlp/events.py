@@ -28,35 +28,63 @@ class Interrupted(KeyboardInterrupt):
 
 
 class Run(NamedTuple):
-    """Everything fixed for the length of a run: what handlers and the host loop read."""
+    """Everything fixed for the length of a run: what handlers and the host loop read.
 
-    spec: Any               # what a step computes (static)
-    hparams: Any            # the traced numbers the spec reads
-    x: jax.Array            # (N, ...) training inputs on the device
-    y: jax.Array            # (N, ...) training targets
+    Attributes:
+        spec: what a step computes (static).
+        hparams: the traced numbers the spec reads.
+        x: (N, ...) training inputs on the device.
+        y: (N, ...) training targets.
+        epochs: the epoch the run stops after.
+        steps_per_epoch: minibatches in one epoch, the last one short when needed.
+        program: the compiled chunk.
+        capacity: the most steps one chunk runs.
+        compile_seconds: the time spent compiling ``program``.
+        loss_floor: the divergence rule's least reference loss (chance level).
+        validate: ``params -> {"val_loss": .., "val_accuracy": ..}`` after each epoch, or None.
+        save: ``(path, state, history, partial)`` -> writes a checkpoint, or None.
+        config: the ``TrainConfig`` of a run built by ``fit`` (None for ``train``).
+    """
+
+    spec: Any
+    hparams: Any
+    x: jax.Array
+    y: jax.Array
     epochs: int
     steps_per_epoch: int
-    program: Callable       # the compiled chunk
-    capacity: int           # the most steps one chunk runs
+    program: Callable
+    capacity: int
     compile_seconds: float
-    loss_floor: float = 0.0             # the divergence rule's least reference loss (chance level)
-    validate: Callable | None = None    # params -> {"val_loss": .., "val_accuracy": ..} after each epoch
-    save: Callable | None = None        # (path, state, history, partial) -> writes a checkpoint
-    config: Any = None                  # the ``TrainConfig`` of a run built by ``fit``
+    loss_floor: float = 0.0
+    validate: Callable | None = None
+    save: Callable | None = None
+    config: Any = None
 
 
 class Event(NamedTuple):
-    """What handlers see: ``kind`` is "start", "chunk", "epoch" or "end"."""
+    """What handlers see, before the first chunk, after each chunk and epoch, and at the end.
+
+    Attributes:
+        kind: "start", "chunk", "epoch" or "end".
+        run: the ``Run``, fixed for the length of the run.
+        state: the ``TrainState`` after the chunk (for "end": the state the run stops with).
+        previous: the state before the chunk: the last one known good.
+        losses: this chunk's per-step losses, (steps,).
+        history: the epoch records so far.
+        seconds: this chunk's wall time.
+        reason: for "end": "done", "early-stop", "SIGINT", "SIGTERM" or "diverged".
+        partial: the current epoch's loss sum and seconds so far (for checkpoints).
+    """
 
     kind: str
     run: Run
-    state: Any                 # after the chunk (for "end": the state the run stops with)
-    previous: Any              # before the chunk: the last state known good
-    losses: np.ndarray         # this chunk's per-step losses
-    history: list              # epoch records so far
-    seconds: float             # this chunk's wall time
-    reason: str = ""           # for "end": "done", "early-stop", "SIGINT", "SIGTERM", "diverged"
-    partial: dict = {}         # the current epoch's loss sum and seconds so far (for checkpoints)
+    state: Any
+    previous: Any
+    losses: np.ndarray
+    history: list
+    seconds: float
+    reason: str = ""
+    partial: dict = {}
 
 
 class StopRun(Exception):

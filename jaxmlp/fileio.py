@@ -22,7 +22,7 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?:tmp|part)$")
 
 
 def temp_path(path: Path, suffix: str = "tmp") -> Path:
-    """A fresh temporary name beside ``path``: ``.NAME.PID.RANDOM.SUFFIX``."""
+    """A fresh temporary name beside ``path``: ``.NAME.PID.RANDOM.SUFFIX``, ``suffix`` "tmp" by default."""
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{suffix}")
 
 
@@ -59,7 +59,7 @@ def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
 
 
 def fsync_dir(folder: Path) -> None:
-    """Make a rename durable; not every OS or file system lets a directory be opened."""
+    """Make a rename inside ``folder`` durable; not every OS or file system lets a directory be opened."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -78,7 +78,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = "tmp") 
 
     The folder is created if needed; a folder at ``path`` is refused (IsADirectoryError) before
     anything is written; stale temporaries of earlier crashed writers of ``path`` are removed. The
-    file keeps the mode of the one it replaces (0644 for a new file).
+    file is opened in ``mode`` under a temporary name ending in ``suffix`` (see :func:`temp_path`), and
+    keeps the permissions of the one it replaces (0644 for a new file).
     """
     path = Path(path)
     if path.is_dir():
@@ -105,14 +106,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = "tmp") 
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "wb") -> Path:
-    """Call ``write(f)`` on a temporary file and rename it over ``path`` (see :func:`atomic_open`)."""
+    """Call ``write(f)`` on a temporary file opened in ``mode`` ("wb" or "w") and rename it over ``path``
+    (see :func:`atomic_open`)."""
     with atomic_open(path, mode) as f:
         write(f)
     return Path(path)
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
-    """Atomically write ``obj`` as indented JSON plus a newline."""
+    """Atomically write ``obj`` to ``path`` as indented JSON plus a newline."""
     def dump(f):
         json.dump(obj, f, indent=2)
         f.write("\n")

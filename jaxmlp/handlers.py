@@ -40,7 +40,8 @@ def _where(event: Event) -> str:
 
 
 def check_finite(event: Event) -> None:
-    """DivergenceError when a chunk's losses or the params it produced are not finite."""
+    """DivergenceError when the losses of the chunk that ``event`` reports, or the params it produced,
+    are not finite."""
     if event.kind != "chunk":
         return
     if not np.all(np.isfinite(event.losses)):
@@ -53,7 +54,8 @@ def check_finite(event: Event) -> None:
 
 
 class DivergenceRule:
-    """DivergenceError when a chunk's mean loss passes DIVERGENCE_FACTOR x max(first loss, chance)."""
+    """DivergenceError when a chunk's mean loss passes ``factor`` x max(first loss, chance level); the
+    default factor is DIVERGENCE_FACTOR (10)."""
 
     def __init__(self, factor: float = DIVERGENCE_FACTOR):
         self.factor = factor
@@ -73,6 +75,8 @@ class DivergenceRule:
 
 
 def default_checks(divergence_rule: bool = True) -> list:
+    """The checks every run makes: ``check_finite``, and a fresh ``DivergenceRule`` unless
+    ``divergence_rule`` is False."""
     return [check_finite, DivergenceRule()] if divergence_rule else [check_finite]
 
 
@@ -168,7 +172,8 @@ class JsonlLog:
 
 class ProgressReport:
     """On stderr: a line when training starts, a bar that moves inside epochs (steps/s, ETA), a line
-    per epoch. ``bar`` draws only on a terminal; the lines are written unless ``quiet``."""
+    per epoch, written to ``stream`` (default: stderr). ``bar`` draws only on a terminal; the lines are
+    written unless ``quiet``."""
 
     def __init__(self, quiet: bool = False, stream=None):
         self.quiet, self.stream = quiet, stream or sys.stderr

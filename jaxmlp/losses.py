@@ -8,15 +8,27 @@ from __future__ import annotations
 
 import functools
 import operator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from .model import Params, forward, log_softmax, softmax
+from .model import Params, check_inputs, forward, log_softmax, softmax
+
+
+def check_labels(labels: jax.Array, rows: int, against: str = "x") -> None:
+    """One ValueError naming ``labels`` unless they are (N,) or (N, C) with N = ``rows``, the row count of
+    ``against`` (the inputs or logits they label). Shapes only, so free under jit."""
+    shape = jnp.shape(labels)
+    if len(shape) not in (1, 2):
+        raise ValueError(f"labels: expected int (N,) or one-hot (N, C), got shape {shape}")
+    if shape[0] != rows:
+        raise ValueError(f"labels: {shape[0]} labels for {rows} rows of {against}")
 
 
 def _as_one_hot(labels: jax.Array, num_classes: int, dtype) -> jax.Array:
-    """``labels`` as (N, C): int labels (N,) are one-hot encoded, (N, C) targets pass through."""
+    """``labels`` as (N, ``num_classes``) in ``dtype``: int labels (N,) are one-hot encoded, (N, C) targets
+    pass through."""
     if labels.ndim == 1:
         return jax.nn.one_hot(labels, num_classes, dtype=dtype)
     if labels.ndim == 2 and labels.shape[1] == num_classes:
@@ -26,6 +38,7 @@ def _as_one_hot(labels: jax.Array, num_classes: int, dtype) -> jax.Array:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean cross-entropy of ``logits`` (N, C) against int ``labels`` (N,) or one-hot/soft targets (N, C)."""
+    check_labels(labels, jnp.shape(logits)[0], "logits")
     logp = log_softmax(logits)
     if labels.ndim == 1:
         # Gather instead of multiplying by a one-hot: same value, no (N, C) temporary.
@@ -35,24 +48,42 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return -jnp.sum(targets * logp) / logits.shape[0]
 
 
-def loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean cross-entropy of the MLP on a batch: x (N, D), y int (N,) or one-hot (N, C). Scalar."""
-    return cross_entropy(forward(params, x), y)
+def loss(params: Params, x: jax.Array, y: jax.Array, *, activation: str | Callable = "relu", l2=0.0,
+         dropout: float = 0.0, key: jax.Array | None = None) -> jax.Array:
+    """Mean cross-entropy of the MLP ``params`` on a batch, plus ``l2 * l2_penalty(params)``. Scalar.
+
+    Args:
+        x: inputs (N, D); y: int labels (N,) or one-hot (N, C).
+        activation, dropout, key: as in ``model.forward`` (dropout only with a key).
+        l2: weight of the L2 penalty (a number or a traced scalar); a Python 0 leaves the term out.
+    """
+    check_inputs(params, x)
+    check_labels(y, jnp.shape(x)[0])
+    value = cross_entropy(forward(params, x, key=key, dropout=dropout, activation=activation), y)
+    if _is_zero(l2):
+        return value
+    return value + l2 * l2_penalty(params)
+
+
+def _is_zero(l2) -> bool:
+    """True for a Python (or NumPy) number equal to 0: the L2 term is then left out of the arithmetic."""
+    return isinstance(l2, (int, float)) and not isinstance(l2, bool) and l2 == 0
 
 
 def notebook_cross_entropy(probs: jax.Array, labels: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """The seed's loss on probabilities: ``-sum(Y * log(p + eps)) / m`` (N, C) -> scalar."""
+    """The seed's loss on ``probs`` (N, C) against ``labels`` (N,) or (N, C): ``-sum(Y * log(p + eps)) / m``."""
     targets = _as_one_hot(labels, probs.shape[-1], probs.dtype)
     return -jnp.sum(targets * jnp.log(probs + eps)) / probs.shape[0]
 
 
 def notebook_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
-    """The notebook's ``compute_loss(Y, forward_propagation(X)[-1])``."""
+    """The notebook's ``compute_loss(Y, forward_propagation(X)[-1])`` of ``params`` on x (N, D), y (N,) or (N, C)."""
+    check_labels(y, jnp.shape(x)[0])
     return notebook_cross_entropy(softmax(forward(params, x)), y)
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Fraction of rows whose argmax matches the label (int (N,) or one-hot (N, C))."""
+    """Fraction of rows of ``logits`` (N, C) whose argmax matches ``labels`` (int (N,) or one-hot (N, C))."""
     if labels.ndim == 2:
         labels = jnp.argmax(labels, axis=-1)
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)

@@ -2,12 +2,13 @@
 
 Params are a list with one ``{"W": (fan_in, fan_out), "b": (fan_out,)}`` dict per layer, so any depth is
 just a longer list and every JAX transformation (grad, jit, vmap, tree_map) sees an ordinary PyTree.
-Hidden layers use ReLU; the last layer is linear and returns logits.
+Hidden layers use an elementwise activation (ReLU by default, see ``ACTIVATIONS``); the last layer is
+linear and returns logits.
 """
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ import numpy as np
 Params = list  # list[dict[str, jax.Array]]
 
 INIT_SCHEMES = ("notebook", "he", "glorot")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
 
 
 def _scale_draw(draw: jax.Array, fan_in: int, fan_out: int, scheme: str, dtype) -> jax.Array:
@@ -47,11 +49,15 @@ def _standard_draws(keys: jax.Array, size: int, scheme: str, dtype, limits=None)
     return jax.vmap(lambda k: jax.random.normal(k, (size,), dtype))(keys)
 
 
-def init_layer(key: jax.Array, fan_in: int, fan_out: int, scheme: str = "he", dtype=jnp.float32) -> dict:
+def init_layer(key: jax.Array, fan_in: int, fan_out: int, scheme: str = "notebook", dtype=jnp.float32) -> dict:
     """One dense layer's ``{"W": (fan_in, fan_out), "b": (fan_out,)}`` with zero biases.
 
-    notebook: N(0, 1) * 0.01 as in the seed; he: N(0, 2 / fan_in), suited to ReLU;
-    glorot: U(-a, a) with a = sqrt(6 / (fan_in + fan_out)).
+    Args:
+        key: PRNG key for the weights.
+        fan_in, fan_out: the layer's input and output widths.
+        scheme: notebook (the default everywhere, as in ``init_params``): N(0, 1) * 0.01 as in the seed;
+            he: N(0, 2 / fan_in), suited to ReLU; glorot: U(-a, a) with a = sqrt(6 / (fan_in + fan_out)).
+        dtype: the leaves' dtype (float64 needs x64 enabled).
     """
     _check_scheme(scheme)
     draw = _standard_draws(key[None], fan_in * fan_out, scheme, dtype, [_glorot_limit(fan_in, fan_out)])[0]
@@ -61,8 +67,12 @@ def init_layer(key: jax.Array, fan_in: int, fan_out: int, scheme: str = "he", dt
 def init_params(key: jax.Array, layer_sizes: Sequence[int], scheme: str = "notebook", dtype=jnp.float32) -> Params:
     """Params for an MLP with ``layer_sizes = [784, 128, 64, 10]`` (input, hidden..., output).
 
-    One key per layer is split off ``key`` (layer i's weights are ``init_layer(keys[i], ...)``'s), so
-    the same key always gives the same params.
+    Args:
+        key: PRNG key; one key per layer is split off it (layer i's weights are
+            ``init_layer(keys[i], ...)``'s), so the same key always gives the same params.
+        layer_sizes: input width, hidden widths..., number of classes; at least two positive sizes.
+        scheme: one of ``INIT_SCHEMES`` (see ``init_layer``); "notebook" by default, as training's.
+        dtype: the leaves' dtype (float64 needs x64 enabled).
     """
     sizes = [int(s) for s in layer_sizes]
     if len(sizes) < 2 or any(s <= 0 for s in sizes):
@@ -91,6 +101,7 @@ def init_params_numpy(seed, layer_sizes: Sequence[int], dtype=np.float64) -> Par
     ``seed`` is an int or a ``np.random.RandomState`` to draw from (advanced in place: the notebook's
     per-epoch permutations continue its stream). NumPy's legacy global RNG is a RandomState, so
     ``RandomState(seed)`` draws exactly what ``np.random.seed(seed)`` would, without touching it.
+    ``layer_sizes`` is as in ``init_params``; ``dtype`` the leaves' dtype (float64, the notebook's).
     """
     rng = seed if isinstance(seed, np.random.RandomState) else np.random.RandomState(seed)
     params = []
@@ -101,67 +112,132 @@ def init_params_numpy(seed, layer_sizes: Sequence[int], dtype=np.float64) -> Par
 
 
 def layer_sizes(params: Params) -> list[int]:
-    """``[fan_in of layer 0, fan_out of each layer...]``."""
+    """``[fan_in of layer 0, fan_out of each layer...]`` of ``params``, a list of ``{"W", "b"}`` layers."""
     return [int(params[0]["W"].shape[0])] + [int(p["W"].shape[1]) for p in params]
 
 
+def check_params(params: Params) -> None:
+    """Raise one ValueError naming ``params`` unless it is a non-empty list of ``{"W": (fan_in, fan_out),
+    "b": (fan_out,)}`` layers whose widths chain. Reads shapes only, so it costs nothing under jit."""
+    if isinstance(params, dict):
+        raise ValueError("params: expected a list of layers [{'W': ..., 'b': ...}, ...], got a single layer "
+                         "dict; wrap it in a list")
+    if not isinstance(params, (list, tuple)) or not params:
+        raise ValueError(f"params: expected a non-empty list of {{'W', 'b'}} layers, got {type(params).__name__}")
+    for i, layer in enumerate(params):
+        if not isinstance(layer, dict) or "W" not in layer or "b" not in layer:
+            raise ValueError(f"params: layer {i} must be a dict with 'W' and 'b', got {type(layer).__name__}")
+        w, b = jnp.shape(layer["W"]), jnp.shape(layer["b"])
+        if len(w) != 2 or b != w[1:]:
+            raise ValueError(f"params: layer {i} has W {w} and b {b}; expected W (fan_in, fan_out), b (fan_out,)")
+        if i and w[0] != jnp.shape(params[i - 1]["W"])[1]:
+            raise ValueError(f"params: layer {i}'s W takes {w[0]} inputs but layer {i - 1} gives "
+                             f"{jnp.shape(params[i - 1]['W'])[1]} outputs")
+
+
+def check_inputs(params: Params, x: jax.Array) -> None:
+    """``check_params(params)``, then one ValueError naming ``x`` unless x (N, D) has D = the first fan_in.
+
+    A single example ``(D,)`` passes too (``jax.vmap`` over rows sees those)."""
+    check_params(params)
+    fan_in = jnp.shape(params[0]["W"])[0]
+    shape = jnp.shape(x)
+    if len(shape) not in (1, 2) or shape[-1] != fan_in:
+        raise ValueError(f"x: expected shape (N, {fan_in}) to match the first layer's fan_in {fan_in}, "
+                         f"got {shape}")
+
+
 def relu(z: jax.Array) -> jax.Array:
+    """``max(z, 0)`` elementwise, with derivative 0 at exactly 0."""
     # jnp.where rather than jnp.maximum: its derivative at exactly 0 is 0, the notebook's ``Z > 0`` mask
     # (jnp.maximum's gradient splits the tie and gives 0.5 there).
     return jnp.where(z > 0, z, jnp.zeros_like(z))
 
 
+def gelu(z: jax.Array) -> jax.Array:
+    """Exact GELU ``z * Phi(z)`` elementwise, Phi the standard normal CDF (not the tanh approximation)."""
+    return jax.nn.gelu(z, approximate=False)
+
+
+_ACTIVATION_FNS = {"relu": relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "gelu": gelu}
+
+
+def activation_fn(activation: str | Callable) -> Callable:
+    """The elementwise function for ``activation``: a name from ``ACTIVATIONS`` or a callable (returned as is)."""
+    if callable(activation):
+        return activation
+    if isinstance(activation, str) and activation in _ACTIVATION_FNS:
+        return _ACTIVATION_FNS[activation]
+    raise ValueError(f"activation: unknown {activation!r}; choose one of {', '.join(ACTIVATIONS)} or pass a callable")
+
+
 def softmax(logits: jax.Array, axis: int = -1) -> jax.Array:
-    """Stable softmax: subtracting the row max keeps exp from overflowing."""
+    """Stable softmax of ``logits`` along ``axis``: subtracting the row max keeps exp from overflowing."""
     z = logits - jax.lax.stop_gradient(jnp.max(logits, axis=axis, keepdims=True))
     e = jnp.exp(z)
     return e / jnp.sum(e, axis=axis, keepdims=True)
 
 
 def log_softmax(logits: jax.Array, axis: int = -1) -> jax.Array:
-    """Stable log-softmax: ``z - max - log(sum(exp(z - max)))``, finite even when softmax underflows."""
+    """Stable log-softmax of ``logits`` along ``axis``: ``z - max - log(sum(exp(z - max)))``, finite even
+    when softmax underflows."""
     z = logits - jax.lax.stop_gradient(jnp.max(logits, axis=axis, keepdims=True))
     return z - jnp.log(jnp.sum(jnp.exp(z), axis=axis, keepdims=True))
 
 
+def dropout_mask(key: jax.Array, shape: tuple, rate: float) -> jax.Array:
+    """The bool mask of units ``inverted_dropout(key, x, rate)`` keeps, for ``x`` of ``shape``."""
+    return jax.random.bernoulli(key, 1.0 - rate, shape)
+
+
 def inverted_dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
-    """Inverted dropout: zero each unit with probability ``rate`` and scale survivors by 1/(1-rate),
-    so the expectation is unchanged and evaluation needs no rescaling."""
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    """Inverted dropout of ``x`` (any shape): zero each unit with probability ``rate`` (drawn from ``key``)
+    and scale survivors by 1/(1-rate), so the expectation is unchanged and evaluation needs no rescaling."""
+    keep = dropout_mask(key, x.shape, rate)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
-def forward(params: Params, x: jax.Array, *, key: jax.Array | None = None, dropout: float = 0.0) -> jax.Array:
-    """Logits ``(N, C)`` for inputs ``x`` ``(N, D)``.
+def forward(params: Params, x: jax.Array, *, key: jax.Array | None = None, dropout: float = 0.0,
+            activation: str | Callable = "relu") -> jax.Array:
+    """Logits ``(N, C)`` of the MLP ``params`` (a list of layers) for inputs ``x`` ``(N, D)``.
 
-    Dropout on the hidden activations runs only when a ``key`` is given and ``dropout > 0``;
-    evaluation calls omit the key, so they are deterministic.
+    Args:
+        key, dropout: inverted dropout at rate ``dropout`` after each hidden activation, layer i's mask
+            drawn from ``fold_in(key, i)``; only when a ``key`` is given and ``dropout > 0``, so
+            evaluation calls (no key) are deterministic.
+        activation: the hidden layers' activation, a name from ``ACTIVATIONS`` or an elementwise callable.
     """
+    check_inputs(params, x)
+    act = activation_fn(activation)
     h = x
     for i, layer in enumerate(params[:-1]):
-        h = relu(h @ layer["W"] + layer["b"])
+        h = act(h @ layer["W"] + layer["b"])
         if key is not None and dropout > 0:
             h = inverted_dropout(jax.random.fold_in(key, i), h, dropout)
     last = params[-1]
     return h @ last["W"] + last["b"]
 
 
-def forward_intermediates(params: Params, x: jax.Array) -> dict:
-    """The notebook's forward pass with everything it keeps for backprop.
+def forward_intermediates(params: Params, x: jax.Array, activation: str | Callable = "relu") -> dict:
+    """The notebook's forward pass of ``params`` on ``x`` (N, D) with everything it keeps for backprop.
 
     Returns ``{"Z1": ..., "A1": ..., ..., "ZL": logits, "AL": softmax probs}`` with L = len(params);
-    ``A0`` is the input. Hidden A's are ReLU(Z), the last A is softmax(Z).
+    ``A0`` is the input. Hidden A's are ``activation(Z)`` (a name from ``ACTIVATIONS`` or a callable),
+    the last A is softmax(Z). No dropout.
     """
+    check_inputs(params, x)
+    act = activation_fn(activation)
     cache = {"A0": x}
     a = x
     L = len(params)
     for i, layer in enumerate(params, start=1):
         z = a @ layer["W"] + layer["b"]
-        a = relu(z) if i < L else softmax(z)
+        a = act(z) if i < L else softmax(z)
         cache[f"Z{i}"], cache[f"A{i}"] = z, a
     return cache
 
 
-def predict(params: Params, x: jax.Array) -> jax.Array:
-    """Predicted class ``(N,)`` int32: argmax of the logits."""
-    return jnp.argmax(forward(params, x), axis=-1)
+def predict(params: Params, x: jax.Array, activation: str | Callable = "relu") -> jax.Array:
+    """Predicted class ``(N,)`` int32 of the MLP ``params`` on ``x`` (N, D): argmax of the logits of
+    ``forward(params, x, activation=activation)``."""
+    return jnp.argmax(forward(params, x, activation=activation), axis=-1)

@@ -7,10 +7,11 @@ the epsilon cross-entropy ``-sum(Y log(p + 1e-8)) / m`` and an epoch loss of ``s
 legacy global RNG *is* a RandomState, so the draws are identical and NumPy's global state is never
 touched), the arithmetic runs in float64 inside ``jax.enable_x64``, and the four rows of its table
 come out to the last printed digit (tests/test_notebook_exact.py). Nothing here is used by
-``train.fit``: this module stands beside the engine, not inside it.
+``runs.fit``: this module stands beside the engine, not inside it.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -18,13 +19,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from .backprop import manual_grad
-from .losses import notebook_cross_entropy
+from .events import DivergenceError
+from .handlers import DIVERGENCE_FACTOR
+from .losses import cross_entropy, notebook_cross_entropy
 from .model import Params, forward, forward_intermediates, init_params_numpy, softmax
 
 REPLAY_LR, REPLAY_IMAGES = 0.01, 5  # the notebook's one test update before its first experiment
 
 
 class NotebookResult(NamedTuple):
+    """What ``fit_notebook`` returns: the trained ``params``, the ``history`` of epoch losses (the
+    notebook's formula), the ``test_loss`` (the epsilon cross-entropy) and the ``test_accuracy`` (a
+    fraction)."""
+
     params: Params
     history: list          # [{"epoch", "loss"}], the notebook's epoch-loss formula
     test_loss: float       # the epsilon cross-entropy
@@ -33,10 +40,13 @@ class NotebookResult(NamedTuple):
 
 @jax.jit
 def _step(params: Params, x: jax.Array, y: jax.Array, lr) -> tuple[Params, jax.Array]:
-    """One SGD step with the manual gradients; returns the new params and the batch's epsilon loss."""
-    probs = forward_intermediates(params, x)[f"A{len(params)}"]
+    """One SGD step with the manual gradients; returns the new params and the batch's (epsilon loss,
+    standard cross-entropy), both before the update."""
+    cache = forward_intermediates(params, x)
     grads = manual_grad(params, x, y)
-    return jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads), notebook_cross_entropy(probs, y)
+    last = len(params)
+    losses = jnp.stack([notebook_cross_entropy(cache[f"A{last}"], y), cross_entropy(cache[f"Z{last}"], y)])
+    return jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads), losses
 
 
 @jax.jit
@@ -48,16 +58,47 @@ def _full_batches(params: Params, xs: jax.Array, ys: jax.Array, lr) -> tuple[Par
 
 
 def _epoch(params: Params, x: jax.Array, y: jax.Array, perm: np.ndarray, lr: float, batch_size: int):
+    """(params, the notebook's epoch loss, the batches' standard cross-entropies) of one epoch."""
     n = x.shape[0]
     num_full = n // batch_size
     head = jnp.asarray(perm[: num_full * batch_size].reshape(num_full, batch_size))
     params, losses = _full_batches(params, x[head], y[head], lr)
-    total = float(np.sum(np.asarray(losses)))
+    losses = np.asarray(losses).reshape(-1, 2)
     if n % batch_size:  # the short last batch, as the notebook's slicing gives it
         tail = jnp.asarray(perm[num_full * batch_size:])
         params, last = _step(params, x[tail], y[tail], lr)
-        total += float(last)
-    return params, total / max(num_full, 1)
+        losses = np.concatenate([losses, np.asarray(last)[None]])
+    return params, float(np.sum(losses[:, 0])) / max(num_full, 1), losses[:, 1]
+
+
+def _check_divergence(ce: np.ndarray, start: float, epoch: int, rule: bool) -> None:
+    """DivergenceError when an epoch's cross-entropies are not finite or (``rule``) their mean passes
+    ``DIVERGENCE_FACTOR`` x ``start``, as ``handlers.DivergenceRule`` judges a chunk."""
+    if not np.all(np.isfinite(ce)):
+        raise DivergenceError(f"the loss became non-finite in epoch {epoch}; training stopped (try a lower --lr)")
+    if rule and float(np.mean(ce)) > DIVERGENCE_FACTOR * start:
+        raise DivergenceError(f"the loss rose to {float(np.mean(ce)):.4g} in epoch {epoch}, over "
+                              f"{DIVERGENCE_FACTOR:g}x its start ({start:.4g}): the run diverged; training stopped "
+                              f"(try a lower --lr, or --no-divergence-check)")
+
+
+def _check_args(data, lr, batch_size: int, epochs: int, seed: int, hidden) -> tuple:
+    """The arguments of ``fit_notebook`` checked (ValueError naming the first bad one); hidden as a tuple."""
+    from .checks import check_dataset
+    from .config import hidden_sizes, nonneg_int, positive_float, positive_int
+
+    for name, value, check in (("lr", lr, positive_float), ("batch_size", batch_size, positive_int),
+                               ("epochs", epochs, positive_int), ("seed", seed, nonneg_int)):
+        try:
+            check(value)
+        except ValueError as err:  # argparse.ArgumentTypeError is a ValueError
+            raise ValueError(f"{name}: {err}") from None
+    try:
+        hidden = hidden_sizes(hidden)
+    except ValueError as err:
+        raise ValueError(f"hidden: {err}") from None
+    check_dataset(data, num_classes=10)  # the notebook's network has 10 outputs
+    return hidden
 
 
 def _test(params: Params, x: jax.Array, y: jax.Array) -> tuple[float, float]:
@@ -66,14 +107,26 @@ def _test(params: Params, x: jax.Array, y: jax.Array) -> tuple[float, float]:
 
 
 def fit_notebook(data, *, lr: float = 0.1, batch_size: int = 32, epochs: int = 10, seed: int = 42,
-                 hidden=(128, 64), replay_step: bool = False, on_epoch=None) -> NotebookResult:
-    """Train as the seed notebook did on ``data`` (a ``data.Dataset``) and test.
+                 hidden=(128, 64), replay_step: bool = False, on_epoch=None,
+                 divergence: bool = True) -> NotebookResult:
+    """Train as the seed notebook did on ``data`` and test.
 
-    replay_step: first apply the notebook's test update (lr 0.01 on the first 5 images), as its first
-    run did (93.82% instead of 93.83% at lr 0.01). ``on_epoch(record)`` after every epoch.
+    Args:
+        data: a ``data.Dataset`` of uint8 images and labels 0..9.
+        lr: the SGD learning rate (> 0).
+        batch_size: examples per step; the notebook's short last batch when it doesn't divide N.
+        epochs: passes over the training set.
+        seed: the seed of the notebook's ``np.random`` stream (init, then one permutation per epoch).
+        hidden: the hidden layer sizes, e.g. (128, 64) or ["256", "128"].
+        replay_step: first apply the notebook's test update (lr 0.01 on the first 5 images), as its
+            first run did (93.82% instead of 93.83% at lr 0.01).
+        on_epoch: ``on_epoch(record)`` after every epoch.
+        divergence: raise ``DivergenceError`` when an epoch's cross-entropy passes 10x its start (as
+            the engine's rule); a non-finite loss stops the run either way.
     """
     from .data import normalize
 
+    hidden = _check_args(data, lr, batch_size, epochs, seed, hidden)
     with jax.enable_x64(True):
         as_x = lambda a: normalize(np.asarray(a).reshape(len(a), -1), jnp.float64)  # noqa: E731
         x, y = as_x(data.x_train), jnp.asarray(np.asarray(data.y_train, np.int32))
@@ -81,9 +134,11 @@ def fit_notebook(data, *, lr: float = 0.1, batch_size: int = 32, epochs: int = 1
         params = init_params_numpy(rng, [x.shape[1], *hidden, 10])
         if replay_step:
             params, _ = _step(params, x[:REPLAY_IMAGES], y[:REPLAY_IMAGES], REPLAY_LR)
-        history = []
+        history, start = [], None
         for e in range(epochs):
-            params, value = _epoch(params, x, y, rng.permutation(x.shape[0]), lr, batch_size)
+            params, value, ce = _epoch(params, x, y, rng.permutation(x.shape[0]), lr, batch_size)
+            start = max(float(ce[0]), math.log(10)) if start is None else start
+            _check_divergence(ce, start, e + 1, divergence)
             history.append({"epoch": e + 1, "loss": value})
             if on_epoch is not None:
                 on_epoch(history[-1])

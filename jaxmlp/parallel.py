@@ -7,7 +7,7 @@ the forward and backward passes by batch rows and inserts the all-reduce of the 
 the training code is the single-device code, unchanged::
 
     mesh = make_mesh(4)
-    result = train.fit(config, data, mesh=mesh)        # or: jaxmlp train --devices 4
+    result = jaxmlp.fit(config, data, mesh=mesh)       # or: jaxmlp train --devices 4
 
 With the same global batch and the same shuffle, every device count computes the same updates; only
 the order of the gradient sums differs, so results agree to float round-off.
@@ -250,7 +250,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def data_parallel_spec(spec, mesh: Mesh):
-    """``spec`` (a ``train.TrainSpec``) with its minibatches split over ``mesh``.
+    """``spec`` (a ``runs.TrainSpec`` or an ``engine.FunctionTask``) with its minibatches split over ``mesh``.
 
     The global batch must divide evenly so every device gets the same number of rows (a short last
     batch of an epoch may be uneven; XLA pads it).
@@ -263,7 +263,7 @@ def data_parallel_spec(spec, mesh: Mesh):
 
 
 def distribute(mesh: Mesh, spec, arrays: Any) -> tuple[Any, Any]:
-    """``(data_parallel_spec(spec, mesh), replicate(arrays, mesh))``: what ``train.fit`` needs to run
+    """``(data_parallel_spec(spec, mesh), replicate(arrays, mesh))``: what ``engine.build_run`` needs to run
     data-parallel. ``arrays`` is any PyTree, in ``fit`` (params, opt_state, key (2,) uint32,
     x (N, D), y (N,) int32).
 

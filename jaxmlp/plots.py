@@ -71,7 +71,8 @@ def _integer_epochs(ax: Axes, epochs: list[float]) -> None:
 
 def curves_figure(history: Sequence[dict], *, test_loss: float | None = None,
                   test_accuracy: float | None = None) -> Figure:
-    """The matplotlib Figure that plot_curves saves (see there); tests inspect its axes."""
+    """The matplotlib Figure that plot_curves saves for ``history``, ``test_loss`` and ``test_accuracy``
+    (see there); tests inspect its axes."""
     if not history:
         raise ValueError("plot_curves: history is empty")
     if any("epoch" not in h or "loss" not in h for h in history):
@@ -142,7 +143,8 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike, *, test_loss: 
 
 
 def confusion_matrix(labels: ArrayLike, preds: ArrayLike, num_classes: int) -> np.ndarray:
-    """Counts (num_classes, num_classes) int64: entry [t, p] = how many of class t were predicted p."""
+    """Counts (num_classes, num_classes) int64 of true ``labels`` (N,) against predictions ``preds`` (N,):
+    entry [t, p] = how many of class t were predicted p."""
     labels = np.asarray(labels).reshape(-1)
     preds = np.asarray(preds).reshape(-1)
     if labels.shape != preds.shape:
@@ -165,7 +167,10 @@ def _num_classes(class_names: Sequence[str] | None, *arrays: np.ndarray) -> int:
 
 def plot_confusion(labels: ArrayLike, preds: ArrayLike, path: str | os.PathLike,
                    class_names: Sequence[str] | None = None, *, num_classes: int | None = None) -> Path:
-    """Confusion matrix (rows true class, columns predicted) with every count written in its cell."""
+    """Confusion matrix of ``labels`` against ``preds`` (both (N,) ints; rows true class, columns
+    predicted) with every count written in its cell, saved as a PNG at ``path``. ``class_names`` label
+    the axes (default: the class indices); ``num_classes`` defaults to their count, else to the largest
+    label or prediction + 1."""
     labels, preds = np.asarray(labels), np.asarray(preds)
     if num_classes is None:
         num_classes = _num_classes(class_names, labels, preds)
@@ -258,7 +263,8 @@ def plot_misclassified(images: ArrayLike, labels: ArrayLike, preds: ArrayLike, p
     """Grid of the first max_images misclassified digits, each titled "pred P / true T".
 
     images: (N, 784) or (N, 28, 28) in any value range (each is scaled to its own min..max);
-    labels, preds: (N,) ints. With nothing misclassified the PNG says so instead.
+    labels, preds: (N,) ints; class_names: the names used in the titles (default: the indices). The
+    PNG is saved at ``path``; with nothing misclassified it says so instead.
     """
     images = _as_images(images)
     labels, preds = np.asarray(labels).reshape(-1), np.asarray(preds).reshape(-1)
@@ -294,13 +300,18 @@ def plot_misclassified(images: ArrayLike, labels: ArrayLike, preds: ArrayLike, p
 
 
 def plot_first_layer(W1: ArrayLike, path: str | os.PathLike, max_units: int = 64) -> Path:
-    """First-layer weights W1 (784, H) as one 28x28 picture per hidden unit (first max_units units).
+    """First-layer weights W1 (784, H) as one 28x28 picture per hidden unit (first max_units units), or a
+    CNN's first convolution (kh, kw, 1, F) as one kh x kw picture per filter. Written to path.
 
-    Each unit is scaled by its own largest |weight|: red positive, blue negative, white zero.
+    Each unit is scaled by its own largest absolute weight: red positive, blue negative, white zero.
     """
     W1 = np.asarray(W1, dtype=np.float64)
+    what = "hidden units"
+    if W1.ndim == 4 and W1.shape[2] == 1:  # a convolution's kernels on one input channel
+        W1, what = W1.reshape(-1, W1.shape[3]), "filters"
     if W1.ndim != 2:
-        raise ValueError(f"plot_first_layer: W1 must be (fan_in, fan_out), got shape {W1.shape}")
+        raise ValueError(f"plot_first_layer: W1 must be (fan_in, fan_out) or (kh, kw, 1, filters), got shape "
+                         f"{W1.shape}")
     side = math.isqrt(W1.shape[0])
     if side * side != W1.shape[0]:
         raise ValueError(f"plot_first_layer: fan_in {W1.shape[0]} is not a square image size")
@@ -316,7 +327,7 @@ def plot_first_layer(W1: ArrayLike, path: str | os.PathLike, max_units: int = 64
     ax.imshow(_mosaic(tiles, cols, gap=max(2, side // 7), top=0), cmap=_cmap("RdBu_r", "0.85"),
               vmin=-1.0, vmax=1.0, interpolation="nearest")
     ax.axis("off")
-    fig.suptitle(f"First-layer weights: {n} of {W1.shape[1]} hidden units")
+    fig.suptitle(f"First-layer weights: {n} of {W1.shape[1]} {what}")
     return _save(fig, path)
 
 
@@ -430,7 +441,7 @@ def _draw_sweep_axis(ax: Axes, runs: Sequence[dict], acc: np.ndarray, xkey: str,
 
 
 def sweep_figure(runs: Sequence[dict]) -> Figure:
-    """The matplotlib Figure that plot_sweep saves (see there); tests inspect its axes."""
+    """The matplotlib Figure that plot_sweep saves for ``runs`` (see there); tests inspect its axes."""
     runs = [r for r in runs if r.get("test_accuracy") is not None]
     if not runs:
         raise ValueError("plot_sweep: no runs with a test_accuracy")
@@ -489,9 +500,10 @@ def save_training_plots(plot_dir: str | os.PathLike, *, history: Sequence[dict],
                         test_loss: float | None = None) -> list[Path]:
     """Write curves.png, confusion.png, misclassified.png and first_layer.png into plot_dir.
 
-    params: the list of {"W", "b"} dicts (first layer W is (784, H)); x_test_images (N, 784) or
-    (N, 28, 28); y_test, preds: (N,) ints. The curves show the final test accuracy (from y_test and
-    preds) and test_loss, when given, at the last epoch.
+    params: the list of {"W", "b"} dicts (first layer W is (784, H), or a CNN's (3, 3, 1, F));
+    x_test_images (N, 784) or (N, 28, 28); y_test, preds: (N,) ints; history: the epoch records (see
+    plot_curves); class_names: the classes' names in the pictures (default: the indices). The curves
+    show the final test accuracy (from y_test and preds) and test_loss, when given, at the last epoch.
     """
     plot_dir = Path(plot_dir)
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -506,3 +518,61 @@ def save_training_plots(plot_dir: str | os.PathLike, *, history: Sequence[dict],
                            class_names=class_names),
         plot_first_layer(params[0]["W"], plot_dir / "first_layer.png"),
     ]
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def augmentation_figure(image: ArrayLike, rows: Sequence[tuple[str, ArrayLike]]) -> Figure:
+    """One row per augmentation: the original digit, then that augmentation's variants of it.
+
+    Args:
+        image: one image, (H, W) or (H*W,) with a square pixel count, values in [0, 1].
+        rows: (name, variants) pairs; variants (K, H, W) or (K, H*W), the same K in every row.
+    """
+    original = _as_images(np.asarray(image, np.float64).reshape(1, -1))[0]
+    named = [(name, _as_images(np.asarray(v, np.float64).reshape(len(v), -1))) for name, v in rows]
+    if not named:
+        raise ValueError("augmentation_figure: no rows to draw")
+    k = max(len(v) for _, v in named)
+    fig = _new_figure((1.0 * (k + 1), 1.15 * len(named) + 0.2))
+    axes = fig.subplots(len(named), k + 1, squeeze=False)
+    for r, (name, variants) in enumerate(named):
+        axes[r, 0].imshow(original, cmap="gray_r", vmin=0.0, vmax=1.0)
+        axes[r, 0].set_title("original", fontsize=8)
+        for j in range(k):
+            if j < len(variants):
+                axes[r, j + 1].imshow(variants[j], cmap="gray_r", vmin=0.0, vmax=1.0)
+        axes[r, 1].set_title(name, fontsize=8, loc="left")
+    for ax in axes.flat:  # keep the frame: it shows where the image edges are
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def plot_augmentations(image: ArrayLike, path: str | os.PathLike, *, copies: int = 8, seed: int = 0,
+                       elastic_sigma: float = 4.0, elastic_alpha: float = 34.0) -> Path:
+    """``copies`` variants of one digit under each of ``--augment shift``, ``affine`` and ``elastic`` (their
+    defaults; elastic with ``elastic_sigma`` and ``elastic_alpha``), drawn by ``jaxmlp.augment``, as a PNG.
+
+    Args:
+        image: one image, (28, 28) or (784,), values in [0, 1].
+        path: the PNG to write.
+        copies: variants per row.
+        seed: the PRNG seed of the draws.
+        elastic_sigma: the elastic fields' smoothing in pixels.
+        elastic_alpha: the elastic fields' scale in pixels.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from . import augment
+
+    flat = np.asarray(image, np.float32).reshape(1, -1)
+    batch = jnp.asarray(np.repeat(flat, copies, axis=0))
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    rows = [("random_shift", augment.random_shift(k1, batch)), ("random_affine", augment.random_affine(k2, batch)),
+            (f"random_elastic (sigma {elastic_sigma:g}, alpha {elastic_alpha:g})",
+             augment.random_elastic(k3, batch, elastic_sigma, elastic_alpha))]
+    return _save(augmentation_figure(flat[0], rows), path)

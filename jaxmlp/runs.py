@@ -55,7 +55,9 @@ class TrainSpec:
 
     arch: "mlp" or "cnn"; grad: "autodiff" (jax.grad) or "manual" (the notebook's backprop, MLP);
     optimizer / schedule: names from ``optim``; total_steps / warmup_steps: the schedule's horizon;
-    dropout: hidden-unit drop rate; augment: None, "shift" or "affine"; image_side: for augmentation;
+    dropout: hidden-unit drop rate; augment: None, "shift", "affine" or "elastic"; image_side: for
+    augmentation; elastic_sigma / elastic_alpha: the elastic fields' smoothing and scale (pixels; read only
+    by "elastic"); max_norm: None or the largest norm of a unit's incoming weights (``optim.max_norm``);
     batch_sharding: None or the ``jax.sharding.Sharding`` each minibatch is constrained to (data
     parallelism, see ``parallel.py``); frozen: layer indices the optimizer leaves bit-identical.
     """
@@ -73,6 +75,9 @@ class TrainSpec:
     batch_sharding: Any = None
     frozen: tuple = ()
     activation: str = "relu"
+    elastic_sigma: float = 4.0
+    elastic_alpha: float = 34.0
+    max_norm: float | None = None
     has_aux = False  # the built-in loss reports no aux
 
     def value_and_grad(self, params, x, y, key, hparams):
@@ -98,7 +103,16 @@ def spec_for(config: TrainConfig, num_examples: int, image_side: int = 28) -> Tr
         schedule=config.schedule, total_steps=steps_per_epoch * config.epochs if scheduled else 0,
         warmup_steps=steps_per_epoch * config.warmup_epochs if scheduled else 0, dropout=float(config.dropout),
         augment=None if config.augment == "none" else config.augment, image_side=image_side,
-        frozen=tuple(config.freeze), activation=getattr(config, "activation", "relu"))
+        frozen=tuple(config.freeze), activation=getattr(config, "activation", "relu"),
+        **_elastic_and_max_norm(config))
+
+
+def _elastic_and_max_norm(config: TrainConfig) -> dict:
+    """The spec's elastic numbers (only an elastic run's differ from the defaults) and max-norm limit."""
+    out = {"max_norm": None if config.max_norm is None else float(config.max_norm)}
+    if config.augment == "elastic":
+        out.update(elastic_sigma=float(config.elastic_sigma), elastic_alpha=float(config.elastic_alpha))
+    return out
 
 
 def make_optimizer(spec: TrainSpec, hparams: dict) -> optim.Optimizer:
@@ -109,6 +123,8 @@ def make_optimizer(spec: TrainSpec, hparams: dict) -> optim.Optimizer:
                                     warmup_steps=spec.warmup_steps or None)
     opt = optim.by_name(spec.optimizer, lr=lr, momentum=hparams["momentum"], beta1=hparams["beta1"],
                         beta2=hparams["beta2"], weight_decay=hparams["weight_decay"])
+    if spec.max_norm is not None:  # last, so the step lands on the constrained weights (then frozen layers stay)
+        opt = optim.chain(opt, optim.max_norm(spec.max_norm))
     if not spec.frozen:
         return opt
     from .transfer import trainable_mask
@@ -151,7 +167,9 @@ def _augment(spec: TrainSpec, key: jax.Array, x: jax.Array) -> jax.Array:
         return augment.random_shift(key, x, side=spec.image_side)
     if spec.augment == "affine":
         return augment.random_affine(key, x, side=spec.image_side)
-    raise ValueError(f"unknown augmentation {spec.augment!r}; choose shift or affine")
+    if spec.augment == "elastic":
+        return augment.random_elastic(key, x, spec.elastic_sigma, spec.elastic_alpha, side=spec.image_side)
+    raise ValueError(f"unknown augmentation {spec.augment!r}; choose shift, affine or elastic")
 
 
 
@@ -219,9 +237,10 @@ def param_count(config: TrainConfig, input_dim: int, num_classes: int) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
 
 
-def _compile_chunk(spec, capacity, state, n, input_dim, dtype, hp):
-    """The chunk program compiled from shapes alone (callable from a second thread: x64 is per thread)."""
-    with precision(jnp.dtype(dtype).name):
+def _compile_chunk(spec, capacity, state, n, input_dim, dtype, hp, matmul: str = "default"):
+    """The chunk program compiled from shapes alone (callable from a second thread: x64 and the matmul
+    precision are per thread)."""
+    with precision(jnp.dtype(dtype).name, matmul):
         return compile_program(run_chunk, {"spec": spec, "capacity": capacity}, state,
                                jax.ShapeDtypeStruct((n,), jnp.int32), jax.ShapeDtypeStruct((n, input_dim), dtype),
                                jax.ShapeDtypeStruct((n,), jnp.int32), hp, jax.ShapeDtypeStruct((), jnp.int32))
@@ -252,14 +271,20 @@ def setup(config: TrainConfig, data, state: TrainState | None = None,
     test arrays.
 
     The chunk program compiles on a second thread from shapes alone while this one initialises and
-    copies the data to the device, so a cold start's largest compile overlaps the rest.
+    copies the data to the device, so a cold start's largest compile overlaps the rest. Call it inside
+    ``precision(config.dtype, config.matmul_precision)``, as ``fit`` does.
     """
+    from .checks import check_dataset, check_split, check_state
+
+    data = check_dataset(data)  # values, on the host, before any work
     if config.classes is not None:
         from .data import select_classes
         data = select_classes(data, config.classes)
     dtype, num_classes = dtype_of(config), _num_classes(config, data)
     input_dim = int(np.prod(data.x_train.shape[1:]))
-    n = len(data.y_train) - int(round(config.val_split * len(data.y_train)))
+    n = check_split(len(data.y_train), config.val_split)[0]
+    if state is not None:
+        check_state(state, state_template(config, input_dim, num_classes))
     check_fits(config, len(data.y_train), input_dim, num_classes, len(data.y_test),
                params=param_count(config, input_dim, num_classes))  # refuse before any work
     spec, hp = spec_for(config, n, int(data.x_train.shape[1])), hparams(config, dtype)
@@ -276,7 +301,7 @@ def setup(config: TrainConfig, data, state: TrainState | None = None,
     else:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(_compile_chunk, spec, capacity, jax.eval_shape(lambda s: s, state), n,
-                                  input_dim, dtype, hp)
+                                  input_dim, dtype, hp, config.matmul_precision)
             chunk_size = min(_default_chunk(config.arch), x_test.shape[0])  # the test program, meanwhile
             _eval_chunk_jit(state.params, x_test[:chunk_size], y_test[:chunk_size], config.arch, _act(config))
             program, seconds = pending.result()
@@ -404,7 +429,7 @@ def fit(config: TrainConfig, data, *, handlers: Sequence[Callable] = (), resume:
 
     config.validate()
     resume = resume or {}
-    with precision(config.dtype):
+    with precision(config.dtype, config.matmul_precision):
         run, state, test = setup(config, data, resume.get("state"), mesh)
         early = EarlyStopping(config.patience)
         state, history, reason = advance(run, state, [*default_checks(divergence_rule), early, *handlers],

@@ -75,8 +75,9 @@ SCHEDULES = ("constant", "step", "cosine", "warmup-cosine")
 
 def schedule_by_name(name: str, lr, total_steps: int, *, decay_rate=0.1, decay_steps=None,
                      warmup_steps=None, final_lr=0.0) -> Schedule:
-    """Build a schedule from a CLI name (``--schedule {constant,step,cosine,warmup-cosine}``).
-    Defaults: ``decay_steps = total_steps // 3``; ``warmup_steps = total_steps // 20``
+    """Build a schedule from a CLI name (``--schedule {constant,step,cosine,warmup-cosine}``) with peak
+    ``lr``: step decay multiplies by ``decay_rate`` every ``decay_steps``; cosine and warmup-cosine end
+    at ``final_lr``. Defaults: ``decay_steps = total_steps // 3``; ``warmup_steps = total_steps // 20``
     (at least 1 when total_steps > 1). Raises ValueError for an unknown name."""
     key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
     if key not in SCHEDULES:

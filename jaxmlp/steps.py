@@ -16,7 +16,7 @@ __all__ = ["sgd_step", "train_epoch_loop"]
 
 @jax.jit
 def sgd_step(params: Params, x: jax.Array, y: jax.Array, lr: float) -> tuple[Params, jax.Array]:
-    """One minibatch SGD update with ``jax.grad``: x (B, D), y int (B,) or one-hot (B, C).
+    """One minibatch SGD update with ``jax.grad`` at learning rate ``lr``: x (B, D), y int (B,) or one-hot (B, C).
 
     Returns the new params and the batch's loss (before the update).
     """
@@ -27,7 +27,8 @@ def sgd_step(params: Params, x: jax.Array, y: jax.Array, lr: float) -> tuple[Par
 
 def train_epoch_loop(params: Params, x: jax.Array, y: jax.Array, key: jax.Array, lr: float,
                      batch_size: int) -> tuple[Params, jax.Array]:
-    """One epoch as a Python loop over ``sgd_step`` (the notebook's loop, jitted step by step).
+    """One epoch over x (N, D), y (N,) as a Python loop over ``sgd_step`` (the notebook's loop, jitted step
+    by step) at learning rate ``lr``, in minibatches of ``batch_size``.
 
     The permutation comes from ``key``; returns params and per-batch losses (num_batches,).
     """

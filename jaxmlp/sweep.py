@@ -22,6 +22,7 @@ member's data order (tested), not its own single run. Members of different shape
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import itertools
@@ -36,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import engine, evaluation, runs
-from .config import TrainConfig, hparams
-from .model import log_softmax
+from .config import TrainConfig, hparam_names, hparams
+from .model import INIT_SCHEMES, log_softmax
 
 SWEEP_AXES = ("lr", "batch_size", "hidden", "seed", "init")
 
@@ -70,9 +71,13 @@ def grid(base: TrainConfig, **axes: Sequence) -> list[TrainConfig]:
 
 
 def random_search(base: TrainConfig, num_trials: int, *, seed: int = 0,
-                  lr_range: tuple[float, float] | None = None, **choices: Sequence) -> list[TrainConfig]:
-    """``num_trials`` random configurations: lr log-uniform in ``lr_range`` (if given), every other
-    axis in ``choices`` drawn uniformly from its values. Reproducible from ``seed``."""
+                  lr_range: tuple[float, float] | None = None, axes: dict | None = None,
+                  **choices: Sequence) -> list[TrainConfig]:
+    """``num_trials`` random configurations over ``base``: lr log-uniform in ``lr_range`` (if given),
+    every other axis in ``choices`` drawn uniformly from its values. Reproducible from ``seed`` (the
+    search's own seed; a ``seed`` axis of run seeds goes in ``axes={"seed": [...]}``, which the
+    keyword ``choices`` join)."""
+    choices = {**(axes or {}), **choices}
     _check_axes(choices)
     if num_trials < 1:
         raise ValueError(f"--random must be positive, got {num_trials}")
@@ -129,23 +134,102 @@ def group_by_shape(configs: Sequence[TrainConfig], num_examples: int, image_side
 def member_state(config: TrainConfig, input_dim: int, num_classes: int,
                  spec: runs.TrainSpec) -> tuple[engine.TrainState, dict]:
     """(state, hparams) of ``config``'s run, built exactly as ``runs.setup`` builds them, so a member
-    follows the key stream of its single ``runs.fit`` run."""
+    follows the key stream of its single ``runs.fit`` run (``init_members`` builds K of them at once).
+
+    Args:
+        config: the run's configuration.
+        input_dim: D, the width of a flattened input.
+        num_classes: C, the width of the output layer.
+        spec: the group's ``TrainSpec`` (its optimizer builds the optimizer state).
+    """
     hp = hparams(config, runs.dtype_of(config))
     init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
     params = runs.init_model(config, init_key, input_dim, num_classes)
     return engine.init_state(params, runs.make_optimizer(spec, hp), run_key), hp
 
 
+def _build_members(seeds: jax.Array, hp: dict, order: jax.Array | None, inverse: jax.Array | None, *,
+                   model: tuple, schemes: tuple, spec: runs.TrainSpec, shared_key: bool) -> engine.TrainState:
+    """K members' stacked ``TrainState``, each as ``member_state`` builds it, under one ``vmap``.
+
+    Args:
+        seeds: (K,) integer seeds, converted as ``jax.random.PRNGKey`` converts a Python int.
+        hp: the members' stacked hparams, (K,) each.
+        order: (K,) int32 member indices grouped by init scheme (None: one scheme); inverse: its inverse.
+        model: (arch, hidden, dtype name, input_dim, num_classes), the shapes every member shares (static).
+        schemes: ((init scheme, members with it), ...) in the order of ``order`` (static).
+        spec: the group's ``TrainSpec`` (static).
+        shared_key: return the first member's run key (2,) instead of all of them (K, 2) (static).
+    """
+    arch, hidden, dtype, input_dim, num_classes = model
+    init_keys, run_keys = jnp.moveaxis(jax.vmap(lambda s: jax.random.split(jax.random.PRNGKey(s)))(seeds), 1, 0)
+    grouped = init_keys if order is None else init_keys[order]
+    parts, start = [], 0
+    for scheme, count in schemes:  # one vmapped init per scheme present (an init sweep has up to three)
+        config = TrainConfig(arch=arch, hidden=hidden, init=scheme, dtype=dtype)  # what init_model reads
+        parts.append(jax.vmap(lambda k, c=config: runs.init_model(c, k, input_dim, num_classes))(
+            grouped[start:start + count]))
+        start += count
+    params = parts[0] if inverse is None else jax.tree_util.tree_map(
+        lambda *leaves: jnp.concatenate(leaves)[inverse], *parts)
+    opt_state = jax.vmap(lambda p, h: runs.make_optimizer(spec, h).init(p))(params, hp)
+    zero = jnp.zeros((), jnp.int32)
+    return engine.TrainState(params, opt_state, run_keys[0] if shared_key else run_keys, zero, zero)
+
+
+# The MLP's init is one barrier-protected program (model._init_program), so the whole build compiles as
+# one program with the same bits. The CNN's init runs op by op in a single run; compiled, XLA would fold
+# its scale into the sampler's constants and change the last bits, so its members are built op by op
+# too (vmapped: a few dozen dispatches whatever K is).
+_build_members_jit = jax.jit(_build_members, static_argnames=("model", "schemes", "spec", "shared_key"))
+
+
+def stacked_hparams(configs: Sequence[TrainConfig], dtype) -> dict:
+    """The hparams of ``configs`` (K configurations; ``config.hparams`` of each), stacked on the host into
+    (K,) arrays of ``dtype`` and copied to the device once each: nothing compiles, nothing is stacked on
+    the device."""
+    names = hparam_names()
+    rows = [{**{n: getattr(c, n) for n in names}, "weight_decay": c.resolved_weight_decay} for c in configs]
+    host = {n: np.asarray([row[n] for row in rows], jnp.dtype(dtype)) for n in names}
+    return jax.device_put(host)
+
+
+def _member_inputs(configs: Sequence[TrainConfig], input_dim: int, num_classes: int, spec: runs.TrainSpec,
+                   shared_key: bool) -> tuple[Callable, tuple, dict]:
+    """(build, args, statics): ``build(*args, **statics)`` is ``init_members``'s state; see there."""
+    first = configs[0]
+    hp = stacked_hparams(configs, runs.dtype_of(first))
+    # As PRNGKey converts a Python int (int64; int32, wrapping, without x64), but on the host: nothing compiles.
+    seeds = np.asarray([c.seed for c in configs], np.int64).astype(jax.dtypes.canonicalize_dtype(np.int64))
+    inits = [c.init if first.arch == "mlp" else "he" for c in configs]  # the CNN's init has no schemes
+    present = [s for s in INIT_SCHEMES if s in inits]
+    order = inverse = None
+    if len(present) > 1:
+        order = np.argsort([present.index(s) for s in inits], kind="stable").astype(np.int32)
+        inverse = np.argsort(order).astype(np.int32)
+    statics = dict(model=(first.arch, tuple(first.hidden), first.dtype, int(input_dim), int(num_classes)),
+                   schemes=tuple((s, inits.count(s)) for s in present), spec=spec, shared_key=bool(shared_key))
+    return (_build_members_jit if first.arch == "mlp" else _build_members), (seeds, hp, order, inverse), statics
+
+
 def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: int, spec: runs.TrainSpec,
                  shared_key: bool = False) -> tuple[engine.TrainState, dict]:
-    """The group's stacked ``TrainState`` and hparams: params, optimizer state and hparams with a
-    leading model axis K; the run keys (K, 2), or one (2,) key when ``shared_key`` (every member has
-    the same seed); ``epoch``/``step`` unbatched (the members move in step)."""
-    states, hps = zip(*(member_state(c, input_dim, num_classes, spec) for c in configs))
-    key = states[0].key if shared_key else jnp.stack([s.key for s in states])
-    state = engine.TrainState(stack([s.params for s in states]), stack([s.opt_state for s in states]), key,
-                             states[0].epoch, states[0].step)
-    return state, stack(hps)
+    """The group's stacked ``TrainState`` and hparams, every member exactly as ``member_state`` builds
+    it, all built by one vmapped program over the members' seeds, init schemes and hparams.
+
+    Args:
+        configs: K configurations of one shape group (``group_key``).
+        input_dim: D, the width of a flattened input.
+        num_classes: C, the width of the output layer.
+        spec: the group's ``TrainSpec``.
+        shared_key: every member trains on the first one's run key (one seed, or ``share_order``).
+
+    Returns (state, hparams): params, optimizer state and hparams with a leading model axis K; the run
+    keys (K, 2), or one (2,) key when ``shared_key``; ``epoch``/``step`` unbatched (the members move in
+    step). Call inside ``engine.precision`` for float64.
+    """
+    build, args, statics = _member_inputs(configs, input_dim, num_classes, spec, shared_key)
+    return build(*args, **statics), args[1]
 
 
 def member_axes(shared_key: bool) -> engine.TrainState:
@@ -220,23 +304,81 @@ def unstack(tree: Any, index: int) -> Any:
 class GroupResult(NamedTuple):
     params: Any                 # stacked, leading axis K
     opt_state: Any
-    history: np.ndarray         # (K, epochs) epoch losses (NaN once a member diverged)
+    history: np.ndarray         # (K, epochs) epoch losses (NaN from the epoch a member diverged in)
     compile_seconds: float
     train_seconds: float        # epochs only, compilation excluded
     shared_key: bool            # one key for all members: one shuffle, the same minibatches
     state: engine.TrainState     # the stacked final state (see init_members)
+    diverged: Any = None        # (K,) bool: the member diverged (``diverged_members``)
+
+
+@jax.jit
+def _members_finite(params: Any) -> jax.Array:
+    """(K,) bool: every leaf of member k's params is finite. params: stacked (leading axis K)."""
+    leaves = jax.tree_util.tree_leaves(params)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1) for leaf in leaves]),
+                   axis=0)
+
+
+def diverged_members(losses: np.ndarray, start: np.ndarray, finite: np.ndarray, rule: bool = True) -> np.ndarray:
+    """(K,) bool: which members of a chunk diverged, judged as a single run's chunk is judged
+    (``handlers.check_finite`` and ``handlers.DivergenceRule``).
+
+    Args:
+        losses: (K, steps) the chunk's per-step losses of each member.
+        start: (K,) each member's reference loss: max(its first loss, ln C).
+        finite: (K,) bool, each member's params are all finite after the chunk.
+        rule: apply the 10x rule (False: only non-finite losses or params count, ``--no-divergence-check``).
+    """
+    from .handlers import DIVERGENCE_FACTOR
+
+    losses = np.asarray(losses, np.float64)
+    bad = ~np.all(np.isfinite(losses), axis=1) | ~np.asarray(finite, bool)
+    if rule:
+        with np.errstate(invalid="ignore", over="ignore"):
+            bad |= np.mean(losses, axis=1) > DIVERGENCE_FACTOR * np.asarray(start, np.float64)
+    return bad
+
+
+def _start_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int, spec: runs.TrainSpec,
+                 shared: bool, chains: int) -> tuple[engine.TrainState, dict, Callable, float]:
+    """(state, hparams, the compiled group chunk, its compile seconds): the chunk compiles on a second
+    thread from the members' shapes while this one builds the members (XLA compiles without the GIL),
+    as ``runs.setup`` overlaps a single run's. Arguments as ``train_group``'s."""
+    build, args, statics = _member_inputs(configs, x.shape[1], num_classes, spec, shared)
+    shapes = jax.eval_shape(functools.partial(_build_members, **statics), *args)
+    n, steps = x.shape[0], engine.steps_per_epoch(x.shape[0], spec.batch_size)
+    order = jax.ShapeDtypeStruct((n,) if shared else (len(configs), n), jnp.int32)
+    x64, matmul = jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision  # per thread: carried over
+
+    def compile_chunk():
+        with jax.enable_x64(x64), jax.default_matmul_precision(matmul):
+            return engine.compile_program(run_group_chunk, {"spec": spec, "capacity": steps, "shared_key": shared,
+                                                            "chains": chains}, shapes, order, x, y, args[1],
+                                          jax.ShapeDtypeStruct((), jnp.int32))
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(compile_chunk)
+        state = build(*args, **statics)
+        group_order(state.key, state.epoch, n, shared)  # compiled here, not in the first epoch's time
+        program, seconds = pending.result()
+    return state, args[1], program, seconds
 
 
 def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int = 10, *,
                 image_side: int = 28, chains: int | None = None, share_order: bool = False,
-                on_epoch: Callable[[int, np.ndarray], None] | None = None) -> GroupResult:
+                on_epoch: Callable[[int, np.ndarray], None] | None = None,
+                divergence_rule: bool = True) -> GroupResult:
     """Train configurations that share a ``group_key`` together, all epochs, one compiled program.
 
     x (N, D) float, y (N,) int32, already on the device (call inside ``engine.precision`` for float64).
     Each epoch is one ``group_chunk`` of all its steps; ``chains``: see there (default:
     ``default_chains``). ``share_order``: every member uses the first one's run key (see the module
     docstring); members of one seed share it anyway. ``on_epoch(epoch, losses (K,))`` after each
-    epoch. A diverging member does not stop the others: its losses become NaN.
+    epoch. A member diverges as a single run does (a non-finite loss or params, or with
+    ``divergence_rule`` a chunk's mean loss past 10x max(its first loss, ln C)); it does not stop the
+    others: its losses become NaN from that epoch on and ``diverged`` marks it. When all diverged, the
+    remaining epochs are skipped.
     """
     keys = {group_key(c, x.shape[0], image_side) for c in configs}
     if len(keys) != 1:
@@ -246,25 +388,25 @@ def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_
     n, first = x.shape[0], configs[0]
     spec = runs.spec_for(first, n, image_side)
     shared = share_order or len({c.seed for c in configs}) == 1
-    state, hp = init_members(configs, x.shape[1], num_classes, spec, shared)
     steps = engine.steps_per_epoch(n, spec.batch_size)
-    order = group_order(state.key, state.epoch, n, shared)
     chains = default_chains(len(configs)) if chains is None else chains
-    program, compile_seconds = engine.compile_program(
-        run_group_chunk, {"spec": spec, "capacity": steps, "shared_key": shared, "chains": chains}, state, order,
-        x, y, hp, jnp.int32(steps))
+    state, hp, program, compile_seconds = _start_group(configs, x, y, num_classes, spec, shared, chains)
     history = np.full((len(configs), first.epochs), np.nan)
-    train_seconds = 0.0
+    train_seconds, dead, start = 0.0, np.zeros(len(configs), bool), None
     for e in range(first.epochs):
         t0 = time.perf_counter()
         order = group_order(state.key, state.epoch, n, shared)
         state, losses = program(state, order, x, y, hp, jnp.int32(steps))
         losses = np.asarray(losses)  # waits for the device
         train_seconds += time.perf_counter() - t0
-        history[:, e] = [engine.epoch_loss(row, n, spec.batch_size) for row in losses]
+        start = np.maximum(losses[:, 0], math.log(num_classes)) if start is None else start
+        dead |= diverged_members(losses, start, np.asarray(_members_finite(state.params)), divergence_rule)
+        history[:, e] = [np.nan if d else engine.epoch_loss(row, n, spec.batch_size) for row, d in zip(losses, dead)]
         if on_epoch is not None:
             on_epoch(e + 1, history[:, e])
-    return GroupResult(state.params, state.opt_state, history, compile_seconds, train_seconds, shared, state)
+        if dead.all():
+            break
+    return GroupResult(state.params, state.opt_state, history, compile_seconds, train_seconds, shared, state, dead)
 
 
 # ---------------------------------------------------------------- evaluating many models
@@ -272,6 +414,8 @@ def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_
 
 @functools.partial(jax.jit, static_argnames=("arch",))
 def _members_eval_chunk(params, x, y, arch: str):
+    """Sums over one chunk of examples: per-member -log p(y) (K,) and correct counts (K,), then the
+    averaged-probability ensemble's. params: stacked (leading K); x (n, D); y (n,) int32."""
     logits = jax.vmap(lambda p: evaluation.apply_fn(arch)(p, x))(params)          # (K, n, C)
     logp = log_softmax(logits)
     picked = jnp.take_along_axis(logp, jnp.broadcast_to(y[None, :, None], (logp.shape[0], y.shape[0], 1)), axis=2)
@@ -286,18 +430,24 @@ def _members_eval_chunk(params, x, y, arch: str):
 def evaluate_members(params: Any, x: jax.Array, y: jax.Array, *, arch: str = "mlp",
                      chunk_size: int = 5000) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Stacked models on (x, y): per-member mean losses (K,) and accuracies (K,), then the ensemble's
-    loss and accuracy, the ensemble predicting ``argmax`` of the members' *averaged probabilities*."""
+    loss and accuracy, the ensemble predicting ``argmax`` of the members' *averaged probabilities*.
+
+    Args:
+        params: K models' params, stacked (leading axis K).
+        x: (N, D) inputs; y: (N,) int32 labels.
+        arch: "mlp" or "cnn".
+        chunk_size: examples per compiled call (bounds the (K, chunk, width) activations).
+
+    Every chunk is dispatched before any result is read; one ``device_get`` brings all of them back,
+    and the chunks' sums are added on the host in float64.
+    """
     n = x.shape[0]
     if n == 0:
         raise ValueError("cannot evaluate on an empty set")
-    k = jax.tree_util.tree_leaves(params)[0].shape[0]
-    nll, correct = np.zeros(k), np.zeros(k)
-    ens_nll = ens_correct = 0.0
-    for s in engine.batch_slices(n, chunk_size):
-        a, b, c, d = _members_eval_chunk(params, x[s], y[s], arch)
-        nll, correct = nll + np.asarray(a, np.float64), correct + np.asarray(b, np.float64)
-        ens_nll, ens_correct = ens_nll + float(c), ens_correct + float(d)
-    return nll / n, correct / n, ens_nll / n, ens_correct / n
+    sums = jax.device_get([_members_eval_chunk(params, x[s], y[s], arch) for s in engine.batch_slices(n, chunk_size)])
+    nll, correct, ens_nll, ens_correct = (np.sum([np.asarray(part[i], np.float64) for part in sums], axis=0)
+                                          for i in range(4))
+    return nll / n, correct / n, float(ens_nll) / n, float(ens_correct) / n
 
 
 def ensemble_probs(params: Any, x: jax.Array, *, arch: str = "mlp") -> jax.Array:
@@ -343,16 +493,19 @@ class SweepResult(NamedTuple):
 
 def _prepared(data, configs):
     """(x, y, x_test, y_test, num_classes, side) on the device in the configurations' dtype (float64:
-    call inside ``engine.precision``)."""
-    dtypes = {c.dtype for c in configs}
-    if len(dtypes) != 1:
-        raise ValueError(f"one dtype per sweep, got {sorted(dtypes)}")
+    call inside ``engine.precision``). data: a ``data.Dataset``; configs: the sweep's, which must share
+    their dtype and matmul precision."""
+    for name in ("dtype", "matmul_precision"):  # both are set around the whole sweep
+        values = {getattr(c, name) for c in configs}
+        if len(values) != 1:
+            raise ValueError(f"one {name} per sweep, got {sorted(values)}")
     dtype = runs.dtype_of(configs[0])
     num_classes = max(int(max(data.y_train.max(), data.y_test.max())) + 1, 10)  # as runs.fit
+    labels = lambda a: jnp.asarray(np.asarray(a).astype(np.int32))  # noqa: E731  (on the host: nothing compiles)
     x = runs.prepare(data.x_train, dtype)
-    y = jnp.asarray(data.y_train, jnp.int32)
+    y = labels(data.y_train)
     x_test = runs.prepare(data.x_test, dtype)
-    y_test = jnp.asarray(data.y_test, jnp.int32)
+    y_test = labels(data.y_test)
     return x, y, x_test, y_test, num_classes, int(data.x_train.shape[1])
 
 
@@ -371,7 +524,7 @@ def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = N
         c.validate()
         _check_sweepable(c)
     started = time.perf_counter()
-    with engine.precision(configs[0].dtype):
+    with engine.precision(configs[0].dtype, configs[0].matmul_precision):
         x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
         runs: list[RunResult | None] = [None] * len(configs)
         groups = []
@@ -382,10 +535,10 @@ def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = N
             res = train_group([configs[i] for i in members], x, y, num_classes, image_side=side,
                               share_order=share_order, on_epoch=cb)
             losses, accs, _, _ = evaluate_members(res.params, x_test, y_test, arch=configs[members[0]].arch)
-            for k, i in enumerate(members):
-                hist = res.history[k]
-                runs[i] = RunResult(configs[i], [float(v) for v in hist], float(losses[k]), float(accs[k]),
-                                    bool(not np.all(np.isfinite(hist))), g)
+            for k, i in enumerate(members):  # a diverged member has no test scores
+                dead = bool(res.diverged[k])
+                runs[i] = RunResult(configs[i], [float(v) for v in res.history[k]], math.nan if dead else
+                                    float(losses[k]), math.nan if dead else float(accs[k]), dead, g)
             groups.append(GroupInfo(list(members), res.compile_seconds, res.train_seconds, res.shared_key))
     return SweepResult(runs, groups, time.perf_counter() - started)
 
@@ -400,21 +553,41 @@ class EnsembleResult(NamedTuple):
 
 
 def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool = False,
-                 on_epoch: Callable[[int, np.ndarray], None] | None = None) -> EnsembleResult:
+                 on_epoch: Callable[[int, np.ndarray], None] | None = None,
+                 divergence_rule: bool = True) -> EnsembleResult:
     """Train ``members`` copies of ``config`` with seeds ``seed, seed + 1, ...`` together (one vmapped
-    program) and test each member and their averaged-probability ensemble. ``share_order``: all
-    members see seed ``seed``'s minibatches (see ``train_group``)."""
+    program) and test each member and their averaged-probability ensemble.
+
+    Args:
+        config: the members' configuration (their seeds count up from ``config.seed``).
+        data: a ``data.Dataset``.
+        members: K, the number of members.
+        share_order: all members see seed ``seed``'s minibatches (see ``train_group``).
+        on_epoch: ``on_epoch(epoch, losses (K,))`` after each epoch.
+        divergence_rule: judge divergence by the 10x rule too (see ``train_group``).
+
+    A diverged member is reported (``RunResult.diverged``, NaN test scores) and left out of the
+    ensemble, which averages the others; with every member diverged the ensemble's scores are NaN.
+    """
     if members < 1:
         raise ValueError(f"--ensemble must be positive, got {members}")
     config.validate()
     _check_sweepable(config)
     configs = [dataclasses.replace(config, seed=config.seed + i) for i in range(members)]
-    with engine.precision(config.dtype):
+    with engine.precision(config.dtype, config.matmul_precision):
         x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
-        res = train_group(configs, x, y, num_classes, image_side=side, share_order=share_order, on_epoch=on_epoch)
+        res = train_group(configs, x, y, num_classes, image_side=side, share_order=share_order, on_epoch=on_epoch,
+                          divergence_rule=divergence_rule)
         losses, accs, ens_loss, ens_acc = evaluate_members(res.params, x_test, y_test, arch=config.arch)
-    runs = [RunResult(c, [float(v) for v in res.history[k]], float(losses[k]), float(accs[k]),
-                      bool(not np.all(np.isfinite(res.history[k]))), 0) for k, c in enumerate(configs)]
+        alive = np.flatnonzero(~res.diverged)
+        if len(alive) < members:  # the ensemble of the members that did not diverge
+            ens_loss = ens_acc = math.nan
+            if len(alive):
+                survivors = jax.tree_util.tree_map(lambda leaf: leaf[alive], res.params)
+                ens_loss, ens_acc = evaluate_members(survivors, x_test, y_test, arch=config.arch)[2:]
+    runs = [RunResult(c, [float(v) for v in res.history[k]], math.nan if res.diverged[k] else float(losses[k]),
+                      math.nan if res.diverged[k] else float(accs[k]), bool(res.diverged[k]), 0)
+            for k, c in enumerate(configs)]
     return EnsembleResult(runs, float(ens_loss), float(ens_acc), res.params, res.compile_seconds, res.train_seconds)
 
 
@@ -465,7 +638,7 @@ def format_table(runs: Sequence[RunResult], varying: Sequence[str] | None = None
             cells.append("-".join(str(h) for h in v) if a == "hidden" else f"{v:g}" if a == "lr" else str(v))
         loss = r.history[-1] if r.history else float("nan")
         cells.append("diverged" if r.diverged else f"{loss:.4f}")
-        cells.append(f"{r.test_accuracy * 100:.2f}%")
+        cells.append("-" if r.diverged else f"{r.test_accuracy * 100:.2f}%")
         rows.append(cells)
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731

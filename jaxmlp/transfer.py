@@ -22,7 +22,8 @@ __all__ = ["replace_head", "trainable_mask"]
 def replace_head(key: jax.Array, params: list[dict], num_classes: int, scheme: str = "he") -> list[dict]:
     """A new params list whose last layer is freshly initialised with ``num_classes`` outputs
     and the old head's fan_in and dtype (``scheme``: "he", "glorot" or "notebook", see
-    :func:`jaxmlp.model.init_layer`). The other layers are the *same* objects, untouched."""
+    :func:`jaxmlp.model.init_layer`), drawn from ``key``. The other layers are the *same* objects,
+    untouched."""
     if not params:
         raise ValueError("replace_head: params has no layers")
     if int(num_classes) <= 0:

@@ -20,8 +20,6 @@
 # training runs in float32, the library's default.
 
 # %%
-import gzip
-import os
 import struct
 import tempfile
 from pathlib import Path
@@ -35,6 +33,7 @@ from IPython.display import Image, display
 jax.config.update("jax_enable_x64", True)  # float64 available; arrays stay float32 unless asked
 import jaxmlp
 from jaxmlp import plots
+from jaxmlp.data import DataError
 from jaxmlp.engine import epoch_loss, epoch_order, init_state, run_chunk, steps_per_epoch
 from jaxmlp.evaluation import predict_labels
 from jaxmlp.runs import TrainSpec, make_optimizer
@@ -44,45 +43,40 @@ print("jax", jax.__version__, "on", jax.default_backend(), "| jaxmlp", jaxmlp.__
 # %% [markdown]
 # ## 1. Loading the data
 #
-# MNIST comes as four IDX files: a 16-byte header for the images (magic number, count, rows,
-# columns, all big-endian uint32), 8 bytes for the labels, then raw uint8 values. The files may
-# be gzipped; jaxmlp detects that from the first two bytes.
+# MNIST comes as four IDX files: training images and labels, test images and labels.
+# `jaxmlp.load_dataset` finds them the way the `jaxmlp` command does: a folder given as its argument,
+# else `$JAXMLP_DATA_DIR`, else jaxmlp's cache (`~/.cache/jaxmlp/mnist`), which it fills from a
+# mirror on first use and checks against MNIST's published SHA-256 sums. It reads all four files and
+# checks they belong together (matching counts, labels in range). Following the usual convention,
+# inputs are `x` and labels `y`.
 
 # %%
-# $JAXMLP_DATA_DIR wins; otherwise the repository's shared data folder (seen from notebooks/ or, when
-# this runs as a script, from the repository root), otherwise the jaxmlp cache (~/.cache/jaxmlp/mnist;
-# `jaxmlp download` fills it).
-here = Path("..", "..", "shared", "data", "mnist"), Path("..", "shared", "data", "mnist")
-shared = next((p for p in here if p.is_dir()), None)
-if "JAXMLP_DATA_DIR" not in os.environ and shared is not None:
-    data_dir = shared
-else:
-    data_dir = jaxmlp.resolve_data_dir(None)
-
-print("IDX files found:", sorted(p.name for p in data_dir.glob("*-ubyte*")))
-
-# %% [markdown]
-# The header is what the original notebook unpacked with `struct.unpack(">IIII", ...)`.
-# `jaxmlp.read_idx` parses it (and checks it against the file size) for us.
-
-# %%
-images_file = data_dir / "train-images-idx3-ubyte.gz"
-with gzip.open(images_file, "rb") as f:
-    magic, num, rows, cols = struct.unpack(">IIII", f.read(16))
-print(f"magic 0x{magic:08X} (0x08 = uint8, 3 dimensions), {num} images of {rows}x{cols}")
-
-train_images = jaxmlp.read_idx(images_file)
-print("read_idx:", train_images.shape, train_images.dtype)
-
-# %% [markdown]
-# `load_dataset` reads all four files and checks they belong together (matching counts, labels
-# in range). Following the usual convention, inputs are `x` and labels `y`.
-
-# %%
-data = jaxmlp.load_dataset(data_dir)
+try:
+    data = jaxmlp.load_dataset()
+except DataError as err:  # offline with nothing cached: say what to do instead of a traceback
+    raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding MNIST's four IDX files, "
+                     "or fetch them once with `jaxmlp download --mirror URL`, then run this notebook again.") from None
 for name, array in data._asdict().items():
     print(f"{name:8s} {str(array.shape):16s} {array.dtype}")
 print("MNIST loaded.")
+
+# %% [markdown]
+# An IDX file is a 16-byte header for the images (magic number, count, rows, columns, all big-endian
+# uint32), 8 bytes for the labels, then the raw uint8 values; the files may be gzipped, which jaxmlp
+# detects from the first two bytes. To see the header the original notebook unpacked with
+# `struct.unpack(">IIII", ...)`, write the training images back out with `jaxmlp.write_idx`:
+# `jaxmlp.read_idx` parses the header (and checks it against the file size) for us.
+
+# %%
+with tempfile.TemporaryDirectory() as tmp:
+    images_file = Path(tmp) / "train-images.idx"
+    jaxmlp.write_idx(images_file, data.x_train)
+    with open(images_file, "rb") as f:
+        magic, num, rows, cols = struct.unpack(">IIII", f.read(16))
+    train_images = jaxmlp.read_idx(images_file)
+print(f"magic 0x{magic:08X} (0x08 = uint8, 3 dimensions), {num} images of {rows}x{cols}")
+same = np.array_equal(train_images, data.x_train)
+print("read_idx:", train_images.shape, train_images.dtype, "| the same images:", same)
 
 # %% [markdown]
 # ## 2. Preprocessing

@@ -17,9 +17,7 @@
 # "the derivative of ReLU" is a choice, networks of other depths, and what each costs at run time.
 
 # %%
-import os
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -29,18 +27,13 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 import jaxmlp
 from jaxmlp import model
+from jaxmlp.data import DataError
 
-# $JAXMLP_DATA_DIR wins; otherwise the repository's shared data folder (seen from notebooks/ or, when
-# this runs as a script, from the repository root), otherwise the jaxmlp cache (~/.cache/jaxmlp/mnist;
-# `jaxmlp download` fills it).
-here = Path("..", "..", "shared", "data", "mnist"), Path("..", "shared", "data", "mnist")
-shared = next((p for p in here if p.is_dir()), None)
-if "JAXMLP_DATA_DIR" not in os.environ and shared is not None:
-    data_dir = shared
-else:
-    data_dir = jaxmlp.resolve_data_dir(None)
-
-data = jaxmlp.load_dataset(data_dir)
+try:
+    data = jaxmlp.load_dataset()  # $JAXMLP_DATA_DIR, else jaxmlp's cache (downloaded there on first use)
+except DataError as err:  # offline with nothing cached: say what to do instead of a traceback
+    raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding MNIST's four IDX files, "
+                     "or fetch them once with `jaxmlp download --mirror URL`, then run this notebook again.") from None
 x = jaxmlp.normalize(jaxmlp.flatten(data.x_train[:64]), jnp.float64)  # a batch of 64, float64
 y = jnp.asarray(data.y_train[:64], jnp.int32)
 print(x.shape, x.dtype, y.shape)
@@ -57,8 +50,11 @@ print(x.shape, x.dtype, y.shape)
 #   random coordinates of each parameter (two forward passes per coordinate, so not all
 #   109,386 of them),
 #
-# and report the worst relative error between each pair. `jaxmlp.gradcheck(params, x, y)` returns
-# the same table in one call, and `jaxmlp gradcheck` prints it from the command line.
+# and report the worst relative error between each pair. `jaxmlp.gradcheck_mlp(params, x, y)` returns
+# the same table in one call (its finite differences also re-step or skip any coordinate whose step
+# would cross a ReLU kink, and count them), `jaxmlp.gradcheck(loss_fn, params, *args, grad_fn=...)`
+# checks any loss and any hand-written gradient, and `jaxmlp gradcheck` prints the table from the
+# command line.
 
 # %%
 manual_fn = jax.jit(jaxmlp.manual_grad)

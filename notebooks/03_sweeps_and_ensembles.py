@@ -24,9 +24,7 @@
 
 # %%
 import dataclasses
-import os
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -36,21 +34,16 @@ import numpy as np
 import jaxmlp
 from jaxmlp import sweep
 from jaxmlp.config import TrainConfig
+from jaxmlp.data import DataError
 from jaxmlp.runs import fit, prepare
 
 notebook_start = time.perf_counter()
 
-# $JAXMLP_DATA_DIR wins; otherwise the repository's shared data folder (seen from notebooks/ or, when
-# this runs as a script, from the repository root), otherwise the jaxmlp cache (~/.cache/jaxmlp/mnist;
-# `jaxmlp download` fills it).
-here = Path("..", "..", "shared", "data", "mnist"), Path("..", "shared", "data", "mnist")
-shared = next((p for p in here if p.is_dir()), None)
-if "JAXMLP_DATA_DIR" not in os.environ and shared is not None:
-    data_dir = shared
-else:
-    data_dir = jaxmlp.resolve_data_dir(None)
-
-data = jaxmlp.load_dataset(data_dir)
+try:
+    data = jaxmlp.load_dataset()  # $JAXMLP_DATA_DIR, else jaxmlp's cache (downloaded there on first use)
+except DataError as err:  # offline with nothing cached: say what to do instead of a traceback
+    raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding MNIST's four IDX files, "
+                     "or fetch them once with `jaxmlp download --mirror URL`, then run this notebook again.") from None
 n_train = 10_000
 small = data._replace(x_train=data.x_train[:n_train], y_train=data.y_train[:n_train])
 print("training on", small.x_train.shape, "| testing on", small.x_test.shape, "|", jax.default_backend())

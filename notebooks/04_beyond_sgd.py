@@ -19,9 +19,7 @@
 # each method can reach. The command line runs the full recipes.
 
 # %%
-import os
 import time
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -31,20 +29,15 @@ import numpy as np
 
 import jaxmlp
 from jaxmlp import augment, cnn, model, optim, transfer
+from jaxmlp.data import DataError
 
 notebook_start = time.perf_counter()
 
-# $JAXMLP_DATA_DIR wins; otherwise the repository's shared data folder (seen from notebooks/ or, when
-# this runs as a script, from the repository root), otherwise the jaxmlp cache (~/.cache/jaxmlp/mnist;
-# `jaxmlp download` fills it).
-here = Path("..", "..", "shared", "data", "mnist"), Path("..", "shared", "data", "mnist")
-shared = next((p for p in here if p.is_dir()), None)
-if "JAXMLP_DATA_DIR" not in os.environ and shared is not None:
-    data_dir = shared
-else:
-    data_dir = jaxmlp.resolve_data_dir(None)
-
-data = jaxmlp.load_dataset(data_dir)
+try:
+    data = jaxmlp.load_dataset()  # $JAXMLP_DATA_DIR, else jaxmlp's cache (downloaded there on first use)
+except DataError as err:  # offline with nothing cached: say what to do instead of a traceback
+    raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding MNIST's four IDX files, "
+                     "or fetch them once with `jaxmlp download --mirror URL`, then run this notebook again.") from None
 x_test = jaxmlp.normalize(jaxmlp.flatten(data.x_test))  # all 10,000 test images, float32
 y_test = jnp.asarray(data.y_test, jnp.int32)
 print("train", data.x_train.shape, "test", data.x_test.shape)

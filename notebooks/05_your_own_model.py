@@ -32,10 +32,11 @@ import numpy as np
 
 import jaxmlp
 from jaxmlp import optim
+from jaxmlp.data import DataError
 
 try:
     data = jaxmlp.load_dataset()  # $JAXMLP_DATA_DIR, else the cache (downloaded on first use)
-except Exception as err:  # offline and nothing cached: say what to do instead of a traceback
+except DataError as err:  # offline and nothing cached: say what to do instead of a traceback
     raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding the four MNIST files, "
                      "or run `jaxmlp download --mirror URL` once.") from None
 x = jaxmlp.normalize(jaxmlp.flatten(data.x_train[:20000]))
@@ -150,4 +151,8 @@ with jax.enable_x64(True):
         return {"W": h.T @ delta / h.shape[0], "b": jnp.mean(delta, axis=0)}
 
     report = jaxmlp.gradcheck(head_loss, head, features, y[:64], grad_fn=head_grad)
-print(report)
+print(f"gradient check passed: {report.passed} ({report.checked} coordinates compared with finite differences, "
+      f"{report.restepped} re-stepped, {report.skipped} skipped)")
+for row in report.rows:
+    print(f"{row.name:6} {str(row.shape):10} hand-written vs jax.grad {row.manual_vs_autodiff:.1e}, "
+          f"vs finite differences {row.manual_vs_fd:.1e}")

@@ -11,8 +11,9 @@ tests/test_notebooks.py checks that every .ipynb holds exactly its script's cell
     python notebooks/sync.py --check             # exit 1 when an .ipynb's cells differ from its .py
     python notebooks/sync.py --from-ipynb 03     # write the .py back from an .ipynb edited in Jupyter
 
-Execution runs the "python3" kernel with notebooks/ as its working directory and needs real MNIST
-($JAXMLP_DATA_DIR, else ../../shared/data/mnist relative to notebooks/, else the jaxmlp cache).
+Execution runs the "python3" kernel with notebooks/ as its working directory and needs real MNIST, found
+as the notebooks find it, through ``jaxmlp.load_dataset()``: $JAXMLP_DATA_DIR, else the jaxmlp cache
+(downloaded there on first use).
 """
 from __future__ import annotations
 

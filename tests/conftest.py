@@ -67,6 +67,7 @@ SLOW = {
     "tests/test_backprop.py::test_finite_differences_agree_with_both[3": "float64 finite differences, depth 3",
     "tests/test_backprop.py::test_finite_differences_agree_with_both[4": "float64 finite differences, depth 4",
     "tests/test_backprop.py::test_relu_kink_exact_zeros": "eager float64 finite differences at the kink",
+    "tests/test_cli.py::test_gradcheck_passes_across_sizes_and_seeds": "15 float64 gradient checks on real MNIST",
     "tests/test_cnn.py::test_grad_matches_central_differences": "finite differences through convolutions",
     "tests/test_cnn.py::test_inverted_dropout_preserves_mean": "a large dropout sample",
     "tests/test_augment.py::test_keys_shapes_dtypes_jit_range": "jitted and eager augmentation per dtype",
@@ -90,6 +91,16 @@ def x64():
     """
     with jax.enable_x64(True):
         yield
+
+
+def float32_tolerance(cpu: float, setting: str | None = None) -> float:
+    """An absolute tolerance for O(1) float32 results of matmuls that follows the matmul-precision policy
+    (``jaxmlp.backend``): ``cpu`` where float32 products are full float32 (CPUs, "highest"), plus the
+    relative rounding of a product's inputs where they are not (TF32 on a GPU: 2**-11). ``setting``:
+    the run's --matmul-precision (None: the one in force)."""
+    from jaxmlp.backend import matmul_epsilon
+
+    return cpu + matmul_epsilon(setting) - matmul_epsilon("highest", "cpu")
 
 
 def _mnist_dir() -> Path | None:

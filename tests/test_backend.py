@@ -2,8 +2,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from jaxmlp import backend, cnn
+from jaxmlp import backend, cnn, runs
+from jaxmlp.config import TrainConfig
 
 
 def test_choices_per_platform():
@@ -18,17 +20,69 @@ def test_choices_per_platform():
 
 def test_the_cnn_follows_the_switch(monkeypatch):
     """conv_impl="auto" uses what the switch says, and both implementations give the same logits, so a
-    GPU run computes what the CPU tests check."""
+    GPU run computes what the CPU tests check. Compared at full float32 ("highest"): at a GPU's default
+    (TF32) the convolution and the im2col matmul round their inputs in their own ways (the policy in
+    ``jaxmlp.backend``), which is the precision setting's difference, not the implementations'."""
     params = cnn.init_cnn_params(jax.random.PRNGKey(0), (8, 8, 1), num_classes=3, channels=(2, 3), hidden=5)
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 64))
     convs = []
     real = jax.lax.conv_general_dilated
     monkeypatch.setattr(jax.lax, "conv_general_dilated", lambda *a, **k: convs.append(1) or real(*a, **k))
     monkeypatch.setattr(backend, "choices", lambda platform=None: backend.Choices("gpu", "xla", 0.25, 1, 1))
-    as_gpu = cnn.cnn_forward(params, x)
+    with backend.matmul_precision("highest"):
+        as_gpu = cnn.cnn_forward(params, x)
     assert len(convs) == 2  # both conv layers went to XLA's convolution
     monkeypatch.setattr(backend, "choices", lambda platform=None: backend.Choices("cpu", "im2col", 0.25, 16, 4))
-    as_cpu = cnn.cnn_forward(params, x)
+    with backend.matmul_precision("highest"):
+        as_cpu = cnn.cnn_forward(params, x)
     assert len(convs) == 2  # none more: im2col matmuls
     np.testing.assert_allclose(np.asarray(as_gpu), np.asarray(as_cpu), rtol=1e-5, atol=1e-6)
     assert as_cpu.dtype == jnp.float32
+
+
+# ---------------------------------------------------------------- the matmul-precision policy
+
+
+def test_the_policy_in_numbers():
+    """float32 matmuls: full float32 on CPUs whatever the setting; TF32 (2**-11) on GPUs unless "highest";
+    one bfloat16 pass on TPUs by default. Unknown settings are refused naming the flag."""
+    assert backend.matmul_epsilon("default", "cpu") == backend.matmul_epsilon("highest", "cpu") == 2.0 ** -24
+    assert backend.matmul_epsilon("default", "gpu") == backend.matmul_epsilon("high", "gpu") == 2.0 ** -11
+    assert backend.matmul_epsilon("highest", "gpu") == 2.0 ** -24
+    assert backend.matmul_epsilon("default", "tpu") == 2.0 ** -8
+    with backend.matmul_precision("highest"):  # None: the setting in force
+        assert backend.matmul_epsilon(None, "gpu") == 2.0 ** -24
+    assert backend.matmul_epsilon(None, "gpu") == 2.0 ** -11
+    with pytest.raises(ValueError, match="--matmul-precision"):
+        backend.matmul_precision("tf32")
+    with pytest.raises(ValueError, match="matmul.precision"):
+        TrainConfig(matmul_precision="fast").validate()
+
+
+def _fit_programs(data, setting):
+    """(fit's result, its compiled chunk program) of a small float32 MLP run at ``setting``."""
+    seen = []
+    config = TrainConfig(hidden=(16,), epochs=1, batch_size=64, init="he", matmul_precision=setting)
+    result = runs.fit(config, data, handlers=[lambda event: seen.append(event.run.program)])
+    return result, seen[0]
+
+
+def test_the_setting_reaches_the_compiled_program_and_its_cache_key(synthetic):
+    """--matmul-precision highest compiles the chunk with HIGHEST operand precision (its own program,
+    not the default one from the cache), and the flag reaches the config."""
+    from jaxmlp.cli import build_parser
+    from jaxmlp.cli.train import config_from_args
+
+    default, default_program = _fit_programs(synthetic, "default")
+    highest, highest_program = _fit_programs(synthetic, "highest")
+    assert highest_program is not default_program
+    # operand_precision={highest,highest} on dots (XLA:CPU), "HIGHEST" in cuBLAS calls' configs (XLA:GPU)
+    marks = [program.as_text().lower().count("highest") for program in (default_program, highest_program)]
+    assert marks[1] > marks[0]
+    args = build_parser().parse_args(["train", "--matmul-precision", "highest"])
+    assert config_from_args(args).matmul_precision == "highest"
+    if jax.default_backend() == "cpu":  # the policy: every setting is full float32 on a CPU
+        assert [h["loss"] for h in highest.history] == [h["loss"] for h in default.history]
+        assert highest.test_loss == default.test_loss
+        for a, b in zip(jax.tree_util.tree_leaves(highest.params), jax.tree_util.tree_leaves(default.params)):
+            assert np.array_equal(np.asarray(a), np.asarray(b))

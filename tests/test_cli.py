@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import float32_tolerance
 
 from jaxmlp.checkpoint import read_meta
 from jaxmlp.cli import main
@@ -336,15 +337,21 @@ def test_predict_classifies_idx_and_npy_files(tmp_path, data_dir, trained):
     params, _, _ = load_model(trained["ckpt"])
     ref = numpy_probs(params, images.reshape(len(images), -1) / 255.0)
 
+    # The matmul-precision policy: full float32 on a CPU; TF32 products on a GPU add ~5e-4 (conftest).
+    tie = float32_tolerance(1e-6)  # classes whose reference probabilities are this close may swap
+
+    def ranked(labels, probs):  # the labels are a top-k of the reference up to ties
+        return np.allclose(probs[labels], np.sort(probs)[::-1][: len(labels)], rtol=0, atol=tie)
+
     rc, out, err = run("predict", "--load", trained["ckpt"], data_dir / "t10k-images-idx3-ubyte.gz")
     assert rc == 0, err
     header, *lines = out.splitlines()
     assert header == "index\tlabel\tprob"
     rows = [line.split("\t") for line in lines]
     assert [int(r[0]) for r in rows] == list(range(len(images)))
-    assert [int(r[1]) for r in rows] == list(ref.argmax(axis=1))
+    assert all(ranked([int(r[1])], probs) for r, probs in zip(rows, ref))
     # Printed to 4 decimals from float32 probabilities: 1e-4 covers rounding plus float32 error.
-    assert np.allclose([float(r[2]) for r in rows], ref.max(axis=1), atol=1e-4)
+    assert np.allclose([float(r[2]) for r in rows], ref.max(axis=1), atol=float32_tolerance(1e-4))
 
     np.save(tmp_path / "u8.npy", images)
     np.save(tmp_path / "unit.npy", images.reshape(len(images), -1).astype(np.float32) / np.float32(255))
@@ -358,7 +365,7 @@ def test_predict_classifies_idx_and_npy_files(tmp_path, data_dir, trained):
     for line, probs in zip(out.splitlines()[1:], ref):
         cols = line.split("\t")
         assert len(cols) == 7
-        assert [int(c) for c in cols[1::2]] == list(np.argsort(-probs)[:3])
+        assert ranked([int(c) for c in cols[1::2]], probs)
         shown = [float(p) for p in cols[2::2]]
         assert shown == sorted(shown, reverse=True)
 
@@ -367,7 +374,7 @@ def test_predict_classifies_idx_and_npy_files(tmp_path, data_dir, trained):
     objs = [json.loads(line) for line in out.splitlines()]
     assert len(objs) == len(images)
     assert all(o["label"] == o["top"][0][0] and len(o["top"]) == 2 for o in objs)
-    assert np.allclose([o["prob"] for o in objs], ref.max(axis=1), atol=1e-5)
+    assert np.allclose([o["prob"] for o in objs], ref.max(axis=1), atol=float32_tolerance(1e-5))
 
 
 # ---------------------------------------------------------------- bad input
@@ -596,9 +603,37 @@ def test_the_compile_cache_is_switched_on_at_the_cli_entry(tmp_path, data_dir):
     compiled programs in DIR, and the second run of the same shapes works from them."""
     import os
 
-    env = {**os.environ, "JAXMLP_COMPILE_CACHE": str(tmp_path / "xla")}
+    # The child shares the device with this process: on a GPU it must not try to preallocate 75% of it.
+    env = {**os.environ, "JAXMLP_COMPILE_CACHE": str(tmp_path / "xla"), "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     argv = [sys.executable, "-m", "jaxmlp", "train", "--data-dir", str(data_dir), *SMALL, "--epochs", "1", "--quiet"]
+    # A quiet run writes nothing, no warning (a cache read or write error is one); only the device
+    # runtime's own info and warning lines (glog format, as a GPU's XLA may print) are tolerated.
+    runtime_log = re.compile(r"[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |WARNING: All log messages before absl")
     for _ in range(2):
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
-        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        said = [line for line in proc.stderr.splitlines() if not runtime_log.match(line)]
+        assert proc.returncode == 0 and not said, proc.stderr
     assert any((tmp_path / "xla").iterdir())
+
+
+def test_gradcheck_flags_and_kink_report():
+    """`jaxmlp gradcheck` takes --activation and --l2, prints a row per parameter and how many coordinates were
+    re-stepped or skipped at kinks; an unknown activation is a one-line usage error."""
+    rc, out, err = run("gradcheck", "--synthetic", "--hidden", "8", "--activation", "tanh", "--l2", "0.01",
+                       "--coords", "4")
+    assert rc == 0, out + err
+    assert [line.split()[0] for line in out.splitlines()[2:6]] == ["W1", "b1", "W2", "b2"]
+    assert re.search(r"\d+ coordinates compared, \d+ of them re-stepped smaller at a kink, \d+ skipped", out)
+    assert "(tanh, l2 0.01)" in out and out.rstrip().endswith("OK")
+    rc, _, err = run("gradcheck", "--synthetic", "--activation", "swish")
+    assert rc == 2
+    assert_one_line_error(rc, err)
+
+
+@pytest.mark.parametrize("hidden", [["64", "32"], ["16"], ["256", "128", "64"]])
+def test_gradcheck_passes_across_sizes_and_seeds(mnist_dir, hidden):
+    """The issue's runs on real MNIST: seeds 0-4 each pass, steps across ReLU kinks (seeds 0 and 2 of 64 32 have
+    some) re-stepped or skipped rather than reported as broken backprop."""
+    for seed in range(5):
+        rc, out, err = run("gradcheck", "--data-dir", mnist_dir, "--hidden", *hidden, "--seed", seed)
+        assert rc == 0 and "OK" in out, out + err

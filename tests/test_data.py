@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from jaxmlp import data
+from jaxmlp.data import load, locate, verify
 
 # The six IDX types, by their on-disk (big-endian) dtype and type code: written out here by hand
 # so the reference encoder below shares nothing with jaxmlp.data.
@@ -301,7 +302,7 @@ def test_ensure_dataset_never_downloads_into_explicit_folders(tmp_path, monkeypa
     (a download attempt would fail the test) and nothing is written there."""
     def no_download(*args, **kwargs):
         raise AssertionError("download attempted into an explicit folder")
-    monkeypatch.setattr(data, "download", no_download)
+    monkeypatch.setattr(load, "download", no_download)  # what ensure_dataset calls
     monkeypatch.delenv("JAXMLP_DATA_DIR", raising=False)
     (tmp_path / "flag").mkdir()
     with pytest.raises(data.DataError, match="is empty"):
@@ -359,13 +360,46 @@ def test_normalize_matches_notebook_exactly():
 
 
 def test_flatten_matches_notebook_reshape():
-    """flatten(images) == images.reshape(N, rows*cols), for numpy and jax inputs."""
+    """flatten(images) == images.reshape(N, rows*cols), for numpy and jax inputs, and under jit."""
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
     for x in (images, jnp.asarray(images)):
         flat = np.asarray(data.flatten(x))
         assert flat.shape == (5, 784) and flat.dtype == np.uint8
         assert np.array_equal(flat, images.reshape(images.shape[0], 28 * 28))
     assert data.flatten(np.zeros((0, 3, 2), np.uint8)).shape == (0, 6)
+    assert np.array_equal(np.asarray(jax.jit(data.flatten)(images)), images.reshape(5, 784))
+
+
+@FAST
+@given(images=st.sampled_from([np.uint8, np.float32]).flatmap(
+    lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=3, max_dims=4, min_side=0, max_side=5))))
+def test_flatten_gives_one_row_per_image(images):
+    """(N, H, W) and (N, H, W, C) -> (N, H*W*C), same dtype: row i is image i's values in row-major order."""
+    flat = np.asarray(data.flatten(images))
+    n, rest = images.shape[0], images.shape[1:]
+    assert flat.shape == (n, int(np.prod(rest))) and flat.dtype == images.dtype
+    for i in range(n):
+        assert same_array(flat[i], images[i].ravel())
+
+
+@FAST
+@given(shape=hnp.array_shapes(min_dims=0, max_dims=6, min_side=0, max_side=4).filter(lambda s: len(s) not in (3, 4)))
+def test_flatten_refuses_what_is_not_a_batch_of_images(shape):
+    """Any rank but 3 or 4 is one ValueError line that says what to do: a single image (28, 28), a flat
+    image (784,) or an already flat batch (N, D) is not reshaped into something else silently."""
+    with pytest.raises(ValueError) as info:
+        data.flatten(np.zeros(shape, np.uint8))
+    msg = str(info.value)
+    assert "\n" not in msg and str(shape) in msg and "images[None]" in msg and "already flat" in msg
+
+
+def test_flatten_reported_shapes():
+    """The reported bug: (784,) became (784, 1) and one (28, 28) image stayed as it was; both now say
+    what to pass instead, and images[None] is the fix the message names."""
+    for shape in ((784,), (28, 28)):
+        with pytest.raises(ValueError, match=r"images\[None\]"):
+            data.flatten(np.zeros(shape, np.uint8))
+    assert data.flatten(np.zeros((28, 28), np.uint8)[None]).shape == (1, 784)
 
 
 def test_one_hot_matches_notebook_eye():
@@ -404,9 +438,33 @@ def test_select_classes_filters_and_relabels_by_position():
     assert sub.y_train.tolist() == [1, 0, 1, 0] and sub.y_test.tolist() == [0, 1, 0]
     assert np.array_equal(sub.x_train, x_train[[1, 2, 3, 5]])
     assert np.array_equal(sub.x_test, x_test[[0, 2, 3]]) and sub.y_train.dtype == np.uint8
-    for bad in ([3], [5, 5], [5, -1], [5, 4]):  # one class, repeated, negative, absent from training
+    bad_lists = ([3], [5, 5], [5, -1], [5, 4], [5, 9.5], ["5", 9], 5)  # one class, repeated, negative,
+    for bad in bad_lists:  # absent from training, not integers, not a list
         with pytest.raises(ValueError, match="--classes"):
             data.select_classes(data.Dataset(x_train, y_train, x_test, y_test), bad)
+
+
+def test_select_classes_refuses_labels_that_do_not_fit_their_images():
+    """Labels that are not one non-negative integer per image are one ValueError line naming the field;
+    a huge label is filtered out without a lookup table as long as it (no huge allocation)."""
+    x = np.zeros((4, 2, 2), np.uint8)
+    good = np.array([0, 1, 2, 1], np.uint8)
+    cases = {
+        "data.y_train has 3 labels but data.x_train has 4 images": dict(y_train=good[:3]),
+        r"data.y_test\[2\] is -1; labels must be >= 0": dict(y_test=np.array([0, 1, -1, 2], np.int8)),
+        "data.y_train must be 1-D integer labels": dict(y_train=good.astype(np.float32)),
+        r"data.y_test must be 1-D integer labels, got shape \(4, 1\)": dict(y_test=good[:, None]),
+    }
+    for match, change in cases.items():
+        ds = data.Dataset(x, good, x, good)._replace(**change)
+        with pytest.raises(ValueError, match=match) as info:
+            data.select_classes(ds, [1, 2])
+        assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="data must be a Dataset"):
+        data.select_classes((x, good), [1, 2])
+    huge = np.array([1, 2**62, 2, 0], np.int64)
+    sub = data.select_classes(data.Dataset(x, good, x, huge), [2, 1])
+    assert sub.y_test.tolist() == [1, 0] and sub.y_test.dtype == np.int64
 
 
 # ---------------------------------------------------------------- read_images (predict's input)
@@ -544,12 +602,12 @@ def test_load_dataset_without_path_downloads_into_the_cache_once(two_sets, monke
     first use and later loads from there with no download and no hashing (the stamp remembers)."""
     ds = data.load_dataset(dataset="alpha", mirrors=[two_sets["mirror"]("alpha")])
     assert np.array_equal(ds.x_train, two_sets["alpha"]["train-images-idx3-ubyte"])
-    assert (two_sets["cache"]("alpha") / data._STAMP).is_file()
+    assert (two_sets["cache"]("alpha") / locate.STAMP).is_file()
 
     def forbidden(*args, **kwargs):
         raise AssertionError("nothing changed, yet the data was downloaded or hashed again")
-    monkeypatch.setattr(data, "download", forbidden)
-    monkeypatch.setattr(data, "_compute_digests", forbidden)
+    monkeypatch.setattr(load, "download", forbidden)
+    monkeypatch.setattr(verify, "compute_digests", forbidden)
     ds2 = data.load_dataset(dataset="alpha", mirrors=[_dead_mirror()])
     assert all(np.array_equal(a, b) for a, b in zip(ds, ds2))
 
@@ -584,9 +642,9 @@ def test_verification_of_an_unchanged_mnist_cache_is_cheap(mnist_dir, tmp_path, 
         shutil.copy(mnist_dir / spec.name, cache / spec.name)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     info = data.DATASETS["mnist"]
-    data._fill_cache(cache, info, False, None, False)  # hashes and writes the stamp
+    load._fill_cache(cache, info, False, None, False)  # hashes and writes the stamp
     started = time.perf_counter()
-    data._fill_cache(cache, info, False, None, False)
+    load._fill_cache(cache, info, False, None, False)
     assert time.perf_counter() - started < 0.1  # measured: about 1 ms
 
 
@@ -660,7 +718,7 @@ def test_mnist_asked_for_as_fashion_mnist_is_refused(mnist_dir, tmp_path, monkey
         data.ensure_dataset(None, "fashion-mnist")
     assert data.ensure_dataset(None, "mnist").x_train.shape == (60000, 28, 28)
     assert len(list((tmp_path / "jaxmlp" / "stamps").glob("*.json"))) == 1
-    assert not (mnist_dir / data._STAMP).exists()
+    assert not (mnist_dir / locate.STAMP).exists()
 
 
 def test_cache_holding_another_datasets_files_is_refilled(two_sets):

@@ -10,22 +10,25 @@
   ``jaxmlp.__all__`` and the public functions and classes of the documented modules (their
   ``__all__``, else the functions and classes defined in them or in their submodules). A class's
   parameters are its constructor's. Exempt: ``self``/``cls``, ``*args``/``**kwargs``, names that
-  start with ``_``. The auto-generated docstring of a NamedTuple or dataclass ("Name(a, b)") counts
-  as none.
+  start with ``_``, and dataclass fields whose metadata carries a ``help`` text (``TrainConfig``'s:
+  the flags and the API page show that text). The auto-generated docstring of a NamedTuple or
+  dataclass ("Name(a, b)") counts as none.
 * Every name in ``jaxmlp.__all__`` lives in a module that an API page documents (an ``automodule``
   directive in docs/api/), so it appears on the API pages.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import os
 import re
+import shlex
+import sys
 from pathlib import Path
 
 import jax
 import pytest
-
 from conftest import _mnist_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,11 +57,28 @@ def python_blocks(text: str) -> list[tuple[int, str, str]]:
     return blocks
 
 
-def _with_python_blocks() -> list[Path]:
-    return [f for f in markdown_files() if python_blocks(f.read_text())]
+# Pages whose blocks take more than a few seconds on a 2-core machine, and why (besides those that train on
+# the real MNIST, which are all slow): `python -m pytest -m "not slow"` leaves them out.
+SLOW_PAGES = {
+    "docs/guides/training.md": "about ten small training runs, each its own compiled program",
+    "docs/guides/sweeps.md": "two vmapped groups, an ensemble and their compilations",
+    "docs/guides/gradients.md": "eager float64 gradients and finite differences",
+}
+
+
+def _with_python_blocks() -> list:
+    """The Markdown files to run, each a test; the slow ones marked."""
+    params = []
+    for f in markdown_files():
+        blocks = python_blocks(f.read_text())
+        if blocks:
+            slow = _id(f) in SLOW_PAGES or any(mark == "mnist" for _, mark, _ in blocks)
+            params.append(pytest.param(f, marks=[pytest.mark.slow] if slow else [], id=_id(f)))
+    return params
 
 
 def _id(path: Path) -> str:
+    """The file's path from the repository root, as the test's id."""
     return str(path.relative_to(REPO))
 
 
@@ -67,7 +87,7 @@ def test_the_block_parser():
     assert python_blocks(text) == [(2, "", "a = 1\n"), (6, "skip", "b = 2\n")]
 
 
-@pytest.mark.parametrize("path", _with_python_blocks(), ids=_id)
+@pytest.mark.parametrize("path", _with_python_blocks())
 def test_markdown_python_blocks_run(path, tmp_path, monkeypatch):
     """The file's python blocks, in order, in one namespace, in a scratch folder."""
     blocks = python_blocks(path.read_text())
@@ -92,28 +112,41 @@ def test_markdown_python_blocks_run(path, tmp_path, monkeypatch):
         jax.config.update("jax_enable_x64", False)  # a block that switched it on leaves no trace
 
 
+def cli_examples(text: str) -> list[str]:
+    """The ``jaxmlp ...`` command lines of a Markdown text's ``bash`` blocks, from ``jaxmlp`` on, comments
+    and line continuations removed; lines that use shell variables are left out."""
+    lines = []
+    for m in FENCE.finditer(text):
+        if m.group("lang") not in ("bash", "sh", "console"):
+            continue
+        for line in m.group("body").replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if "jaxmlp" in words and "$" not in line:
+                lines.append(shlex.join(words[words.index("jaxmlp"):]))
+    return lines
+
+
+@pytest.mark.parametrize("path", [f for f in markdown_files() if cli_examples(f.read_text())], ids=_id)
+def test_cli_examples_parse(path):
+    """Every ``jaxmlp`` command shown in a bash block names a subcommand and flags that exist."""
+    from jaxmlp.cli import build_parser
+    from jaxmlp.cli.common import UsageError
+
+    for line in cli_examples(path.read_text()):
+        try:
+            build_parser().parse_args(shlex.split(line)[1:])
+        except (UsageError, SystemExit) as err:
+            pytest.fail(f"{_id(path)}: `{line}` does not parse: {err}")
+
+
 # ---------------------------------------------------------------- docstrings
 
-# The modules the API pages document (docs/api/), besides the top-level names.
-DOCUMENTED_MODULES = [
-    "jaxmlp.data", "jaxmlp.model", "jaxmlp.losses", "jaxmlp.backprop", "jaxmlp.optim", "jaxmlp.schedules",
-    "jaxmlp.engine", "jaxmlp.runs", "jaxmlp.evaluation", "jaxmlp.handlers", "jaxmlp.config", "jaxmlp.sweep",
-    "jaxmlp.checkpoint", "jaxmlp.parallel", "jaxmlp.plots", "jaxmlp.notebook", "jaxmlp.transfer",
-    "jaxmlp.augment", "jaxmlp.cnn", "jaxmlp.steps",
-]
+# What the API pages show is what this file checks: the docs extension's module list and public names.
+sys.path.insert(0, str(DOCS / "_ext"))
+from jaxmlp_api import API_MODULES, home_of, public_names  # noqa: E402
+
 EXEMPT_PARAMS = {"self", "cls"}
 AUTO_DOC = re.compile(r"^\w+\(.*\)$", re.S)  # what namedtuple and dataclass write when a class has no docstring
-
-
-def public_names(module) -> list[str]:
-    """A module's ``__all__``; without one, the functions and classes defined in it or its submodules."""
-    names = getattr(module, "__all__", None)
-    if names is not None:
-        return list(names)
-    return sorted(n for n, obj in vars(module).items()
-                  if not n.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
-                  and (getattr(obj, "__module__", "") or "").split(".")[:len(module.__name__.split("."))]
-                  == module.__name__.split("."))
 
 
 def _own_doc(obj) -> str | None:
@@ -144,15 +177,23 @@ def docstring_problems(qualname: str, obj) -> list[str]:
         return [f"{qualname}: no docstring"]
     if inspect.isclass(obj) and issubclass(obj, BaseException):
         return []  # an exception's constructor takes its message
-    missing = [p for p in _parameters(obj) if not re.search(rf"(?<![\w]){re.escape(p)}(?![\w])", doc)]
+    helped = set()
+    if inspect.isclass(obj) and dataclasses.is_dataclass(obj):
+        helped = {f.name for f in dataclasses.fields(obj) if f.metadata.get("help")}
+    missing = [p for p in _parameters(obj)
+               if p not in helped and not re.search(rf"(?<![\w]){re.escape(p)}(?![\w])", doc)]
     return [f"{qualname}: the docstring does not name {', '.join(missing)}"] if missing else []
 
 
 def _module_problems(name: str) -> list[str]:
+    """The problems of the public callables whose home (the page that documents them) is ``name``: a
+    name re-exported elsewhere is checked once, where it is documented."""
     module = importlib.import_module(name)
     problems = []
     for attr in public_names(module):
-        problems += docstring_problems(f"{name}.{attr}", getattr(module, attr))
+        obj = getattr(module, attr)
+        if home_of(attr, obj) in (name, None):
+            problems += docstring_problems(f"{name}.{attr}", obj)
     return problems
 
 
@@ -168,31 +209,60 @@ def test_the_docstring_rule():
     assert docstring_problems("none", lambda a: a) == ["none: no docstring"]
 
 
-@pytest.mark.parametrize("name", ["jaxmlp", *DOCUMENTED_MODULES])
+@pytest.mark.parametrize("name", API_MODULES)  # every name of jaxmlp.__all__ has its home among them
 def test_public_callables_document_their_parameters(name):
     problems = _module_problems(name)
     assert not problems, f"{len(problems)} public callables of {name}:\n" + "\n".join(problems)
 
 
-def _documented_modules_in_api_pages() -> set[str]:
+def _modules_with_a_page() -> set[str]:
     found = set()
-    for page in (DOCS / "api").rglob("*.md"):
-        found |= set(re.findall(r"^\.\. automodule:: ([\w.]+)", page.read_text(), re.M))
-        found |= set(re.findall(r"^```\{automodule\} ([\w.]+)", page.read_text(), re.M))
+    for page in (DOCS / "api").glob("*.md"):
+        found |= set(re.findall(r"^\.\. jaxmlp-module:: ([\w.]+)", page.read_text(), re.M))
     return found
 
 
 def test_every_top_level_name_is_on_the_api_pages():
+    """Each public module has a page, and each name of ``jaxmlp.__all__`` is documented on one of them."""
     import jaxmlp
 
-    documented = _documented_modules_in_api_pages()
-    assert set(DOCUMENTED_MODULES) <= documented, f"modules without an API page: {set(DOCUMENTED_MODULES) - documented}"
-    missing = []
-    for name in jaxmlp.__all__:
-        obj = getattr(jaxmlp, name)
-        home = getattr(obj, "__module__", None)
-        # The module that defines it, or a package above it that re-exports it, must be documented with it.
-        owners = [m for m in documented if home == m or (home or "").startswith(m + ".")]
-        if not any(name in public_names(importlib.import_module(m)) for m in owners):
-            missing.append(f"{name} (defined in {home})")
-    assert not missing, "names of jaxmlp.__all__ on no API page: " + ", ".join(missing)
+    pages = _modules_with_a_page()
+    assert set(API_MODULES) <= pages, f"modules without an API page: {sorted(set(API_MODULES) - pages)}"
+    homeless = [name for name in jaxmlp.__all__ if home_of(name, getattr(jaxmlp, name)) is None]
+    assert not homeless, f"names of jaxmlp.__all__ on no API page: {homeless}"
+
+
+# ---------------------------------------------------------------- notebooks and generated pages
+
+
+def test_the_notebooks_hold_their_pictures():
+    """The docs render each notebook's stored outputs: every notebook must store at least one picture."""
+    import json
+
+    notebooks = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert notebooks
+    for path in notebooks:
+        outputs = [o for cell in json.loads(path.read_text())["cells"] for o in cell.get("outputs", [])]
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.name} stores no picture"
+
+
+def test_bench_markdown_is_stamped_and_has_no_paths():
+    """``jaxmlp bench --markdown``: the date, the machine and the versions stamped, one table row per
+    bench row, and no path from the machine it ran on."""
+    from collections import defaultdict
+
+    from jaxmlp.bench import format_markdown
+
+    row = {"name": "numpy notebook", "batch_size": 32, "models": 1, "seconds_per_model_epoch": 2.0,
+           "samples_per_second": 30000.0, "gflops": 14.0, "fraction_of_peak": 0.1, "compile_seconds": None}
+    report = {"machine": {"cpu": "Some CPU", "cores": 2, "system": "Linux", "python": "3.11.7", "backend": "gpu",
+                          "device": "Some GPU", "device_count": 1, "jax": "1.0", "jaxlib": "1.1", "numpy": "2.0"},
+              "data": "mnist from /home/someone/data/mnist", "train_examples": 60000, "layer_sizes": [784, 10],
+              "lr": 0.1, "flops_per_epoch": 2.7e10, "matmul_peak_gflops": 100.0, "matmul_peak_size": 2048,
+              "timing": "best of 5", "rows": [row, {**row, "name": "sweep", "models": 4}],
+              "ratios": defaultdict(lambda: 1.0), "recompiles_while_timed": 0, "peak_rss_mb": 100.0}
+    text = format_markdown(report, date="2030-01-02")
+    for stamp in ("2030-01-02", "Some CPU, 2 cores", "Some GPU", "jax 1.0", "jaxlib 1.1", "numpy 2.0", "mnist"):
+        assert stamp in text
+    assert "/home/" not in text
+    assert sum(line.startswith("| numpy notebook |") or line.startswith("| sweep |") for line in text.splitlines()) == 2

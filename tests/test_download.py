@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from jaxmlp import cli, data
+from jaxmlp.data import fetch, locate
 
 LABELS = ("train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist, if installed
@@ -203,10 +204,10 @@ def test_damaged_file_is_replaced_only_by_a_verified_copy(shared, server, labels
 
 def test_interrupt_mid_transfer_leaves_no_partial_file(server, labels_only, tmp_path, monkeypatch):
     """Ctrl-C during a transfer propagates and removes the temporary file."""
-    class Interrupting(data.Progress):
+    class Interrupting(fetch.Progress):
         def update(self, n=1, postfix=None):
             raise KeyboardInterrupt
-    monkeypatch.setattr(data, "Progress", Interrupting)
+    monkeypatch.setattr(fetch, "Progress", Interrupting)  # the bar download draws
     with pytest.raises(KeyboardInterrupt):
         data.download(labels_only, tmp_path, mirrors=[server.url("good")])
     assert _names(tmp_path) == []
@@ -292,7 +293,7 @@ def test_ensure_dataset_downloads_full_set_into_cache(shared, server, tmp_path, 
     ds = data.ensure_dataset(None, mirrors=[server.url("truncated"), server.url("good")])
     cache = tmp_path / "cache" / "jaxmlp" / "mnist"
     # In its own cache jaxmlp keeps the files' hashes beside them.
-    assert _names(cache) == sorted([f.name for f in data.DATASETS["mnist"].files] + [data._STAMP])
+    assert _names(cache) == sorted([f.name for f in data.DATASETS["mnist"].files] + [locate.STAMP])
     assert ds.x_train.shape == (60000, 28, 28) and ds.x_test.shape == (10000, 28, 28)
     for got, want in zip(ds, data.load_dataset(shared)):
         assert got.dtype == np.uint8 and np.array_equal(got, want)

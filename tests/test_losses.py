@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from jaxmlp.losses import accuracy, cross_entropy, loss, notebook_cross_entropy, notebook_loss
-from jaxmlp.model import init_params, softmax
+from jaxmlp.losses import accuracy, cross_entropy, l2_penalty, loss, notebook_cross_entropy, notebook_loss
+from jaxmlp.model import forward, init_params, softmax
 
 # float64 references throughout (see conftest's x64 fixture).
 pytestmark = pytest.mark.usefixtures("x64")
@@ -66,3 +66,43 @@ def test_accuracy_counts_argmax_matches():
     logits = jnp.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
     assert float(accuracy(logits, jnp.array([1, 0, 0, 1]))) == 0.5
     assert float(accuracy(logits, jnp.eye(2)[jnp.array([1, 0, 1, 0])])) == 1.0
+
+
+def test_l2_penalty_counts_weights_only():
+    """l2_penalty = 0.5 * sum of squared W over layers, biases left out; its gradient is W (0 for b)."""
+    params = init_params(jax.random.PRNGKey(0), [4, 3, 2], "he", jnp.float64)
+    params = jax.tree_util.tree_map(lambda a: a + 0.5, params)  # non-zero biases, which must not count
+    want = 0.5 * sum(float(np.sum(np.asarray(p["W"]) ** 2)) for p in params)
+    np.testing.assert_allclose(float(l2_penalty(params)), want, rtol=1e-14)
+    g = jax.grad(l2_penalty)(params)
+    for gl, pl in zip(g, params):
+        np.testing.assert_allclose(gl["W"], pl["W"], rtol=1e-15)
+        assert float(jnp.abs(gl["b"]).max()) == 0.0
+    with pytest.raises(ValueError, match="params"):
+        l2_penalty([])
+
+
+def test_loss_options():
+    """loss with l2 adds l2 * l2_penalty; a Python 0 leaves the arithmetic exactly cross_entropy(forward);
+    activation, dropout and key reach forward."""
+    params = init_params(jax.random.PRNGKey(0), [8, 6, 4], "he", jnp.float64)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (16, 8), jnp.float64)
+    y = jax.random.randint(jax.random.PRNGKey(2), (16,), 0, 4)
+    base = cross_entropy(forward(params, x), y)
+    assert float(loss(params, x, y)) == float(base)
+    np.testing.assert_allclose(loss(params, x, y, l2=0.1), base + 0.1 * l2_penalty(params), rtol=1e-15)
+    key = jax.random.PRNGKey(3)
+    np.testing.assert_allclose(loss(params, x, y, activation="tanh", dropout=0.5, key=key),
+                               cross_entropy(forward(params, x, activation="tanh", dropout=0.5, key=key), y))
+
+
+def test_label_count_must_match_the_rows():
+    """Labels whose count differs from the rows they label are one ValueError naming labels and both counts."""
+    params = init_params(jax.random.PRNGKey(0), [8, 6, 4], "he", jnp.float64)
+    x = jnp.ones((5, 8), jnp.float64)
+    with pytest.raises(ValueError, match="labels: 4 labels for 5 rows of logits"):
+        cross_entropy(jnp.zeros((5, 3)), jnp.zeros(4, jnp.int32))
+    with pytest.raises(ValueError, match="labels: 6 labels for 5 rows of x"):
+        loss(params, x, jnp.zeros(6, jnp.int32))
+    with pytest.raises(ValueError, match="labels: 4 labels for 5 rows of x"):
+        notebook_loss(params, x, jnp.zeros((4, 4)))

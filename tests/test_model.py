@@ -1,4 +1,6 @@
-"""Model: params PyTree, initialisation, forward pass, softmax, dropout."""
+"""Model: params PyTree, initialisation, forward pass, activations, softmax, dropout, shape checks."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from jaxmlp.model import (
+    ACTIVATIONS,
     forward,
     forward_intermediates,
     init_layer,
@@ -14,6 +17,7 @@ from jaxmlp.model import (
     inverted_dropout,
     layer_sizes,
     log_softmax,
+    predict,
     relu,
     softmax,
 )
@@ -114,8 +118,10 @@ def test_forward_shapes_any_depth(sizes, n, seed):
     assert logits.shape == (n, sizes[-1])
     cache = _intermediates(params, x)
     L = len(params)
-    np.testing.assert_allclose(cache[f"Z{L}"], logits, rtol=0, atol=0)
-    np.testing.assert_allclose(cache[f"A{L}"], softmax(logits), rtol=1e-15, atol=0)
+    # Two programs, the same float64 math: identical on a CPU; a GPU may fuse and order the products'
+    # sums differently in each, so a few ulps (XLA promises no more).
+    np.testing.assert_allclose(cache[f"Z{L}"], logits, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(cache[f"A{L}"], softmax(logits), rtol=1e-13, atol=0)
     for i in range(1, L):
         assert float(cache[f"A{i}"].min()) >= 0.0
 
@@ -169,3 +175,69 @@ def test_dropout_preserves_the_expectation():
     assert abs(float(out.mean()) - 1.0) < 4 * np.sqrt(0.3 / 0.7) / 2000
     assert abs(float((out == 0).mean()) - 0.3) < 0.002
     assert not np.array_equal(out, inverted_dropout(jax.random.PRNGKey(8), x, 0.3))
+
+
+_NUMPY_ACTIVATIONS = {
+    "relu": lambda z: np.maximum(z, 0),
+    "tanh": np.tanh,
+    "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+    "gelu": lambda z: z * 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2))),  # exact, not the tanh form
+}
+
+
+@pytest.mark.parametrize("activation", [*ACTIVATIONS, "callable"])
+def test_each_activation_matches_a_numpy_reference(activation):
+    """forward(activation=...) is act(x W1 + b1) W2 + b2 for every named activation and for a callable,
+    in float64 out when float64 goes in; forward_intermediates and predict follow the same activation."""
+    params = init_params(jax.random.PRNGKey(2), [6, 5, 3], "he", jnp.float64)
+    x = np.random.default_rng(1).normal(size=(7, 6))
+    act, ref = (jnp.sin, np.sin) if activation == "callable" else (activation, _NUMPY_ACTIVATIONS[activation])
+    P = [{k: np.asarray(v) for k, v in p.items()} for p in params]
+    want = ref(x @ P[0]["W"] + P[0]["b"]) @ P[1]["W"] + P[1]["b"]
+    logits = forward(params, jnp.asarray(x), activation=act)
+    assert logits.dtype == jnp.float64
+    np.testing.assert_allclose(logits, want, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(forward_intermediates(params, jnp.asarray(x), act)["Z2"], want, rtol=1e-13, atol=1e-15)
+    np.testing.assert_array_equal(predict(params, jnp.asarray(x), act), np.argmax(want, axis=1))
+
+
+def test_one_init_default_everywhere():
+    """init_layer and init_params both default to the notebook's scheme (training's default too)."""
+    import inspect
+
+    from jaxmlp.config import TrainConfig
+
+    assert inspect.signature(init_layer).parameters["scheme"].default == "notebook"
+    assert inspect.signature(init_params).parameters["scheme"].default == "notebook"
+    assert TrainConfig().init == "notebook"
+    key = jax.random.PRNGKey(0)
+    np.testing.assert_array_equal(init_layer(key, 4, 3)["W"], init_layer(key, 4, 3, "notebook")["W"])
+
+
+@pytest.mark.parametrize("how, message", [
+    ("wide x", r"x: expected shape \(N, 4\) to match the first layer's fan_in 4, got \(2, 5\)"),
+    ("one layer", "params: .*single layer dict; wrap it in a list"),
+    ("no chain", "params: layer 1's W takes 2 inputs but layer 0 gives 3 outputs"),
+    ("bad bias", r"params: layer 0 has W \(4, 3\) and b \(1, 3\)"),
+    ("empty", "params: expected a non-empty list"),
+    ("unknown activation", "activation: unknown 'swish'"),
+])
+def test_shape_errors_name_the_argument(how, message):
+    """forward, forward_intermediates and predict raise one ValueError naming the argument, at trace time."""
+    params = init_params(jax.random.PRNGKey(0), [4, 3, 2])
+    x, activation = jnp.ones((2, 4)), "relu"
+    if how == "wide x":
+        x = jnp.ones((2, 5))
+    elif how == "one layer":
+        params = params[0]
+    elif how == "no chain":
+        params[1] = {"W": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    elif how == "bad bias":
+        params[0] = {"W": params[0]["W"], "b": params[0]["b"][None]}
+    elif how == "empty":
+        params = []
+    else:
+        activation = "swish"
+    for fn in (forward, jax.jit(forward, static_argnames="activation"), forward_intermediates, predict):
+        with pytest.raises(ValueError, match=message):
+            fn(params, x, activation=activation)

@@ -89,7 +89,8 @@ def test_sweep_members_equal_single_runs(data, seeds, optimizer):
     """Each member of a group reproduces runs.fit of its own config: the same epoch losses, test loss
     and accuracy, with one run key for all members (an lr sweep: the key unbatched, one shuffle) and
     with per-member keys (batched), for SGD and for momentum (optimizer state under vmap too)."""
-    base = dataclasses.replace(BASE, optimizer=optimizer, momentum=0.8, weight_decay=1e-3, l2=2e-3)
+    momentum = {"momentum": 0.8} if optimizer == "momentum" else {}  # a config refuses settings it would ignore
+    base = dataclasses.replace(BASE, optimizer=optimizer, weight_decay=1e-3, l2=2e-3, **momentum)
     configs = sweep.grid(base, lr=[0.5, 0.05], seed=seeds, init=["notebook", "he"])
     result = sweep.run_sweep(configs, data)
     assert len(result.groups) == 1 and result.groups[0].shared_key == (len(seeds) == 1)
@@ -121,6 +122,53 @@ def test_shared_order_members_differ_only_in_their_params(data):
         np.testing.assert_allclose(run.test_loss, expected.test_loss, rtol=1e-10)
     own = runs.fit(configs[2], data, divergence_rule=False)  # seed 6, lr 0.5, its own shuffle
     assert abs(own.history[-1]["loss"] - result.runs[2].history[-1]) > 1e-6
+
+
+def _stacked_one_by_one(configs, spec, shared):
+    """The group's state and hparams member by member (``member_state``) and stacked: the reference."""
+    states, hps = zip(*(sweep.member_state(c, 784, 10, spec) for c in configs))
+    key = states[0].key if shared else jax.numpy.stack([s.key for s in states])
+    state = engine.TrainState(sweep.stack([s.params for s in states]), sweep.stack([s.opt_state for s in states]),
+                              key, states[0].epoch, states[0].step)
+    return state, sweep.stack(hps)
+
+
+def assert_same_bits(got, want):
+    got_leaves, got_tree = jax.tree_util.tree_flatten(got)
+    want_leaves, want_tree = jax.tree_util.tree_flatten(want)
+    assert got_tree == want_tree
+    for a, b in zip(got_leaves, want_leaves):
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("dtype, optimizer", [("float64", "momentum"),
+                                              pytest.param("float32", "adamw", marks=pytest.mark.slow)])
+def test_members_are_built_at_once_exactly_as_one_by_one(dtype, optimizer):
+    """init_members builds every member in one vmapped program, bit for bit what member_state builds
+    for each (params of mixed init schemes, optimizer state, run keys, hparams; a seed past 2**32
+    too), with one compiled program and none for a second group of the same shapes."""
+    base = dataclasses.replace(BASE, dtype=dtype, optimizer=optimizer, weight_decay=None)
+    configs = sweep.grid(base, lr=[0.5, 0.05], seed=[5, 2**33 + 7], init=["he", "notebook", "glorot"])
+    spec = runs.spec_for(base, 250)
+    with engine.precision(dtype):
+        for shared in (False, True):
+            with bench.CompileCounter() as built:
+                got = sweep.init_members(configs, 784, 10, spec, shared)
+            assert built.count <= 1
+            assert_same_bits(got, _stacked_one_by_one(configs, spec, shared))
+        others = [dataclasses.replace(c, lr=c.lr * 3, seed=c.seed + 1) for c in configs]
+        with bench.CompileCounter() as built:
+            sweep.init_members(others, 784, 10, spec, True)
+        assert built.count == 0
+
+
+@pytest.mark.slow  # eager CNN init ops, compiled one by one for both paths
+def test_cnn_members_are_built_exactly_as_one_by_one():
+    """The CNN's members (built op by op, as a single CNN run builds its params) equal member_state's."""
+    base = dataclasses.replace(BASE, arch="cnn", hidden=TrainConfig().hidden, dtype="float32", optimizer="momentum")
+    configs = sweep.grid(base, lr=[0.5, 0.05], seed=[5, 6])
+    spec = runs.spec_for(base, 250)
+    assert_same_bits(sweep.init_members(configs, 784, 10, spec), _stacked_one_by_one(configs, spec, False))
 
 
 def test_group_program_keeps_the_short_batch_branch(data, x64):

@@ -5,7 +5,7 @@ import json
 
 from jaxmlp.config import hidden_sizes, positive_float, positive_int
 
-from .common import add_data_flags, add_metrics_flag, check_outputs, say, subcommand, write_metrics
+from .common import UsageError, add_data_flags, add_metrics_flag, check_outputs, say, subcommand, write_metrics
 
 
 def add(sub) -> None:
@@ -30,7 +30,10 @@ def add(sub) -> None:
                    help="side of the square matmul that measures the peak (default: 2048)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_metrics_flag(p, "the JSON report")
-    p.add_argument("--out", dest="metrics_out", metavar="FILE", help="the same as --metrics-out")
+    p.add_argument("--out", metavar="FILE", default=None, help="the same as --metrics-out (give one of them)")
+    p.add_argument("--markdown", metavar="FILE", default=None,
+                   help="also write the report as a Markdown table stamped with the date, the CPU model and core "
+                        "count, the GPU and the jax, jaxlib and numpy versions (docs/results/bench.md is one)")
 
 
 def run(args) -> int:
@@ -39,12 +42,19 @@ def run(args) -> int:
     batch run; print seconds per epoch, samples/s, GFLOP/s against a measured matmul peak, the ratios and the
     machine. Steady state: compile time is excluded (and reported).
     """
-    from jaxmlp.bench import format_report, load_bench_data, run_bench
+    from jaxmlp.bench import format_markdown, format_report, load_bench_data, run_bench
+    from jaxmlp.fileio import atomic_write, check_writable
+    from jaxmlp.parallel import is_primary
 
+    if args.out and args.metrics_out:
+        raise UsageError("--out is another name for --metrics-out; give one of them")
+    args.metrics_out = args.metrics_out or args.out
     check_outputs(args)
+    if args.markdown:
+        check_writable(args.markdown, "--markdown")
     images, labels, note = load_bench_data(args.data_dir, args.dataset, args.synthetic, args.train_size)
     if not args.json:
-        say(f"bench: {note}; timing the rows (a minute or two)...")
+        say(f"bench: {note}; timing the rows...")
 
     def on_row(row):
         if not args.json:
@@ -56,4 +66,7 @@ def run(args) -> int:
                        data_note=note, on_row=on_row)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     write_metrics(args.metrics_out, report)
+    if args.markdown and is_primary():
+        text = format_markdown(report).encode("utf-8")
+        atomic_write(args.markdown, lambda f: f.write(text))
     return 0

@@ -81,7 +81,10 @@ def write_metrics(path, record: dict) -> None:
 
 
 def one_line(err: BaseException) -> str:
-    text = str(err).strip()
+    """The first line of ``err``'s message; a ``ConfigError`` worded with the command line's flags."""
+    from jaxmlp.config import ConfigError
+
+    text = (err.flags() if isinstance(err, ConfigError) else str(err)).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
 

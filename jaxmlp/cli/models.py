@@ -7,7 +7,15 @@ import sys
 
 from jaxmlp.config import positive_int
 
-from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, subcommand, write_metrics
+from .common import (
+    CLIError,
+    UsageError,
+    add_data_flags,
+    add_metrics_flag,
+    check_outputs,
+    subcommand,
+    write_metrics,
+)
 
 
 def add_eval(sub) -> None:
@@ -59,7 +67,7 @@ def add_predict(sub) -> None:
     p.add_argument("--load", metavar="PATH", required=True, help="checkpoint (.npz) from `jaxmlp train --save`")
     p.add_argument("--top", type=positive_int, default=1, metavar="K",
                    help="the K most probable classes per image (default: 1)")
-    p.add_argument("--format", choices=("tsv", "csv", "json"), default="tsv",
+    p.add_argument("--format", choices=("tsv", "csv", "json"), default=None,
                    help="tsv (default) or csv with a header row, or json: one object per line "
                         '{"index", "label", "prob", "top": [[label, prob], ...]}')
     p.add_argument("--json", action="store_true", help="the same as --format json")
@@ -92,8 +100,12 @@ def run_predict(args) -> int:
     from jaxmlp.evaluation import predict_probs
     from jaxmlp.runs import dtype_of, load_model, prepare
 
+    if args.json and args.format not in (None, "json"):
+        raise UsageError(f"--json is --format json; it cannot be combined with --format {args.format}")
     images, kind = read_images(args.file)
     params, config, meta = load_model(args.load)
+    if images.shape[1] != meta["input_dim"] and images.size == meta["input_dim"]:
+        images = images.reshape(1, -1)  # one image (28, 28) rather than 28 rows of 28 values
     _check_inputs(config, meta, images.shape[1], args.file)
     with precision(config.dtype):
         dtype = dtype_of(config)
@@ -101,6 +113,6 @@ def run_predict(args) -> int:
         probs = predict_probs(params, x, arch=config.arch)
     # A model fine-tuned on a label subset predicts positions in it; print the dataset's own labels.
     names = list(config.classes) if config.classes is not None else list(range(probs.shape[1]))
-    rows = _rows(probs, names, min(args.top, probs.shape[1]), "json" if args.json else args.format)
+    rows = _rows(probs, names, min(args.top, probs.shape[1]), "json" if args.json else args.format or "tsv")
     sys.stdout.write("\n".join(rows) + "\n")
     return 0

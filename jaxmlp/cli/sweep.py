@@ -8,7 +8,7 @@ from jaxmlp import config as cfg
 from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, say, subcommand, write_metrics
 
 SHARED = ("epochs", "optimizer", "momentum", "beta1", "beta2", "weight_decay", "l2", "schedule", "warmup_epochs",
-          "dropout", "augment", "dtype")
+          "dropout", "augment", "dtype", "matmul_precision")
 
 
 def add(sub) -> None:
@@ -64,12 +64,16 @@ def configs_from_args(args) -> list:
     from jaxmlp.sweep import grid, random_search
 
     shared = {n: getattr(args, n) for n in SHARED if getattr(args, n) is not None}
-    base = cfg.TrainConfig(dataset=args.dataset, **shared).validate()
+    base = cfg.TrainConfig(dataset=args.dataset, **shared)
+    unused = cfg.unused_settings(base)
+    for name in shared:
+        if name in unused:
+            raise CLIError(cfg.ConfigError(f"TrainConfig.{name} would be ignored: {unused[name]}").flags())
     axes = {"lr": args.lr, "batch_size": args.batch_size, "hidden": architectures(args.hidden), "seed": args.seed,
             "init": args.init}
     if args.random:
         lrs = axes.pop("lr")
-        return random_search(base, args.random, seed=args.search_seed, lr_range=(min(lrs), max(lrs)), **axes)
+        return random_search(base, args.random, seed=args.search_seed, lr_range=(min(lrs), max(lrs)), axes=axes)
     return grid(base, **axes)
 
 

@@ -11,9 +11,10 @@ from jaxmlp import config as cfg
 
 from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, say, subcommand, write_metrics
 
-MODEL = ("arch", "hidden", "init", "dtype")
+MODEL = ("arch", "hidden", "init", "activation", "dtype", "matmul_precision")
 OPTIMIZATION = ("epochs", "batch_size", "lr", "seed", "optimizer", "momentum", "beta1", "beta2", "weight_decay",
-                "l2", "schedule", "warmup_epochs", "dropout", "augment", "val_split", "patience", "grad")
+                "l2", "schedule", "warmup_epochs", "dropout", "augment", "elastic_sigma", "elastic_alpha", "max_norm",
+                "val_split", "patience", "grad")
 TRANSFER = ("finetune", "freeze", "new_head", "classes")
 NOTEBOOK_FLAGS = ("lr", "batch_size", "epochs", "seed", "hidden", "dataset")  # what --notebook-exact accepts
 
@@ -75,17 +76,32 @@ def add(sub) -> None:
     g.add_argument("--process-id", type=cfg.nonneg_int, default=None, metavar="I", help="this process, 0..N-1")
 
 
+def given_flags(args) -> dict:
+    """The TrainConfig fields given explicitly as flags."""
+    return {n: getattr(args, n) for n in (*MODEL, *OPTIMIZATION, *TRANSFER) if getattr(args, n, None) is not None}
+
+
 def explicit_values(args) -> dict:
-    """The TrainConfig fields set by --preset and by flags given explicitly."""
+    """The TrainConfig fields set by --preset and by flags given explicitly (a preset's setting that the
+    flags make unused, such as its --warmup-epochs under another --schedule, is dropped)."""
     values: dict = {}
+    given = given_flags(args)
     if args.preset:
         from jaxmlp.presets import preset_config
         values.update(preset_config(args.preset), preset=args.preset)
-    for name in (*MODEL, *OPTIMIZATION, *TRANSFER):
-        if getattr(args, name, None) is not None:
-            values[name] = getattr(args, name)
+    values.update(given)
+    unused = cfg.unused_settings(values)
+    values = {k: v for k, v in values.items() if k in given or k not in unused}
     values["dataset"] = args.dataset
     return values
+
+
+def refuse_unused(args, config: cfg.TrainConfig) -> None:
+    """UsageError naming a flag given explicitly that ``config`` would not use (even at its default)."""
+    unused = cfg.unused_settings(config)
+    for name in given_flags(args):
+        if name in unused:
+            raise CLIError(cfg.ConfigError(f"TrainConfig.{name} would be ignored: {unused[name]}").flags())
 
 
 def config_from_args(args) -> cfg.TrainConfig:
@@ -97,7 +113,10 @@ def config_from_args(args) -> cfg.TrainConfig:
         _, saved, _ = load_model(values["finetune"])
         values.setdefault("arch", saved.arch)
         values.setdefault("hidden", saved.hidden)
-    return cfg.TrainConfig(**values).validate()
+        values.setdefault("activation", saved.activation)
+    config = cfg.TrainConfig(**values)
+    refuse_unused(args, config)
+    return config
 
 
 def resume_from(args) -> tuple[cfg.TrainConfig, dict]:
@@ -109,7 +128,8 @@ def resume_from(args) -> tuple[cfg.TrainConfig, dict]:
     epochs = given.pop("epochs", config.epochs)
     if given.get("dataset") == "mnist" and args.dataset == "mnist":
         given.pop("dataset")  # the flag's default: the checkpoint's dataset wins
-    probe = cfg.TrainConfig(**{**config.to_dict(), **given}).validate()  # normalise the given values
+    probe = cfg.TrainConfig(**{**config.to_dict(), **given})  # normalises the given values
+    refuse_unused(args, probe)
     clash = [k for k in given if getattr(probe, k) != getattr(config, k)]
     if clash:
         raise CLIError(f"--resume continues {args.resume} with its saved settings; --{clash[0].replace('_', '-')} "
@@ -155,6 +175,8 @@ def run(args) -> int:
         return run_ensemble(args)
     if args.shared_order:
         raise CLIError("--shared-order makes ensemble members share their minibatches; it needs --ensemble K")
+    if args.save_every and not args.save:
+        raise CLIError("--save-every says how often to write the checkpoint; it needs --save PATH")
     from jaxmlp.data import ensure_dataset
     from jaxmlp.parallel import initialize, mesh_for
 
@@ -167,6 +189,7 @@ def run(args) -> int:
     if not args.quiet and sys.stderr.isatty():  # a person waiting sees at once what happens
         say(f"jaxmlp train: {_describe(config)}; loading {config.dataset}, then compiling")
     data = ensure_dataset(args.data_dir, config.dataset, progress=not args.quiet)
+    _note_batch(args, config, data)
     return _train(args, config, data, resume, mesh, started)
 
 
@@ -231,12 +254,14 @@ def _plots(args, config, data, params, history, test_loss: float) -> None:
         say(f"plots: {', '.join(str(p) for p in paths)}")
 
 
+ENGINE_ONLY = ("preset", "save", "resume", "log", "plot_dir", "save_every", "devices", "coordinator", "num_processes",
+               "process_id", "shared_order", "chunk_steps", "no_divergence_check")
+
+
 def _refuse(args, allowed: tuple, what: str) -> None:
     """CLIError naming the first flag given that ``what`` cannot honour."""
     fields = [n for n in (*MODEL, *OPTIMIZATION, *TRANSFER) if n not in allowed and getattr(args, n) is not None]
-    others = [n for n in ("preset", "save", "resume", "log", "plot_dir", "save_every", "devices", "coordinator",
-                          "shared_order")
-              if n not in allowed and getattr(args, n)]
+    others = [n for n in ENGINE_ONLY if n not in allowed and getattr(args, n) not in (None, False)]
     if args.ensemble > 1 and "ensemble" not in allowed:
         others.append("ensemble")
     if fields or others:
@@ -250,15 +275,17 @@ def run_notebook(args) -> int:
 
     if not args.notebook_exact:
         raise CLIError("--replay-notebook-step replays the notebook's test update; it needs --notebook-exact")
-    _refuse(args, NOTEBOOK_FLAGS + ("metrics_out",), "--notebook-exact (the notebook's plain SGD)")
+    _refuse(args, NOTEBOOK_FLAGS + ("no_divergence_check",), "--notebook-exact (the notebook's plain SGD)")
     check_outputs(args)
     started, d = time.perf_counter(), cfg.TrainConfig()
     settings = {k: getattr(args, k) if getattr(args, k) is not None else getattr(d, k)
                 for k in ("lr", "batch_size", "epochs", "seed", "hidden")}
+    settings["hidden"] = cfg.TrainConfig(hidden=settings["hidden"]).hidden  # "256" "128" -> (256, 128)
     data = ensure_dataset(args.data_dir, args.dataset, progress=not args.quiet)
     show = (lambda r: None) if args.quiet else (  # noqa: E731
         lambda r: say(f"Epoch {r['epoch']}/{settings['epochs']} - Loss: {r['loss']:.4f}"))
-    result = fit_notebook(data, **settings, replay_step=args.replay_notebook_step, on_epoch=show)
+    result = fit_notebook(data, **settings, replay_step=args.replay_notebook_step, on_epoch=show,
+                          divergence=not args.no_divergence_check)
     print(f"Test Loss: {result.test_loss:.4f}")
     print(f"Test Accuracy: {result.test_accuracy * 100:.2f}%")
     write_metrics(args.metrics_out, {"notebook_exact": settings | {"hidden": list(settings["hidden"]),
@@ -269,28 +296,51 @@ def run_notebook(args) -> int:
     return 0
 
 
+ENSEMBLE_FLAGS = tuple(n for n in (*MODEL, *OPTIMIZATION) if n not in ("activation", "val_split", "patience")) + (
+    "ensemble", "preset", "shared_order", "no_divergence_check")
+
+
 def run_ensemble(args) -> int:
-    """--ensemble K: K seeds in one vmapped program (jaxmlp.sweep.fit_ensemble)."""
+    """--ensemble K: K seeds in one vmapped program (jaxmlp.sweep.fit_ensemble). A member that diverges is
+    reported and left out of the ensemble; when every member diverged, the run fails as a single run does."""
     from jaxmlp.data import ensure_dataset
+    from jaxmlp.engine import DivergenceError
     from jaxmlp.sweep import fit_ensemble, run_record
 
-    _refuse(args, (*MODEL, *OPTIMIZATION, "ensemble", "preset", "metrics_out", "shared_order"), "--ensemble")
+    _refuse(args, ENSEMBLE_FLAGS, "--ensemble")
     check_outputs(args)
     started = time.perf_counter()
     config = config_from_args(args)
     data = ensure_dataset(args.data_dir, config.dataset, progress=not args.quiet)
+    _note_batch(args, config, data)
     show = (lambda e, losses: None) if args.quiet else (  # noqa: E731
         lambda e, losses: say(f"Epoch {e}/{config.epochs} - Loss: " + " ".join(f"{v:.4f}" for v in losses)))
-    res = fit_ensemble(config, data, args.ensemble, share_order=args.shared_order, on_epoch=show)
+    res = fit_ensemble(config, data, args.ensemble, share_order=args.shared_order, on_epoch=show,
+                       divergence_rule=not args.no_divergence_check)
     for m in res.members:
-        print(f"member seed {m.config.seed}: Test Loss: {m.test_loss:.4f}  Test Accuracy: "
-              f"{m.test_accuracy * 100:.2f}%" + ("  (diverged)" if m.diverged else ""))
-    print(f"Ensemble of {args.ensemble} (averaged probabilities): Test Loss: {res.ensemble_loss:.4f}  "
-          f"Test Accuracy: {res.ensemble_accuracy * 100:.2f}%")
+        print(f"member seed {m.config.seed}: " + ("diverged" if m.diverged else
+              f"Test Loss: {m.test_loss:.4f}  Test Accuracy: {m.test_accuracy * 100:.2f}%"))
+    dead = sum(m.diverged for m in res.members)
+    if dead == args.ensemble:
+        raise DivergenceError(f"every member of the ensemble diverged (seeds {config.seed}..{config.seed + dead - 1}); "
+                              f"try a lower --lr")
+    left_out = f", {dead} diverged and left out" if dead else ""
+    print(f"Ensemble of {args.ensemble - dead} (averaged probabilities{left_out}): Test Loss: {res.ensemble_loss:.4f}"
+          f"  Test Accuracy: {res.ensemble_accuracy * 100:.2f}%")
     write_metrics(args.metrics_out, {
         "config": config.to_dict(), "ensemble": args.ensemble, "shared_order": args.shared_order,
-        "members": [run_record(m) for m in res.members],
+        "members": [run_record(m) for m in res.members], "diverged": dead,
         "test_loss": res.ensemble_loss, "test_accuracy": res.ensemble_accuracy,
         "compile_seconds": res.compile_seconds, "train_seconds": res.train_seconds,
         "wall_seconds": time.perf_counter() - started, "devices": 1})
     return 0
+
+
+def _note_batch(args, config: cfg.TrainConfig, data) -> None:
+    """Say (unless --quiet) when --batch-size exceeds the examples trained on: each epoch is then one batch."""
+    from jaxmlp.checks import check_split
+
+    n = check_split(len(data.y_train), config.val_split)[0] if config.classes is None else None
+    if n is not None and config.batch_size > n and not args.quiet:
+        say(f"jaxmlp: note: --batch-size {config.batch_size} is more than the {n} training examples; each epoch is "
+            f"one batch of {n}")
