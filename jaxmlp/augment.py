@@ -128,7 +128,9 @@ def elastic_field(key: jax.Array, n: int, side: int, sigma: float = 4.0, alpha: 
     The noise is drawn on a grid ``r`` pixels wider on every side (``r``: the kernel's radius) and the
     separable smoothing keeps only the fully covered part, so every pixel's displacement has the same
     distribution (standard deviation ``alpha * sum(k**2) / sqrt(3)`` for the 1-D kernel ``k``), at the
-    borders too (a zero-padded filter weakens the field there).
+    borders too (a zero-padded filter weakens the field there). One 32-bit draw per pixel gives both
+    components: its high and low 16 bits, each mapped to ``(u + 0.5) / 32768 - 1``, uniform on 65,536
+    levels in (-1, 1) (half the random bits of two float draws; the smoothing averages hundreds of them).
 
     Args:
         key: the PRNG key of the draw.
@@ -139,15 +141,20 @@ def elastic_field(key: jax.Array, n: int, side: int, sigma: float = 4.0, alpha: 
         dtype: a float dtype.
     """
     k = gaussian_kernel(sigma)
-    radius = (len(k) - 1) // 2
-    wide = side + 2 * radius
-    # Row i of the band matrix sums the kernel over wide positions i..i+2r: a 'valid' 1-D convolution.
+    wide = side + len(k) - 1
+    # Row i of the band matrix holds the kernel at columns i..i+2r: a 'valid' 1-D convolution as a matmul.
     band = np.zeros((side, wide))
     for i in range(side):
         band[i, i:i + len(k)] = k
     band = jnp.asarray(band, dtype)
-    noise = jax.random.uniform(key, (n, 2, wide, wide), dtype, -1.0, 1.0)
-    smooth = jnp.einsum("ik,nckl,jl->ncij", band, noise, band, precision=jax.lax.Precision.HIGHEST)
+    bits = jax.random.bits(key, (n, wide, wide), jnp.uint32)
+    halves = jnp.stack([bits >> 16, bits & 0xFFFF], axis=1).astype(dtype)  # (n, 2, wide, wide)
+    noise = (halves + 0.5) * (1.0 / 32768) - 1.0
+    # Two large matmuls (along rows, then along columns) rather than 2n small ones: much faster on a CPU.
+    high = jax.lax.Precision.HIGHEST
+    rows = jnp.matmul(noise.reshape(-1, wide), band.T, precision=high).reshape(2 * n, wide, side)
+    both = jnp.matmul(band, rows.transpose(1, 0, 2).reshape(wide, -1), precision=high)  # (side, 2n * side)
+    smooth = both.reshape(side, 2 * n, side).transpose(1, 0, 2).reshape(n, 2, side, side)
     return jnp.asarray(alpha, dtype) * smooth
 
 

@@ -36,8 +36,8 @@ picks one of ``MATMUL_PRECISIONS``, applied around everything a run traces (``ma
   float32, several times faster. On TPUs, one bfloat16 pass (2**-8).
 * "highest": full float32 on every backend (GPUs then leave the TF32 tensor cores unused), for
   results that agree with a CPU's to float32 round-off.
-* "high": in between where the hardware has it (three bfloat16 passes on TPUs); GPUs treat it as
-  TF32, as "default".
+* "high": in between where the hardware has it: three bfloat16 passes on TPUs; on GPUs no coarser
+  than TF32 (XLA's choice; ``scripts/gpu_check.sh`` measures each setting's error on the device).
 
 ``matmul_epsilon`` gives the relative rounding of a product's inputs under each setting; the tests'
 float32 tolerances are derived from it (``tests/conftest.py``), so a test states the error the policy

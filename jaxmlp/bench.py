@@ -53,7 +53,8 @@ PROGRAM_BUILD_EVENTS = ("/jax/core/compile/backend_compile_duration", "/jax/comp
 
 
 def mlp_flops_per_example(layer_sizes) -> int:
-    """Matmul FLOPs of one training example (forward + backward) of an MLP; see the module docstring."""
+    """Matmul FLOPs of one training example (forward + backward) of the MLP ``layer_sizes`` (d0, ...,
+    d_L); see the module docstring."""
     s = sum(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
     first = layer_sizes[0] * layer_sizes[1]
     return 2 * s + 2 * s + 2 * (s - first)
@@ -82,7 +83,16 @@ def machine_info() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system(), "python": platform.python_version(),
             "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
             "device_count": jax.device_count(), "jax": jax.__version__, "jaxlib": _jaxlib_version(),
-            "numpy": np.__version__}
+            "numpy": np.__version__, "load_average": _load_average()}
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (runnable processes; above the core count, rows share the CPU with
+    other work), or None where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _jaxlib_version() -> str:
@@ -159,14 +169,23 @@ class CompileCounter:
 
 
 def numpy_params(layer_sizes, seed: int = 42) -> list:
-    """The notebook's init with its own RNG: float64 ``randn * 0.01`` weights, zero (1, n) biases."""
+    """The notebook's init of the MLP ``layer_sizes`` with its own RNG (``RandomState(seed)``): float64
+    ``randn * 0.01`` weights, zero (1, n) biases."""
     rng = np.random.RandomState(seed)
     return [{"W": rng.randn(a, b) * 0.01, "b": np.zeros((1, b))} for a, b in zip(layer_sizes[:-1], layer_sizes[1:])]
 
 
 def numpy_step(params: list, x: np.ndarray, y_onehot: np.ndarray, lr: float) -> float:
     """One minibatch of the notebook: forward (ReLU, softmax), its epsilon cross-entropy, the
-    hand-written backward pass, the in-place SGD update. Returns the batch loss."""
+    hand-written backward pass, the in-place SGD update of ``params`` with step size ``lr``. Returns
+    the batch loss.
+
+    Args:
+        params: ``numpy_params``'s list of {"W", "b"} float64 arrays, updated in place.
+        x: (B, D) float32 inputs.
+        y_onehot: (B, C) float64 one-hot labels.
+        lr: learning rate.
+    """
     acts, zs = [x], []
     for i, p in enumerate(params):
         z = np.dot(acts[-1], p["W"]) + p["b"]
@@ -205,9 +224,10 @@ def _host_shuffle(images: np.ndarray, targets: np.ndarray, repeats: int):
 
 def time_numpy(images: np.ndarray, y: np.ndarray, layer_sizes, batch_size: int, lr: float, steps: int,
                repeats: int = 3) -> float:
-    """Seconds per epoch of the notebook's NumPy loop on uint8 images (N, D), int labels (N,): the
-    epoch's shuffled copy of the data plus ceil(N / batch_size) steps, timed over ``steps`` steps.
-    The notebook's float32 inputs and float64 one-hot labels live only inside this call."""
+    """Seconds per epoch of the notebook's NumPy loop on uint8 ``images`` (N, D), int labels ``y`` (N,):
+    the epoch's shuffled copy of the data plus ceil(N / batch_size) steps of ``lr`` on the MLP
+    ``layer_sizes``, timed over ``steps`` steps, best of ``repeats``. The notebook's float32 inputs and
+    float64 one-hot labels live only inside this call."""
     n = images.shape[0]
     # float64 one-hot labels, as the notebook's np.eye
     shuffle_s, xs, ys = _host_shuffle(images, np.eye(layer_sizes[-1])[y], repeats)
@@ -240,7 +260,8 @@ def time_jit_loop(images: np.ndarray, labels: np.ndarray, layer_sizes, batch_siz
     """(seconds per epoch, compile seconds, recompilations while timed) of the notebook's loop with its
     update replaced by the jitted ``teaching.sgd_step``: NumPy shuffles and slices float32 minibatches on
     the host, one jitted call per minibatch. Timed on ``steps`` minibatches and scaled to the epoch,
-    plus the epoch's shuffle."""
+    plus the epoch's shuffle; best of ``repeats``. uint8 ``images`` (N, D), int ``labels`` (N,); the
+    MLP ``layer_sizes`` trained with ``batch_size`` and ``lr``."""
     n = images.shape[0]
     shuffle_s, xs, ys = _host_shuffle(images, labels, repeats)
     steps = max(1, min(steps, n // batch_size))
@@ -266,7 +287,8 @@ def time_jit_loop(images: np.ndarray, labels: np.ndarray, layer_sizes, batch_siz
 def time_fused(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr: float,
                repeats: int = 3) -> tuple[float, float, int]:
     """(seconds per epoch, compile seconds, recompilations while timed) of ``engine.fused_epoch``: the
-    whole epoch, shuffle included, as one ``lax.scan`` program."""
+    whole epoch, shuffle included, as one ``lax.scan`` program; best of ``repeats``. Inputs ``x`` (N, D)
+    and int labels ``y`` (N,) on the device; the MLP ``layer_sizes`` trained with ``batch_size`` and ``lr``."""
     _, spec, state, hp = _setup(layer_sizes, batch_size, x.shape[0], lr)
     program, compile_s = engine.compile_program(engine.run_fused_epoch, {"spec": spec}, state, x, y, hp)
     jax.block_until_ready(program(state, x, y, hp))
@@ -278,7 +300,8 @@ def time_chunked(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr: f
                  repeats: int = 3) -> tuple[float, float, int]:
     """(seconds per epoch, compile seconds, recompilations while timed) of the engine ``runs.fit``
     runs: the epoch's order (``engine.epoch_order``), then ``chunks`` calls of the chunk program
-    (capacity one epoch, a traced step count), each waited for as fit waits for its losses."""
+    (capacity one epoch, a traced step count), each waited for as fit waits for its losses; best of
+    ``repeats``. ``x`` (N, D), ``y`` (N,) int on the device; the MLP ``layer_sizes``, ``batch_size``, ``lr``."""
     _, spec, state, hp = _setup(layer_sizes, batch_size, x.shape[0], lr)
     return _time_engine_epoch(spec, state, hp, x, y, chunks, repeats)
 
@@ -293,7 +316,8 @@ def time_user_loss(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lr:
                    repeats: int = 3) -> tuple[float, float, int]:
     """(seconds per epoch, compile seconds, recompilations while timed) of ``jaxmlp.train`` with a
     user's loss function and ``optim.sgd``: the same engine, one chunk an epoch, the step built from
-    the user's function instead of a ``TrainSpec``."""
+    the user's function instead of a ``TrainSpec``; best of ``repeats``. ``x`` (N, D), ``y`` (N,) int on
+    the device; the MLP ``layer_sizes``, ``batch_size``, ``lr``."""
     from .optim import sgd
 
     _, _, state, _ = _setup(layer_sizes, batch_size, x.shape[0], lr)
@@ -335,7 +359,8 @@ def time_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lrs,
                repeats: int = 2) -> tuple[float, float, int]:
     """(seconds per epoch for all ``len(lrs)`` models, compile seconds, recompilations while timed) of
     the lr sweep of ``jaxmlp sweep``: one seed (so one key, one shuffle), the group's order and one
-    ``sweep.run_group_chunk`` (the vmapped engine chunk, ``sweep.default_chains`` chains) per epoch."""
+    ``sweep.run_group_chunk`` (the vmapped engine chunk, ``sweep.default_chains`` chains) per epoch;
+    best of ``repeats``. ``x`` (N, D), ``y`` (N,) int on the device; the MLP ``layer_sizes``, ``batch_size``."""
     n = x.shape[0]
     spec, state, hp, order = _lr_sweep_members(layer_sizes, batch_size, n, lrs)
     steps = engine.steps_per_epoch(n, batch_size)
@@ -394,7 +419,8 @@ def wide_sweep_steps(params: list, lrs: jax.Array, x: jax.Array, y: jax.Array, o
 def time_wide_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lrs,
                     repeats: int = 2) -> tuple[float, float, int]:
     """(seconds per epoch for all ``len(lrs)`` models, compile seconds, recompilations while timed) of
-    ``wide_sweep_steps`` over one epoch's full batches, from the members an lr sweep starts with."""
+    ``wide_sweep_steps`` over one epoch's full batches, from the members an lr sweep starts with; best
+    of ``repeats``. ``x`` (N, D), ``y`` (N,) int on the device; the MLP ``layer_sizes``, ``batch_size``."""
     n = x.shape[0]
     _, state, _, order = _lr_sweep_members(layer_sizes, batch_size, n, lrs)
     params, lrs = wide_params(state.params), jnp.asarray(lrs, x.dtype)
@@ -430,7 +456,8 @@ def _dots_epoch(weights: list, batches: jax.Array) -> list:
 def time_matmuls(x: jax.Array, layer_sizes, batch_size: int, repeats: int = 3) -> tuple[float, float, int]:
     """(seconds per epoch, compile seconds, recompilations while timed) of an epoch's matmuls alone
     (``_dots`` over every full batch of ``batch_size``, scaled to the epoch): what the epoch would
-    take if its elementwise work, gathers and loop were free."""
+    take if its elementwise work, gathers and loop were free. ``x`` (N, D) on the device, the MLP
+    ``layer_sizes``' weights, best of ``repeats``."""
     n = x.shape[0]
     full = max(1, n // batch_size)
     batches = x[: full * batch_size].reshape(full, batch_size, -1) if n >= batch_size else x[None]
@@ -448,9 +475,9 @@ def load_bench_data(data_dir=None, dataset: str = "mnist", synthetic: bool = Fal
                     train_size: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     """uint8 images (N, 784) and int labels (N,) for the bench, and a note saying where they came from.
 
-    Real data from ``data_dir`` / $JAXMLP_DATA_DIR / the cache when found there (never downloaded);
-    otherwise, or with ``synthetic``, random pixels and labels of MNIST's shape (timing does not
-    depend on the values)."""
+    Real ``dataset`` from ``data_dir`` / $JAXMLP_DATA_DIR / the cache when found there (never
+    downloaded); otherwise, or with ``synthetic``, random pixels and labels of MNIST's shape drawn with
+    ``seed`` (timing does not depend on the values). ``train_size``: keep the first that many examples."""
     from .data import DataError, load_dataset, resolve_data_dir
 
     note = None
@@ -557,7 +584,23 @@ def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch
               lr: float = 0.1, large_batch: int = 512, sweep_size: int = 16, numpy_steps: int = 600,
               loop_steps: int = 600, repeats: int = 5, peak_size: int = 2048, data_note: str = "",
               on_row: Callable[[dict], None] | None = None) -> dict:
-    """Run every row on (images uint8 (N, D), labels (N,)) and return the report dict (see ``--json``)."""
+    """Run every row on (images uint8 (N, D), labels (N,)) and return the report dict (see ``--json``).
+
+    Args:
+        images: (N, D) uint8 training images.
+        labels: (N,) int labels.
+        hidden: the MLP's hidden sizes.
+        batch_size: the small batch of most rows.
+        lr: learning rate of every row.
+        large_batch: the batch of the large-batch rows.
+        sweep_size: models in the sweep rows.
+        numpy_steps: steps the NumPy row times.
+        loop_steps: steps the Python-loop row times.
+        repeats: timings per row, the best kept.
+        peak_size: the side of the matmul that measures the peak.
+        data_note: where the data came from, copied into the report.
+        on_row: called with each row as it is measured.
+    """
     n, d = images.shape
     num_classes = max(int(labels.max()) + 1, 10)
     sizes = [d, *[int(h) for h in hidden], num_classes]
@@ -674,13 +717,18 @@ def format_markdown(report: dict, date: str | None = None) -> str:
              "| | |", "| --- | --- |",
              f"| date | {date} |", f"| CPU | {cell(m['cpu'])}, {m['cores']} cores |", f"| GPU | {cell(gpu)} |",
              f"| JAX backend | {m['backend']}, {m['device_count']} device(s) |",
+             f"| load average | {m.get('load_average') or 'unknown'} at the end (1 minute; above {m['cores']}, "
+             f"other work shared the CPU) |",
              f"| software | Python {m['python']}, jax {m['jax']}, jaxlib {m.get('jaxlib', '?')}, numpy {m['numpy']}, "
              f"{m['system']} |",
              f"| data | {data}, {report['train_examples']:,} training examples |",
              f"| model | {sizes}, SGD lr {report['lr']:g}; {report['flops_per_epoch'] / 1e9:.1f} GFLOP of matmuls "
              f"an epoch |",
              f"| matmul peak | {report['matmul_peak_gflops']:.1f} GFLOP/s (float32, {report['matmul_peak_size']}^2) |",
-             f"| timing | {report['timing']} |", "",
+             f"| timing | {report['timing']} |",
+             "| compile s | " + ("some programs loaded from the persistent compile cache (JAXMLP_COMPILE_CACHE=0 "
+                                "times cold compiles)" if report.get("persistent_compile_cache") else
+                                "cold: every program compiled in this process") + " |", "",
              "| row | " + " | ".join(TABLE_HEADER[1:]) + " |", "| --- |" + " ---: |" * (len(TABLE_HEADER) - 1)]
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in _table(report)]
     return "\n".join([*lines, "", *(f"- {line}" for line in _findings(report)), ""])

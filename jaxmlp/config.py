@@ -75,6 +75,7 @@ def _number(parse: Callable, accept: Callable, what: str) -> Callable:
         return number
 
     convert.__name__ = what  # argparse names the type in some messages
+    convert.__doc__ = f"``value`` as {what}; ``argparse.ArgumentTypeError`` otherwise."
     return convert
 
 
@@ -92,7 +93,7 @@ def _text(value) -> str:
 
 
 def hidden_sizes(values) -> tuple:
-    """Layer sizes from ``[256, 128]``, ``["256", "128"]`` or ``["256,128"]`` -> (256, 128)."""
+    """Layer sizes from ``values``: ``[256, 128]``, ``["256", "128"]`` or ``["256,128"]`` -> (256, 128)."""
     if isinstance(values, (str, int)):
         values = [values]
     tokens = [t for v in values for t in str(v).split(",") if t.strip()]
@@ -243,6 +244,8 @@ def unused_settings(config: TrainConfig | dict) -> dict[str, str]:
     if get("augment") != "elastic":
         why = f"only the elastic augmentation reads it; TrainConfig.augment is {get('augment')}"
         out.update({"elastic_sigma": why, "elastic_alpha": why})
+    if get("finetune") and not get("new_head"):
+        out["init"] = "the params come from TrainConfig.finetune; only a new head (TrainConfig.new_head) is drawn"
     if get("dtype") == "float64":
         out["matmul_precision"] = "it sets the precision of float32 matmuls; TrainConfig.dtype is float64"
     return out
@@ -292,6 +295,7 @@ def _cross_checks(c: TrainConfig) -> None:
 
 
 def hparam_names() -> tuple[str, ...]:
+    """The names of the ``hparam`` fields of ``TrainConfig`` (the traced numbers), in field order."""
     return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["hparam"])
 
 
@@ -313,6 +317,11 @@ def add_flags(parser, names=None, *, defaults_from: TrainConfig | None = None) -
 
     The flags default to None so that the caller can tell "given" from "not given" (presets, resume);
     the help shows the field's default. Choices come from the field.
+
+    Args:
+        parser: the ``argparse.ArgumentParser`` (or argument group) to add the flags to.
+        names: the field names to declare (None: every field with a flag).
+        defaults_from: the config whose values the help shows as defaults (None: ``TrainConfig()``).
     """
     shown = defaults_from or TrainConfig()
     for f in dataclasses.fields(TrainConfig):

@@ -65,9 +65,15 @@ def batch_slices(num_examples: int, batch_size: int) -> list[slice]:
 class FunctionTask:
     """What a step computes for a user's ``loss_fn`` and ``optimizer`` (static: hashed by identity).
 
-    loss_fn: ``(params, x, y, key) -> loss`` or ``-> (loss, aux)`` with ``has_aux``; aux a dict of
-    scalars, averaged per epoch into the history. optimizer: ``init``/``update`` (optax protocol).
-    augment: None or ``(key, x) -> x``, applied to each minibatch on the device.
+    Args:
+        loss_fn: ``(params, x, y, key) -> loss`` or ``-> (loss, aux)`` with ``has_aux``; aux a dict of
+            scalars, averaged per epoch into the history.
+        optimizer: anything with ``init``/``update`` (optax protocol).
+        batch_size: examples per step.
+        has_aux: ``loss_fn`` returns ``(loss, aux)``.
+        augment_fn: None or ``(key, x) -> x``, applied to each minibatch on the device.
+        batch_sharding: None or the ``jax.sharding.Sharding`` each minibatch is constrained to
+            (``parallel.data_parallel_spec`` sets it).
     """
 
     loss_fn: Callable
@@ -97,7 +103,15 @@ class FunctionTask:
 
 
 class TrainState(NamedTuple):
-    """The whole state of a run: a PyTree that checkpoints, resumes and vmaps as one value."""
+    """The whole state of a run: a PyTree that checkpoints, resumes and vmaps as one value.
+
+    Attributes:
+        params: the model's params, any PyTree of arrays.
+        opt_state: the optimizer's state, ``optimizer.init(params)`` advanced.
+        key: (2,) uint32, the run's PRNG key: never advanced, epochs fold their index into it.
+        epoch: int32 scalar, completed epochs.
+        step: int32 scalar, steps done in the current epoch.
+    """
 
     params: Any
     opt_state: Any
@@ -124,7 +138,7 @@ def epoch_order(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Arra
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Minibatches in one epoch of ``num_examples``, the last one short when needed."""
+    """Minibatches of ``batch_size`` in one epoch of ``num_examples``, the last one short when needed."""
     return -(-num_examples // batch_size)
 
 
@@ -390,7 +404,16 @@ def advance(run: Run, state: TrainState, handlers: Sequence[Callable], *, histor
 
 
 class TrainResult(NamedTuple):
-    """What ``train`` returns."""
+    """What ``train`` returns.
+
+    Attributes:
+        params: the final params (``state.params``).
+        opt_state: the final optimizer state (``state.opt_state``).
+        state: the whole final ``TrainState`` (resume from it, or checkpoint it).
+        history: one record per completed epoch: ``{"epoch", "loss", "seconds", ...}`` and aux means.
+        reason: why the run ended: "done", or a handler's ``StopRun`` reason such as "early-stop".
+        compile_seconds: the time spent compiling the chunk program.
+    """
 
     params: Any
     opt_state: Any

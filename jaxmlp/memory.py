@@ -19,6 +19,16 @@ HEADROOM = 0.9  # leave a tenth for the runtime, the compiler and everything els
 
 
 class MemoryEstimate(NamedTuple):
+    """What :func:`estimate` returns, in bytes (``params`` a count).
+
+    Attributes:
+        params: the model's parameter count.
+        state_bytes: params, optimizer slots and gradients, all copies alive at once.
+        data_bytes: the training (and test) inputs on the device.
+        batch_bytes: one batch's activations, forward and backward.
+        total: the sum of the three byte counts.
+    """
+
     params: int       # parameter count
     state_bytes: int  # params, optimizer slots and gradients, all copies alive at once
     data_bytes: int   # inputs on the device

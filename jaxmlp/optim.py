@@ -73,21 +73,50 @@ class EmptyState(NamedTuple):
 
 
 class SgdState(NamedTuple):
+    """The state of :func:`sgd` and :func:`scale_by_learning_rate`.
+
+    Attributes:
+        step: int32 scalar, the number of updates applied so far.
+    """
+
     step: jax.Array  # int32 scalar: number of updates applied so far
 
 
 class MomentumState(NamedTuple):
+    """The state of :func:`momentum` and :func:`nesterov`.
+
+    Attributes:
+        step: int32 scalar, the number of updates applied so far.
+        velocity: ``v <- beta * v + g``, a PyTree like params (same shapes and dtypes).
+    """
+
     step: jax.Array
     velocity: PyTree  # same structure/dtypes as params
 
 
 class AdamState(NamedTuple):
+    """The state of :func:`adam`, :func:`adamw` and :func:`scale_by_adam`.
+
+    Attributes:
+        step: int32 scalar, the number of updates applied so far.
+        mu: first-moment EMA of the gradients, a PyTree like params.
+        nu: second-moment EMA of the squared gradients, a PyTree like params.
+    """
+
     step: jax.Array
     mu: PyTree  # first-moment EMA, like params
     nu: PyTree  # second-moment EMA, like params
 
 
 class AccumulateState(NamedTuple):
+    """The state of :func:`accumulate`.
+
+    Attributes:
+        count: int32 scalar, micro-steps since the last real update.
+        grads: their summed gradients, a PyTree like params.
+        inner: the wrapped optimizer's state.
+    """
+
     count: jax.Array  # int32: micro-steps since the last real update
     grads: PyTree     # their summed gradients, like params
     inner: PyTree     # the wrapped optimizer's state

@@ -1,6 +1,7 @@
 """Progress bars for long work (epochs, sweeps, downloads), drawn on stderr.
 
-A bar is drawn only when it is enabled and stderr is a terminal, so logs and CI output stay clean.
+A bar is drawn only when it is enabled and stderr is a terminal or a Jupyter kernel's output (which
+renders the carriage returns a bar redraws with), so logs and CI output stay clean.
 """
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import time
 
 
 class Progress:
-    """A one-line text progress bar: ``with Progress(total, "train") as bar: bar.update(1)``."""
+    """A one-line text progress bar: ``with Progress(total, "train") as bar: bar.update(1)``.
+
+    Args:
+        total: the amount that completes the bar.
+        desc: the label written before the bar.
+        enabled: draw at all (it draws only when ``stream`` is a terminal or a Jupyter kernel's, too).
+        stream: where to draw (default ``sys.stderr``).
+        unit: written after the ``done/total`` counts.
+    """
 
     def __init__(self, total: float, desc: str = "", enabled: bool = True, stream=None, unit: str = ""):
         self.total = max(float(total), 0.0)
@@ -61,6 +70,8 @@ def _fmt(x: float) -> str:
 
 
 def _isatty(stream) -> bool:
+    if type(stream).__module__.startswith("ipykernel"):  # a notebook's cell output redraws on "\r" too
+        return True
     try:
         return stream.isatty()
     except (AttributeError, ValueError):

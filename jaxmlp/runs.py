@@ -53,13 +53,24 @@ __all__ = ["TrainSpec", "spec_for", "make_optimizer", "fit", "FitResult", "setup
 class TrainSpec:
     """The static part of training (changing it changes the compiled program).
 
-    arch: "mlp" or "cnn"; grad: "autodiff" (jax.grad) or "manual" (the notebook's backprop, MLP);
-    optimizer / schedule: names from ``optim``; total_steps / warmup_steps: the schedule's horizon;
-    dropout: hidden-unit drop rate; augment: None, "shift", "affine" or "elastic"; image_side: for
-    augmentation; elastic_sigma / elastic_alpha: the elastic fields' smoothing and scale (pixels; read only
-    by "elastic"); max_norm: None or the largest norm of a unit's incoming weights (``optim.max_norm``);
-    batch_sharding: None or the ``jax.sharding.Sharding`` each minibatch is constrained to (data
-    parallelism, see ``parallel.py``); frozen: layer indices the optimizer leaves bit-identical.
+    Args:
+        batch_size: examples per step.
+        arch: "mlp" or "cnn".
+        grad: "autodiff" (``jax.grad``) or "manual" (the notebook's backprop, MLP only).
+        optimizer: an optimizer name from ``optim.OPTIMIZERS``.
+        schedule: a schedule name from ``optim.SCHEDULES``.
+        total_steps: the schedule's horizon in steps (0 for "constant").
+        warmup_steps: the schedule's warmup in steps.
+        dropout: hidden-unit drop rate.
+        augment: None, "shift", "affine" or "elastic".
+        image_side: the images' side in pixels, for augmentation.
+        batch_sharding: None or the ``jax.sharding.Sharding`` each minibatch is constrained to (data
+            parallelism, see ``parallel.py``).
+        frozen: layer indices the optimizer leaves bit-identical.
+        activation: the hidden layers' activation, a name from ``model.ACTIVATIONS``.
+        elastic_sigma: the elastic fields' smoothing in pixels (read only by "elastic").
+        elastic_alpha: the elastic fields' scale in pixels (read only by "elastic").
+        max_norm: None or the largest norm of a unit's incoming weights (``optim.max_norm``).
     """
 
     batch_size: int = 32
@@ -95,7 +106,8 @@ class TrainSpec:
 
 
 def spec_for(config: TrainConfig, num_examples: int, image_side: int = 28) -> TrainSpec:
-    """The ``TrainSpec`` of ``config`` for a training set of ``num_examples``."""
+    """The ``TrainSpec`` of ``config`` for a training set of ``num_examples`` images of side
+    ``image_side`` pixels."""
     steps_per_epoch = -(-num_examples // config.batch_size)
     scheduled = config.schedule != "constant"  # without a schedule, runs of any length share a program
     return TrainSpec(
@@ -177,11 +189,14 @@ def _augment(spec: TrainSpec, key: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def dtype_of(config: TrainConfig):
+    """The float dtype of ``config``'s run: ``jnp.float64`` for ``config.dtype == "float64"``, else
+    ``jnp.float32``."""
     return jnp.float64 if config.dtype == "float64" else jnp.float32
 
 
 def prepare(images: np.ndarray, dtype, arch: str = "mlp") -> jax.Array:
-    """uint8 images (N, H, W) -> float inputs (N, H*W) in [0, 1] on the device (the CNN reshapes)."""
+    """uint8 images (N, H, W) -> float inputs (N, H*W) of ``dtype`` in [0, 1] on the device; ``arch`` is
+    ignored (the CNN reshapes its inputs itself)."""
     from .data import normalize
 
     del arch
@@ -197,7 +212,8 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
 
 
 def init_model(config: TrainConfig, key: jax.Array, input_dim: int, num_classes: int) -> Params:
-    """Fresh params for ``config``: the MLP ``input_dim-hidden...-num_classes`` or the CNN."""
+    """Fresh params for ``config``, drawn from ``key``: the MLP ``input_dim-hidden...-num_classes`` or
+    the CNN (square images of ``input_dim`` pixels)."""
     from .model import init_params
 
     if config.arch == "cnn":
@@ -208,7 +224,8 @@ def init_model(config: TrainConfig, key: jax.Array, input_dim: int, num_classes:
 
 
 def state_template(config: TrainConfig, input_dim: int, num_classes: int) -> TrainState:
-    """The shapes and dtypes (``jax.ShapeDtypeStruct``) of a run's state: what a checkpoint must hold."""
+    """The shapes and dtypes (``jax.ShapeDtypeStruct``) of the state of a run of ``config`` on
+    ``input_dim`` inputs and ``num_classes`` classes: what its checkpoint must hold."""
     spec = spec_for(config, 1)
 
     def build(key):
@@ -273,6 +290,12 @@ def setup(config: TrainConfig, data, state: TrainState | None = None,
     The chunk program compiles on a second thread from shapes alone while this one initialises and
     copies the data to the device, so a cold start's largest compile overlaps the rest. Call it inside
     ``precision(config.dtype, config.matmul_precision)``, as ``fit`` does.
+
+    Args:
+        config: the run's ``TrainConfig``.
+        data: a ``data.Dataset`` of uint8 images and integer labels.
+        state: a ``TrainState`` to resume from (None: fresh or, with ``config.finetune``, fine-tuned params).
+        mesh: None, or a ``jax.sharding.Mesh`` to split every minibatch over its devices.
     """
     from .checks import check_dataset, check_split, check_state
 
@@ -368,8 +391,8 @@ def _checked_meta(path, meta: dict) -> tuple[TrainConfig, dict]:
 
 
 def load_run(path) -> tuple[TrainConfig, TrainState, dict]:
-    """(config, state, meta) of a checkpoint from ``jaxmlp train --save``, restored strictly against
-    the template its config implies (a float64 run's arrays come back as float64 arrays)."""
+    """(config, state, meta) of the checkpoint at ``path`` from ``jaxmlp train --save``, restored
+    strictly against the template its config implies (a float64 run's arrays come back as float64)."""
     from .checkpoint import CheckpointError, load_state, read_meta
 
     config, meta = _checked_meta(path, read_meta(path))
@@ -382,7 +405,7 @@ def load_run(path) -> tuple[TrainConfig, TrainState, dict]:
 
 
 def load_model(path) -> tuple[Params, TrainConfig, dict]:
-    """(params, config, meta) of a checkpoint, for evaluation, prediction and fine-tuning."""
+    """(params, config, meta) of the checkpoint at ``path``, for evaluation, prediction and fine-tuning."""
     config, state, meta = load_run(path)
     return state.params, config, meta
 
@@ -400,7 +423,19 @@ def _save(config: TrainConfig, input_dim: int, num_classes: int, steps: int, pat
 
 
 class FitResult(NamedTuple):
-    """What ``fit`` returns: the trained model, its state and history, and its test scores."""
+    """What ``fit`` returns: the trained model, its state and history, and its test scores.
+
+    Attributes:
+        params: the model's params: the best validation epoch's under early stopping, else the final ones.
+        opt_state: the final optimizer state.
+        state: the whole final ``TrainState``.
+        history: one record per epoch: ``{"epoch", "loss", "seconds"}`` (and "val_loss", "val_accuracy").
+        test_loss: mean cross-entropy of ``params`` on the test set.
+        test_accuracy: accuracy of ``params`` on the test set, a fraction in [0, 1].
+        train_seconds: wall time of this call's epochs, compilation excluded.
+        compile_seconds: the time spent compiling the chunk program.
+        stopped_early: whether early stopping ended the run.
+    """
 
     params: Params
     opt_state: Any
@@ -418,12 +453,18 @@ def fit(config: TrainConfig, data, *, handlers: Sequence[Callable] = (), resume:
     """Train ``config`` on ``data`` (a ``data.Dataset`` of uint8 arrays) and test it: the command line's
     path, a thin layer over the engine (``engine.advance``, the loop ``jaxmlp.train`` runs too).
 
-    handlers: callables given an ``Event`` around every chunk (see ``handlers.py``); the finiteness
-    and divergence checks (``divergence_rule=False``: non-finite values only) and early stopping come
-    first. resume: {"state", "history", "partial"} from
-    ``load_run`` continues a run exactly. mesh: a ``jax.sharding.Mesh`` (``parallel.make_mesh``) to
-    split every minibatch over its devices. A signal stop raises ``Interrupted`` after the handlers
-    saw the "end" event; divergence raises ``DivergenceError``.
+    Args:
+        config: the run's ``TrainConfig``.
+        data: a ``data.Dataset`` of uint8 images and integer labels.
+        handlers: callables given an ``Event`` around every chunk (see ``handlers.py``); the finiteness
+            and divergence checks and early stopping come first.
+        resume: {"state", "history", "partial"} from ``load_run``: continues a run exactly.
+        mesh: a ``jax.sharding.Mesh`` (``parallel.make_mesh``) to split every minibatch over its devices.
+        chunk_steps: steps per compiled chunk (None: sized to take about a quarter second).
+        divergence_rule: stop when the loss passes 10x its start (False: on non-finite values only).
+
+    A signal stop raises ``Interrupted`` after the handlers saw the "end" event; divergence raises
+    ``DivergenceError``.
     """
     from .handlers import EarlyStopping, default_checks
 

@@ -6,8 +6,9 @@ group trains as ONE program on the training engine itself: ``engine.chunk`` unde
 (``group_chunk``), over a ``TrainState`` whose params, optimizer state and hyperparameters (lr,
 momentum, ...) carry a leading model axis K while the dataset and the step counters are shared.
 Learning rates, seeds and init schemes are just that batch axis (params are drawn outside the
-program). Each member's state is built exactly as ``runs.setup`` builds it, so a member equals the
-single ``runs.fit`` run of its config up to float round-off.
+program). Each member's state is built exactly as ``runs.setup`` builds it (bit for bit), all members
+at once by one vmapped program over their seeds, init schemes and hyperparameters (``init_members``),
+so a member equals the single ``runs.fit`` run of its config up to float round-off.
 
 Which groups share their minibatches. When every member has the same seed (an lr, init or
 regularisation sweep), the run key is passed *unbatched*: one shuffle, one set of step keys
@@ -109,7 +110,13 @@ def _check_sweepable(config: TrainConfig) -> None:
 def group_key(config: TrainConfig, num_examples: int, image_side: int = 28) -> tuple:
     """What two configurations must share to train in one program: the static ``TrainSpec`` (batch
     size, optimizer, schedule horizon, ...), the architecture's shapes and the dtype. lr, seed, init
-    scheme and the other numeric hyperparameters are left out: they batch."""
+    scheme and the other numeric hyperparameters are left out: they batch.
+
+    Args:
+        config: the run's configuration.
+        num_examples: N, the size of the training set.
+        image_side: the images' side in pixels.
+    """
     return (runs.spec_for(config, num_examples, image_side), config.arch, tuple(int(h) for h in config.hidden),
             config.dtype, config.epochs)
 
@@ -117,7 +124,8 @@ def group_key(config: TrainConfig, num_examples: int, image_side: int = 28) -> t
 def group_by_shape(configs: Sequence[TrainConfig], num_examples: int, image_side: int = 28,
                    max_group: int | None = None) -> list[list[int]]:
     """Indices of ``configs`` grouped by ``group_key`` (groups in order of first appearance), each
-    group cut into pieces of at most ``max_group`` members to bound memory."""
+    group cut into pieces of at most ``max_group`` members to bound memory (None: uncut).
+    ``num_examples`` (N) and ``image_side`` (pixels) describe the training set, as in ``group_key``."""
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(group_key(c, num_examples, image_side), []).append(i)
@@ -234,7 +242,8 @@ def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: in
 
 def member_axes(shared_key: bool) -> engine.TrainState:
     """``vmap`` axes of a group's ``TrainState``: the step counters are unbatched, so the engine's
-    short-batch ``lax.cond`` stays a branch (a batched predicate would run both sides every step)."""
+    short-batch ``lax.cond`` stays a branch (a batched predicate would run both sides every step).
+    ``shared_key``: the run key is one unbatched (2,) key rather than (K, 2)."""
     return engine.TrainState._make([0, 0, None if shared_key else 0, None, None])
 
 
@@ -244,7 +253,8 @@ def group_chunk(state: engine.TrainState, order: jax.Array, x: jax.Array, y: jax
     """``engine.chunk`` for K members at once (``jax.vmap``; the dataset x (N, D), y (N,) is shared).
 
     state: stacked as ``init_members`` builds it; order: ``group_order`` (one (N,) order when
-    ``shared_key``, else (K, N)); hparams: stacked. Returns the new state and losses (K, capacity).
+    ``shared_key``, else (K, N)); hparams: stacked; num_steps: int32 scalar, the steps to run (shared);
+    spec: the group's ``TrainSpec`` (static). Returns the new state and losses (K, capacity).
 
     ``chains`` > 1 cuts the members into that many independent vmapped chunks inside the one program.
     XLA's CPU runtime runs independent operations concurrently, so the chains spread over the cores
@@ -274,10 +284,10 @@ run_group_chunk = jax.jit(group_chunk, static_argnames=("spec", "capacity", "sha
 
 
 def default_chains(num_models: int) -> int:
-    """How many chains ``group_chunk`` should use: on a CPU two per core, at most 8 (each chain adds
-    compile time; on 2 cores a 16-lr sweep measured 1.1-1.3x a single run per model-epoch with one
-    chain, 0.7-1.0x with 2 and 0.68-0.92x with 4); 1 on accelerators, where one wide program is what
-    keeps the device busy."""
+    """How many chains ``group_chunk`` should use for ``num_models`` members: on a CPU two per core,
+    at most ``num_models`` and 8 (each chain adds compile time; on 2 cores a 16-lr sweep measured
+    1.1-1.3x a single run per model-epoch with one chain, 0.7-1.0x with 2 and 0.68-0.92x with 4); 1 on
+    accelerators, where one wide program is what keeps the device busy."""
     if jax.default_backend() != "cpu":
         return 1
     return max(1, min(num_models, 2 * (os.cpu_count() or 1), 8))
@@ -292,16 +302,29 @@ def group_order(key: jax.Array, epoch: jax.Array, num_examples: int, shared_key:
 
 
 def stack(trees: Sequence[Any]) -> Any:
-    """A list of same-structured PyTrees -> one PyTree with a new leading axis."""
+    """``trees``, a list of K same-structured PyTrees -> one PyTree with a new leading axis K."""
     return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
 def unstack(tree: Any, index: int) -> Any:
-    """Member ``index`` of a stacked PyTree."""
+    """Member ``index`` of ``tree``, a stacked PyTree (leading axis K)."""
     return jax.tree_util.tree_map(lambda leaf: leaf[index], tree)
 
 
 class GroupResult(NamedTuple):
+    """What ``train_group`` returns.
+
+    Attributes:
+        params: the members' final params, stacked (leading axis K).
+        opt_state: their optimizer states, stacked.
+        history: (K, epochs) float epoch losses, NaN from the epoch a member diverged in.
+        compile_seconds: the group program's compile time.
+        train_seconds: the epochs' time, compilation excluded.
+        shared_key: one run key for all members (one shuffle, the same minibatches).
+        state: the stacked final ``TrainState`` (see ``init_members``).
+        diverged: (K,) bool, which members diverged (``diverged_members``).
+    """
+
     params: Any                 # stacked, leading axis K
     opt_state: Any
     history: np.ndarray         # (K, epochs) epoch losses (NaN from the epoch a member diverged in)
@@ -369,9 +392,11 @@ def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_
                 image_side: int = 28, chains: int | None = None, share_order: bool = False,
                 on_epoch: Callable[[int, np.ndarray], None] | None = None,
                 divergence_rule: bool = True) -> GroupResult:
-    """Train configurations that share a ``group_key`` together, all epochs, one compiled program.
+    """Train ``configs`` (K configurations that share a ``group_key``) together, all epochs, one
+    compiled program.
 
-    x (N, D) float, y (N,) int32, already on the device (call inside ``engine.precision`` for float64).
+    x (N, D) float, y (N,) int32, already on the device (call inside ``engine.precision`` for float64);
+    num_classes: C, the width of the output layer; image_side: the images' side in pixels.
     Each epoch is one ``group_chunk`` of all its steps; ``chains``: see there (default:
     ``default_chains``). ``share_order``: every member uses the first one's run key (see the module
     docstring); members of one seed share it anyway. ``on_epoch(epoch, losses (K,))`` after each
@@ -451,7 +476,8 @@ def evaluate_members(params: Any, x: jax.Array, y: jax.Array, *, arch: str = "ml
 
 
 def ensemble_probs(params: Any, x: jax.Array, *, arch: str = "mlp") -> jax.Array:
-    """Each stacked model's class probabilities on x: (K, N, C)."""
+    """Each stacked model's class probabilities on x (N, D): (K, N, C). params: K models' params,
+    stacked (leading axis K); arch: "mlp" or "cnn"."""
     from .model import softmax
 
     return jax.vmap(lambda p: softmax(evaluation.apply_fn(arch)(p, x)))(params)
@@ -470,6 +496,17 @@ def ensemble_accuracy(probs, labels) -> float:
 
 
 class RunResult(NamedTuple):
+    """One trained configuration of a sweep or ensemble.
+
+    Attributes:
+        config: the run's configuration.
+        history: the epoch training losses (NaN from the epoch it diverged in).
+        test_loss: mean test cross-entropy (NaN if diverged).
+        test_accuracy: test accuracy, a fraction in [0, 1] (NaN if diverged).
+        diverged: the run diverged (``diverged_members``).
+        group: index of its compiled program in ``SweepResult.groups``.
+    """
+
     config: TrainConfig
     history: list           # the epoch losses
     test_loss: float
@@ -479,6 +516,15 @@ class RunResult(NamedTuple):
 
 
 class GroupInfo(NamedTuple):
+    """One compiled program of a sweep.
+
+    Attributes:
+        members: its configurations' indices into the sweep's list.
+        compile_seconds: the program's compile time.
+        train_seconds: its epochs' time, compilation excluded.
+        shared_key: its members shared one run key (one shuffle, the same minibatches).
+    """
+
     members: list           # indices into the configurations
     compile_seconds: float
     train_seconds: float
@@ -486,6 +532,14 @@ class GroupInfo(NamedTuple):
 
 
 class SweepResult(NamedTuple):
+    """What ``run_sweep`` returns.
+
+    Attributes:
+        runs: a ``RunResult`` per configuration, in the given order.
+        groups: a ``GroupInfo`` per compiled program.
+        wall_seconds: the whole sweep's wall-clock time.
+    """
+
     runs: list              # RunResult per configuration, in the given order
     groups: list            # GroupInfo per compiled program
     wall_seconds: float
@@ -515,8 +569,9 @@ def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = N
     """Train and test every configuration on ``data`` (a ``data.Dataset``), one program per shape group.
 
     ``on_group(group_index, member_indices)`` before a group starts; ``on_epoch(group_index, epoch,
-    losses (K,))`` after each of its epochs. ``share_order``: see ``train_group``. Returns results
-    in the order of ``configs``.
+    losses (K,))`` after each of its epochs. ``share_order``: see ``train_group``. ``max_group``: the
+    most members per program, larger groups are cut (None: uncut). Returns results in the order of
+    ``configs``.
     """
     if not configs:
         raise ValueError("a sweep needs at least one configuration")
@@ -544,6 +599,17 @@ def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = N
 
 
 class EnsembleResult(NamedTuple):
+    """What ``fit_ensemble`` returns.
+
+    Attributes:
+        members: a ``RunResult`` per member (seeds ``seed``, ``seed + 1``, ...).
+        ensemble_loss: mean -log of the averaged probability of the true class (NaN if all diverged).
+        ensemble_accuracy: accuracy of the averaged probabilities, in [0, 1] (NaN if all diverged).
+        params: the members' params, stacked (leading axis K).
+        compile_seconds: the group program's compile time.
+        train_seconds: the epochs' time, compilation excluded.
+    """
+
     members: list           # RunResult per member (seeds seed, seed + 1, ...)
     ensemble_loss: float    # mean -log of the averaged probability of the true class
     ensemble_accuracy: float
@@ -607,8 +673,8 @@ def run_record(run: RunResult) -> dict:
 
 
 def sweep_record(result: SweepResult) -> dict:
-    """The sweep as a JSON-ready dict: ``runs`` (one per configuration, best test accuracy first) and
-    ``groups`` (one per compiled program, with its compile and train seconds)."""
+    """The sweep ``result`` as a JSON-ready dict: ``runs`` (one per configuration, best test accuracy
+    first) and ``groups`` (one per compiled program, with its compile and train seconds)."""
     return {
         "runs": [run_record(r) for r in sorted_runs(result.runs)],
         "groups": [{"members": len(g.members), "config_indices": g.members, "compile_seconds": g.compile_seconds,

@@ -16,6 +16,7 @@
 set -u
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SELF="$ROOT/scripts/$(basename "${BASH_SOURCE[0]}")"
 OUT=${OUT:-/tmp/gpu-check}
 PYTHON=${PYTHON:-python3}
 DRY=${GPU_CHECK_DRY:-0}
@@ -141,7 +142,7 @@ step() {
     fi
     ((limit > left)) && limit=$left
     t0=$(date +%s.%N)
-    timeout -k 10 "$limit" bash "${BASH_SOURCE[0]}" --run "$@" >"$OUT/$name.log" 2>&1
+    timeout -k 10 "$limit" bash "$SELF" --run "$@" >"$OUT/$name.log" 2>&1
     rc=$?
     t1=$(date +%s.%N)
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }' >"$OUT/$name.seconds"

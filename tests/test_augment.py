@@ -112,14 +112,16 @@ def test_elastic_zero_alpha_is_identity():
 
 
 def test_elastic_field_is_scipys_gaussian_filter_of_the_noise():
-    """The field is the U(-1, 1) noise (drawn on the wider grid) smoothed by scipy.ndimage.gaussian_filter
-    (same truncation, full support) times alpha: an independent reference for the smoothing."""
+    """The field is the U(-1, 1) noise (16-bit halves of one 32-bit draw per pixel of the wider grid)
+    smoothed by scipy.ndimage.gaussian_filter (same truncation, full support) times alpha: an independent
+    reference for the smoothing."""
     from scipy.ndimage import gaussian_filter
 
     key, n, side, sigma, alpha = jax.random.PRNGKey(3), 2, 12, 1.5, 7.0
     r = (len(augment.gaussian_kernel(sigma)) - 1) // 2
     assert r == int(4.0 * sigma + 0.5)
-    noise = np.asarray(jax.random.uniform(key, (n, 2, side + 2 * r, side + 2 * r), jnp.float32, -1.0, 1.0), np.float64)
+    bits = np.asarray(jax.random.bits(key, (n, side + 2 * r, side + 2 * r), jnp.uint32))
+    noise = (np.stack([bits >> 16, bits & 0xFFFF], axis=1) + 0.5) / 32768 - 1.0  # the documented 16-bit halves
     ref = np.stack([[gaussian_filter(noise[i, c], sigma, mode="constant")[r:-r, r:-r] for c in range(2)]
                     for i in range(n)]) * alpha
     out = np.asarray(augment.elastic_field(key, n, side, sigma, alpha))

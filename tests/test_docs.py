@@ -139,6 +139,22 @@ def test_cli_examples_parse(path):
             pytest.fail(f"{_id(path)}: `{line}` does not parse: {err}")
 
 
+MACHINE_PATH = re.compile(r"(?<![\w.])(/home/|/Users/|/root/|/work/|/private/|[A-Za-z]:\\[\w])")
+DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b")
+
+
+def test_the_readme_is_a_front_page():
+    """The README stays short, and no page keeps a measurement diary: no dates and no paths of the machine
+    the text was written on (the generated results fragment carries its own date)."""
+    assert len((REPO / "README.md").read_text().splitlines()) <= 160
+    for path in markdown_files():
+        if path.parent.name == "results":
+            continue
+        text = path.read_text()
+        assert not MACHINE_PATH.search(text), f"{_id(path)}: a machine path: {MACHINE_PATH.search(text).group()}"
+        assert not DATE.search(text), f"{_id(path)}: a date: {DATE.search(text).group()}"
+
+
 # ---------------------------------------------------------------- docstrings
 
 # What the API pages show is what this file checks: the docs extension's module list and public names.
@@ -236,14 +252,19 @@ def test_every_top_level_name_is_on_the_api_pages():
 
 
 def test_the_notebooks_hold_their_pictures():
-    """The docs render each notebook's stored outputs: every notebook must store at least one picture."""
+    """The docs render each notebook's stored outputs: a notebook that draws (matplotlib, jaxmlp.plots, an
+    Image it displays) must store its pictures."""
     import json
 
     notebooks = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert notebooks
     for path in notebooks:
-        outputs = [o for cell in json.loads(path.read_text())["cells"] for o in cell.get("outputs", [])]
-        assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.name} stores no picture"
+        cells = json.loads(path.read_text())["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        if not re.search(r"\bplt\.|\bplots\.|display\(", code):
+            continue
+        outputs = [o for cell in cells for o in cell.get("outputs", [])]
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.name} draws but stores no picture"
 
 
 def test_bench_markdown_is_stamped_and_has_no_paths():

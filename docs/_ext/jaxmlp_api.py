@@ -13,7 +13,7 @@ API_MODULES = [
     "jaxmlp.model", "jaxmlp.losses", "jaxmlp.backprop", "jaxmlp.optim", "jaxmlp.schedules", "jaxmlp.engine",
     "jaxmlp.events", "jaxmlp.runs", "jaxmlp.evaluation", "jaxmlp.handlers", "jaxmlp.config", "jaxmlp.data",
     "jaxmlp.sweep", "jaxmlp.checkpoint", "jaxmlp.fileio", "jaxmlp.parallel", "jaxmlp.plots", "jaxmlp.notebook",
-    "jaxmlp.transfer", "jaxmlp.augment", "jaxmlp.cnn", "jaxmlp.steps",
+    "jaxmlp.transfer", "jaxmlp.augment", "jaxmlp.cnn", "jaxmlp.steps", "jaxmlp.reproduce", "jaxmlp.manifest",
 ]
 
 

@@ -54,7 +54,7 @@ def _members(module_name: str) -> list[str]:
     lines = []
     for name in public_names(module):
         obj = getattr(module, name)
-        if not is_api_callable(obj) or home_of(name, obj) != module_name:
+        if not is_api_callable(obj) or home_of(name, obj) not in (module_name, None):
             continue  # constants are described in the docstrings that use them; re-exports at home
         if inspect.isclass(obj) and issubclass(obj, BaseException):
             lines += [f".. autoexception:: {module_name}.{name}", ""]
@@ -109,7 +109,7 @@ def _config_fields(app, what, name, obj, options, lines) -> None:
 def _skip_field_aliases(app, what, name, obj, skip, options):
     """Leave out NamedTuple fields whose only doc is Python's "Alias for field number N"."""
     doc = getattr(obj, "__doc__", None) or ""
-    if isinstance(obj, property) and doc.startswith("Alias for field number"):
+    if what == "class" and doc.startswith("Alias for field number"):
         return True
     return None
 

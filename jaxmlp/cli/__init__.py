@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from . import bench, misc, models, sweep, train
+from . import bench, misc, models, reproduce, sweep, train
 from .common import CLIError, Parser, UsageError, debug, one_line
 
 __all__ = ["main", "build_parser", "CLIError", "UsageError"]
@@ -20,7 +20,7 @@ __all__ = ["main", "build_parser", "CLIError", "UsageError"]
 SUBCOMMANDS = [  # (name, adder): the order of --help
     ("train", train.add), ("sweep", sweep.add), ("bench", bench.add), ("gradcheck", misc.add_gradcheck),
     ("presets", misc.add_presets), ("download", misc.add_download), ("eval", models.add_eval),
-    ("predict", models.add_predict),
+    ("predict", models.add_predict), ("reproduce", reproduce.add_reproduce), ("verify", reproduce.add_verify),
 ]
 
 EXAMPLES = """examples:
@@ -30,6 +30,8 @@ EXAMPLES = """examples:
   jaxmlp sweep --lr 0.01 0.03 0.1 0.3           four learning rates trained together
   jaxmlp eval --load run.npz                    test a checkpoint
   jaxmlp gradcheck --synthetic                  manual backprop vs jax.grad vs finite differences
+  jaxmlp reproduce seed                         the notebook's table, exact in float64
+  jaxmlp verify run.json                        rerun a `train --manifest run.json` run, bit for bit
 """
 
 

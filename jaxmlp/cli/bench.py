@@ -53,6 +53,10 @@ def run(args) -> int:
     if args.markdown:
         check_writable(args.markdown, "--markdown")
     images, labels, note = load_bench_data(args.data_dir, args.dataset, args.synthetic, args.train_size)
+    for flag, size in (("--batch-size", args.batch_size), ("--large-batch", args.large_batch)):
+        if size > len(labels):  # a row times steps of full batches
+            raise UsageError(f"{flag} {size} is more than the {len(labels)} training examples the bench times "
+                             f"(--train-size)")
     if not args.json:
         say(f"bench: {note}; timing the rows...")
 
@@ -68,5 +72,9 @@ def run(args) -> int:
     write_metrics(args.metrics_out, report)
     if args.markdown and is_primary():
         text = format_markdown(report).encode("utf-8")
-        atomic_write(args.markdown, lambda f: f.write(text))
+
+        def write(f) -> None:
+            f.write(text)
+
+        atomic_write(args.markdown, write)
     return 0

@@ -49,7 +49,7 @@ def add_metrics_flag(p, what: str = "a JSON summary of the run") -> None:
     p.add_argument("--metrics-out", metavar="FILE", default=None, help=f"write {what} to FILE")
 
 
-OUTPUT_FLAGS = {"save": False, "metrics_out": False, "log": False, "plot_dir": True}
+OUTPUT_FLAGS = {"save": False, "metrics_out": False, "log": False, "plot_dir": True, "manifest": False}
 
 
 def check_outputs(args) -> None:

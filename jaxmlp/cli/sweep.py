@@ -28,7 +28,8 @@ def add(sub) -> None:
                    help="weight init schemes (default: notebook)")
     g.add_argument("--random", type=cfg.positive_int, default=None, metavar="N",
                    help="random search: N configurations drawn from the values above instead of the full grid")
-    g.add_argument("--search-seed", type=cfg.nonneg_int, default=0, help="seed of the random search (default: 0)")
+    g.add_argument("--search-seed", type=cfg.nonneg_int, default=None,
+                   help="with --random: seed of the random search (default: 0)")
     cfg.add_flags(p.add_argument_group("training (shared by every configuration)"), SHARED)
     g = p.add_argument_group("running")
     g.add_argument("--max-group", type=cfg.positive_int, default=None, metavar="K",
@@ -73,7 +74,9 @@ def configs_from_args(args) -> list:
             "init": args.init}
     if args.random:
         lrs = axes.pop("lr")
-        return random_search(base, args.random, seed=args.search_seed, lr_range=(min(lrs), max(lrs)), axes=axes)
+        return random_search(base, args.random, seed=args.search_seed or 0, lr_range=(min(lrs), max(lrs)), axes=axes)
+    if args.search_seed is not None:
+        raise CLIError("--search-seed seeds the random search; it needs --random N")
     return grid(base, **axes)
 
 

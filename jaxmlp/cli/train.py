@@ -54,6 +54,9 @@ def add(sub) -> None:
     g.add_argument("--resume", metavar="PATH", default=None,
                    help="continue the run saved in this checkpoint up to --epochs with its saved settings (other "
                         "flags may repeat them, not change them); bit-exact")
+    g.add_argument("--manifest", metavar="FILE", default=None,
+                   help="write a run manifest (config, data SHA-256, versions, device, each epoch's params hash) "
+                        "that `jaxmlp verify FILE` reruns and checks bit for bit")
     g.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
     g = p.add_argument_group("engine")
     g.add_argument("--chunk-steps", type=cfg.positive_int, default=None, metavar="S",
@@ -111,9 +114,8 @@ def config_from_args(args) -> cfg.TrainConfig:
         from jaxmlp.runs import load_model
 
         _, saved, _ = load_model(values["finetune"])
-        values.setdefault("arch", saved.arch)
-        values.setdefault("hidden", saved.hidden)
-        values.setdefault("activation", saved.activation)
+        given = given_flags(args)
+        values.update({k: getattr(saved, k) for k in ("arch", "hidden", "activation") if k not in given})
     config = cfg.TrainConfig(**values)
     refuse_unused(args, config)
     return config
@@ -197,7 +199,10 @@ def _train(args, config, data, resume, mesh, started) -> int:
     from jaxmlp.engine import DivergenceError, Interrupted, precision
     from jaxmlp.runs import fit
 
+    from .reproduce import manifest_recorder, write_train_manifest
+
     handlers, saver = _handlers(args)
+    recorder = manifest_recorder(args, handlers)
     with precision(config.dtype):
         try:
             result = fit(config, data, handlers=handlers, resume=resume, mesh=mesh, chunk_steps=args.chunk_steps,
@@ -212,6 +217,9 @@ def _train(args, config, data, resume, mesh, started) -> int:
             kept = f"; {args.save} keeps epoch {saver.saved[0]}" if saver and saver.saved else ""
             raise DivergenceError(f"{err}{kept}") from None
         _report(args, config, data, result, resume, mesh, started)
+    from jaxmlp.parallel import device_count
+
+    write_train_manifest(args, config, recorder, result, device_count(mesh), started)
     return 0
 
 
@@ -255,13 +263,14 @@ def _plots(args, config, data, params, history, test_loss: float) -> None:
 
 
 ENGINE_ONLY = ("preset", "save", "resume", "log", "plot_dir", "save_every", "devices", "coordinator", "num_processes",
-               "process_id", "shared_order", "chunk_steps", "no_divergence_check")
+               "process_id", "shared_order", "chunk_steps", "no_divergence_check", "manifest")
 
 
 def _refuse(args, allowed: tuple, what: str) -> None:
     """CLIError naming the first flag given that ``what`` cannot honour."""
     fields = [n for n in (*MODEL, *OPTIMIZATION, *TRANSFER) if n not in allowed and getattr(args, n) is not None]
-    others = [n for n in ENGINE_ONLY if n not in allowed and getattr(args, n) not in (None, False)]
+    given = [n for n in ENGINE_ONLY if getattr(args, n) is not None and getattr(args, n) is not False]  # 0 is given
+    others = [n for n in given if n not in allowed]
     if args.ensemble > 1 and "ensemble" not in allowed:
         others.append("ensemble")
     if fields or others:
@@ -275,7 +284,7 @@ def run_notebook(args) -> int:
 
     if not args.notebook_exact:
         raise CLIError("--replay-notebook-step replays the notebook's test update; it needs --notebook-exact")
-    _refuse(args, NOTEBOOK_FLAGS + ("no_divergence_check",), "--notebook-exact (the notebook's plain SGD)")
+    _refuse(args, NOTEBOOK_FLAGS + ("no_divergence_check", "manifest"), "--notebook-exact (the notebook's plain SGD)")
     check_outputs(args)
     started, d = time.perf_counter(), cfg.TrainConfig()
     settings = {k: getattr(args, k) if getattr(args, k) is not None else getattr(d, k)
@@ -284,8 +293,12 @@ def run_notebook(args) -> int:
     data = ensure_dataset(args.data_dir, args.dataset, progress=not args.quiet)
     show = (lambda r: None) if args.quiet else (  # noqa: E731
         lambda r: say(f"Epoch {r['epoch']}/{settings['epochs']} - Loss: {r['loss']:.4f}"))
-    result = fit_notebook(data, **settings, replay_step=args.replay_notebook_step, on_epoch=show,
-                          divergence=not args.no_divergence_check)
+    if args.manifest:  # the same program, every epoch's params hashed
+        from .reproduce import notebook_with_manifest
+        result = notebook_with_manifest(args, data, settings, show)
+    else:
+        result = fit_notebook(data, **settings, replay_step=args.replay_notebook_step, on_epoch=show,
+                              divergence=not args.no_divergence_check)
     print(f"Test Loss: {result.test_loss:.4f}")
     print(f"Test Accuracy: {result.test_accuracy * 100:.2f}%")
     write_metrics(args.metrics_out, {"notebook_exact": settings | {"hidden": list(settings["hidden"]),

@@ -44,7 +44,7 @@ CHUNK = 1 << 20
 
 
 def size_text(n: int) -> str:
-    """A byte count for a message; products of 255 declared dimensions can have thousands of digits."""
+    """The byte count ``n`` for a message; products of 255 declared dimensions can have thousands of digits."""
     return str(n) if n < 10**15 else f"about 10^{len(str(n)) - 1}"
 
 
@@ -109,7 +109,8 @@ def _check_declared(name: str, expected: int, size: int, header: int, gz: bool) 
 
 
 def read_idx_from(f: io.BufferedIOBase, name: str, size: int) -> np.ndarray:
-    """The array in the IDX file open as f (at offset 0, `size` bytes, gzip or raw), native-endian."""
+    """The array in the IDX file open as f (at offset 0, `size` bytes, gzip or raw), native-endian;
+    errors (``IDXError``) start with ``name``."""
     gz = read_upto(f, 2) == GZIP_MAGIC
     f.seek(0)
     stream = gzip.GzipFile(fileobj=f, mode="rb") if gz else f

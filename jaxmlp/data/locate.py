@@ -20,7 +20,9 @@ STAMP = ".jaxmlp-sha256.json"
 
 
 def locate(data_dir: str | os.PathLike | None, dataset: str) -> tuple[Path, str | None]:
-    """(folder, where its path came from: "--data-dir", "$JAXMLP_DATA_DIR", or None for the cache)."""
+    """(folder, where its path came from: "--data-dir", "$JAXMLP_DATA_DIR", or None for the cache) of
+    ``dataset``: ``data_dir`` when given, else $JAXMLP_DATA_DIR (its ``dataset`` subfolder first), else
+    the cache."""
     if data_dir is not None and os.fspath(data_dir) != "":
         return Path(data_dir).expanduser(), "--data-dir"
     dataset_info(dataset)  # the name becomes a folder: only registry names
@@ -56,7 +58,8 @@ def find(folder: Path, stem: str) -> Path | None:
 
 
 def ways_out(folder: Path, dataset: str, source: str | None) -> str:
-    """The fixes for a folder lacking files, for the end of a one-line message."""
+    """The fixes for a folder lacking ``dataset``'s files, for the end of a one-line message; ``source``
+    is where the folder's path came from (as ``locate`` returns it)."""
     flag = "" if dataset == "mnist" else f" --dataset {dataset}"
     names = ", ".join(f"{stem}.gz" for stem in FILE_STEMS)
     if source is None:  # the cache: its files come from the network
@@ -69,8 +72,8 @@ def ways_out(folder: Path, dataset: str, source: str | None) -> str:
 
 
 def find_all(folder: Path, dataset: str = "mnist", source: str | None = "--data-dir") -> list[Path]:
-    """The four files' paths in Dataset order; one-line DataError (naming the folder, where its path
-    came from, and the ways out) if any is missing."""
+    """The four files' paths of ``dataset`` in Dataset order; one-line DataError (naming the folder,
+    where its path came from (``source``, as ``locate`` returns it), and the ways out) if any is missing."""
     where = f"data folder {folder}" + (" (from $JAXMLP_DATA_DIR)" if source == "$JAXMLP_DATA_DIR" else "")
     hint = ways_out(folder, dataset, source)
     if not folder.exists():

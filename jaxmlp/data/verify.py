@@ -78,7 +78,8 @@ def _sha256_of_bytes(path: Path) -> str:
 
 
 def compute_digests(path: Path) -> dict:
-    """{"sha256": of the bytes, "content_sha256": of the decompressed bytes, None if the gzip is corrupt}."""
+    """{"sha256": of the bytes at ``path``, "content_sha256": of the decompressed bytes, None if the
+    gzip is corrupt}."""
     raw = _sha256_of_bytes(path)
     try:
         content = _sha256_of_contents(path)
@@ -88,8 +89,8 @@ def compute_digests(path: Path) -> dict:
 
 
 def cached_digests(paths: Sequence[Path]) -> list[dict]:
-    """compute_digests of files in one folder, each remembered in the stamp while its size, mtime and
-    ctime stay the same (stat before hashing: a file changed meanwhile is hashed again next time)."""
+    """compute_digests of ``paths``, files in one folder, each remembered in the stamp while its size,
+    mtime and ctime stay the same (stat before hashing: a file changed meanwhile is hashed again next time)."""
     folder = paths[0].parent
     stamps, changed, out = _read_stamps(folder), False, []
     for path in paths:
@@ -141,7 +142,8 @@ def identify(digests: dict, stem: str, exclude: str) -> str | None:
 
 
 def check_identity(paths: Sequence[Path], dataset: str) -> None:
-    """One-line DataError if a file is another registered dataset's (MNIST's asked for as Fashion-MNIST)."""
+    """One-line DataError if a file of ``paths`` (in Dataset order) is another registered dataset's than
+    ``dataset``'s (MNIST's asked for as Fashion-MNIST)."""
     for path, stem, found in zip(paths, FILE_STEMS, cached_digests(paths)):
         other = identify(found, stem, dataset)
         if other is not None:

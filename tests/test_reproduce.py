@@ -1,0 +1,188 @@
+"""``jaxmlp reproduce``: the grouped notebook runs equal the single ones, the tables are well formed, and
+the framework (progress, Markdown, JSON, manifests, --rows, resuming) works on a tiny fake table; max-norm
+bounds every unit's incoming weights after training."""
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_synthetic_dataset
+
+from jaxmlp import reproduce
+from jaxmlp.cli import main
+from jaxmlp.config import TrainConfig
+from jaxmlp.data import write_idx
+from jaxmlp.notebook import fit_notebook
+from jaxmlp.reproduce import NotebookRecipe, Row, Table, fit_notebook_group
+
+
+def run(*argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def small():
+    return make_synthetic_dataset(n_train=200, n_test=64)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, small) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    for prefix, images, labels in (("train", small.x_train, small.y_train), ("t10k", small.x_test, small.y_test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+# ---------------------------------------------------------------- the notebook's runs, grouped
+
+
+def test_one_lr_is_fit_notebook_bit_for_bit(small):
+    """A group of one runs fit_notebook's own program: the same params bits, history and test numbers."""
+    kw = dict(batch_size=32, epochs=2, hidden=(16,))  # 200 = 6 * 32 + 8: the short last batch too
+    single = fit_notebook(small, lr=0.1, **kw)
+    (grouped,) = fit_notebook_group(small, [0.1], **kw)
+    for a, b in zip(single.params, grouped.params):
+        np.testing.assert_array_equal(np.asarray(a["W"]), np.asarray(b["W"]))
+    assert grouped.history == single.history
+    assert (grouped.test_loss, grouped.test_accuracy) == (single.test_loss, single.test_accuracy)
+
+
+def test_a_group_equals_its_single_runs(small):
+    """Three lrs trained together: each member is its own run to float64 rounding, with the same accuracy."""
+    kw = dict(batch_size=32, epochs=2, hidden=(16, 8))
+    lrs = [0.1, 0.01, 0.5]
+    seen = []
+    group = fit_notebook_group(small, lrs, **kw, on_epoch=lambda e, params, records: seen.append((e, len(params))))
+    assert seen == [(1, 3), (2, 3)]
+    for lr, member in zip(lrs, group):
+        single = fit_notebook(small, lr=lr, **kw)
+        for a, b in zip(single.params, member.params):
+            np.testing.assert_allclose(np.asarray(b["W"]), np.asarray(a["W"]), rtol=1e-10, atol=1e-13)
+        assert member.test_accuracy == single.test_accuracy
+        assert [h["loss"] for h in member.history] == pytest.approx([h["loss"] for h in single.history], rel=1e-10)
+
+
+# ---------------------------------------------------------------- the tables
+
+
+def test_the_tables_are_well_formed():
+    """Unique row ids; the seed table holds the notebook's five accuracies in three training units; every
+    paper row is a valid config expected within 20 minutes on a 2-core CPU and states its differences."""
+    assert set(reproduce.TABLES) == {"seed", "lecun1998", "simard2003", "dropout2014"}
+    for table in reproduce.TABLES.values():
+        ids = [r.id for r in table.rows]
+        assert len(ids) == len(set(ids)), table.name
+    seed = reproduce.TABLES["seed"]
+    assert sorted(r.paper for r in seed.rows) == [11.35, 75.48, 93.83, 94.82, 97.09]
+    assert [[r.id for r in unit] for unit in reproduce._units(seed.rows)] == [
+        ["lr0.01", "lr0.1", "lr0.001"], ["256-128"], ["batch128"]]
+    for name in ("lecun1998", "simard2003", "dropout2014"):
+        for row in reproduce.TABLES[name].rows:
+            assert isinstance(row.recipe, TrainConfig) and row.recipe.dataset == "mnist"
+            assert 0 < row.minutes <= 20 and row.notes, (name, row.id)
+    assert reproduce.TABLES["simard2003"].rows[2].recipe.augment == "elastic"
+    assert reproduce.TABLES["dropout2014"].rows[1].recipe.max_norm is not None
+
+
+def test_list_shows_tables_rows_and_times():
+    rc, out, _ = run("reproduce", "--list")
+    assert rc == 0
+    for name in ("seed", "lecun1998", "simard2003", "dropout2014", "800-elastic", "dropout-maxnorm"):
+        assert name in out
+    assert "an estimate" in out and "min" in out
+    rc, out, _ = run("reproduce", "simard2003", "--list")
+    assert rc == 0 and "lecun1998" not in out and "--augment elastic" in out
+
+
+@pytest.fixture
+def fake_table(monkeypatch):
+    """A tiny table: two notebook rows of one shape (trained together) and one engine row."""
+    table = Table("fake", "a tiny table", "tests", "error", (
+        Row("a", "notebook lr 0.1", 50.0, NotebookRecipe(0.1, hidden=(8,), epochs=2), 0.1),
+        Row("b", "notebook lr 0.05", 50.0, NotebookRecipe(0.05, hidden=(8,), epochs=2), 0.1),
+        Row("c", "engine", 0.01, TrainConfig(hidden=(8,), init="he", epochs=1, batch_size=50), 0.1, "a note"),
+    ))
+    monkeypatch.setitem(reproduce.TABLES, "fake", table)
+    return table
+
+
+def test_a_table_runs_writes_and_resumes(fake_table, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    rc, stdout, err = run("reproduce", "fake", "--out", out, "--data-dir", data_dir)
+    assert rc == 0, err
+    assert "| row | paper error | jaxmlp error |" in stdout and "| engine | 0.01% |" in stdout
+    assert "| **no** |" in stdout and "a note" in stdout  # 0.01% is out of reach: said so
+    assert "[1-2/3] fake a, b: training together" in err and "[3/3] c: error" in err and "epoch 2/2" in err
+    saved = json.loads((out / "fake.json").read_text())
+    assert [r["id"] for r in saved["rows"]] == ["a", "b", "c"]
+    assert saved["rows"][0]["trained_with"] == ["b"] and saved["rows"][2]["trained_with"] == []
+    assert (out / "fake.md").read_text() == stdout
+    for row in ("a", "b", "c"):
+        m = json.loads((out / "manifests" / f"fake-{row}.json").read_text())
+        assert m["row"] == f"fake/{row}" and m["epochs"]
+    assert json.loads((out / "manifests" / "fake-b.json").read_text())["group"] == [0.1, 0.05]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished row was trained again")
+
+    monkeypatch.setattr(reproduce, "fit_notebook_group", no_training)
+    monkeypatch.setattr("jaxmlp.runs.fit", no_training)
+    rc, again, err = run("reproduce", "fake", "--out", out, "--data-dir", data_dir, "--rows", "c", "a")
+    assert rc == 0, err
+    assert "fake c: finished in" in err and "not trained again" in err
+    assert again.count("| notebook lr 0.1 |") == 1 and "notebook lr 0.05" not in again
+
+
+def test_a_grouped_rows_manifest_verifies(fake_table, data_dir, tmp_path):
+    """A row trained in a group records the group; verify reruns the group and matches its epochs."""
+    out = tmp_path / "out"
+    assert run("reproduce", "fake", "--rows", "a", "b", "--out", out, "--data-dir", data_dir, "--quiet")[0] == 0
+    rc, stdout, err = run("verify", out / "manifests" / "fake-b.json", "--data-dir", data_dir, "--quiet")
+    assert rc == 0, err + stdout
+    assert "bit-identical" in stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["reproduce"], "name a table"),
+    (["reproduce", "nope"], "unknown table 'nope'"),
+    (["reproduce", "seed", "--rows", "zzz"], "has no row 'zzz'"),
+])
+def test_bad_reproduce_arguments_are_one_line(argv, message):
+    rc, _, err = run(*argv)
+    assert rc != 0 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- max-norm (dropout2014's rows)
+
+
+def test_max_norm_bounds_every_unit_after_fit(small):
+    """--max-norm C: after training every column of every W has norm <= C (to float32 rounding), and the
+    bound binds (the same run without it ends with larger columns)."""
+    from jaxmlp.runs import fit
+
+    base = dict(hidden=(32,), init="he", optimizer="adam", lr=1e-2, epochs=2, batch_size=50)
+    limit = 0.5
+    constrained = fit(TrainConfig(**base, max_norm=limit), small)
+    free = fit(TrainConfig(**base), small)
+    norms = [np.linalg.norm(np.asarray(layer["W"]), axis=0) for layer in constrained.params]
+    assert max(n.max() for n in norms) <= limit * (1 + 1e-6)
+    assert max(np.linalg.norm(np.asarray(layer["W"]), axis=0).max() for layer in free.params) > 2 * limit
+    assert all(np.isfinite(h["loss"]) for h in constrained.history)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_the_seed_table_on_mnist(mnist_dir, tmp_path):
+    """`jaxmlp reproduce seed` prints the notebook's five accuracies (minutes: five float64 runs)."""
+    rc, out, err = run("reproduce", "seed", "--data-dir", mnist_dir, "--out", tmp_path, "--quiet")
+    assert rc == 0, err
+    for value in ("93.83%", "97.09%", "11.35%", "94.82%", "75.48%"):
+        assert f"| {value} | {value} | yes |" in out
