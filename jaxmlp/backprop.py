@@ -246,9 +246,9 @@ class GradCheckRow(NamedTuple):
     """One params leaf's line of a gradient check; "manual" is ``grad_fn``'s gradient.
 
     Fields: ``name`` ("W1", "b1", ... for a list of layers, else the leaf's key path such as
-    ``['net']['W']``) and ``shape``; ``manual_vs_autodiff``: max |diff| relative to the leaf's largest
+    ``['net']['W']``) and ``shape``; ``manual_vs_autodiff``: max ``|diff|`` relative to the leaf's largest
     entry (None without grad_fn); ``manual_vs_fd`` (None without grad_fn) and ``autodiff_vs_fd``: the max
-    over the checked coordinates of |g - fd| / max(|g|, |fd|, floor), the floor the step's round-off over
+    over the checked coordinates of ``|g - fd| / max(|g|, |fd|, floor)``, the floor the step's round-off over
     FD_RTOL; ``checked``: coordinates compared with finite differences; ``restepped``: of those, how many
     were estimated with eps/10 or eps/100 (a kink inside eps); ``skipped``: coordinates left out, a kink
     inside every step tried.
@@ -295,7 +295,7 @@ def _fd_error(g: np.ndarray, est: np.ndarray, steps: np.ndarray, noise: float, e
 
 
 def _leaf_error(a, b) -> float:
-    """max |a - b| relative to the larger of the two leaves' largest entries."""
+    """``max |a - b|`` relative to the larger of the two leaves' largest entries."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))
     return float(np.abs(a - b).max(initial=0.0) / scale) if scale > 0 else 0.0

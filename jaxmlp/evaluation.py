@@ -59,7 +59,7 @@ def evaluate(params: Params, x: jax.Array, y: jax.Array, *, arch: str = "mlp", a
         activation: the MLP's hidden activation.
         chunk_size: examples per compiled call (default: 10000 for the MLP, 1000 for the CNN).
     """
-    x, y = _checked(params, x, y)
+    x, y = _checked(params, x, y, chunk_size)
     n = x.shape[0]
     total_loss = total_acc = 0.0
     for s in batch_slices(n, chunk_size or _default_chunk(arch)):
@@ -82,12 +82,14 @@ def _num_classes(params) -> int | None:
         return None  # not a list of layers: the forward pass's own check names it
 
 
-def _checked(params, x, y=None):
+def _checked(params, x, y=None, chunk_size=None):
     """(x, y) checked on the host where they enter (``checks``): float inputs (N, D), N labels in the
     model's range (class indices, or one-hot rows of its width)."""
     from .checks import check_inputs, check_labels
 
     x = check_inputs(x)
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
     if y is None:
         return x, None
     labels, classes = np.asarray(y), _num_classes(params)
@@ -100,7 +102,7 @@ def _checked(params, x, y=None):
 
 
 def _predict(params, x, arch, probs, activation, chunk_size) -> np.ndarray:
-    x, _ = _checked(params, x)
+    x, _ = _checked(params, x, chunk_size=chunk_size)
     return np.concatenate([np.asarray(_predict_chunk(params, x[s], arch, probs, activation))
                            for s in batch_slices(x.shape[0], chunk_size or _default_chunk(arch))])
 

@@ -84,19 +84,19 @@ def _check_divergence(ce: np.ndarray, start: float, epoch: int, rule: bool) -> N
 
 def _check_args(data, lr, batch_size: int, epochs: int, seed: int, hidden) -> tuple:
     """The arguments of ``fit_notebook`` checked (ValueError naming the first bad one); hidden as a tuple."""
+    from argparse import ArgumentTypeError
+
     from .checks import check_dataset
     from .config import hidden_sizes, nonneg_int, positive_float, positive_int
 
     for name, value, check in (("lr", lr, positive_float), ("batch_size", batch_size, positive_int),
-                               ("epochs", epochs, positive_int), ("seed", seed, nonneg_int)):
+                               ("epochs", epochs, positive_int), ("seed", seed, nonneg_int),
+                               ("hidden", hidden, hidden_sizes)):
         try:
             check(value)
-        except ValueError as err:  # argparse.ArgumentTypeError is a ValueError
+        except ArgumentTypeError as err:
             raise ValueError(f"{name}: {err}") from None
-    try:
-        hidden = hidden_sizes(hidden)
-    except ValueError as err:
-        raise ValueError(f"hidden: {err}") from None
+    hidden = hidden_sizes(hidden)
     check_dataset(data, num_classes=10)  # the notebook's network has 10 outputs
     return hidden
 

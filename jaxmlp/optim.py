@@ -18,6 +18,7 @@ branches in python on ``lr``, so the constructors can be called inside ``jit``/`
 batched ``lr``.
 
 Conventions (PyTorch's, documented per function):
+
 - ``sgd``/``momentum``/``nesterov``/``adam``: ``weight_decay`` is coupled L2, ``g <- g + wd * p``
   before the rule, on every leaf (use :func:`jaxmlp.losses.l2_penalty` in the loss for W only).
 - ``adamw``: decoupled decay (Loshchilov & Hutter), scaled by ``lr`` as in PyTorch and optax.

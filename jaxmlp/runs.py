@@ -46,7 +46,8 @@ from .model import Params, forward
 from .parallel import to_host
 
 __all__ = ["TrainSpec", "spec_for", "make_optimizer", "fit", "FitResult", "setup", "load_run", "load_model",
-           "init_model", "state_template", "dtype_of", "prepare", "precision", "DivergenceError", "Interrupted"]
+           "init_model", "state_template", "dtype_of", "prepare", "precision", "DivergenceError", "Interrupted",
+           "Prepared"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,7 +276,13 @@ def _arrays(config: TrainConfig, data, dtype):
 
 
 class Prepared(NamedTuple):
-    """The arrays of a configured run on the device; the test set stays apart from the ``Run``."""
+    """The arrays of a configured run on the device; the test set stays apart from the ``Run``.
+
+    Attributes:
+        x_test: (N_test, D) test inputs, in the run's dtype.
+        y_test: (N_test,) int32 test labels (relabelled 0..k-1 under ``classes``).
+        num_classes: the model's number of outputs.
+    """
 
     x_test: jax.Array
     y_test: jax.Array

@@ -32,6 +32,8 @@ def train_epoch_loop(params: Params, x: jax.Array, y: jax.Array, key: jax.Array,
 
     The permutation comes from ``key``; returns params and per-batch losses (num_batches,).
     """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     perm = jax.random.permutation(key, x.shape[0])
     xs, ys = x[perm], y[perm]
     losses = []

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmlp
@@ -90,7 +91,6 @@ def smoothed_loss(params, x, y, key):
     targets = 0.9 * jax.nn.one_hot(y, 10) + 0.01
     return jaxmlp.cross_entropy(logits, targets), {"accuracy": jaxmlp.accuracy(logits, y)}
 
-
 # %% [markdown]
 # ## 3. A chained optimizer
 #
@@ -128,6 +128,19 @@ same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(whole.
                                                    jax.tree_util.tree_leaves(resumed.params)))
 print("resumed run equals the uninterrupted one bit for bit:", same)
 print(f"test accuracy: {float(jaxmlp.accuracy(resnet(resumed.params, x_test), y_test)):.2%}")
+
+# %% [markdown]
+# The history holds the aux metric beside the loss, epoch by epoch, across the stop and the resume.
+
+# %%
+fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+epoch_axis = [r["epoch"] for r in resumed.history]
+left.plot(epoch_axis, [r["loss"] for r in resumed.history], marker="o")
+left.set(xlabel="epoch", ylabel="label-smoothed loss", xticks=epoch_axis)
+right.plot(epoch_axis, [100 * r["accuracy"] for r in resumed.history], marker="o", color="tab:green")
+right.set(xlabel="epoch", ylabel="train accuracy (%)", xticks=epoch_axis)
+fig.tight_layout()
+plt.show()
 
 # %% [markdown]
 # ## 5. Checking a gradient written by hand

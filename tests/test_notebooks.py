@@ -53,7 +53,8 @@ def _number(pattern: str, text: str) -> float:
 
 def test_every_notebook_has_its_script():
     """Each .ipynb is paired with a .py script and the other way round: none is orphaned."""
-    assert NAMES == ["01_mnist_from_scratch", "02_autodiff_vs_manual", "03_sweeps_and_ensembles", "04_beyond_sgd"]
+    assert NAMES == ["01_mnist_from_scratch", "02_autodiff_vs_manual", "03_sweeps_and_ensembles", "04_beyond_sgd",
+                     "05_your_own_model"]
     assert sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")) == NAMES
 
 

@@ -37,7 +37,10 @@ def is_api_callable(obj) -> bool:
 
 
 def home_of(name: str, obj) -> str | None:
-    """The documented module whose page holds ``obj`` (public there under ``name``)."""
+    """The documented module whose page holds ``obj`` (public there under ``name``); for a module, its
+    own page."""
+    if inspect.ismodule(obj):
+        return obj.__name__ if obj.__name__ in API_MODULES else None
     candidates = sorted(API_MODULES, key=lambda m: m != getattr(obj, "__module__", None))
     for module_name in candidates:
         module = importlib.import_module(module_name)

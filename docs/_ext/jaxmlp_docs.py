@@ -36,27 +36,31 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _summary(module_name: str, current: str | None = None) -> list[str]:
-    """An autosummary table of the module's public functions and classes, each linked to its home
+    """An autosummary table of the module's public names, each linked to its home
     (``current``: the module whose page this is, whose own names are written bare)."""
     module = importlib.import_module(module_name)
     entries = []
     for name in public_names(module):
         obj = getattr(module, name)
-        if is_api_callable(obj):
-            home = home_of(name, obj) or module_name
+        home = home_of(name, obj) or module_name
+        if inspect.ismodule(obj):
+            entries.append(f"   ~{obj.__name__}")
+        else:
             entries.append(f"   {name}" if home == current else f"   ~{home}.{name}")
     return [".. autosummary::", "", *entries, ""] if entries else []
 
 
 def _members(module_name: str) -> list[str]:
-    """autodoc directives for the public functions and classes whose home is this module."""
+    """autodoc directives for the public names (functions, classes, constants) whose home is this module."""
     module = importlib.import_module(module_name)
     lines = []
     for name in public_names(module):
         obj = getattr(module, name)
-        if not is_api_callable(obj) or home_of(name, obj) not in (module_name, None):
-            continue  # constants are described in the docstrings that use them; re-exports at home
-        if inspect.isclass(obj) and issubclass(obj, BaseException):
+        if inspect.ismodule(obj) or home_of(name, obj) not in (module_name, None):
+            continue  # a module has its own page; a re-exported name is documented at home
+        if not is_api_callable(obj):  # a constant: its value, when short enough to read
+            lines += [f".. autodata:: {module_name}.{name}", *(["   :no-value:"] if len(repr(obj)) > 100 else []), ""]
+        elif inspect.isclass(obj) and issubclass(obj, BaseException):
             lines += [f".. autoexception:: {module_name}.{name}", ""]
         elif inspect.isclass(obj):
             lines += [f".. autoclass:: {module_name}.{name}", "   :members:", ""]
@@ -71,7 +75,13 @@ class Summary(SphinxDirective):
     required_arguments = 1
 
     def run(self) -> list[nodes.Node]:
-        return self._parse(_summary(self.arguments[0]))
+        name = self.arguments[0]
+        module = importlib.import_module(name)
+        # A constant that no module page documents (a module without ``__all__`` lists only its
+        # functions and classes) is documented here, under the name the table gives it.
+        homeless = [n for n in public_names(module) if not is_api_callable(getattr(module, n))
+                    and not inspect.ismodule(getattr(module, n)) and home_of(n, getattr(module, n)) is None]
+        return self._parse([*_summary(name), *(f".. autodata:: {name}.{n}" for n in homeless), ""])
 
     def _parse(self, lines: list[str]) -> list[nodes.Node]:
         holder = nodes.container()
@@ -104,6 +114,14 @@ def _config_fields(app, what, name, obj, options, lines) -> None:
         help_text = str(f.metadata["help"]).replace("*", r"\*")
         lines += [f"* ``{f.name}``: {help_text}.{extra}{role}"]
     lines.append("")
+
+
+def _no_borrowed_docstring(app, what, name, obj, options, lines) -> None:
+    """A constant has no docstring of its own: leave out the one of its type (``dict``'s, ``tuple``'s)."""
+    if what in ("data", "attribute") and lines:
+        own = inspect.getdoc(type(obj)) or ""
+        if own and lines[0].strip() and own.startswith(lines[0].strip()):
+            lines[:] = []
 
 
 def _skip_field_aliases(app, what, name, obj, skip, options):
@@ -156,6 +174,7 @@ def setup(app):
     app.add_directive("jaxmlp-module", Module)
     app.connect("builder-inited", copy_notebooks)
     app.connect("autodoc-process-docstring", _config_fields)
+    app.connect("autodoc-process-docstring", _no_borrowed_docstring)
     app.connect("autodoc-skip-member", _skip_field_aliases)
     app.connect("autodoc-process-signature", _readable_defaults)
     app.connect("missing-reference", _top_level_names)

@@ -7,11 +7,13 @@ ensure_dataset) and ``preprocess`` (Dataset, flatten, normalize, one_hot, select
 name is importable from ``jaxmlp.data``.
 
 Where a dataset's four files live (first match wins):
-  1. the folder given (``--data-dir DIR``, ``data_dir=``): exactly that folder;
-  2. ``$JAXMLP_DATA_DIR``: its subfolder named after the dataset (``$JAXMLP_DATA_DIR/fashion-mnist/``)
-     when that exists, else the variable's folder itself. So one variable can serve several datasets
-     (one subfolder each) or name one dataset's folder directly;
-  3. the cache ``($XDG_CACHE_HOME or ~/.cache)/jaxmlp/DATASET``, downloaded there on first use.
+
+1. the folder given (``--data-dir DIR``, ``data_dir=``): exactly that folder;
+2. ``$JAXMLP_DATA_DIR``: its subfolder named after the dataset (``$JAXMLP_DATA_DIR/fashion-mnist/``)
+   when that exists, else the variable's folder itself. So one variable can serve several datasets
+   (one subfolder each) or name one dataset's folder directly;
+3. the cache ``($XDG_CACHE_HOME or ~/.cache)/jaxmlp/DATASET``, downloaded there on first use.
+
 Files in the cache must match the registry's SHA-256s (a file that does not is downloaded again). A folder
 of the first two kinds may hold any data in MNIST's layout, but one holding another registered dataset's
 files is refused (MNIST's files asked for as Fashion-MNIST). Hashes are computed once per file and
