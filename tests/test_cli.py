@@ -174,7 +174,7 @@ def test_divergence_stops_with_one_line_and_keeps_the_old_checkpoint(tmp_path, d
 def test_non_finite_params_are_never_saved(tmp_path, data_dir, monkeypatch):
     """Params that overflow in an epoch whose loss was still finite stop training like a non-finite
     loss (epoch named, lower --lr suggested) and the checkpoint keeps the previous epoch."""
-    import jaxmlp.train as train
+    import jaxmlp.engine as train
 
     real = train.Loop.advance
 
@@ -198,7 +198,7 @@ def test_ctrl_c_saves_the_step_it_stopped_at(tmp_path, data_dir, monkeypatch):
     import os
     import signal
 
-    import jaxmlp.train as train
+    import jaxmlp.engine as train
 
     real = train.Loop.close_epoch
 

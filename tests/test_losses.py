@@ -106,3 +106,56 @@ def test_label_count_must_match_the_rows():
         loss(params, x, jnp.zeros(6, jnp.int32))
     with pytest.raises(ValueError, match="labels: 4 labels for 5 rows of x"):
         notebook_loss(params, x, jnp.zeros((4, 4)))
+
+
+# ---------------------------------------------------------------- what mutation testing found unpinned
+# (docs/mutation.md)
+
+
+def test_both_label_forms_on_a_non_square_batch():
+    """A quick fixed case of the property test above, with N != C so that an axis or a divisor mixed up
+    between rows and classes shows: int labels and one-hot targets give the NumPy reference."""
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)))
+    y = jnp.array([2, 0, 1, 2, 1])
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    want = -np.mean(np.asarray(logp)[np.arange(5), np.asarray(y)])
+    np.testing.assert_allclose(cross_entropy(logits, y), want, rtol=1e-13)
+    np.testing.assert_allclose(cross_entropy(logits, jnp.eye(3)[y]), want, rtol=1e-13)
+    soft = jnp.full((5, 3), 1 / 3)  # soft targets: the one-hot branch's arithmetic, not a gather
+    np.testing.assert_allclose(cross_entropy(logits, soft), -np.mean(np.asarray(logp)), rtol=1e-13)
+    with pytest.raises(ValueError, match=r"one-hot \(N, 3\)"):
+        cross_entropy(logits, jnp.zeros((5, 5)))
+
+
+def test_losses_keep_a_low_precision_dtype():
+    """float16 logits or probabilities give a float16 loss for int and one-hot labels alike (the targets
+    are built in the inputs' dtype, so nothing is promoted behind the caller's back)."""
+    logits = jnp.asarray([[1.0, 2.0, 0.5], [0.1, 0.2, 3.0]], jnp.float16)
+    for labels in (jnp.array([1, 2]), jnp.eye(3, dtype=jnp.float32)[jnp.array([1, 2])]):
+        assert cross_entropy(logits, labels).dtype == jnp.float16
+        assert notebook_cross_entropy(softmax(logits), labels).dtype == jnp.float16
+
+
+def test_a_python_zero_l2_leaves_the_term_out_of_the_program():
+    """l2=0 (a Python 0) traces exactly the program without L2; l2=1 keeps the term."""
+    params = init_params(jax.random.PRNGKey(0), [4, 3, 2], "he", jnp.float64)
+    x, y = jnp.ones((2, 4), jnp.float64), jnp.array([0, 1])
+    bare = str(jax.make_jaxpr(lambda p: cross_entropy(forward(p, x), y))(params))
+    assert str(jax.make_jaxpr(lambda p: loss(p, x, y, l2=0))(params)) == bare
+    assert str(jax.make_jaxpr(lambda p: loss(p, x, y))(params)) == bare
+    want = cross_entropy(forward(params, x), y) + l2_penalty(params)
+    np.testing.assert_allclose(loss(params, x, y, l2=1), want, rtol=1e-15)
+
+
+def test_a_key_alone_drops_nothing():
+    """loss with a key but no dropout rate equals loss without a key (dropout defaults to 0)."""
+    params = init_params(jax.random.PRNGKey(0), [4, 3, 2], "he", jnp.float64)
+    x, y = jnp.ones((2, 4), jnp.float64), jnp.array([0, 1])
+    assert float(loss(params, x, y, key=jax.random.PRNGKey(1))) == float(loss(params, x, y))
+
+
+def test_loss_errors_name_their_argument():
+    with pytest.raises(ValueError, match=r"^labels: expected int \(N,\) or one-hot \(N, C\)"):
+        cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2, 3, 1)))
+    with pytest.raises(ValueError, match="^params: l2_penalty needs at least one layer"):
+        l2_penalty([])

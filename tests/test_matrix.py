@@ -81,8 +81,6 @@ def _options(command: str) -> list[str]:
 
 
 TRAIN_ALL = frozenset(_options("train"))
-ENGINE_ONLY = {"--save", "--save-every", "--resume", "--log", "--plot-dir", "--chunk-steps", "--devices",
-               "--coordinator", "--num-processes", "--process-id", "--shared-order", "--preset"}
 CONFIG_FLAGS = {"--arch", "--hidden", "--init", "--activation", "--dtype", "--matmul-precision", "--epochs",
                 "--batch-size", "--lr", "--seed", "--optimizer", "--momentum", "--beta1", "--beta2",
                 "--weight-decay", "--l2", "--schedule", "--warmup-epochs", "--dropout", "--augment", "--val-split",
@@ -97,7 +95,8 @@ MODES = {
                   TRAIN_ALL - NO_CLUSTER - {"--shared-order", "--replay-notebook-step", "--new-head"}),
     "notebook-exact": Mode("train", {"--notebook-exact": [], "--hidden": ["8"], "--epochs": ["1"],
                                      "--metrics-out": ["m.json"]},
-                           frozenset({"--data-dir", "--dataset", "--hidden", "--epochs", "--batch-size", "--lr", "--seed",
+                           frozenset({"--data-dir", "--dataset", "--hidden", "--epochs", "--batch-size", "--lr",
+                                      "--seed",
                                       "--metrics-out", "--quiet", "--no-divergence-check", "--replay-notebook-step",
                                       "--notebook-exact", "--manifest"})),
     "ensemble": Mode("train", {"--ensemble": ["2"], "--hidden": ["8"], "--epochs": ["1"], "--metrics-out": ["m.json"]},
@@ -109,8 +108,9 @@ MODES = {
                      TRAIN_ALL - NO_CLUSTER - {"--shared-order", "--replay-notebook-step", "--arch", "--hidden",
                                                "--resume", "--notebook-exact", "--ensemble"}),
     "resume": Mode("train", {"--resume": ["@CK"], "--epochs": ["2"], "--metrics-out": ["m.json"]},
-                   frozenset({"--data-dir", "--epochs", "--metrics-out", "--log", "--plot-dir", "--save", "--save-every",
-                              "--quiet", "--chunk-steps", "--no-divergence-check", "--resume", "--manifest"})),
+                   frozenset({"--data-dir", "--epochs", "--metrics-out", "--log", "--plot-dir", "--save",
+                              "--save-every", "--quiet", "--chunk-steps", "--no-divergence-check", "--resume",
+                              "--manifest"})),
     "sweep-grid": Mode("sweep", {"--lr": ["0.1"], "--seed": ["42", "43"], "--hidden": ["8"], "--epochs": ["1"],
                                  "--metrics-out": ["m.json"]},
                        frozenset(_options("sweep")) - {"--search-seed"}),
@@ -134,12 +134,12 @@ MODES = {
 
 OPT_CTX = {"--optimizer": ["momentum"]}
 ADAM_CTX = {"--optimizer": ["adam"]}
-DIVERGING = {"--lr": ["200"]}
+DIVERGING = {"--lr": ["200"]}  # the loss passes 10x its start but stays finite in one epoch
 ELASTIC = {"--augment": ["elastic"]}
 TANH = {"--activation": ["tanh"]}
 ONE_SEED = {"--seed": ["42"]}
 THREE_EPOCHS = {"--epochs": ["3"]}
-SAVE_CTX = {"--save": ["ck.npz"], "--chunk-steps": ["1"]}  # a save every step, not only at the epoch's end  # the loss passes 10x its start but stays finite in one epoch
+SAVE_CTX = {"--save": ["ck.npz"], "--chunk-steps": ["1"]}  # a save every step, not only at the epoch's end
 
 TRAIN_VALUES = {
     "--data-dir": [v("@OTHER")],
@@ -534,7 +534,8 @@ class observe:
         keep = lambda r: seen["params"].append(_params_digest(r.params))  # noqa: E731
         for module, name in ((jaxmlp.runs, "fit"), (jaxmlp.sweep, "fit_ensemble"), (jaxmlp.notebook, "fit_notebook")):
             wrap(module, name, after=keep)
-        wrap(jaxmlp.sweep, "run_sweep", after=lambda r: seen["params"].append([(x.history, x.test_loss) for x in r.runs]))
+        wrap(jaxmlp.sweep, "run_sweep",
+             after=lambda r: seen["params"].append([(x.history, x.test_loss) for x in r.runs]))
         wrap(jaxmlp.data, "ensure_dataset", before=lambda *a, **k: seen["progress"].append(k.get("progress")))
         wrap(jaxmlp.data, "download", before=lambda *a, **k: seen["progress"].append(k.get("progress")))
         import urllib.request

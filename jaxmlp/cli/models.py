@@ -49,7 +49,7 @@ def run_eval(args) -> int:
     data = ensure_dataset(args.data_dir, dataset, progress=not args.quiet)
     if config.classes is not None:  # a model fine-tuned on a label subset is scored on that subset, as trained
         data = select_classes(data, config.classes)
-    with precision(config.dtype):
+    with precision(config.dtype, config.matmul_precision):
         x = prepare(data.x_test, dtype_of(config))
         _check_inputs(config, meta, x.shape[1], f"the {dataset} test set")
         test_loss, test_acc = evaluate(params, x, jnp.asarray(data.y_test, jnp.int32), arch=config.arch)
@@ -107,7 +107,7 @@ def run_predict(args) -> int:
     if images.shape[1] != meta["input_dim"] and images.size == meta["input_dim"]:
         images = images.reshape(1, -1)  # one image (28, 28) rather than 28 rows of 28 values
     _check_inputs(config, meta, images.shape[1], args.file)
-    with precision(config.dtype):
+    with precision(config.dtype, config.matmul_precision):
         dtype = dtype_of(config)
         x = prepare(images, dtype) if kind == "pixels" else jnp.asarray(images, dtype)
         probs = predict_probs(params, x, arch=config.arch)

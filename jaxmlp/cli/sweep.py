@@ -106,7 +106,8 @@ def run(args) -> int:
     accuracy. Configurations that share shapes (hidden sizes, batch size) train together as ONE compiled
     program: learning rates, seeds and init schemes are a vmapped axis. An architecture is written as in train;
     repeat --hidden for several. Example: jaxmlp sweep --lr 0.001 0.01 0.1 --hidden 128 64 --hidden 256 128
-    --batch-size 32 128
+    --batch-size 32 128. A configuration that diverges (as a single run would: a non-finite loss, or one past 10x
+    its start) is reported as diverged and the others go on; when every one diverges the sweep fails (exit 1).
     """
     from jaxmlp.data import ensure_dataset
     from jaxmlp.sweep import format_table, group_by_shape, run_sweep, sorted_runs, sweep_record
@@ -135,4 +136,8 @@ def run(args) -> int:
         path = plot_sweep(sweep_record(result)["runs"], Path(args.plot_dir) / "sweep.png")
         if not args.quiet:
             say(f"plot: {path}")
+    if all(r.diverged for r in result.runs):
+        from jaxmlp.engine import DivergenceError
+        raise DivergenceError(f"every configuration diverged ({len(result.runs)} of {len(result.runs)}); try lower "
+                              f"--lr values")
     return 0

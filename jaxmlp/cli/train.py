@@ -66,7 +66,8 @@ def add(sub) -> None:
     g = p.add_argument_group("scale")
     g.add_argument("--ensemble", type=cfg.positive_int, default=1, metavar="K",
                    help="train K models (seeds SEED..SEED+K-1) in one vmapped program and report each and their "
-                        "averaged-probability ensemble (default: 1)")
+                        "averaged-probability ensemble; a member that diverges is reported and left out, and when "
+                        "all do the run fails as a single run does (default: 1)")
     g.add_argument("--shared-order", action="store_true",
                    help="with --ensemble: every member sees the first seed's minibatches, only the initial params "
                         "differ (default: each seed its own shuffle)")
@@ -115,7 +116,8 @@ def config_from_args(args) -> cfg.TrainConfig:
 
         _, saved, _ = load_model(values["finetune"])
         given = given_flags(args)
-        values.update({k: getattr(saved, k) for k in ("arch", "hidden", "activation") if k not in given})
+        if given.get("arch", saved.arch) == saved.arch:  # another --arch: fine-tuning refuses it, naming both
+            values.update({k: getattr(saved, k) for k in ("arch", "hidden", "activation") if k not in given})
     config = cfg.TrainConfig(**values)
     refuse_unused(args, config)
     return config
@@ -203,7 +205,7 @@ def _train(args, config, data, resume, mesh, started) -> int:
 
     handlers, saver = _handlers(args)
     recorder = manifest_recorder(args, handlers)
-    with precision(config.dtype):
+    with precision(config.dtype, config.matmul_precision):
         try:
             result = fit(config, data, handlers=handlers, resume=resume, mesh=mesh, chunk_steps=args.chunk_steps,
                          divergence_rule=not args.no_divergence_check)
