@@ -1,4 +1,4 @@
-"""Mutation testing of jaxmlp's core, module by module (docs/mutation.md; not in CI: 1-2 s a mutant on 2 cores).
+"""Mutation testing of jaxmlp's core, module by module (docs/contributing.md, "Mutation testing"; not in CI: 1-2 s a mutant on 2 cores).
 
     pip install mutmut==3.8.1
     python scripts/mutation.py losses model            # the modules to measure (default: every CORE module)
@@ -9,7 +9,7 @@ the work tree stays clean; the copy is kept in --workdir so a second run reuses 
 ``[tool.mutmut]`` narrowed to that module and its own tests (``CORE``). mutmut runs every mutant in a
 child of a fork server (``process_isolation = "forkserver"``: its default fork mode deadlocks on the
 threads JAX starts) under ``pytest -n 0 -m "not slow"``. Prints killed, survived, the score, and the
-diff of each survivor, to be killed by a test or listed as equivalent in docs/mutation.md.
+diff of each survivor, to be killed by a test or listed as equivalent in docs/contributing.md.
 """
 from __future__ import annotations
 

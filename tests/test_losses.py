@@ -109,7 +109,7 @@ def test_label_count_must_match_the_rows():
 
 
 # ---------------------------------------------------------------- what mutation testing found unpinned
-# (docs/mutation.md)
+# (docs/contributing.md, "Mutation testing")
 
 
 def test_both_label_forms_on_a_non_square_batch():
