@@ -146,7 +146,7 @@ def elastic_field(key: jax.Array, n: int, side: int, sigma: float = 4.0, alpha: 
     band = np.zeros((side, wide))
     for i in range(side):
         band[i, i:i + len(k)] = k
-    band = jnp.asarray(band, dtype)
+    band = jnp.asarray(band, dtype)  # type: ignore[assignment]
     bits = jax.random.bits(key, (n, wide, wide), jnp.uint32)
     halves = jnp.stack([bits >> 16, bits & 0xFFFF], axis=1).astype(dtype)  # (n, 2, wide, wide)
     noise = (halves + 0.5) * (1.0 / 32768) - 1.0

@@ -105,7 +105,7 @@ def matmul_epsilon(setting: str | None = None, platform: str | None = None) -> f
     """
     platform = platform or jax.default_backend()
     if setting in (None, "default"):  # JAX's default, or what the user or a context set it to
-        setting = jax.config.jax_default_matmul_precision
+        setting = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]
     level = _LEVELS.get(setting, "default")  # an unknown algorithm preset: assume the coarsest
     platform = "gpu" if platform in ("cuda", "rocm") else platform
     return _EPSILON.get((platform, level), 2.0 ** -24)

@@ -220,12 +220,12 @@ def max_relative_error(a, b, mask=None, floor: float = 1e-12) -> float:
     """
     leaves_a, tree_a = jax.tree_util.tree_flatten(a)
     leaves_b, tree_b = jax.tree_util.tree_flatten(b)
-    if tree_a != tree_b:
+    if tree_a != tree_b:  # type: ignore[operator]
         raise ValueError(f"b: its structure {tree_b} differs from a's {tree_a}")
     masks = [None] * len(leaves_a)
     if mask is not None:
         masks, tree_m = jax.tree_util.tree_flatten(mask)
-        if tree_m != tree_a:
+        if tree_m != tree_a:  # type: ignore[operator]
             raise ValueError(f"mask: its structure {tree_m} differs from a's {tree_a}")
     worst = 0.0
     for la, lb, lm in zip(leaves_a, leaves_b, masks):
@@ -334,7 +334,7 @@ def gradcheck(loss_fn: Callable, params, *args, eps: float = 1e-4, max_coords: i
     # Jitted: eager float64 dispatch of every primitive costs seconds on a 784x128 layer.
     auto = jax.jit(lambda p: jax.grad(loss_fn)(p, *args))(params)
     manual = None if grad_fn is None else jax.jit(lambda p: grad_fn(p, *args))(params)
-    if manual is not None and jax.tree_util.tree_structure(manual) != jax.tree_util.tree_structure(params):
+    if manual is not None and jax.tree_util.tree_structure(manual) != jax.tree_util.tree_structure(params):  # type: ignore[operator]
         raise ValueError("grad_fn: its gradient's structure differs from params'")
     estimates, steps_per_leaf, noise = _fd_leaves(lambda p: loss_fn(p, *args), params, eps, max_coords, seed)
     paths = [path for path, _ in jax.tree_util.tree_leaves_with_path(params)]

@@ -181,7 +181,7 @@ def _aux_zeros(spec, hparams, state: TrainState, x: jax.Array, y: jax.Array):
 
 
 def chunk(state: TrainState, order: jax.Array, x: jax.Array, y: jax.Array, hparams: Any,
-          num_steps: jax.Array, *, spec: Any, capacity: int) -> tuple[TrainState, jax.Array]:
+          num_steps: jax.Array, *, spec: Any, capacity: int) -> tuple[TrainState, Any]:
     """Advance ``state`` by ``num_steps`` (<= capacity, traced) steps of its current epoch.
 
     Args:
@@ -270,7 +270,7 @@ def compile_program(fn, static: dict, *args) -> tuple[Callable, float]:
     leaves, treedef = jax.tree_util.tree_flatten(args)
     # The matmul precision changes the HLO but no argument: it must be part of the key (as in JAX's own).
     signature = (fn, tuple(sorted(static.items())), treedef, tuple(map(_arg_signature, leaves)),
-                 jax.config.read("jax_enable_x64"), jax.config.jax_default_matmul_precision)
+                 jax.config.read("jax_enable_x64"), jax.config.jax_default_matmul_precision)  # type: ignore[attr-defined]
     if signature not in _COMPILED:
         t0 = time.perf_counter()
         _COMPILED[signature] = (fn.lower(*args, **static).compile(), time.perf_counter() - t0)

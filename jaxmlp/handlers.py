@@ -138,6 +138,8 @@ class Checkpointer:
     def _save(self, event: Event) -> None:
         where = (int(event.state.epoch), int(event.state.step))
         if where != self.saved:
+            if event.run.save is None:
+                raise ValueError("Checkpointer: this run has no checkpoint writer (Run.save)")
             event.run.save(self.path, event.state, event.history, event.partial)
             self.saved, self._last_time, self._steps = where, time.monotonic(), 0
 

@@ -79,7 +79,7 @@ class EpochRecorder:
         self.epochs.append(record)
         if self.on_record is not None:
             self.on_record(record)
-        want = None if self.expected is None else self.expected.get(record["epoch"])
+        want = None if self.expected is None else self.expected.get(record["epoch"])  # type: ignore[call-overload]
         if want is not None and want["params_sha256"] != record["params_sha256"]:
             self.difference = (want, record)
             raise StopRun("differs")
@@ -252,7 +252,7 @@ def verify(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     if difference is None:
         done = {e["epoch"] for e in recorder.epochs}
         missing = [e for e in m["epochs"] if e["epoch"] not in done]
-        difference = (missing[0], None) if missing else None
+        difference = (missing[0], None) if missing else None  # type: ignore[assignment]
     expected = recorder.expected or {}
     checked = sum(1 for e in recorder.epochs
                   if expected.get(e["epoch"], {}).get("params_sha256") == e["params_sha256"])

@@ -113,12 +113,12 @@ class AccumulateState(NamedTuple):
     """The state of :func:`accumulate`.
 
     Attributes:
-        count: int32 scalar, micro-steps since the last real update.
+        micro_steps: int32 scalar, micro-steps since the last real update.
         grads: their summed gradients, a PyTree like params.
         inner: the wrapped optimizer's state.
     """
 
-    count: jax.Array  # int32: micro-steps since the last real update
+    micro_steps: jax.Array  # int32: micro-steps since the last real update
     grads: PyTree     # their summed gradients, like params
     inner: PyTree     # the wrapped optimizer's state
 
@@ -574,8 +574,8 @@ def accumulate(optimizer: GradientTransformation, every: int) -> GradientTransfo
 
         def wait(_):
             return (jax.tree_util.tree_map(jnp.zeros_like, summed),
-                    AccumulateState(state.count + 1, summed, state.inner))
+                    AccumulateState(state.micro_steps + 1, summed, state.inner))
 
-        return jax.lax.cond(state.count + 1 >= every, step, wait, None)
+        return jax.lax.cond(state.micro_steps + 1 >= every, step, wait, None)
 
     return GradientTransformation(init, update)

@@ -531,7 +531,7 @@ def augmentation_figure(image: ArrayLike, rows: Sequence[tuple[str, ArrayLike]])
         rows: (name, variants) pairs; variants (K, H, W) or (K, H*W), the same K in every row.
     """
     original = _as_images(np.asarray(image, np.float64).reshape(1, -1))[0]
-    named = [(name, _as_images(np.asarray(v, np.float64).reshape(len(v), -1))) for name, v in rows]
+    named = [(name, _as_images(np.asarray(v, np.float64).reshape(len(v), -1))) for name, v in rows]  # type: ignore[arg-type]
     if not named:
         raise ValueError("augmentation_figure: no rows to draw")
     k = max(len(v) for _, v in named)

@@ -428,7 +428,7 @@ def _write_outputs(out: Path, table: Table, results: dict) -> None:
     write_json(out / f"{table.name}.json", {"table": table.name, "title": table.title, "source": table.source,
                                              "metric": table.metric, "rows": rows, "environment": environment()})
     text = markdown_table(table, rows)
-    atomic_write(out / f"{table.name}.md", lambda f: f.write(text.encode()))
+    atomic_write(out / f"{table.name}.md", lambda f: None if f.write(text.encode()) is None else None)
 
 
 def run_table(table: Table, rows: Sequence[Row], data, *, data_dir: str | os.PathLike | None = None,

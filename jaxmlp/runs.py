@@ -323,7 +323,7 @@ def setup(config: TrainConfig, data, state: TrainState | None = None,
         init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
         state = init_state(_start_params(config, init_key, input_dim, num_classes), make_optimizer(spec, hp), run_key)
     x, y, x_val, y_val, x_test, y_test = _arrays(config, data, dtype)
-    extra = dict(loss_floor=math.log(num_classes), config=config,
+    extra: dict[str, Any] = dict(loss_floor=math.log(num_classes), config=config,
                  validate=None if x_val is None else functools.partial(_validate, x_val, y_val, config),
                  save=functools.partial(_save, config, int(x.shape[1]), num_classes, capacity))
     if mesh is not None:

@@ -372,7 +372,8 @@ def _start_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num
     shapes = jax.eval_shape(functools.partial(_build_members, **statics), *args)
     n, steps = x.shape[0], engine.steps_per_epoch(x.shape[0], spec.batch_size)
     order = jax.ShapeDtypeStruct((n,) if shared else (len(configs), n), jnp.int32)
-    x64, matmul = jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision  # per thread: carried over
+    x64 = jax.config.jax_enable_x64  # type: ignore[attr-defined]
+    matmul = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]  # per thread: carry over
 
     def compile_chunk():
         with jax.enable_x64(x64), jax.default_matmul_precision(matmul):

@@ -1,4 +1,5 @@
-"""Mutation testing of jaxmlp's core, module by module (docs/contributing.md, "Mutation testing"; not in CI: 1-2 s a mutant on 2 cores).
+"""Mutation testing of jaxmlp's core, module by module (not in CI: 1-2 s a mutant on 2 cores; docs/mutation.md
+holds the scores, docs/contributing.md "Mutation testing" the how-to).
 
     pip install mutmut==3.8.1
     python scripts/mutation.py losses model            # the modules to measure (default: every CORE module)
@@ -48,7 +49,7 @@ def _copy_repo(dest: Path) -> None:
 
 def _narrow_config(pyproject: Path, path: str, tests: list[str]) -> None:
     """``[tool.mutmut]`` of the copy: mutate only ``path``, select only ``tests``."""
-    text = re.sub(r"\n\[tool\.mutmut\]\n(?:[^\[].*\n|\n)*", "\n", pyproject.read_text())
+    text = re.sub(r"\n\[tool\.mutmut\]\n(?:[^\[\n].*\n|\n)*", "\n", pyproject.read_text())
     as_list = lambda items: "[" + ", ".join(f'"{i}"' for i in items) + "]"  # noqa: E731
     pyproject.write_text(text + f"""
 [tool.mutmut]

@@ -241,3 +241,49 @@ def test_shape_errors_name_the_argument(how, message):
     for fn in (forward, jax.jit(forward, static_argnames="activation"), forward_intermediates, predict):
         with pytest.raises(ValueError, match=message):
             fn(params, x, activation=activation)
+
+
+# ---------------------------------------------------------------- what mutation testing found unpinned
+# (docs/mutation.md): biases that are zero at init hid their sign, defaults went unused, messages unread.
+
+
+def _biased(sizes=(4, 3, 2)):
+    params = init_params(jax.random.PRNGKey(0), list(sizes), "he", jnp.float64)
+    return [{"W": p["W"], "b": p["b"] + 0.25 * (i + 1)} for i, p in enumerate(params)]
+
+
+def test_forward_adds_the_biases():
+    """With non-zero biases, forward and forward_intermediates give the NumPy reference."""
+    params, x = _biased(), np.linspace(-1, 1, 8).reshape(2, 4)
+    h = np.maximum(x @ np.asarray(params[0]["W"]) + np.asarray(params[0]["b"]), 0)
+    want = h @ np.asarray(params[1]["W"]) + np.asarray(params[1]["b"])
+    np.testing.assert_allclose(forward(params, jnp.asarray(x)), want, rtol=1e-13)
+    cache = forward_intermediates(params, jnp.asarray(x))  # the default activation is relu
+    assert cache["A0"] is not None and np.array_equal(cache["A0"], x)
+    np.testing.assert_allclose(cache["Z2"], want, rtol=1e-13)
+    np.testing.assert_allclose(cache["A2"], np.exp(want) / np.exp(want).sum(axis=1, keepdims=True), rtol=1e-13)
+    np.testing.assert_allclose(cache["A1"], h, rtol=1e-13)
+
+
+def test_defaults_and_a_single_example():
+    """predict's and forward's defaults (relu, no dropout even with a key); one example (D,) is accepted."""
+    params, x = _biased(), jnp.linspace(-1, 1, 8).reshape(2, 4)
+    assert np.array_equal(predict(params, x), np.argmax(forward(params, x), axis=-1))
+    assert np.array_equal(forward(params, x, key=jax.random.PRNGKey(1)), forward(params, x))
+    assert forward(params, x[0]).shape == (2,) and int(predict(params, x[0])) == int(predict(params, x)[0])
+    dropped = forward(params, x, key=jax.random.PRNGKey(1), dropout=0.5)
+    assert not np.array_equal(dropped, forward(params, x))
+
+
+def test_param_errors_say_what_they_got():
+    params, x = _biased(), jnp.ones((2, 4))
+    cases = [(params[0], r"^params: expected a list of layers \[\{'W': \.\.\., 'b'"),
+             (7, r"^params: expected a non-empty list .* got int"),
+             ([None], r"^params: layer 0 must be a dict with 'W' and 'b', got NoneType"),
+             ([{"W": params[0]["W"]}], r"^params: layer 0 must be a dict with 'W' and 'b', got dict"),
+             ([params[0], {"W": jnp.ones((5, 2)), "b": jnp.ones(2)}], r"^params: layer 1's W takes 5 inputs")]
+    for bad, match in cases:
+        with pytest.raises(ValueError, match=match):
+            forward(bad, x)
+    with pytest.raises(ValueError, match="^activation: unknown 'swish'; choose one of relu, tanh, sigmoid, gelu"):
+        forward(params, x, activation="swish")

@@ -78,7 +78,7 @@ def run_verify(args) -> int:
         if report.environment:
             print("environment differences (harmless here): " + "; ".join(report.environment))
         return 0
-    want, got = report.difference
+    want, got = report.difference  # type: ignore[misc]
     if got is None:
         print(f"differs: the rerun ended before epoch {want['epoch']}, which {args.manifest} records")
     else:
