@@ -24,6 +24,8 @@ def check_labels(labels: jax.Array, rows: int, against: str = "x") -> None:
         raise ValueError(f"labels: expected int (N,) or one-hot (N, C), got shape {shape}")
     if shape[0] != rows:
         raise ValueError(f"labels: {shape[0]} labels for {rows} rows of {against}")
+    if rows == 0:
+        raise ValueError(f"{against}: no rows (an empty batch): the mean loss of no examples is undefined")
 
 
 def _as_one_hot(labels: jax.Array, num_classes: int, dtype) -> jax.Array:

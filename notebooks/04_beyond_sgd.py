@@ -46,11 +46,12 @@ print("train", data.x_train.shape, "test", data.x_test.shape)
 # ## 1. Optimizers
 #
 # An optimizer in `jaxmlp.optim` is a pair of pure functions: `init(params) -> state` and
-# `update(grads, state, params) -> (params, state)`. The state (momentum buffers, Adam's moment
+# `update(grads, state, params) -> (updates, state)`, the updates added to the params by
+# `optim.apply_updates` (optax's protocol, so the two libraries' optimizers mix). The state (momentum buffers, Adam's moment
 # estimates, a step counter) is an ordinary PyTree that goes in and comes out, like the params.
 # So one training loop serves every optimizer, and nothing stops it from training several
 # networks at once. The loop below compiles a whole epoch into one program with `lax.scan`, as
-# `jaxmlp.train.fused_epoch` does, and takes one step of every run on each minibatch. (It also
+# `jaxmlp.engine.fused_epoch` does, and takes one step of every run on each minibatch. (It also
 # knows dropout, for section 3.)
 
 # %%
@@ -80,7 +81,8 @@ def train(runs, x, y, *, epochs, key, batch_size=32):
                     logits = jaxmlp.forward(p, x[idx], key=step_key, dropout=dropout)
                     return jaxmlp.cross_entropy(logits, y[idx])
                 losses[name], grads = jax.value_and_grad(loss)(params[name])
-                new_params[name], new_states[name] = run.optimizer.update(grads, states[name], params[name])
+                updates, new_states[name] = run.optimizer.update(grads, states[name], params[name])
+                new_params[name] = optim.apply_updates(params[name], updates)
             return (new_params, new_states), losses
 
         (params, states), losses = jax.lax.scan(step, (params, states), (batches, step_keys))
@@ -309,7 +311,8 @@ cnn_opt = optim.adam(1e-3)
 def cnn_step(params, state, xb, yb):
     loss, grads = jax.value_and_grad(
         lambda p: jaxmlp.cross_entropy(cnn.cnn_forward(p, xb, conv_impl="xla"), yb))(params)
-    params, state = cnn_opt.update(grads, state, params)
+    updates, state = cnn_opt.update(grads, state, params)
+    params = optim.apply_updates(params, updates)
     return params, state, loss
 
 predict = jax.jit(lambda params, x: jnp.argmax(cnn.cnn_forward(params, x, conv_impl="xla"), axis=-1))

@@ -45,8 +45,8 @@ SCRIPT = textwrap.dedent("""
     out["losses"] = {n: [h["loss"] for h in r.history] for n, r in fits.items()}
     out["test_accuracy"] = {n: r.test_accuracy for n, r in fits.items()}
     out["max_param_diff"] = {4: max(float(np.abs(a - b).max()) for a, b in zip(leaves[1], leaves[4]))}
-    out["param_sharding"] = list(runs[4].params[0]["W"].sharding.spec)
-    out["param_devices"] = len(runs[4].params[0]["W"].sharding.device_set)
+    out["param_sharding"] = list(fits[4].params[0]["W"].sharding.spec)
+    out["param_devices"] = len(fits[4].params[0]["W"].sharding.device_set)
 
     # The compiled chunk really splits the batch: 32 rows / 4 devices = 8 per device, and XLA
     # all-reduces the gradients.
