@@ -48,7 +48,8 @@ print("train", data.x_train.shape, "test", data.x_test.shape)
 # An optimizer in `jaxmlp.optim` is a pair of pure functions: `init(params) -> state` and
 # `update(grads, state, params) -> (updates, state)`, the updates added to the params by
 # `optim.apply_updates` (optax's protocol, so the two libraries' optimizers mix). The state
-# (momentum buffers, Adam's moment estimates, a step counter) is an ordinary PyTree that goes in and comes out, like the params.
+# (momentum buffers, Adam's moment estimates, a step counter) is an ordinary PyTree that goes in
+# and comes out, like the params.
 # So one training loop serves every optimizer, and nothing stops it from training several
 # networks at once. The loop below compiles a whole epoch into one program with `lax.scan`, as
 # `jaxmlp.engine.fused_epoch` does, and takes one step of every run on each minibatch. (It also
