@@ -269,7 +269,8 @@ print("augmented pixels stay in [0, 1]:", bool(jnp.all((warped >= 0) & (warped <
 params = trained["adamw"]
 zero_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
 decay = optim.adamw(1e-3, weight_decay=0.01)
-shrunk, _ = jax.jit(decay.update)(zero_grads, decay.init(params), params)
+updates, _ = jax.jit(decay.update)(zero_grads, decay.init(params), params)
+shrunk = optim.apply_updates(params, updates)
 ratio = shrunk[0]["W"] / params[0]["W"]
 print(f"W1 after / before: {float(ratio.min()):.7f} to {float(ratio.max()):.7f}"
       f"  (1 - lr * weight_decay = {1 - 1e-3 * 0.01:.7f})")
