@@ -227,21 +227,25 @@ for rate, params in regularized.items():
 #
 # ## 4. Data augmentation
 #
-# A digit shifted by a pixel or two, or slightly rotated or rescaled, is still the same digit.
-# `augment.random_shift` and `augment.random_affine` make such variants on the fly, each image
-# with its own random transform drawn from a key, inside the compiled training step, so every
-# epoch sees new images. Below: one test digit, then eight shifts (up to 2 pixels) and eight
-# affine warps (rotation up to 10 degrees, scale 0.9 to 1.1, shift up to 2 pixels), the defaults
-# of `--augment shift` and `--augment affine`.
+# A digit shifted by a pixel or two, slightly rotated or rescaled, or written with a slightly
+# wobbly hand, is still the same digit. `augment.random_shift`, `augment.random_affine` and
+# `augment.random_elastic` make such variants on the fly, each image with its own random
+# transform drawn from a key, inside the compiled training step, so every epoch sees new images.
+# Below: one test digit, then eight shifts (up to 2 pixels), eight affine warps (rotation up to
+# 10 degrees, scale 0.9 to 1.1, shift up to 2 pixels) and eight elastic distortions (Simard et
+# al. 2003: a random displacement field smoothed by a Gaussian of sigma 4 pixels, scaled by
+# alpha 34), the defaults of `--augment shift`, `--augment affine` and `--augment elastic`.
 
 # %%
 digit = x_test[:1]  # a 7
 copies = jnp.repeat(digit, 8, axis=0)
 shifted = jax.jit(augment.random_shift)(jax.random.PRNGKey(5), copies)
 warped = jax.jit(augment.random_affine)(jax.random.PRNGKey(6), copies)
+wobbly = jax.jit(augment.random_elastic)(jax.random.PRNGKey(7), copies)
 
-fig, axes = plt.subplots(2, 9, figsize=(9, 2.4))
-for row, (label, images) in enumerate((("random_shift", shifted), ("random_affine", warped))):
+fig, axes = plt.subplots(3, 9, figsize=(9, 3.6))
+rows = (("random_shift", shifted), ("random_affine", warped), ("random_elastic", wobbly))
+for row, (label, images) in enumerate(rows):
     axes[row, 0].imshow(np.asarray(digit).reshape(28, 28), cmap="gray_r")
     axes[row, 0].set_title("original", fontsize=8)
     for j in range(8):
@@ -252,8 +256,9 @@ for ax in axes.flat:  # keep the frame: it shows where the image edges are
     ax.set_yticks([])
 fig.tight_layout()
 plt.show()
-print("augmented pixels stay in [0, 1]:", bool(jnp.all((warped >= 0) & (warped <= 1))),
-      "| shapes kept:", shifted.shape, warped.shape)
+print("augmented pixels stay in [0, 1]:",
+      bool(all(jnp.all((images >= 0) & (images <= 1)) for images in (shifted, warped, wobbly))),
+      "| shapes kept:", shifted.shape, warped.shape, wobbly.shape)
 
 # %% [markdown]
 # ## 5. L2 regularization and weight decay
