@@ -624,14 +624,21 @@ def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch
     peak = max(peak_before, matmul_peak(peak_size))
     for row in rows:
         row["fraction_of_peak"] = row["gflops"] / peak
+    return _report(rows, sizes, n, lr, peak, peak_size, repeats, sweep_size, recompiles, data_note)
+
+
+def _report(rows: list[dict], sizes: list, n: int, lr: float, peak: float, peak_size: int, repeats: int,
+            sweep_size: int, recompiles: int, data_note: str) -> dict:
+    """The report dict of ``run_bench`` around its measured rows (the machine stamped now)."""
+    flops = mlp_flops_per_example(sizes)
     return {
         "machine": machine_info(),
         "data": data_note,
         "train_examples": n,
         "layer_sizes": sizes,
         "lr": lr,
-        "flops_per_example": mlp_flops_per_example(sizes),
-        "flops_per_epoch": flops_epoch,
+        "flops_per_example": flops,
+        "flops_per_epoch": flops * n,
         "flops_formula": "N * (2S + 2S + 2(S - d0*d1)), S = sum of d_{l-1}*d_l (forward, weight grads, "
                          "activation grads)",
         "matmul_peak_gflops": peak,
