@@ -274,3 +274,174 @@ def test_max_relative_error_on_pytrees():
         max_relative_error(a, b, mask[0])
     with pytest.raises(ValueError, match="b: shape"):
         max_relative_error(jnp.ones(3), jnp.ones(2))
+
+
+# ---------------------------------------------------------------- what mutation testing found unpinned
+# (docs/mutation.md). The finite-difference and gradcheck machinery was exercised only as a whole on
+# smooth problems that pass: its defaults, counts, floors, kink detection and messages could change freely.
+
+
+def _mlp_problem():
+    params = init_params(jax.random.PRNGKey(3), [6, 5, 3], "he", jnp.float64)  # W1 has 30 entries > 20
+    x = jax.random.uniform(jax.random.PRNGKey(4), (8, 6), jnp.float64)
+    y = jax.random.randint(jax.random.PRNGKey(5), (8,), 0, 3)
+    return params, x, y
+
+
+def test_finite_differences_sample_distinct_coordinates_reproducibly():
+    """max_coords picks that many distinct coordinates per leaf from ``seed`` (default 0); the others
+    are masked out with an estimate of exactly 0; the default step is 1e-4 (cubic: error h^2)."""
+    p = {"v": jnp.linspace(-1.0, 2.0, 30, dtype=jnp.float64)}
+    f = lambda q: jnp.sum(q["v"] ** 3)  # noqa: E731
+    est, mask = finite_difference_grad(f, p, max_coords=20)
+    assert int(mask["v"].sum()) == 20  # distinct: drawn with replacement, 20 of 30 would repeat
+    assert np.all(est["v"][~mask["v"]] == 0.0)
+    np.testing.assert_allclose(est["v"][mask["v"]], (3 * p["v"] ** 2)[mask["v"]], rtol=1e-6, atol=1e-7)
+    again, mask0 = finite_difference_grad(f, p, max_coords=20, seed=0)
+    np.testing.assert_array_equal(mask0["v"], mask["v"])
+    np.testing.assert_array_equal(again["v"], est["v"])
+    _, mask1 = finite_difference_grad(f, p, max_coords=20, seed=1)
+    _, mask1b = finite_difference_grad(f, p, max_coords=20, seed=1)
+    np.testing.assert_array_equal(mask1["v"], mask1b["v"])
+    assert not np.array_equal(mask1["v"], mask["v"])
+    full, mask_all = finite_difference_grad(f, p)  # default: every coordinate
+    assert mask_all["v"].all()
+    np.testing.assert_allclose(full["v"], 3 * p["v"] ** 2, rtol=1e-6, atol=1e-7)
+
+
+def test_a_float32_loss_round_off_is_not_taken_for_a_kink():
+    """In float32 the second differences are round-off (ulp(1000) ~ 6e-5, far above h^2 f''); the noise
+    allowance follows the leaves' dtype and the loss's size, so every coordinate is still estimated, in
+    float32."""
+    p = jnp.array([1.0, -0.5, 2.0, 0.25, -1.5, 3.0], jnp.float32)
+    est, mask = finite_difference_grad(lambda q: jnp.sum(q ** 2) + 1000.0, p)
+    assert mask.all() and est.dtype == np.float32
+    np.testing.assert_allclose(est, 2 * p, atol=2.0)  # round-off / 2h ~ 0.3: float32 differences are rough
+
+
+@pytest.mark.parametrize("kink", [1 / 3, 2 / 3, -1 / 3])
+def test_a_kink_inside_the_first_step_is_seen_by_each_second_difference(kink):
+    """f = g p + J relu(p - c) at p = 0 with c = kink * h: the kink moves the h-step estimate by about
+    J/3, which is under one of the three one-sided second differences' spread but not under their max
+    (c = h/3: mid - left; 2h/3: right - left; -h/3: right - mid). J is set so the smaller spreads pass the
+    test and the largest does not: the coordinate must be re-stepped with h/10 (the kink then lies
+    outside 2h/10), giving the exact slope."""
+    h, g = 1e-4, 1.0
+    J = 2 * 1e-5 * g  # J h/3 <= h FD_RTOL |est| < 2 J h/3
+    c = kink * h
+    f = lambda p: g * p["a"] + J * jax.nn.relu(p["a"] - c)  # noqa: E731
+    p = {"a": jnp.array(0.0, jnp.float64)}
+    result = gradcheck(f, p, eps=h, max_coords=None)
+    assert result.restepped == 1 and result.skipped == 0
+    assert result.rows[0].autodiff_vs_fd <= 1e-9 and result.passed
+
+
+def test_gradcheck_counts_defaults_and_report_fields():
+    """The default check: 20 coordinates of a larger leaf, seed 0, step 1e-4; ``checked`` counts only the
+    sampled coordinates; none re-stepped or skipped on a smooth problem; rows carry the leaf's shape;
+    manual_vs_autodiff is None without a grad_fn."""
+    params, x, y = _mlp_problem()
+    f = lambda p: loss(p, x, y, activation="tanh")  # noqa: E731
+    default = gradcheck(f, params)
+    assert default == gradcheck(f, params, eps=1e-4, max_coords=20, seed=0)
+    assert default.passed and default.restepped == 0 and default.skipped == 0
+    assert [r.checked for r in default.rows] == [20, 5, 15, 3] and default.checked == 43
+    assert [r.shape for r in default.rows] == [(6, 5), (5,), (5, 3), (3,)]
+    assert all(r.manual_vs_autodiff is None and r.manual_vs_fd is None for r in default.rows)
+    three = gradcheck(f, params, max_coords=3)  # three of each leaf: which three depends on the seed
+    assert three == gradcheck(f, params, max_coords=3, seed=0) != gradcheck(f, params, max_coords=3, seed=1)
+    assert gradcheck(f, params, max_coords=3, seed=1) == gradcheck(f, params, max_coords=3, seed=1)
+    assert [r.checked for r in three.rows] == [3, 3, 3, 3] and three.passed
+
+
+def test_gradcheck_mlp_defaults_are_the_plain_loss():
+    """gradcheck_mlp's defaults: ReLU, no L2, no dropout, step 1e-4, 20 coordinates, seed 0, and the manual
+    gradient as grad_fn; each argument reaches the check."""
+    params, x, y = _mlp_problem()
+    default = gradcheck_mlp(params, x, y)
+    assert default == gradcheck_mlp(params, x, y, activation="relu", l2=0.0, dropout=0.0, key=None, eps=1e-4,
+                                    max_coords=20, seed=0)
+    assert all(r.manual_vs_autodiff is not None and r.manual_vs_fd is not None for r in default.rows)
+    assert [r.checked for r in default.rows] == [20, 5, 15, 3]
+    for other in ({"l2": 0.5}, {"eps": 1e-3}):
+        assert gradcheck_mlp(params, x, y, **other) != default, other
+    four = gradcheck_mlp(params, x, y, max_coords=4)
+    assert [r.checked for r in four.rows] == [4, 4, 4, 3]
+    assert four == gradcheck_mlp(params, x, y, max_coords=4, seed=0) != gradcheck_mlp(params, x, y, max_coords=4,
+                                                                                       seed=1)
+    assert gradcheck_mlp(params, x, y, max_coords=4, seed=1) == gradcheck_mlp(params, x, y, max_coords=4, seed=1)
+
+
+def test_gradcheck_measures_errors_relative_to_the_leaf():
+    """A grad_fn twice the true gradient: 0.5 relative, whatever the gradient's scale (here ~1e-3); a leaf
+    the loss ignores: 0 (not nan); an empty leaf: 0, nothing checked."""
+    params = {"w": jnp.linspace(0.1, 1.0, 4, dtype=jnp.float64), "dead": jnp.zeros(3, jnp.float64),
+              "empty": jnp.zeros((0,), jnp.float64)}
+    f = lambda p: 1e-3 * jnp.sum(jnp.sin(p["w"]))  # noqa: E731
+    double = lambda p: jax.tree_util.tree_map(lambda g: 2 * g, jax.grad(f)(p))  # noqa: E731
+    rows = {r.name: r for r in gradcheck(f, params, grad_fn=double, max_coords=None).rows}
+    assert rows["['w']"].manual_vs_autodiff == pytest.approx(0.5)
+    assert rows["['w']"].manual_vs_fd == pytest.approx(0.5, rel=1e-6)
+    assert rows["['w']"].autodiff_vs_fd <= 1e-5
+    assert rows["['dead']"].manual_vs_autodiff == 0.0 and rows["['dead']"].autodiff_vs_fd == 0.0
+    assert rows["['empty']"].manual_vs_autodiff == 0.0 and rows["['empty']"].checked == 0
+
+
+def test_a_gradient_below_the_loss_round_off_is_not_a_failure():
+    """The finite-difference floor is the loss's round-off over the step (ulp(f0) * 64 / eps / FD_RTOL): a
+    true slope of 1e-11 on a loss of 1e4 moves f(p +- h) by less than one ulp, so the estimate is 0; that
+    is within tolerance, not an error of 100%."""
+    f = lambda p: 1e4 + 1e-11 * jnp.sum(p["a"])  # noqa: E731
+    p = {"a": jnp.array([0.5, 1.5], jnp.float64)}
+    est, _ = finite_difference_grad(f, p)
+    assert np.all(est["a"] == 0.0)  # the premise: the slope is lost in round-off
+    result = gradcheck(f, p, max_coords=None)
+    assert result.passed and result.rows[0].autodiff_vs_fd < 1e-6
+
+
+def test_gradcheck_needs_a_checked_coordinate_and_every_witness():
+    """Nothing checked is no pass; one coordinate checked is enough; a jax.grad that disagrees with the
+    finite differences fails even when the grad_fn agrees with jax.grad."""
+    p = {"a": jnp.array(1.5, jnp.float64)}
+
+    def f(q):
+        return 3 * q["a"] ** 2
+
+    assert gradcheck(f, p, max_coords=None).checked == 1 and gradcheck(f, p, max_coords=None).passed
+    assert not gradcheck(f, p, max_coords=0).passed
+
+    @jax.custom_jvp
+    def cube(a):
+        return a ** 3
+
+    @cube.defjvp
+    def _cube_jvp(primals, tangents):
+        (a,), (t,) = primals, tangents
+        return cube(a), 2 * a ** 2 * t  # wrong on purpose: 3 a^2
+
+    g = lambda q: cube(q["a"])  # noqa: E731
+    wrong = gradcheck(g, p, grad_fn=jax.grad(g), max_coords=None)
+    assert wrong.rows[0].manual_vs_autodiff == 0.0 and not wrong.passed
+
+
+def test_gradcheck_refusals_say_what_and_where():
+    p = {"w": jnp.ones(3, jnp.float32)}
+    with pytest.raises(ValueError, match=r"got float32 at \['w'\]"):
+        gradcheck(lambda q: jnp.sum(q["w"]), p)
+    with pytest.raises(ValueError, match=r"^params: gradcheck needs at least one array leaf$"):
+        gradcheck(lambda q: 0.0, {})
+    p = {"w": jnp.ones(3, jnp.float64)}
+    with pytest.raises(ValueError, match=r"^loss_fn: must return a scalar, got \(3,\)$"):
+        gradcheck(lambda q: q["w"], p)
+    with pytest.raises(ValueError, match=r"^loss_fn: must return a scalar, got tuple$"):
+        gradcheck(lambda q: (jnp.sum(q["w"]), 0.0), p)
+    with pytest.raises(ValueError, match=r"^grad_fn: its gradient's structure differs from params'$"):
+        gradcheck(lambda q: jnp.sum(q["w"]), p, grad_fn=lambda q: [q["w"]])
+
+
+def test_max_relative_error_floor_and_mask_kinds():
+    """The default floor is 1e-12, so small gradients compare relatively; a 0/1 integer mask selects like
+    a bool one (not as indices)."""
+    assert max_relative_error(jnp.array([1e-6]), jnp.array([2e-6])) == pytest.approx(0.5)
+    a, b = jnp.array([1.0, 2.0, 4.0]), jnp.array([1.0, 2.2, 2.0])
+    assert max_relative_error(a, b, np.array([1, 1, 0])) == pytest.approx(0.2 / 2.2)
