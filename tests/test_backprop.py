@@ -172,7 +172,8 @@ def test_a_callable_activation_is_refused_by_manual_grad():
     """manual_grad has rules for the named activations only: a callable is a ValueError pointing at jax.grad
     (forward takes it: see test_model), an unknown name a ValueError naming the argument."""
     params, x, y = _problem(0, [4, 3, 2], 5, one_hot=False)
-    with pytest.raises(ValueError, match="activation: manual_grad has no hand-derived rule.*jax.grad"):
+    with pytest.raises(ValueError, match=r"^activation: manual_grad has no hand-derived rule for a callable "
+                                         r"activation; use jax.grad \(autodiff_grad\) for it$"):
         manual_grad(params, x, y, activation=jnp.sin)
     with pytest.raises(ValueError, match="activation: unknown 'swish'"):
         manual_grad(params, x, y, activation="swish")
@@ -445,3 +446,23 @@ def test_max_relative_error_floor_and_mask_kinds():
     assert max_relative_error(jnp.array([1e-6]), jnp.array([2e-6])) == pytest.approx(0.5)
     a, b = jnp.array([1.0, 2.0, 4.0]), jnp.array([1.0, 2.2, 2.0])
     assert max_relative_error(a, b, np.array([1, 1, 0])) == pytest.approx(0.2 / 2.2)
+
+
+def test_manual_grad_with_biases_dtypes_and_its_defaults():
+    """Non-zero biases (every other test starts from init's zeros); float32 params give float32 gradients,
+    with and without L2 (the one-hot targets and the l2 weight take the params' dtype, even under x64);
+    dropout without a key is no dropout, as in forward; l2 = 0 leaves the L2 arithmetic out of the
+    program, not just adds zero."""
+    params, x, y = _problem(7, [5, 4, 3], 6, one_hot=False)
+    params = [{"W": layer["W"], "b": jax.random.normal(jax.random.PRNGKey(i), layer["b"].shape, jnp.float64)}
+              for i, layer in enumerate(params)]
+    assert _rel(manual_grad(params, x, y)[0]["b"], autodiff_grad(params, x, y)[0]["b"]) <= AGREE_RTOL
+    assert max_relative_error(manual_grad(params, x, y), autodiff_grad(params, x, y)) <= AGREE_RTOL
+    p32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
+    for l2 in (0.0, 0.01):
+        grads = manual_grad(p32, x.astype(jnp.float32), y, l2=l2)
+        assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(grads)} == {jnp.dtype(jnp.float32)}, l2
+    no_key = manual_grad(params, x, y, dropout=0.5)
+    assert max_relative_error(no_key, manual_grad(params, x, y)) == 0.0
+    size = lambda l2: len(jax.make_jaxpr(lambda p: manual_grad(p, x, y, l2=l2))(params).jaxpr.eqns)  # noqa: E731
+    assert size(0.0) < size(0.5)
