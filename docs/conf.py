@@ -36,7 +36,8 @@ extensions = [
     "jaxmlp_docs",                 # docs/_ext: summaries from __all__, TrainConfig's fields, notebooks
 ]
 
-exclude_patterns = ["_build", "_ext", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "results/*.md"]
+exclude_patterns = ["_build", "_ext", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "results/*.md",
+                    "results/reproduce/*.md"]
 root_doc = "index"
 
 # Every warning fails the build (-W), including references that don't resolve.
