@@ -32,7 +32,7 @@ CORE = {
     "model": ("jaxmlp/model.py", ["tests/test_model.py", "tests/test_losses.py"]),
     "losses": ("jaxmlp/losses.py", ["tests/test_losses.py", "tests/test_model.py"]),
     "backprop": ("jaxmlp/backprop.py", ["tests/test_backprop.py"]),
-    "optim": ("jaxmlp/optim.py", ["tests/test_optim.py"]),
+    "optim": ("jaxmlp/optim.py", ["tests/test_optim.py", "tests/test_transforms.py"]),
     "checkpoint": ("jaxmlp/checkpoint.py", ["tests/test_checkpoint.py"]),
     "config": ("jaxmlp/config.py", ["tests/test_train.py", "-k", "config or setting"]),
     "idx": ("jaxmlp/data/idx.py", ["tests/test_data.py"]),
