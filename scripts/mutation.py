@@ -36,7 +36,11 @@ CORE = {
     "checkpoint": ("jaxmlp/checkpoint.py", ["tests/test_checkpoint.py"]),
     "config": ("jaxmlp/config.py", ["tests/test_train.py", "-k", "config or setting"]),
     "idx": ("jaxmlp/data/idx.py", ["tests/test_data.py"]),
-    "engine": ("jaxmlp/engine.py", ["tests/test_engine.py"]),
+    # the step's own tests are split: the user-facing ones in test_engine, the built-in MLP's in test_train
+    "engine": ("jaxmlp/engine.py", ["tests/test_engine.py"] + [f"tests/test_train.py::{t}" for t in (
+        "test_sgd_step_is_p_minus_lr_grad", "test_batch_slices_keep_the_short_last_batch",
+        "test_a_chunk_equals_the_python_loop_of_steps", "test_chunks_of_any_size_give_the_same_state_bit_for_bit",
+        "test_manual_and_autodiff_chunks_agree", "test_epoch_loss_weights_the_short_batch_and_sums_over_chunks")]),
 }
 
 # Where only part of a module is core: the functions to mutate (mutmut's names, fnmatch patterns after
@@ -102,8 +106,9 @@ def measure(module: str, workdir: Path, children: int, only_survivors: bool, sam
             names = _sample(copy, path, dotted, module, sample)
             (copy / "sampled-mutants.txt").write_text("\n".join(names) + "\n")
     else:
-        for name in (t for t in tests if t.endswith(".py")):  # the strengthened tests
+        for name in {t.split("::")[0] for t in tests if ".py" in t}:  # the strengthened tests
             shutil.copy2(REPO / name, copy / name)
+        _narrow_config(copy / "pyproject.toml", path, tests)  # CORE's selection may have grown too
         names = _survivors(copy, dotted)
     subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names], cwd=copy,
                    stdout=subprocess.DEVNULL)
@@ -153,7 +158,8 @@ def _wilson(k: int, n: int) -> str:
 
 
 def _survivors(copy: Path, dotted: str) -> list[str]:
-    return re.findall(rf"^\s*({re.escape(dotted)}\.\S+): survived", _mutmut(copy, "results"), re.M)
+    return re.findall(rf"^\s*({re.escape(dotted)}\.\S+): (?:survived|no tests|suspicious)",
+                      _mutmut(copy, "results", "--all", "true"), re.M)
 
 
 def main(argv=None) -> int:

@@ -466,3 +466,48 @@ def test_manual_grad_with_biases_dtypes_and_its_defaults():
     assert max_relative_error(no_key, manual_grad(params, x, y)) == 0.0
     size = lambda l2: len(jax.make_jaxpr(lambda p: manual_grad(p, x, y, l2=l2))(params).jaxpr.eqns)  # noqa: E731
     assert size(0.0) < size(0.5)
+
+
+def test_dropout_with_biases_and_an_l2_array_of_another_dtype():
+    """The dropout path of the forward cache adds the (non-zero) biases too; an l2 weight given as a
+    float64 array keeps float32 params' gradients in float32 (the weight takes the params' dtype)."""
+    params, x, y = _problem(8, [5, 4, 3], 6, one_hot=False)
+    params = [{"W": layer["W"], "b": jax.random.normal(jax.random.PRNGKey(10 + i), layer["b"].shape, jnp.float64)}
+              for i, layer in enumerate(params)]
+    key = jax.random.PRNGKey(2)
+    kw = dict(dropout=0.3, key=key)
+    assert max_relative_error(manual_grad(params, x, y, **kw), autodiff_grad(params, x, y, **kw)) <= AGREE_RTOL
+    p32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
+    grads = manual_grad(p32, x.astype(jnp.float32), y, l2=jnp.asarray(0.01, jnp.float64))
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(grads)} == {jnp.dtype(jnp.float32)}
+
+
+def test_tolerance_boundaries_are_inclusive():
+    """An error exactly at its tolerance passes (the docs say "within"), for each of the three
+    comparisons; a spread of exactly the allowed size (zero, for a loss that is constant in the
+    coordinate and has no round-off) is smooth, not a kink."""
+    from jaxmlp.backprop import FD_RTOL, GradCheckRow, _central_difference, _result
+
+    def row(**errors):
+        base = dict(name="W1", shape=(1,), manual_vs_autodiff=0.0, manual_vs_fd=0.0, autodiff_vs_fd=0.0,
+                    checked=1, restepped=0, skipped=0)
+        return GradCheckRow(**{**base, **errors})
+
+    for errors in (dict(autodiff_vs_fd=FD_RTOL), dict(manual_vs_fd=FD_RTOL), dict(manual_vs_autodiff=AGREE_RTOL)):
+        assert _result([row(**errors)]).passed, errors
+        bigger = {k: v * 1.5 for k, v in errors.items()}
+        assert not _result([row(**bigger)]).passed, bigger
+    assert _central_difference(lambda d: 3.0, 3.0, 1e-4, 0.0) == (0.0, 1)
+
+
+def test_the_fd_floor_grows_with_the_restep_factor():
+    """A step eps / k turns the loss's round-off ``noise`` into noise * k / eps of derivative: the floor
+    of the relative error is that over FD_RTOL, so a coordinate estimated at eps/100 is judged against
+    a 100x larger floor than one at eps."""
+    from jaxmlp.backprop import FD_RTOL, _fd_error
+
+    g, est, noise, eps = np.array([0.0, 0.0]), np.array([1e-9, 1e-9]), 1e-16, 1e-4
+    for k in (1, 10, 100):
+        floor = noise * k / eps / FD_RTOL
+        assert _fd_error(g, est, np.array([k, k]), noise, eps) == pytest.approx(1e-9 / max(1e-9, floor))
+    assert _fd_error(g, est, np.array([0, -1]), noise, eps) == 0.0  # nothing checked

@@ -186,3 +186,83 @@ def test_a_label_smoothed_tanh_mlp_trains_on_mnist(mnist):
     x_test = jaxmlp.normalize(jaxmlp.flatten(mnist.x_test))
     acc = float(jaxmlp.accuracy(jaxmlp.forward(res.params, x_test, activation="tanh"), jnp.asarray(mnist.y_test)))
     assert acc > 0.88, acc
+
+
+# ---------------------------------------------------------------- what mutation testing found unpinned
+# (docs/mutation.md): the step's pieces that only a whole-run comparison reached before.
+
+
+def test_a_non_dict_aux_is_reported_under_aux():
+    """has_aux with a bare scalar aux: the history records it as "aux", its per-epoch mean."""
+    def loss_fn(params, x, y, key):
+        value = linear_loss(params, x, y, key)
+        return value, 2.0 * value
+
+    res = jaxmlp.train(loss_fn, linear_params(), optim.sgd(0.1), linear_data(), epochs=1, batch_size=96,
+                       has_aux=True)
+    record = res.history[0]
+    assert set(record) >= {"aux", "loss"}
+    assert record["aux"] == pytest.approx(2.0 * record["loss"], rel=1e-6)
+
+
+def test_the_augment_function_gets_each_minibatch_and_a_key():
+    """augment(key, x) replaces the minibatch the loss sees: zeroed inputs leave w at zero (its gradient
+    is x^T(...)), while the bias still learns; a key-dependent augment changes the result."""
+    data = linear_data()
+    zeroed = jaxmlp.train(linear_loss, linear_params(), optim.sgd(0.5), data, epochs=1, batch_size=16,
+                          augment=lambda key, x: x * 0.0)
+    assert not np.any(np.asarray(zeroed.params["w"])) and np.any(np.asarray(zeroed.params["bias"]))
+    noisy = [jaxmlp.train(linear_loss, linear_params(), optim.sgd(0.5), data, epochs=1, batch_size=16,
+                          key=jax.random.PRNGKey(seed),
+                          augment=lambda key, x: x + jax.random.normal(key, x.shape)).params["w"]
+             for seed in (0, 1)]
+    assert not np.array_equal(np.asarray(noisy[0]), np.asarray(noisy[1]))
+
+
+def test_a_batch_sharding_constraint_changes_no_number():
+    """A FunctionTask whose minibatches are constrained to a one-device sharding trains the same
+    params, bit for bit, as one without (the constraint only places the batch)."""
+    x, y = linear_data(n=40)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("batch",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    outs = []
+    for batch_sharding in (None, sharding):
+        spec = engine.FunctionTask(linear_loss, optim.sgd(0.3), batch_size=16, batch_sharding=batch_sharding)
+        state = engine.init_state(linear_params(), spec.optimizer, jax.random.PRNGKey(0))
+        order = engine.epoch_order(state.key, state.epoch, 40)
+        outs.append(engine.run_chunk(state, order, x, y, {}, jnp.int32(3), spec=spec, capacity=3))
+    assert leaves_equal(outs[0], outs[1])
+
+
+def test_integer_inputs_give_float32_losses():
+    """uint8 images (a user's loss casts them): the losses buffer is float32, not the inputs' dtype."""
+    x, y = linear_data(n=32)
+    xi = jnp.asarray(np.clip(np.asarray(x) * 40 + 100, 0, 255).astype(np.uint8))
+
+    def loss_fn(params, x, y, key):
+        return linear_loss(params, x.astype(jnp.float32) / 255.0, y, key)
+
+    spec = engine.FunctionTask(loss_fn, optim.sgd(0.3), batch_size=16)
+    state = engine.init_state(linear_params(), spec.optimizer, jax.random.PRNGKey(0))
+    order = engine.epoch_order(state.key, state.epoch, 32)
+    _, losses = engine.run_chunk(state, order, xi, y, {}, jnp.int32(2), spec=spec, capacity=2)
+    assert losses.dtype == jnp.float32
+    assert float(losses[0]) == pytest.approx(math.log(3), rel=1e-6)  # zero params: uniform over 3 classes
+
+
+def test_the_fused_epoch_is_a_whole_chunk():
+    """fused_epoch from an epoch boundary equals one chunk of the whole epoch (short batch included:
+    40 = 16 + 16 + 8): the same params and losses, the epoch counted, the step left at 0."""
+    x, y = linear_data(n=40)
+    spec = engine.FunctionTask(linear_loss, optim.momentum(0.2), batch_size=16)
+    state = engine.init_state(linear_params(), spec.optimizer, jax.random.PRNGKey(4))
+    state = state._replace(epoch=jnp.int32(2))
+    order = engine.epoch_order(state.key, state.epoch, 40)
+    chunked, chunk_losses = engine.run_chunk(state, order, x, y, {}, jnp.int32(3), spec=spec, capacity=3)
+    fused, fused_losses = engine.run_fused_epoch(state, x, y, {}, spec=spec)
+    assert fused_losses.shape == (3,)
+    np.testing.assert_allclose(np.asarray(fused_losses), np.asarray(chunk_losses), rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(fused.params), jax.tree_util.tree_leaves(chunked.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert (int(fused.epoch), int(fused.step)) == (3, 0) == (int(chunked.epoch), int(chunked.step))
+    assert np.array_equal(np.asarray(fused.key), np.asarray(state.key))

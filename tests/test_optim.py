@@ -347,3 +347,86 @@ def test_decreases_quadratic(opt):
     for _ in range(200):
         params, state = step(params, state)
     assert float(f(params)) < f0 / 100
+
+
+# ---------------------------------------------------------------- what mutation testing found unpinned
+# (docs/mutation.md): schedules read through momentum and scale_by_learning_rate, by_name's weight decay,
+# the placement of the zero state, the dtype of decayed gradients, frozen state inside chains.
+
+
+def _sched(step):
+    return 0.1 * (step + 1.0)  # 0.1, 0.2, 0.3, ...: each step's lr tells which step it was
+
+
+@pytest.mark.parametrize("make", [lambda lr: optim.momentum(lr, beta=0.0), optim.scale_by_learning_rate,
+                                  optim.sgd], ids=["momentum", "scale_by_learning_rate", "sgd"])
+def test_schedules_are_read_at_the_step_count(make):
+    """A unit gradient three times: the updates are -lr(0), -lr(1), -lr(2) (beta 0: no carry-over),
+    so the step counter starts at 0, moves by one and is what the schedule sees."""
+    opt = make(_sched)
+    params = {"w": jnp.zeros((2,))}
+    state = opt.init(params)
+    seen = []
+    for _ in range(3):
+        updates, state = opt.update({"w": jnp.ones((2,))}, state, params)
+        seen.append(float(updates["w"][0]))
+    np.testing.assert_allclose(seen, [-0.1, -0.2, -0.3], rtol=1e-12)
+
+
+def test_by_name_passes_weight_decay_and_refuses_non_strings():
+    """An explicit weight_decay reaches adam and adamw (their defaults differ from it); a name that is
+    not a string is a ValueError naming the choices, not an AttributeError."""
+    params = {"w": jnp.ones((2,))}
+    grads = {"w": jnp.zeros((2,))}
+    for name in ("adam", "adamw"):
+        outs = []
+        for wd in (None, 0.5):
+            opt = optim.by_name(name, 0.1, weight_decay=wd)
+            outs.append(np.asarray(opt.update(grads, opt.init(params), params)[0]["w"]))
+        assert not np.array_equal(outs[0], outs[1]), name
+    with pytest.raises(ValueError, match="optimizer: unknown optimizer 3; choose one of sgd"):
+        optim.by_name(3, 0.1)
+
+
+def test_stateless_transforms_have_an_empty_state_and_max_norm_names_itself():
+    """identity, scale, clip and max_norm keep optax's EmptyState; max_norm without params says so."""
+    params = {"W": jnp.ones((2, 2))}
+    for t in (optim.identity(), optim.scale(2.0), optim.clip_by_global_norm(1.0), optim.max_norm(1.0)):
+        assert isinstance(t.init(params), optim.EmptyState)
+    with pytest.raises(ValueError, match="^max_norm needs the params"):
+        optim.max_norm(1.0).update(params, optim.EmptyState())
+
+
+def test_zero_state_lives_where_a_committed_leaf_lives():
+    """Momentum's velocity of a leaf committed to a device is committed there too (same sharding); an
+    uncommitted leaf's stays uncommitted, so a jitted step sees one placement for both."""
+    device = jax.devices()[0]
+    committed = {"w": jax.device_put(jnp.ones((3,)), device)}
+    velocity = optim.momentum(0.1).init(committed).velocity["w"]
+    assert velocity.committed and velocity.sharding == committed["w"].sharding
+    assert not optim.momentum(0.1).init({"w": np.ones((3,))}).velocity["w"].committed
+
+
+def test_decayed_gradients_keep_the_params_dtype_under_x64():
+    """float32 params and gradients with a weight decay, in x64 mode: the updates stay float32."""
+    params = {"w": jnp.ones((3,), jnp.float32)}
+    grads = {"w": jnp.full((3,), 0.5, jnp.float32)}
+    for opt in (optim.sgd(0.1, weight_decay=0.1), optim.momentum(0.1, weight_decay=0.1)):
+        updates, _ = opt.update(grads, opt.init(params), params)
+        assert updates["w"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("wrap", [lambda o: o, optim.chain], ids=["bare", "in-a-chain"])
+def test_frozen_leaves_keep_their_state_even_when_decay_moves_it(wrap):
+    """Weight decay would put wd * p into a frozen leaf's velocity (its gradient is zeroed, not its
+    decay): freeze keeps the old (zero) velocity, for a one-leaf mask and inside a chain's tuple state."""
+    for params, mask in (({"w": jnp.ones((2,))}, {"w": False}),
+                         ({"w": jnp.ones((2,)), "b": jnp.ones((2,))}, {"w": False, "b": True})):
+        opt = optim.freeze(wrap(optim.momentum(0.1, weight_decay=0.5)), mask)
+        state = opt.init(params)
+        grads = jax.tree_util.tree_map(jnp.ones_like, params)
+        updates, state = opt.update(grads, state, params)
+        velocity = (state[0] if isinstance(state, tuple) and not hasattr(state, "_fields") else state).velocity
+        assert not np.any(np.asarray(velocity["w"])) and not np.any(np.asarray(updates["w"]))
+        if "b" in velocity:
+            np.testing.assert_allclose(np.asarray(velocity["b"]), 1.5)
