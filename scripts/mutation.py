@@ -162,6 +162,17 @@ def _survivors(copy: Path, dotted: str) -> list[str]:
                       _mutmut(copy, "results", "--all", "true"), re.M)
 
 
+def _jax_started_at_import(tests: list[str]) -> list[str]:
+    """The test files whose import starts JAX's backend (a JAX array built at module level or in a
+    ``parametrize``). The fork server imports them before it forks: the children then inherit JAX's
+    threads, deadlock, and mutmut records each mutant as a timeout, that is as killed."""
+    probe = ("import importlib, sys; sys.path.insert(0, 'tests'); from jax._src import xla_bridge; "
+             "importlib.import_module(sys.argv[1]); print(bool(xla_bridge._backends))")
+    files = sorted({t.split("::")[0] for t in tests if ".py" in t})
+    return [f for f in files if subprocess.run([sys.executable, "-c", probe, Path(f).stem], cwd=REPO,
+                                               capture_output=True, text=True).stdout.strip() != "False"]
+
+
 def main(argv=None) -> int:
     """Measure the modules named on the command line (default: all of ``CORE``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -174,6 +185,11 @@ def main(argv=None) -> int:
                    help="run only N of each module's mutants, drawn at random (seed 0); default: all")
     args = p.parse_args(argv)
     for module in args.modules or list(CORE):
+        started = _jax_started_at_import(CORE[module][1])
+        if started:
+            print(f"error: importing {', '.join(started)} starts JAX (an array built at import or in a "
+                  "parametrize); build it inside the test, or every mutant times out", file=sys.stderr)
+            return 1
         measure(module, args.workdir, args.max_children, args.only_survivors, args.sample)
     return 0
 

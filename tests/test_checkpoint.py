@@ -224,16 +224,18 @@ def test_non_finite_outside_params_is_stored(tmp_path):
     assert np.isinf(load_state(tmp_path / "a.npz", template_of(state)).opt_state.nu[0]["W"]).all()
 
 
+# The states are built inside the test, not at import: a JAX array made while pytest collects starts JAX's
+# threads in the process that mutation testing's fork server forks from (docs/mutation.md).
 @pytest.mark.parametrize("state, meta, member", [
-    ({"k": jax.random.key(0)}, {}, "state/k"),                              # typed key: store key_data
-    ({"w": jnp.ones(2, jnp.bfloat16)}, {}, "state/w"),                      # no exact npy dtype name
-    ({"w": np.array(["a"])}, {}, "state/w"),
-    ({"w": jnp.ones(2)}, {"f": object()}, "meta"),
-    ({"w": jnp.ones(2)}, ["not", "a", "dict"], "meta"),
-])
+    (lambda: {"k": jax.random.key(0)}, {}, "state/k"),                      # typed key: store key_data
+    (lambda: {"w": jnp.ones(2, jnp.bfloat16)}, {}, "state/w"),              # no exact npy dtype name
+    (lambda: {"w": np.array(["a"])}, {}, "state/w"),
+    (lambda: {"w": jnp.ones(2)}, {"f": object()}, "meta"),
+    (lambda: {"w": jnp.ones(2)}, ["not", "a", "dict"], "meta"),
+], ids=["typed-key", "bfloat16", "strings", "object-meta", "list-meta"])
 def test_unstorable_state_or_meta_refused_before_writing(tmp_path, state, meta, member):
     """Leaves numpy cannot name exactly and non-JSON meta raise CheckpointError; no file is created."""
-    refused(lambda: save_checkpoint(tmp_path / "c.npz", state, meta), tmp_path / "c.npz", member)
+    refused(lambda: save_checkpoint(tmp_path / "c.npz", state(), meta), tmp_path / "c.npz", member)
     assert os.listdir(tmp_path) == []
 
 
