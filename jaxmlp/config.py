@@ -34,7 +34,7 @@ from .backend import MATMUL_PRECISIONS
 from .model import ACTIVATIONS, INIT_SCHEMES
 
 ARCHS = ("mlp", "cnn")
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "bfloat16")
 AUGMENTS = ("none", "shift", "affine", "elastic")
 GRADS = ("autodiff", "manual")
 DATASET_NAMES = ("mnist", "fashion-mnist", "kmnist")
@@ -123,7 +123,8 @@ class TrainConfig:
     init: str = _field("notebook", "weight init: notebook = N(0,1)*0.01, he, glorot", _text,
                        choices=INIT_SCHEMES)
     activation: str = _field("relu", "hidden-layer activation of the MLP", _text, choices=ACTIVATIONS)
-    dtype: str = _field("float32", "float dtype of params and inputs", _text, choices=DTYPES)
+    dtype: str = _field("float32", "float dtype of params and inputs; bfloat16: mixed precision (bfloat16 "
+                        "matmuls, float32 params, loss and updates)", _text, choices=DTYPES)
     matmul_precision: str = _field(
         "default", "float32 matmuls and convolutions: default = the backend's (full float32 on CPUs, TF32 on "
                    "recent NVIDIA GPUs), highest = full float32 everywhere (see jaxmlp.backend)", _text,
@@ -246,8 +247,8 @@ def unused_settings(config: TrainConfig | dict) -> dict[str, str]:
         out.update({"elastic_sigma": why, "elastic_alpha": why})
     if get("finetune") and not get("new_head"):
         out["init"] = "the params come from TrainConfig.finetune; only a new head (TrainConfig.new_head) is drawn"
-    if get("dtype") == "float64":
-        out["matmul_precision"] = "it sets the precision of float32 matmuls; TrainConfig.dtype is float64"
+    if get("dtype") in ("float64", "bfloat16"):
+        out["matmul_precision"] = f"it sets the precision of float32 matmuls; TrainConfig.dtype is {get('dtype')}"
     return out
 
 
@@ -289,6 +290,9 @@ def _cross_checks(c: TrainConfig) -> None:
                           f"({c.epochs})")
     if c.patience and not c.val_split:
         raise ConfigError("TrainConfig.patience (early stopping) needs a validation split (TrainConfig.val_split)")
+    if c.grad == "manual" and c.dtype == "bfloat16":
+        raise ConfigError("TrainConfig.grad manual computes in the params' dtype; TrainConfig.dtype bfloat16 (mixed "
+                          "precision) needs autodiff")
     if c.grad == "manual" and c.arch != "mlp":
         raise ConfigError("TrainConfig.grad manual is the MLP's hand-derived backprop; TrainConfig.arch cnn needs "
                           "autodiff")

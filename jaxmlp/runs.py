@@ -72,6 +72,8 @@ class TrainSpec:
         elastic_sigma: the elastic fields' smoothing in pixels (read only by "elastic").
         elastic_alpha: the elastic fields' scale in pixels (read only by "elastic").
         max_norm: None or the largest norm of a unit's incoming weights (``optim.max_norm``).
+        compute_dtype: None, or "bfloat16" for mixed precision: the forward pass (its matmuls) runs on
+            bfloat16 copies of the params and inputs; the params, the loss and the updates stay float32.
     """
 
     batch_size: int = 32
@@ -90,6 +92,7 @@ class TrainSpec:
     elastic_sigma: float = 4.0
     elastic_alpha: float = 34.0
     max_norm: float | None = None
+    compute_dtype: str | None = None
     has_aux = False  # the built-in loss reports no aux
 
     def value_and_grad(self, params, x, y, key, hparams):
@@ -117,7 +120,7 @@ def spec_for(config: TrainConfig, num_examples: int, image_side: int = 28) -> Tr
         warmup_steps=steps_per_epoch * config.warmup_epochs if scheduled else 0, dropout=float(config.dropout),
         augment=None if config.augment == "none" else config.augment, image_side=image_side,
         frozen=tuple(config.freeze), activation=getattr(config, "activation", "relu"),
-        **_elastic_and_max_norm(config))
+        compute_dtype="bfloat16" if config.dtype == "bfloat16" else None, **_elastic_and_max_norm(config))
 
 
 def _elastic_and_max_norm(config: TrainConfig) -> dict:
@@ -158,6 +161,8 @@ def value_and_grad_fn(spec: TrainSpec) -> Callable:
 
         return manual
     fwd = apply_fn(spec.arch, spec.activation)
+    if spec.compute_dtype is not None:
+        fwd = _mixed(fwd, jnp.dtype(spec.compute_dtype))
 
     def objective(params, x, y, key, hparams):
         value = cross_entropy(fwd(params, x, key=key, dropout=spec.dropout), y)
@@ -169,6 +174,17 @@ def value_and_grad_fn(spec: TrainSpec) -> Callable:
         return value, grads
 
     return autodiff
+
+
+def _mixed(fwd: Callable, compute) -> Callable:
+    """``fwd`` in mixed precision: params and inputs cast to ``compute`` for the forward pass, the logits
+    back to the params' dtype, so the cross-entropy, the L2 term and (through the casts) the gradients
+    are float32. No loss scaling: bfloat16 has float32's exponent range."""
+    def apply(params, x, **kwargs):
+        low = jax.tree_util.tree_map(lambda p: p.astype(compute), params)
+        out_dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        return fwd(low, x.astype(compute), **kwargs).astype(out_dtype)
+    return apply
 
 
 def _augment(spec: TrainSpec, key: jax.Array, x: jax.Array) -> jax.Array:
@@ -190,8 +206,8 @@ def _augment(spec: TrainSpec, key: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def dtype_of(config: TrainConfig):
-    """The float dtype of ``config``'s run: ``jnp.float64`` for ``config.dtype == "float64"``, else
-    ``jnp.float32``."""
+    """The float dtype of ``config``'s params and inputs: ``jnp.float64`` for ``config.dtype == "float64"``,
+    else ``jnp.float32`` (bfloat16 runs keep float32 params: only their forward pass is bfloat16)."""
     return jnp.float64 if config.dtype == "float64" else jnp.float32
 
 
