@@ -1,6 +1,7 @@
 """Tests for jaxmlp.data: IDX parsing/writing, dataset loading, data location, preprocessing."""
 import gzip
 import hashlib
+import io
 import os
 import shutil
 import socket
@@ -729,3 +730,129 @@ def test_cache_holding_another_datasets_files_is_refilled(two_sets):
         data.load_dataset(dataset="alpha", mirrors=[_dead_mirror()])
     ds = data.load_dataset(dataset="alpha", mirrors=[two_sets["mirror"]("alpha")])
     assert np.array_equal(ds.x_train, two_sets["alpha"]["train-images-idx3-ubyte"])
+
+
+# ---------------------------------------------------------------- what mutation testing found unpinned
+# (docs/mutation.md): the reader's messages in full (their numbers were never read), its boundaries, and
+# reading a stream that returns less than asked.
+
+
+def _idx_error(raw: bytes, name: str | None = None) -> str:
+    with pytest.raises(data.IDXError) as err:
+        data.parse_idx(raw) if name is None else data.parse_idx(raw, name)
+    return str(err.value)
+
+
+def test_every_reader_message_in_full():
+    """Each refusal names the bytes ("<bytes>" unless named) and gives the right numbers."""
+    ok = encode_idx(np.arange(6, dtype=np.uint8))
+    assert _idx_error(b"\x01\x02" + ok[2:]) == "<bytes>: not an IDX file: magic starts with 01 02, expected 00 00"
+    assert _idx_error(b"\x00\x00\x07\x01" + ok[4:], "f") == (
+        "f: unknown IDX type code 0x07 (known: 0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E)")
+    assert _idx_error(b"\x00\x00\x08\x03" + b"\x00" * 5, "f") == (
+        "f: truncated: header declares 3 dimensions (16 header bytes), file has 9 bytes")
+    assert _idx_error(ok + b"\x00\x00", "f") == (
+        "f: 2 unexpected bytes after the payload (header declares 6 payload bytes, file has 8)")
+    assert _idx_error(ok[:-2], "f") == "f: truncated: header declares 6 payload bytes, file has 4"
+    packed = gzip.compress(ok + b"\x00", mtime=0)
+    assert _idx_error(packed, "f") == ("f: unexpected bytes after the payload (header declares 6 payload bytes, "
+                                       "the decompressed data holds more)")
+    assert _idx_error(gzip.compress(ok[:-2], mtime=0), "f") == (
+        "f: truncated: header declares 6 payload bytes, file has 4")
+    huge = struct.pack(">BBBB", 0, 0, 0x08, 4) + struct.pack(">4I", *[2**32 - 1] * 4)
+    assert _idx_error(huge, "f") == (f"f: header declares about 10^38 payload bytes, more than the {1 << 30} "
+                                     "jaxmlp reads (jaxmlp.data.idx.MAX_ARRAY_BYTES)")
+    tiny_gz = gzip.compress(struct.pack(">BBBBI", 0, 0, 0x08, 1, 10**6), mtime=0)
+    assert _idx_error(tiny_gz, "f") == (f"f: truncated: header declares {10**6} payload bytes, more than "
+                                        f"{len(tiny_gz)} bytes of gzip data can hold")
+    deep = struct.pack(">BBBB", 0, 0, 0x08, 70) + struct.pack(">70I", *[1] * 70) + b"\x00"
+    assert _idx_error(deep, "f") == "f: header declares 70 dimensions, more than NumPy supports"
+
+
+def test_size_text_switches_to_a_power_of_ten_at_10_to_the_15():
+    assert data.idx.size_text(12) == "12"
+    assert data.idx.size_text(10**15 - 1) == "999999999999999"
+    assert data.idx.size_text(10**15) == "about 10^15"
+    assert data.idx.size_text(3 * 10**20) == "about 10^20"
+
+
+def test_payload_limits_are_inclusive(monkeypatch):
+    """A payload of exactly MAX_ARRAY_BYTES is read, one byte more is refused; gzip data of S bytes may
+    declare exactly 1032 * S bytes (deflate's ratio)."""
+    idx = data.idx
+    monkeypatch.setattr(idx, "MAX_ARRAY_BYTES", 6)
+    assert data.parse_idx(encode_idx(np.arange(6, dtype=np.uint8))).shape == (6,)
+    assert "more than the 6 jaxmlp reads" in _idx_error(encode_idx(np.arange(7, dtype=np.uint8)))
+    monkeypatch.undo()
+    idx._check_declared("f", 1032 * 50, 50, 5, gz=True)  # at the ratio: allowed
+    with pytest.raises(data.IDXError, match="gzip data can hold"):
+        idx._check_declared("f", 1032 * 50 + 1, 50, 5, gz=True)
+
+
+class _Trickle:
+    """A binary stream that hands out at most 3 bytes a read (a pipe, a slow socket) and records reads."""
+
+    def __init__(self, raw: bytes):
+        self.raw, self.pos, self.asked = raw, 0, []
+
+    def read(self, n=-1):
+        self.asked.append(n)
+        n = len(self.raw) - self.pos if n is None or n < 0 else min(n, 3)
+        out = self.raw[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+
+def test_read_upto_gathers_short_reads_and_never_asks_past_n():
+    """read_upto(stream, n) joins short reads into exactly n bytes (fewer only at the end), asking only
+    for what is still missing."""
+    stream = _Trickle(bytes(range(10)))
+    assert data.idx.read_upto(stream, 8) == bytes(range(8))
+    assert stream.asked == [8, 5, 2] and stream.pos == 8
+    assert data.idx.read_upto(stream, 8) == bytes([8, 9])
+    assert data.idx.read_upto(_Trickle(b""), 4) == b""
+
+
+def test_the_end_check_reads_one_byte(tmp_path):
+    """After the payload the reader asks for exactly one more byte (so trailing junk of any size costs one
+    byte of memory), on a raw file as on gzip."""
+    raw = encode_idx(np.arange(6, dtype=np.uint8)) + b"\x00" * 100
+
+    class Recording(io.BytesIO):
+        asked: list = []
+
+        def read(self, n=-1):
+            Recording.asked.append(n)
+            return super().read(n)
+
+    with pytest.raises(data.IDXError, match="unexpected bytes"):
+        data.idx.read_idx_from(Recording(raw), "f", len(raw) - 100)
+    assert Recording.asked[-1] == 1
+
+
+def test_open_file_messages(tmp_path):
+    """A path that cannot be opened for a reason other than absence gives the OS reason in words (a
+    file used as a folder: "Not a directory", which even root gets)."""
+    (tmp_path / "plain").write_bytes(b"")
+    with pytest.raises(data.IDXError, match=r"plain/x.idx: cannot read: Not a directory$"):
+        data.read_idx(tmp_path / "plain" / "x.idx")
+
+
+def test_fifo_is_named_in_capitals(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(data.IDXError, match=r"pipe: is a device, FIFO or socket, not a regular file$"):
+        data.read_idx(fifo)
+
+
+def test_write_idx_limits_and_message(tmp_path):
+    """Dimensions up to 2**32 - 1 are written (a zero-size array makes that cheap); 2**32 is refused; an
+    unsupported dtype's message lists the six supported ones."""
+    data.write_idx(tmp_path / "a.idx", np.zeros((2**32 - 1, 0), np.uint8))
+    assert data.read_idx(tmp_path / "a.idx").shape == (2**32 - 1, 0)
+    with pytest.raises(ValueError, match=r"dimensions must be below 2\*\*32"):
+        data.write_idx(tmp_path / "b.idx", np.zeros((2**32, 0), np.uint8))
+    with pytest.raises(ValueError) as err:
+        data.write_idx(tmp_path / "c.idx", np.zeros(3, np.uint64))
+    assert str(err.value).endswith("IDX cannot store dtype uint64 (supported: uint8, int8, int16, int32, float32, "
+                                   "float64)")
