@@ -34,7 +34,9 @@ CORE = {
     "backprop": ("jaxmlp/backprop.py", ["tests/test_backprop.py"]),
     "optim": ("jaxmlp/optim.py", ["tests/test_optim.py", "tests/test_transforms.py"]),
     "checkpoint": ("jaxmlp/checkpoint.py", ["tests/test_checkpoint.py"]),
-    "config": ("jaxmlp/config.py", ["tests/test_train.py", "-k", "config or setting"]),
+    "config": ("jaxmlp/config.py", ["tests/test_config.py"] + [f"tests/test_train.py::{t}" for t in (
+        "test_config_validation", "test_config_from_dict_refuses_unknown_settings_and_round_trips",
+        "test_every_setting_is_a_flag_with_its_default_in_the_help")]),
     "idx": ("jaxmlp/data/idx.py", ["tests/test_data.py"]),
     # the step's own tests are split: the user-facing ones in test_engine, the built-in MLP's in test_train
     "engine": ("jaxmlp/engine.py", ["tests/test_engine.py"] + [f"tests/test_train.py::{t}" for t in (
