@@ -21,6 +21,7 @@ import pytest
 from conftest import reset_peak_rss
 
 from jaxmlp import bench
+from jaxmlp import checkpoint as checkpoint_module
 from jaxmlp.checkpoint import FORMAT, MAX_MEMBERS, CheckpointError, load_state, read_meta, save_checkpoint
 from jaxmlp.optim import AdamState, adam
 
@@ -489,3 +490,52 @@ def test_lying_directory_reads_only_the_declared_bytes(saved, tmp_path, gib_of_z
     rss, start = _peak_rss_mib(), time.perf_counter()
     refused(lambda: load_state(bomb, template), bomb, W)
     assert time.perf_counter() - start < 0.5 and _peak_rss_mib() - rss < 64
+
+
+# ----------------------------------------------------------------------------- what mutation testing found unpinned
+# (docs/mutation.md): the refusals above were checked for the path and the member; their words were not.
+
+
+def test_every_refusal_in_full(saved, tmp_path, monkeypatch):
+    """Each refusal's whole message: the file, the member, what it holds and what was expected."""
+    path, _, template = saved
+    bad = path.with_name("bad.npz")
+    two = {"a/b": jnp.ones(1), "a": {"b": jnp.ones(1)}}
+
+    def says(call, where, text):
+        with pytest.raises(CheckpointError) as err:
+            call()
+        assert str(err.value) == f"{where}: {text}"
+
+    says(lambda: save_checkpoint(tmp_path / "d.npz", two, {}), tmp_path / "d.npz",
+         "member 'state/a/b': two state leaves share this name")
+    says(lambda: load_state(path, two), path, "member 'state/a/b': two state leaves share this name")
+    nan_state = make_state()._replace(params=[{"W": jnp.full((2, 2), jnp.nan), "b": jnp.ones(2)}])
+    says(lambda: save_checkpoint(tmp_path / "n.npz", nan_state, {}), tmp_path / "n.npz",
+         "member 'state/params/0/W': refusing to save non-finite params (NaN or inf); nothing was written")
+    says(lambda: save_checkpoint(tmp_path / "o.npz", {"w": jnp.ones(2)}, {"f": object()}), tmp_path / "o.npz",
+         "member 'meta': TypeError: object is not JSON-serialisable")
+    says(lambda: read_meta(rewrite(path, bad, {"meta": npy(np.frombuffer(b"[1, 2", np.uint8))})), bad,
+         "member 'meta': not JSON (JSONDecodeError: Expecting ',' delimiter: line 1 column 6 (char 5))")
+    for arr, held in ((np.zeros((2, 3), np.uint8), "|u1[2, 3]"), (np.zeros(3, np.int16), "<i2[3]")):
+        says(lambda: read_meta(rewrite(path, bad, {"meta": npy(arr)})), bad,
+             f"member 'meta': holds {held}, expected 1-D uint8 JSON text (no casts)")
+    tail = "the saved state's structure differs from the template's (1 such members; a different model or optimizer?)"
+    says(lambda: load_state(rewrite(path, bad, drop=[W]), template), bad, f"member '{W}': missing: {tail}")
+    says(lambda: load_state(rewrite(path, bad, {"state/params/9/W": npy(W_GOOD)}), template), bad,
+         f"member 'state/params/9/W': not in the template: {tail}")
+    for arr, held in ((np.array([FORMAT]), "<U19[1]"), (np.array(3, np.int64), "<i8[]")):
+        says(lambda: read_meta(rewrite(path, bad, {"format": npy(arr)})), bad,
+             f"member 'format': holds {held}, expected a 0-d string (no casts)")
+    says(lambda: read_meta(rewrite(path, bad, {"format": npy(np.array("x" * 100))})), bad,
+         f"member 'format': '{'x' * 80}' is not {FORMAT!r} (not a checkpoint of this version)")
+    says(lambda: read_meta(rewrite(path, bad, drop=["format"])), bad, "member 'format': missing (expected a 0-d string)")
+    says(lambda: load_state(rewrite(path, bad, {W: npy(W_GOOD.astype(np.float16))}), template), bad,
+         f"member '{W}': holds <f2[6, 5], expected float32[6, 5] (no casts)")
+    says(lambda: load_state(rewrite(path, bad, {W: npy(np.asfortranarray(W_GOOD))}), template), bad,
+         f"member '{W}': holds Fortran-order <f4[6, 5], expected float32[6, 5] (no casts)")
+    says(lambda: load_state(rewrite(path, bad, {W: npy(W_GOOD)[:-4]}), template), bad,
+         f"member '{W}': declares 244 bytes, not its header plus 120")
+    monkeypatch.setattr(checkpoint_module, "MAX_META_BYTES", 10)
+    says(lambda: save_checkpoint(tmp_path / "m.npz", {"w": jnp.ones(2)}, {"key": "a long value"}), tmp_path / "m.npz",
+         "member 'meta': 23 bytes of JSON, more than 10")
