@@ -262,6 +262,7 @@ def test_the_fused_epoch_is_a_whole_chunk():
     fused, fused_losses = engine.run_fused_epoch(state, x, y, {}, spec=spec)
     assert fused_losses.shape == (3,)
     np.testing.assert_allclose(np.asarray(fused_losses), np.asarray(chunk_losses), rtol=1e-6)
+    assert jax.tree_util.tree_structure(fused.params) == jax.tree_util.tree_structure(chunked.params)
     for a, b in zip(jax.tree_util.tree_leaves(fused.params), jax.tree_util.tree_leaves(chunked.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
     assert (int(fused.epoch), int(fused.step)) == (3, 0) == (int(chunked.epoch), int(chunked.step))

@@ -287,3 +287,26 @@ def test_param_errors_say_what_they_got():
             forward(bad, x)
     with pytest.raises(ValueError, match="^activation: unknown 'swish'; choose one of relu, tanh, sigmoid, gelu"):
         forward(params, x, activation="swish")
+
+
+def test_init_functions_edges_and_dtypes(x64):
+    """init_layer gives {"W", "b"} in the dtype asked for; width-1 layers are allowed and a size of 0 is
+    refused with the sizes in the message; init_params_numpy takes a seed or a RandomState (continuing
+    its stream) and honours its dtype."""
+    layer = init_layer(jax.random.PRNGKey(0), 3, 2, "glorot", jnp.float16)
+    assert set(layer) == {"W", "b"} and layer["W"].dtype == layer["b"].dtype == jnp.float16
+    assert layer["W"].shape == (3, 2) and not np.any(np.asarray(layer["b"]))
+    assert [p["W"].shape for p in init_params(jax.random.PRNGKey(0), [3, 1, 1])] == [(3, 1), (1, 1)]
+    with pytest.raises(ValueError) as err:
+        init_params(jax.random.PRNGKey(0), [3, 0, 2])
+    assert str(err.value) == "layer_sizes must hold >= 2 positive sizes, got [3, 0, 2]"
+    rng = np.random.RandomState(5)
+    rng.randn(1)  # a used stream: a copy of the seed would not continue it
+    from_rng = init_params_numpy(rng, [4, 3])
+    expect = np.random.RandomState(5)
+    expect.randn(1)
+    np.testing.assert_array_equal(np.asarray(from_rng[0]["W"]), expect.randn(4, 3) * 0.01)
+    p32 = init_params_numpy(0, [4, 3], dtype=np.float32)
+    assert p32[0]["W"].dtype == p32[0]["b"].dtype == jnp.float32
+    p64 = init_params_numpy(0, [4, 3])
+    assert p64[0]["W"].dtype == p64[0]["b"].dtype == jnp.float64

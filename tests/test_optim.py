@@ -430,3 +430,13 @@ def test_frozen_leaves_keep_their_state_even_when_decay_moves_it(wrap):
         assert not np.any(np.asarray(velocity["w"])) and not np.any(np.asarray(updates["w"]))
         if "b" in velocity:
             np.testing.assert_allclose(np.asarray(velocity["b"]), 1.5)
+
+
+def test_accumulate_every_one_is_the_optimizer_itself():
+    """every=1: each call is a real step, the same updates as the wrapped optimizer's; 0 is refused."""
+    params, grads = {"w": jnp.ones((2,))}, {"w": jnp.full((2,), 0.5)}
+    plain, acc = optim.sgd(0.1), optim.accumulate(optim.sgd(0.1), 1)
+    np.testing.assert_array_equal(np.asarray(acc.update(grads, acc.init(params), params)[0]["w"]),
+                                  np.asarray(plain.update(grads, plain.init(params), params)[0]["w"]))
+    with pytest.raises(ValueError, match="every must be a positive integer, got 0"):
+        optim.accumulate(optim.sgd(0.1), 0)
