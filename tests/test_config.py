@@ -114,6 +114,8 @@ def test_hparams_are_the_traced_fields():
         custom = hparams(TrainConfig(lr=0.5), jnp.float64, momentum=0.7, beta1=None)
     assert custom["lr"].dtype == np.float64 and float(custom["lr"]) == 0.5
     assert float(custom["momentum"]) == pytest.approx(0.7) and float(custom["beta1"]) == pytest.approx(0.9)
+    with jax.enable_x64(True):  # float32 asked for stays float32 where Python floats would be float64
+        assert {v.dtype for v in hparams(TrainConfig(), jnp.float32).values()} == {np.dtype(np.float32)}
     with pytest.raises(ValueError) as err:
         hparams(lr=0.1, speed=2, colour=1)
     assert str(err.value) == "unknown hyperparameters: ['colour', 'speed']"
