@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 from conftest import reset_peak_rss
 
-from jaxmlp import bench
-from jaxmlp import checkpoint as checkpoint_module
+from jaxmlp import bench, checkpoint as checkpoint_module
 from jaxmlp.checkpoint import FORMAT, MAX_MEMBERS, CheckpointError, load_state, read_meta, save_checkpoint
 from jaxmlp.optim import AdamState, adam
 
@@ -529,7 +528,8 @@ def test_every_refusal_in_full(saved, tmp_path, monkeypatch):
              f"member 'format': holds {held}, expected a 0-d string (no casts)")
     says(lambda: read_meta(rewrite(path, bad, {"format": npy(np.array("x" * 100))})), bad,
          f"member 'format': '{'x' * 80}' is not {FORMAT!r} (not a checkpoint of this version)")
-    says(lambda: read_meta(rewrite(path, bad, drop=["format"])), bad, "member 'format': missing (expected a 0-d string)")
+    says(lambda: read_meta(rewrite(path, bad, drop=["format"])), bad,
+         "member 'format': missing (expected a 0-d string)")
     says(lambda: load_state(rewrite(path, bad, {W: npy(W_GOOD.astype(np.float16))}), template), bad,
          f"member '{W}': holds <f2[6, 5], expected float32[6, 5] (no casts)")
     says(lambda: load_state(rewrite(path, bad, {W: npy(np.asfortranarray(W_GOOD))}), template), bad,
