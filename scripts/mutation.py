@@ -55,6 +55,16 @@ PARTS = {
 }
 
 
+def _in_parts(name: str, dotted: str, module: str) -> bool:
+    """Whether mutant ``name`` lies in the part of ``module`` that is core (``PARTS``; all of it by default)."""
+    return any(fnmatch.fnmatch(name, f"{dotted}.{part}") for part in PARTS.get(module, ["*"]))
+
+
+def _test_files(tests: list[str]) -> list[str]:
+    """The test files named in a ``CORE`` selection (node ids ``file.py::test`` give their file)."""
+    return sorted({t.split("::")[0] for t in tests if ".py" in t})
+
+
 def _copy_repo(dest: Path) -> None:
     """The files git tracks or would track (not .venv, not ignored outputs) into ``dest``."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
@@ -108,7 +118,7 @@ def measure(module: str, workdir: Path, children: int, only_survivors: bool, sam
             names = _sample(copy, path, dotted, module, sample)
             (copy / "sampled-mutants.txt").write_text("\n".join(names) + "\n")
     else:
-        for name in {t.split("::")[0] for t in tests if ".py" in t}:  # the strengthened tests
+        for name in _test_files(tests):  # the strengthened tests
             shutil.copy2(REPO / name, copy / name)
         _narrow_config(copy / "pyproject.toml", path, tests)  # CORE's selection may have grown too
         names = _survivors(copy, dotted)
@@ -118,7 +128,7 @@ def measure(module: str, workdir: Path, children: int, only_survivors: bool, sam
     wanted = set(sampled.read_text().split()) if sampled.exists() else None
     statuses = [(n, s) for n, s in re.findall(rf"^\s*({re.escape(dotted)}\.\S+): (\w[\w ]*)",
                                               _mutmut(copy, "results", "--all", "true"), re.M)
-                if any(fnmatch.fnmatch(n, f"{dotted}.{part}") for part in PARTS.get(module, ["*"]))
+                if _in_parts(n, dotted, module)
                 and (wanted is None or n in wanted)]
     killed = sum(s in ("killed", "timeout") for _, s in statuses)
     # "no tests": no test reaches the function; it counts against the score like a survivor
@@ -145,7 +155,7 @@ def _sample(copy: Path, path: str, dotted: str, module: str, size: int) -> list[
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     meta = json.loads((copy / "mutants" / f"{path}.meta").read_text())
     names = sorted(n for n in meta["exit_code_by_key"]
-                   if any(fnmatch.fnmatch(n, f"{dotted}.{part}") for part in PARTS.get(module, ["*"])))
+                   if _in_parts(n, dotted, module))
     return sorted(random.Random(0).sample(names, min(size, len(names))))
 
 
@@ -170,8 +180,7 @@ def _jax_started_at_import(tests: list[str]) -> list[str]:
     threads, deadlock, and mutmut records each mutant as a timeout, that is as killed."""
     probe = ("import importlib, sys; sys.path.insert(0, 'tests'); from jax._src import xla_bridge; "
              "importlib.import_module(sys.argv[1]); print(bool(xla_bridge._backends))")
-    files = sorted({t.split("::")[0] for t in tests if ".py" in t})
-    return [f for f in files if subprocess.run([sys.executable, "-c", probe, Path(f).stem], cwd=REPO,
+    return [f for f in _test_files(tests) if subprocess.run([sys.executable, "-c", probe, Path(f).stem], cwd=REPO,
                                                capture_output=True, text=True).stdout.strip() != "False"]
 
 
