@@ -144,6 +144,8 @@ class TrainConfig:
     schedule: str = _field("constant", "learning-rate schedule over the run", _text, choices=optim.SCHEDULES)
     warmup_epochs: int = _field(0, "warmup length in epochs (warmup-cosine)", nonneg_int)
     dropout: float = _field(0.0, "dropout rate on hidden units", unit_float)
+    input_dropout: float = _field(0.0, "dropout rate on the input pixels, fresh every training step (Srivastava "
+                                       "et al. 2014 used 0.2)", unit_float)
     augment: str = _field("none", "on-device data augmentation, fresh every step", _text, choices=AUGMENTS)
     elastic_sigma: float = _field(4.0, "--augment elastic: the smoothing Gaussian's standard deviation in pixels "
                                        "(Simard et al. 2003)", positive_float)

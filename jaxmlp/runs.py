@@ -42,7 +42,7 @@ from .engine import (
 from .evaluation import _default_chunk, _eval_chunk_jit, apply_fn, evaluate
 from .losses import cross_entropy, l2_penalty
 from .memory import check_fits
-from .model import Params, forward
+from .model import Params, forward, inverted_dropout
 from .parallel import to_host
 
 __all__ = ["TrainSpec", "spec_for", "make_optimizer", "fit", "FitResult", "setup", "load_run", "load_model",
@@ -63,6 +63,7 @@ class TrainSpec:
         total_steps: the schedule's horizon in steps (0 for "constant").
         warmup_steps: the schedule's warmup in steps.
         dropout: hidden-unit drop rate.
+        input_dropout: input-pixel drop rate (inverted dropout on each training minibatch, after augmentation).
         augment: None, "shift", "affine" or "elastic".
         image_side: the images' side in pixels, for augmentation.
         batch_sharding: None or the ``jax.sharding.Sharding`` each minibatch is constrained to (data
@@ -84,6 +85,7 @@ class TrainSpec:
     total_steps: int = 0
     warmup_steps: int = 0
     dropout: float = 0.0
+    input_dropout: float = 0.0
     augment: str | None = None
     image_side: int = 28
     batch_sharding: Any = None
@@ -118,6 +120,7 @@ def spec_for(config: TrainConfig, num_examples: int, image_side: int = 28) -> Tr
         batch_size=config.batch_size, arch=config.arch, grad=config.grad, optimizer=config.optimizer,
         schedule=config.schedule, total_steps=steps_per_epoch * config.epochs if scheduled else 0,
         warmup_steps=steps_per_epoch * config.warmup_epochs if scheduled else 0, dropout=float(config.dropout),
+        input_dropout=float(config.input_dropout),
         augment=None if config.augment == "none" else config.augment, image_side=image_side,
         frozen=tuple(config.freeze), activation=getattr(config, "activation", "relu"),
         compute_dtype="bfloat16" if config.dtype == "bfloat16" else None, **_elastic_and_max_norm(config))
@@ -188,6 +191,17 @@ def _mixed(fwd: Callable, compute) -> Callable:
 
 
 def _augment(spec: TrainSpec, key: jax.Array, x: jax.Array) -> jax.Array:
+    if spec.input_dropout > 0:
+        # Its own key (folded in), so the distortions drawn from ``key`` are the same with or without it.
+        x = inverted_dropout(jax.random.fold_in(key, _INPUT_DROPOUT_TAG), _distort(spec, key, x), spec.input_dropout)
+        return x
+    return _distort(spec, key, x)
+
+
+_INPUT_DROPOUT_TAG = 1
+
+
+def _distort(spec: TrainSpec, key: jax.Array, x: jax.Array) -> jax.Array:
     if spec.augment is None:
         return x
     from . import augment

@@ -63,7 +63,7 @@ CONFIG_FLAGS = {"--arch", "--hidden", "--init", "--activation", "--dtype", "--ma
                 "--batch-size", "--lr", "--seed", "--optimizer", "--momentum", "--beta1", "--beta2",
                 "--weight-decay", "--l2", "--schedule", "--warmup-epochs", "--dropout", "--augment", "--val-split",
                 "--patience", "--grad", "--finetune", "--freeze", "--new-head", "--classes", "--elastic-sigma",
-                "--elastic-alpha", "--max-norm"}
+                "--elastic-alpha", "--max-norm", "--input-dropout"}
 # One device in this process, no cluster: these are refused in every mode here (test_devices_mode runs
 # --devices 2 where two devices exist; a cluster cannot be joined twice in one process).
 NO_CLUSTER = {"--devices", "--coordinator", "--num-processes", "--process-id"}
@@ -143,6 +143,8 @@ TRAIN_VALUES = {
     "--schedule": [v("warmup-cosine", ctx=THREE_EPOCHS)],
     "--warmup-epochs": [v(1, ctx={"--schedule": ["warmup-cosine"], "--epochs": ["3"]}), v(1, expect=REFUSED)],
     "--dropout": [v(0.5)],
+    "--input-dropout": [v(0.5), v(0.5, ctx={"--grad": ["manual"], **TANH}),
+                        v(0.5, ctx={"--arch": ["cnn"]}, drop=["--hidden"])],
     "--augment": [v("shift")],
     "--elastic-sigma": [v(2, ctx=ELASTIC), v(2, expect=REFUSED)],
     "--elastic-alpha": [v(10, ctx=ELASTIC), v(10, expect=REFUSED)],
@@ -194,6 +196,7 @@ MODE_VALUES = {
     ("finetune", "--finetune"): [v("@CK2")],
     ("finetune", "--arch"): [v("cnn")],
     ("finetune", "--plot-dir"): [v("plots")],
+    ("finetune", "--input-dropout"): [v(0.5)],  # the checkpoint is an MLP's: no CNN cell here
     ("finetune", "--init"): [v("glorot", ctx={"--new-head": []}), v("he", expect=REFUSED)],  # only a new head is drawn
     ("finetune", "--classes"): [v(3, 5, expect=REFUSED), v(3, 5, ctx={"--new-head": []})],
     ("resume", "--resume"): [v("@CK2")],
@@ -208,7 +211,7 @@ MODE_VALUES = {
 }
 for _mode in ("ensemble", "notebook-exact", "resume"):  # the context-dependent train cells, once each
     for _flag in ("--momentum", "--beta1", "--beta2", "--warmup-epochs", "--patience", "--val-split", "--l2",
-                  "--matmul-precision"):
+                  "--matmul-precision", "--input-dropout"):
         MODE_VALUES.setdefault((_mode, _flag), [TRAIN_VALUES[_flag][0]])
 for _mode in ("notebook-exact", "ensemble", "resume"):
     MODE_VALUES.setdefault((_mode, "--batch-size"), [v(1), v(128)])
@@ -224,7 +227,8 @@ SWEEP_VALUES = {
     "--beta2": [v(0.9, ctx=ADAM_CTX), v(0.9, expect=REFUSED)],
     "--weight-decay": [v(0.5)], "--l2": [v(0.5)], "--schedule": [v("warmup-cosine", ctx=THREE_EPOCHS)],
     "--warmup-epochs": [v(1, ctx={"--schedule": ["warmup-cosine"], "--epochs": ["3"]}), v(1, expect=REFUSED)],
-    "--dropout": [v(0.5)], "--augment": [v("shift")], "--dtype": [v("float64"), v("bfloat16")],
+    "--dropout": [v(0.5)], "--input-dropout": [v(0.5)], "--augment": [v("shift")],
+    "--dtype": [v("float64"), v("bfloat16")],
     "--matmul-precision": [v("highest")],
     "--max-group": [v(1)], "--shared-order": [v()], "--metrics-out": [v("other.json")], "--top": [v(1)],
     "--plot-dir": [v("plots")], "--quiet": [v()],

@@ -178,6 +178,58 @@ def test_max_norm_bounds_every_unit_after_fit(small):
     assert all(np.isfinite(h["loss"]) for h in constrained.history)
 
 
+# ---------------------------------------------------------------- input dropout (dropout2014's rows)
+
+
+def test_input_dropout_drops_pixels_and_keeps_the_distortion():
+    """--input-dropout p: each training batch's pixels are zeroed with probability p and the kept ones
+    scaled by 1/(1-p); the distortion drawn from the same key is the one drawn without input dropout."""
+    import jax
+
+    from jaxmlp.runs import TrainSpec, _augment
+
+    x = jax.random.uniform(jax.random.key(0), (64, 784), minval=0.5, maxval=1.0)  # no pixel is 0 before
+    key = jax.random.key(3)
+    shifted = _augment(TrainSpec(augment="shift"), key, x)
+    both = np.asarray(_augment(TrainSpec(augment="shift", input_dropout=0.25), key, x))
+    kept = both != 0
+    nonzero = np.asarray(shifted) != 0
+    # Dropped: about a quarter of the pixels the shift left non-zero (64 * 784 draws: 5 sigma is 0.8%).
+    assert abs(1 - kept[nonzero].mean() - 0.25) < 0.01
+    np.testing.assert_allclose(both[kept], np.asarray(shifted)[kept] / 0.75, rtol=1e-6)
+    assert not kept[~nonzero].any()
+    # Without a distortion the same rule holds on the raw pixels; rate 0 returns the batch itself.
+    plain = np.asarray(_augment(TrainSpec(input_dropout=0.5), key, x))
+    assert abs((plain == 0).mean() - 0.5) < 0.01
+    np.testing.assert_allclose(plain[plain != 0], np.asarray(x)[plain != 0] / 0.5, rtol=1e-6)
+    assert _augment(TrainSpec(), key, x) is x
+
+
+def test_input_dropout_trains_and_manual_grads_follow_it(small):
+    """A run with input dropout differs from the same run without, is reproducible, and the notebook's
+    manual backprop sees the same dropped pixels as jax.grad (equal params to float64 rounding)."""
+    from jaxmlp.runs import fit
+
+    base = dict(hidden=(16,), activation="tanh", epochs=2, batch_size=50, lr=0.1, dtype="float64")
+    auto = fit(TrainConfig(**base, input_dropout=0.3), small)
+    again = fit(TrainConfig(**base, input_dropout=0.3), small)
+    manual = fit(TrainConfig(**base, input_dropout=0.3, grad="manual"), small)
+    without = fit(TrainConfig(**base), small)
+    for a, b, m, w in zip(auto.params, again.params, manual.params, without.params):
+        np.testing.assert_array_equal(np.asarray(a["W"]), np.asarray(b["W"]))
+        np.testing.assert_allclose(np.asarray(m["W"]), np.asarray(a["W"]), rtol=1e-9, atol=1e-12)
+        assert not np.allclose(np.asarray(a["W"]), np.asarray(w["W"]))
+
+
+def test_input_dropout_is_a_flag_and_refuses_rates_outside_0_1(data_dir, tmp_path):
+    rc, _, err = run("train", "--data-dir", data_dir, "--hidden", "8", "--epochs", "1", "--input-dropout", "1")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--input-dropout" in err
+    rc, out, err = run("train", "--data-dir", data_dir, "--hidden", "8", "--epochs", "1", "--input-dropout", "0.2",
+                       "--metrics-out", tmp_path / "m.json", "--quiet")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "m.json").read_text())["config"]["input_dropout"] == 0.2
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_the_seed_table_on_mnist(mnist_dir, tmp_path):

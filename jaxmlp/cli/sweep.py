@@ -8,7 +8,7 @@ from jaxmlp import config as cfg
 from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, say, subcommand, write_metrics
 
 SHARED = ("epochs", "optimizer", "momentum", "beta1", "beta2", "weight_decay", "l2", "schedule", "warmup_epochs",
-          "dropout", "augment", "dtype", "matmul_precision")
+          "dropout", "input_dropout", "augment", "dtype", "matmul_precision")
 
 
 def add(sub) -> None:

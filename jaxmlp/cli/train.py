@@ -13,8 +13,8 @@ from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, s
 
 MODEL = ("arch", "hidden", "init", "activation", "dtype", "matmul_precision")
 OPTIMIZATION = ("epochs", "batch_size", "lr", "seed", "optimizer", "momentum", "beta1", "beta2", "weight_decay",
-                "l2", "schedule", "warmup_epochs", "dropout", "augment", "elastic_sigma", "elastic_alpha", "max_norm",
-                "val_split", "patience", "grad")
+                "l2", "schedule", "warmup_epochs", "dropout", "input_dropout", "augment", "elastic_sigma",
+                "elastic_alpha", "max_norm", "val_split", "patience", "grad")
 TRANSFER = ("finetune", "freeze", "new_head", "classes")
 NOTEBOOK_FLAGS = ("lr", "batch_size", "epochs", "seed", "hidden", "dataset")  # what --notebook-exact accepts
 
