@@ -50,7 +50,7 @@ __all__ = ["NotebookRecipe", "Row", "Table", "TABLES", "fit_notebook_group", "ta
 # ---------------------------------------------------------------- the notebook's runs, grouped
 
 
-_group_batches = jax.jit(jax.vmap(_full_batches, in_axes=(0, None, None, 0)))
+_group_batches = jax.jit(jax.vmap(_full_batches, in_axes=(0, None, None, None, 0)))
 _group_step = jax.jit(jax.vmap(_step, in_axes=(0, None, None, 0)))
 
 
@@ -60,7 +60,7 @@ def _group_epoch(params, x: jax.Array, y: jax.Array, perm: np.ndarray, lrs: jax.
     n = x.shape[0]
     num_full = n // batch_size
     head = jnp.asarray(perm[: num_full * batch_size].reshape(num_full, batch_size))
-    params, losses = _group_batches(params, x[head], y[head], lrs)
+    params, losses = _group_batches(params, x, y, head, lrs)
     losses = np.asarray(losses).reshape(len(lrs), -1, 2)
     if n % batch_size:
         tail = jnp.asarray(perm[num_full * batch_size:])

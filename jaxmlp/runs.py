@@ -191,14 +191,13 @@ def _mixed(fwd: Callable, compute) -> Callable:
 
 
 def _augment(spec: TrainSpec, key: jax.Array, x: jax.Array) -> jax.Array:
+    """The training minibatch x (B, D): distorted (``spec.augment``), then its pixels dropped
+    (``spec.input_dropout``)."""
+    x = _distort(spec, key, x)
     if spec.input_dropout > 0:
-        # Its own key (folded in), so the distortions drawn from ``key`` are the same with or without it.
-        x = inverted_dropout(jax.random.fold_in(key, _INPUT_DROPOUT_TAG), _distort(spec, key, x), spec.input_dropout)
-        return x
-    return _distort(spec, key, x)
-
-
-_INPUT_DROPOUT_TAG = 1
+        # A key of its own (folded in): the distortions drawn from ``key`` are the same with or without it.
+        x = inverted_dropout(jax.random.fold_in(key, 1), x, spec.input_dropout)
+    return x
 
 
 def _distort(spec: TrainSpec, key: jax.Array, x: jax.Array) -> jax.Array:
