@@ -70,6 +70,30 @@ def test_a_group_equals_its_single_runs(small):
         assert [h["loss"] for h in member.history] == pytest.approx([h["loss"] for h in single.history], rel=1e-10)
 
 
+def test_the_group_program_keeps_the_plain_vmaps_bits(small):
+    """_group_batches keeps the first layer's members on a middle axis inside its scan: the same bits as the
+    plain vmap of notebook._full_batches over members-first params (its reference), losses included."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmlp.model import init_params_numpy
+    from jaxmlp.notebook import _full_batches
+
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.asarray(small.x_train, np.float64).reshape(200, -1) / 255.0)
+        y = jnp.asarray(small.y_train.astype(np.int32))
+        one = init_params_numpy(np.random.RandomState(3), [x.shape[1], 16, 8, 10])
+        params = jax.tree_util.tree_map(lambda p: jnp.stack([p, p * 0.5, p]), one)
+        idx = jnp.asarray(np.random.RandomState(4).permutation(192).reshape(6, 32))
+        lrs = jnp.asarray([0.1, 0.01, 0.5])
+        plain = jax.jit(jax.vmap(_full_batches, in_axes=(0, None, None, None, 0)))(params, x, y, idx, lrs)
+        ours = reproduce._group_batches(params, x, y, idx, lrs)
+        assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(plain)
+        for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(ours)):
+            assert a.shape == b.shape and a.dtype == b.dtype == jnp.float64
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 # ---------------------------------------------------------------- the tables
 
 
@@ -148,6 +172,75 @@ def test_a_grouped_rows_manifest_verifies(fake_table, data_dir, tmp_path):
     rc, stdout, err = run("verify", out / "manifests" / "fake-b.json", "--data-dir", data_dir, "--quiet")
     assert rc == 0, err + stdout
     assert "bit-identical" in stdout
+
+
+@pytest.fixture
+def two_shapes_table(monkeypatch):
+    """Notebook rows of three shapes (one a group of two) and an engine row: the notebook units train at the
+    same time, a thread each."""
+    table = Table("shapes", "units side by side", "tests", "error", (
+        Row("a", "lr 0.1, 8", 50.0, NotebookRecipe(0.1, hidden=(8,), epochs=3), 0.1),
+        Row("b", "lr 0.05, 8", 50.0, NotebookRecipe(0.05, hidden=(8,), epochs=3), 0.1),
+        Row("c", "lr 0.1, 6-4", 50.0, NotebookRecipe(0.1, hidden=(6, 4), epochs=3), 0.3),
+        Row("d", "lr 0.1, 8, batch 50", 50.0, NotebookRecipe(0.1, hidden=(8,), batch_size=50, epochs=2), 0.2),
+        Row("e", "engine", 50.0, TrainConfig(hidden=(8,), epochs=1, batch_size=50), 0.1),
+    ))
+    monkeypatch.setitem(reproduce.TABLES, "shapes", table)
+    return table
+
+
+def _hashes(folder: Path, table: str, row: str) -> list:
+    manifest = json.loads((folder / "manifests" / f"{table}-{row}.json").read_text())
+    return [e["params_sha256"] for e in manifest["epochs"]]
+
+
+def test_notebook_units_train_side_by_side_with_the_bits_of_their_runs_alone(two_shapes_table, data_dir, tmp_path,
+                                                                            monkeypatch):
+    """Units of different shapes in threads (the seed table's case): each row's every epoch has the params bits
+    of the unit trained alone; the records say which rows trained at the same time, and the table's total is
+    the batch's span, not the sum of its units' times."""
+    monkeypatch.setattr(reproduce, "_cores", lambda: 2)  # three units on two threads: one waits for a free one
+    both = tmp_path / "both"
+    rc, stdout, err = run("reproduce", "shapes", "--out", both, "--data-dir", data_dir)
+    assert rc == 0, err
+    assert "alongside the other units (a thread per core)" in err and "[5/5] e:" in err
+    saved = {r["id"]: r for r in json.loads((both / "shapes.json").read_text())["rows"]}
+    assert saved["a"]["at_once"] == ["a", "b", "c", "d"] and "at_once" not in saved["e"]
+    assert saved["a"]["trained_with"] == ["b"] and saved["c"]["trained_with"] == []
+    assert all(saved[i]["started_after"] >= 0 for i in "abcd")
+    assert "of them in units trained at the same time" in stdout
+    for unit in (["a", "b"], ["c"], ["d"]):
+        alone = tmp_path / f"alone-{unit[0]}"
+        assert run("reproduce", "shapes", "--rows", *unit, "--out", alone, "--data-dir", data_dir, "--quiet")[0] == 0
+        for row in unit:
+            assert "at_once" not in json.loads((alone / "shapes.json").read_text())["rows"][0]
+            assert _hashes(both, "shapes", row) == _hashes(alone, "shapes", row), row
+
+    records = list(saved.values())
+    span = max(r["started_after"] + r["seconds"] for r in records if r.get("at_once")) + saved["e"]["seconds"]
+    text = reproduce.markdown_table(two_shapes_table, records)
+    assert f"5 rows in {reproduce._seconds(span)} of training" in text
+
+
+def test_a_failing_unit_stops_the_others_and_is_one_line(monkeypatch, data_dir, tmp_path):
+    """A unit that diverges ends the batch: the other unit stops at its next epoch (it had 1000 to go), its row is
+    not written as finished, no thread outlives the command, and the error is one line."""
+    import threading
+
+    table = Table("bad", "one unit diverges", "tests", "error", (
+        Row("long", "many epochs", 50.0, NotebookRecipe(0.01, hidden=(8,), epochs=1000), 9.0),
+        Row("boom", "lr 1e6", 50.0, NotebookRecipe(1e6, hidden=(6,), epochs=2), 0.1),
+    ))
+    monkeypatch.setitem(reproduce.TABLES, "bad", table)
+    before = threading.active_count()
+    rc, _, err = run("reproduce", "bad", "--out", tmp_path / "out", "--data-dir", data_dir)
+    assert rc == 1 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("jaxmlp: error")]
+    assert len(errors) == 1 and "bad boom: the loss rose to" in errors[0], err
+    epochs = [line for line in err.splitlines() if line.startswith("  long epoch")]
+    assert len(epochs) < 1000
+    assert not (tmp_path / "out" / "manifests" / "bad-long.json").exists()
+    assert threading.active_count() == before
 
 
 @pytest.mark.parametrize("argv, message", [
