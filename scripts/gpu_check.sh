@@ -6,8 +6,8 @@
 # Run from anywhere on a machine with JAX for CUDA; the project need not be installed (it runs as
 # PYTHONPATH=<repo> python3 -m jaxmlp). Every step has its own timeout and the whole script a budget
 # (GPU_CHECK_BUDGET seconds, default 600): a step gets at most what is left, and the steps come
-# most-wanted first (the machine, the sweep, fast-97, plain runs, the bench, the quick tests, the slow
-# tests named in issue 20, the other slow tests). Everything goes under $OUT: one log per step (its
+# most-wanted first (the machine, the sweep, fast-97, plain runs, the bench, issue 21's seed table
+# against one of its rows, the quick tests, the slow tests named in issue 20, the other slow tests). Everything goes under $OUT: one log per step (its
 # stdout and stderr), summary.txt (a line per step: exit status and wall time, then the numbers) and
 # summary.json (the numbers, read from the steps' JSON files), the tests' JUnit XML.
 #
@@ -168,6 +168,14 @@ BENCH_MD=()
 "${JAXMLP[@]}" bench --help 2>/dev/null | grep -q -- "--markdown" && BENCH_MD=(--markdown "$OUT/bench.md")
 step bench 150 env JAXMLP_COMPILE_CACHE=0 "${JAXMLP[@]}" bench "${BENCH_ARGS[@]}" --metrics-out "$OUT/bench.json" \
     "${BENCH_MD[@]}"
+# Issue 21 on the device: the seed table against one of its rows (float64; MNIST needed). The dry run
+# only lists the table: the real rows are minutes on a CPU.
+if [ "$DRY" = 1 ]; then
+    step seed_list 30 "${JAXMLP[@]}" reproduce seed --list
+else
+    step seed_row 60 "${JAXMLP[@]}" reproduce seed --rows lr0.01 --out "$OUT/seed_row"
+    step seed_table 90 "${JAXMLP[@]}" reproduce seed --out "$OUT/seed_table"
+fi
 
 # The tests on the device. Workers share it: no 75% preallocation each. Real-data tests must find
 # MNIST when a data folder is given. addopts is cleared (it names xdist, which may be missing).
@@ -235,6 +243,12 @@ if bench:
     found["bench"] = {"machine": bench.get("machine"), "peak_gflops": bench.get("matmul_peak_gflops"),
                       "rows": {r["name"]: r["seconds_per_model_epoch"] for r in bench.get("rows", [])},
                       "ratios": bench.get("ratios")}
+row, table = load("seed_row/seed.json"), load("seed_table/seed.json")
+if row and table:
+    found["seed"] = {"row_process_wall_s": wall("seed_row"), "table_process_wall_s": wall("seed_table"),
+                     "ratio": (wall("seed_table") or 0) / (wall("seed_row") or 1),
+                     "accuracies": {r["id"]: r["jaxmlp"] for r in table["rows"]},
+                     "all_the_notebook_digits": all(r["meets"] for r in table["rows"])}
 for name in ("tests_quick", "tests_slow_named", "tests_slow_other"):
     try:
         lines = (out / f"{name}.log").read_text().splitlines()
