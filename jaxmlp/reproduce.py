@@ -481,7 +481,7 @@ def run_table(table: Table, rows: Sequence[Row], data, *, data_dir: str | os.Pat
     """
     from .manifest import data_record, write_manifest
 
-    say = say or (lambda text: None)
+    say = _whole_lines(say or (lambda text: None))  # units in threads say their epochs too
     out = None if out is None else Path(out)
     found = {} if out is None else _finished(out, table)
     # A row counts as finished only with the recipe it has now: a changed recipe trains again.
@@ -493,27 +493,11 @@ def run_table(table: Table, rows: Sequence[Row], data, *, data_dir: str | os.Pat
             say(f"{table.name} {r.id}: finished in {out} before ({results[r.id]['jaxmlp']:g}%), not trained again")
     data_rec = data_record(data_dir, "mnist") if todo else {}
     count, done, started = len(todo), 0, 0
-    lock = threading.Lock()
-
-    def say_whole(text: str) -> None:  # units in threads: one line at a time
-        with lock:
-            say(text)
-
     for batch in _batches(_units(todo)):
-        for unit in batch:
-            names = ", ".join(r.id for r in unit)
-            expected = _unit_minutes(unit)
-            say(f"[{started + 1}{f'-{started + len(unit)}' if len(unit) > 1 else ''}/{count}] {table.name} "
-                f"{names}: training{' together' if len(unit) > 1 else ''}"
-                f"{', alongside the other units (a thread per core)' if len(batch) > 1 else ''}, about "
-                f"{expected:.1f} min expected (an estimate)")
-            started += len(unit)
-        everyone = sorted(r.id for unit in batch for r in unit)
-        for pairs in _train_batch(table, batch, data, data_rec, say_whole):
+        started = _say_starting(table, batch, started, count, say)
+        for pairs in _train_batch(table, batch, data, data_rec, say):
             for record, m in pairs:
                 done += 1
-                if len(batch) > 1:
-                    record["at_once"] = everyone
                 results[record["id"]] = record
                 if out is not None:
                     write_manifest(out / record["manifest"], m)
@@ -522,6 +506,26 @@ def run_table(table: Table, rows: Sequence[Row], data, *, data_dir: str | os.Pat
             if out is not None:
                 _write_outputs(out, table, results)
     return [results[r.id] for r in rows]
+
+
+def _whole_lines(say: Callable[[str], None]) -> Callable[[str], None]:
+    lock = threading.Lock()
+
+    def say_whole(text: str) -> None:
+        with lock:
+            say(text)
+    return say_whole
+
+
+def _say_starting(table: Table, batch: list[list[Row]], started: int, count: int, say: Callable) -> int:
+    """A progress line for each unit of ``batch`` as it starts; returns ``started`` plus its rows."""
+    for unit in batch:
+        say(f"[{started + 1}{f'-{started + len(unit)}' if len(unit) > 1 else ''}/{count}] {table.name} "
+            f"{', '.join(r.id for r in unit)}: training{' together' if len(unit) > 1 else ''}"
+            f"{', alongside the other units (a thread per core)' if len(batch) > 1 else ''}, about "
+            f"{_unit_minutes(unit):.1f} min expected (an estimate)")
+        started += len(unit)
+    return started
 
 
 def _batches(units: list[list[Row]]) -> list[list[list[Row]]]:
@@ -559,6 +563,7 @@ def _train_batch(table: Table, batch: list[list[Row]], data, data_rec: dict,
         yield train(batch[0])
         return
     cancel, t0 = threading.Event(), time.perf_counter()
+    everyone = sorted(r.id for unit in batch for r in unit)
 
     def train_timed(unit: list[Row]) -> list[tuple[dict, dict]]:
         start = time.perf_counter() - t0  # a unit may wait for a free thread
@@ -567,7 +572,7 @@ def _train_batch(table: Table, batch: list[list[Row]], data, data_rec: dict,
         except (DivergenceError, ValueError) as err:  # name the unit: several were training
             raise type(err)(f"{table.name} {', '.join(r.id for r in unit)}: {err}") from None
         for record, _ in pairs:
-            record["started_after"] = round(start, 2)
+            record["started_after"], record["at_once"] = round(start, 2), everyone
         return pairs
 
     # A thread per core, the longest units first (their expected minutes): on 2 cores the 3-lr group of the
