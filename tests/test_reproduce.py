@@ -222,6 +222,19 @@ def test_notebook_units_train_side_by_side_with_the_bits_of_their_runs_alone(two
     assert f"5 rows in {reproduce._seconds(span)} of training" in text
 
 
+def test_notebook_units_are_one_batch_and_engine_rows_their_own(two_shapes_table):
+    """Batches: every notebook unit together (the seed table's three units), each engine row alone; a batch's
+    estimate is at least its longest unit and less than its units one after the other."""
+    batches = reproduce._batches(reproduce._units(list(two_shapes_table.rows)))
+    assert [[[r.id for r in unit] for unit in batch] for batch in batches] == [[["a", "b"], ["c"], ["d"]], [["e"]]]
+    seed = reproduce._batches(reproduce._units(list(reproduce.TABLES["seed"].rows)))
+    assert len(seed) == 1 and [len(unit) for unit in seed[0]] == [3, 1, 1]
+    minutes = [reproduce._unit_minutes(unit) for unit in seed[0]]
+    assert max(minutes) <= reproduce._batch_minutes(seed[0]) < sum(minutes)
+    assert "seed: the seed notebook's experiments" in reproduce.list_tables("seed") and " s on a 2-core" in \
+        reproduce.list_tables("seed")
+
+
 def test_a_failing_unit_stops_the_others_and_is_one_line(monkeypatch, data_dir, tmp_path):
     """A unit that diverges ends the batch: the other unit stops at its next epoch (it had 1000 to go), its row is
     not written as finished, no thread outlives the command, and the error is one line."""
