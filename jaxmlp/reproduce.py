@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -588,12 +588,10 @@ def _train_batch(table: Table, batch: list[list[Row]], data, data_rec: dict,
     # instead of three programs contending for two cores.
     pool = ThreadPoolExecutor(max_workers=max(1, min(len(batch), _cores())), thread_name_prefix="jaxmlp-unit")
     order = sorted(batch, key=_unit_minutes, reverse=True)
-    pending = {pool.submit(train_timed, unit) for unit in order}
+    futures = [pool.submit(train_timed, unit) for unit in order]
     try:
-        while pending:
-            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            for future in finished:
-                yield future.result()  # a unit's error is raised here
+        for future in as_completed(futures):
+            yield future.result()  # a unit's error is raised here
     except BaseException:
         cancel.set()
         raise

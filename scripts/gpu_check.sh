@@ -7,9 +7,10 @@
 # PYTHONPATH=<repo> python3 -m jaxmlp). Every step has its own timeout and the whole script a budget
 # (GPU_CHECK_BUDGET seconds, default 600): a step gets at most what is left, and the steps come
 # most-wanted first (the machine, the sweep, fast-97, plain runs, the bench, issue 21's seed table
-# against one of its rows, the quick tests, the slow tests named in issue 20, the other slow tests). Everything goes under $OUT: one log per step (its
-# stdout and stderr), summary.txt (a line per step: exit status and wall time, then the numbers) and
-# summary.json (the numbers, read from the steps' JSON files), the tests' JUnit XML.
+# against one of its rows, the quick tests, the slow tests named in issue 20, the other slow tests).
+# Everything goes under $OUT: one log per step (its stdout and stderr), summary.txt (a line per step:
+# exit status and wall time, then the numbers) and summary.json (the numbers, read from the steps' JSON
+# files), the tests' JUnit XML.
 #
 # GPU_CHECK_DRY=1 shrinks every step (a 4-model sweep, a short synthetic bench, two tests) to try the
 # script's logic on a CPU in a minute or two. PYTHON picks the interpreter (default python3).
