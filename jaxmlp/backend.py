@@ -79,7 +79,7 @@ def matmul_precision(setting: str = "default") -> contextlib.AbstractContextMana
     JAX's setting is per thread: a program compiled on another thread needs the context there too.
     """
     if setting not in MATMUL_PRECISIONS:
-        raise ValueError(f"--matmul-precision: unknown value {setting!r}; choose one of "
+        raise ValueError(f"matmul_precision: setting: unknown value {setting!r}; choose one of "
                          f"{', '.join(MATMUL_PRECISIONS)}")
     return contextlib.nullcontext() if setting == "default" else jax.default_matmul_precision(setting)
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import activations
 from .losses import _as_one_hot, _is_zero, check_labels, loss
 from .model import (
     Params,
@@ -46,16 +47,8 @@ RESTEP_FACTORS = (1, 10, 100)
 
 
 def _derivative(activation: str, z: jax.Array) -> jax.Array:
-    """The hand-derived ``activation'(z)`` for a name from ``model.ACTIVATIONS``."""
-    if activation == "relu":
-        return z > 0  # the notebook's mask: 0 at the kink, as model.relu's autodiff
-    if activation == "tanh":
-        return 1 - jnp.tanh(z) ** 2
-    if activation == "sigmoid":
-        s = jax.nn.sigmoid(z)
-        return s * (1 - s)
-    # gelu(z) = z Phi(z), so gelu' = Phi(z) + z phi(z), phi the standard normal density.
-    return 0.5 * jax.lax.erfc(-z * math.sqrt(0.5)) + z * jnp.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    """The hand-derived ``activation'(z)`` for a name from ``activations.NAMES`` (ValueError otherwise)."""
+    return activations.get(activation).derivative(z)
 
 
 def _forward_cache(params: Params, x: jax.Array, activation: str, dropout: float, key) -> tuple[dict, dict]:
@@ -217,6 +210,8 @@ def max_relative_error(a, b, mask=None, floor: float = 1e-12) -> float:
     ``a`` and ``b`` are arrays of one shape, or two PyTrees of one structure (e.g. two gradients), the max
     then taken over all leaves; ``mask`` is then a PyTree of bool arrays of that structure too.
     ``floor`` keeps near-zero entries from inflating the ratio (below it the error is absolute / floor).
+    A NaN or an infinity in either argument (among the compared entries) makes the error ``inf``: a
+    gradient that is not finite never agrees with anything, itself included.
     """
     leaves_a, tree_a = jax.tree_util.tree_flatten(a)
     leaves_b, tree_b = jax.tree_util.tree_flatten(b)
@@ -232,7 +227,9 @@ def max_relative_error(a, b, mask=None, floor: float = 1e-12) -> float:
         la, lb = np.asarray(la, dtype=np.float64), np.asarray(lb, dtype=np.float64)
         if la.shape != lb.shape:
             raise ValueError(f"b: shape {lb.shape} differs from a's {la.shape}")
-        err = np.abs(la - lb) / np.maximum(np.maximum(np.abs(la), np.abs(lb)), floor)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: replaced by inf below
+            err = np.abs(la - lb) / np.maximum(np.maximum(np.abs(la), np.abs(lb)), floor)
+        err = np.where(np.isfinite(la) & np.isfinite(lb), err, np.inf)  # Python's max would skip a NaN
         if lm is not None:
             err = err[np.broadcast_to(np.asarray(lm, dtype=bool), err.shape)]
         worst = max(worst, float(err.max()) if err.size else 0.0)

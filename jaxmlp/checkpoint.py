@@ -9,16 +9,20 @@ File layout (a zip of ``.npy`` members, so ``np.load(path, allow_pickle=False)``
 
 The file does not describe the state's structure: :func:`load_state` restores it, strictly, against a
 template (``jax.eval_shape`` of what the saved config builds): every template leaf present with exactly
-its shape and dtype, no other member. Each member's size in the zip directory is checked before a byte
-is decompressed, then exactly the announced bytes are read, so a corrupt or hostile file (zip bomb,
-huge or pickled header, deep JSON) gives a one-line CheckpointError naming the file and the member,
-never an unpickling, a deep recursion or an unbounded allocation. Writes are atomic
+its shape and dtype, no other member. :func:`load_params` needs none: it rebuilds the params from the
+member names, or from the ``params_tree`` a ``jaxmlp.train`` checkpoint keeps in its meta.
+
+Each member's size in the zip directory is checked before a byte is decompressed, then exactly the
+announced bytes are read, so a corrupt or hostile file (zip bomb, huge or pickled header, deep JSON)
+gives a one-line CheckpointError naming the file and the member, never an unpickling, a deep
+recursion or an unbounded allocation. Writes are atomic
 (:func:`jaxmlp.fileio.atomic_write`): a crash mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import io
 import json
 import math
@@ -42,6 +46,7 @@ FORMAT = "jaxmlp-checkpoint/2"
 MAX_MEMBERS = 10_000          # zip entries a checkpoint may have
 MAX_META_BYTES = 64 << 20     # the meta JSON text
 MAX_HEADER_BYTES = 4096       # an npy header (numpy writes 128 bytes for the shapes we store)
+MAX_DEPTH = 64                # nesting of the params ``load_params`` rebuilds
 # What zipfile, zlib and numpy's header parser (ast.literal_eval, tokenize) raise on damaged bytes;
 # RuntimeError covers RecursionError and NotImplementedError.
 _UNREADABLE = (OSError, EOFError, ValueError, SyntaxError, RuntimeError, TypeError, LookupError, ArithmeticError,
@@ -160,6 +165,127 @@ def load_state(path: str | os.PathLike, template: Any) -> Any:
         arrays = [_read_leaf(zf, path, name, spec) for name, spec in zip(names, specs)]
     with jax.enable_x64(True):  # so 64-bit leaves keep their dtype; narrower ones are unaffected
         return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in arrays])
+
+
+# ---------------------------------------------------------------- params without a template
+
+_STEP_KINDS = {jax.tree_util.DictKey: "key", jax.tree_util.SequenceKey: "index",
+               jax.tree_util.FlattenedIndexKey: "index", jax.tree_util.GetAttrKey: "attr"}
+
+
+def describe_tree(tree: Any) -> list | None:
+    """The structure of ``tree`` as JSON for a checkpoint's meta (``load_params`` rebuilds it): one list
+    of ``[kind, key]`` steps per leaf, kind "key" (a dict key, str or int), "index" (a list or tuple
+    position) or "attr" (a NamedTuple field or attribute). None when a node is of another kind.
+
+    Args:
+        tree: a PyTree (a params dict, list, NamedTuple...).
+    """
+    paths = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        steps = []
+        for entry in path:
+            kind = _STEP_KINDS.get(type(entry))
+            key = getattr(entry, "key", getattr(entry, "idx", getattr(entry, "name", None)))
+            if kind is None or not isinstance(key, (str, int)) or isinstance(key, bool):
+                return None
+            steps.append([kind, key])
+        paths.append(steps)
+    return paths
+
+
+def load_params(path: str | os.PathLike, *, max_bytes: int = 1 << 32) -> Any:
+    """The params of any checkpoint jaxmlp wrote (``jaxmlp.train(checkpoint=...)``, ``jaxmlp train
+    --save``), without a template: lists and dicts of jax arrays of the saved shapes and dtypes.
+
+    A ``train`` checkpoint records its params' structure in its meta (``params_tree``, from
+    ``describe_tree``); tuples come back as lists and NamedTuples as dicts. Without that record (the
+    command line's checkpoints, whose params are a list of ``{"W", "b"}`` dicts) the structure is read
+    from the member names: a level whose keys are exactly 0..n-1 is a list, any other a dict.
+
+    Args:
+        path: the checkpoint file.
+        max_bytes: the most bytes the params may hold in all; more is refused from the zip directory
+            and the npy headers, before those bytes are read (a zip bomb cannot make this allocate).
+
+    Raises CheckpointError naming the file and the member.
+    """
+    path = Path(path)
+    described = read_meta(path).get("params_tree")
+    with _archive(path) as zf:
+        _check_format(zf, path)
+        stored = [n.removesuffix(".npy") for n in zf.namelist()]
+        stored = [n for n in stored if n == "state/params" or n.startswith("state/params/")]
+        steps = _described_steps(path, described) if described is not None else _name_steps(stored)
+        if any(len(s) > MAX_DEPTH for s in steps):
+            raise _error(path, "state/params", f"params nested deeper than {MAX_DEPTH} levels")
+        names = [_member_name(s) for s in steps]
+        if sorted(names) != sorted(stored):
+            odd = sorted(set(names) ^ set(stored)) or ["state/params"]
+            raise _error(path, odd[0], "the params members and the meta's 'params_tree' disagree")
+        left, arrays = max_bytes, []
+        for name in names:
+            fits = functools.partial(_fits, left=left)
+            arrays.append(_read_npy(zf, path, name, fits, left, f"an array of numbers within max_bytes {max_bytes}"))
+            left -= arrays[-1].nbytes
+    with jax.enable_x64(True):  # 64-bit leaves keep their dtype
+        return _rebuild(path, list(zip(steps, [jnp.asarray(a) for a in arrays])))
+
+
+_JAX_DTYPES = {np.dtype(t) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                                      "float16", "float32", "float64", "complex64", "complex128")}
+
+
+def _fits(spec: tuple, left: int) -> bool:
+    """An npy header's (shape, dtype) holds numbers a jax array can take (native byte order), in at most
+    ``left`` bytes."""
+    shape, dtype = spec
+    return dtype in _JAX_DTYPES and dtype.isnative and math.prod(shape) * dtype.itemsize <= left
+
+
+def _member_name(steps: list) -> str:
+    keys = {"key": jax.tree_util.DictKey, "index": jax.tree_util.SequenceKey, "attr": jax.tree_util.GetAttrKey,
+            "auto": jax.tree_util.DictKey}
+    rest = jax.tree_util.keystr(tuple(keys[kind](key) for kind, key in steps), simple=True, separator="/")
+    return "state/params" + (f"/{rest}" if steps else "")
+
+
+def _described_steps(path: Path, described: Any) -> list:
+    def step_ok(s) -> bool:
+        return (isinstance(s, list) and len(s) == 2 and s[0] in ("key", "index", "attr")
+                and isinstance(s[1], int if s[0] == "index" else (str, int)) and not isinstance(s[1], bool))
+
+    if (not isinstance(described, list) or len(described) > MAX_MEMBERS
+            or not all(isinstance(p, list) and all(step_ok(s) for s in p) for p in described)):
+        raise _error(path, "meta", "'params_tree' is not a list of [kind, key] paths")
+    return described
+
+
+def _name_steps(names: list[str]) -> list:
+    return [[["auto", part] for part in name.split("/")[2:]] for name in names]
+
+
+def _rebuild(path: Path, items: list) -> Any:
+    """The tree whose leaves are ``items``' values at their step paths."""
+    if not items:
+        raise _error(path, "state/params", "holds no params")
+    if len(items) == 1 and not items[0][0]:
+        return items[0][1]
+    if any(not steps for steps, _ in items) or len({steps[0][0] for steps, _ in items}) > 1:
+        raise _error(path, "state/params", "the params' structure cannot be rebuilt (a leaf and a node share a "
+                                           "path, or one level mixes kinds of keys)")
+    groups: dict = {}
+    for steps, value in items:
+        groups.setdefault(steps[0][1], []).append((steps[1:], value))
+    children = {key: _rebuild(path, group) for key, group in groups.items()}
+    kind = items[0][0][0][0]
+    if kind == "auto" and all(k.isdecimal() for k in children):
+        children = {int(k): v for k, v in children.items()}
+    if kind in ("index", "auto") and sorted(children) == list(range(len(children))):
+        return [children[i] for i in range(len(children))]
+    if kind == "index":
+        raise _error(path, "state/params", "the params' list positions are not 0..n-1")
+    return {str(k) if kind == "auto" else k: v for k, v in children.items()}
 
 
 def _spec(path: Path, name: str, leaf: Any) -> tuple[tuple[int, ...], np.dtype]:

@@ -7,12 +7,16 @@ sets, a saved state of another model) is checked here, once, on the host, where 
 """
 from __future__ import annotations
 
+import inspect
+import operator
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["check_labels", "check_dataset", "check_inputs", "check_state", "check_split"]
+__all__ = ["check_labels", "check_dataset", "check_inputs", "check_state", "check_split", "check_count",
+           "check_params", "check_loss_fn"]
 
 
 def _array(value: Any, name: str) -> np.ndarray:
@@ -151,3 +155,69 @@ def check_split(num_examples: int, val_split: float) -> tuple[int, int]:
         raise ConfigError(f"TrainConfig.val_split {val_split:g} of {num_examples} training examples leaves none to "
                           f"train on")
     return num_examples - held, held
+
+
+def check_count(value: Any, name: str) -> int:
+    """``value`` as a positive ``int``: any integer-like number (``np.int64(32)``, a 0-d integer array)
+    is accepted through ``operator.index``; bools, floats (``2.5``), strings and values below 1 are not.
+
+    Args:
+        value: the count given (``batch_size``, ``epochs``, ``chunk_steps``).
+        name: what the error calls the argument.
+    """
+    try:
+        count = None if isinstance(value, (bool, np.bool_)) else operator.index(value)
+    except TypeError:
+        count = None
+    if count is None or count < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return count
+
+
+def check_params(params: Any, name: str = "params") -> None:
+    """ValueError unless every leaf of ``params`` is a number or an array of numbers (bool, int, float,
+    complex); the message names the first other leaf by its path (``params['name']``).
+
+    Args:
+        params: a PyTree of arrays.
+        name: what the error calls the argument.
+    """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None and isinstance(leaf, (int, float, complex)):
+            continue
+        try:
+            kind = np.dtype(dtype).kind if dtype is not None else None
+        except TypeError:  # a typed PRNG key's dtype, which NumPy has no name for
+            kind = None
+        if kind not in ("b", "i", "u", "f", "c"):
+            raise ValueError(f"{name}{jax.tree_util.keystr(path)}: {_short(leaf)} is not an array of numbers; a "
+                             f"params PyTree holds only arrays (keep names and settings outside it, e.g. in "
+                             f"loss_fn's closure)")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def check_loss_fn(loss_fn: Callable, name: str = "loss_fn") -> None:
+    """ValueError unless ``loss_fn`` can be called as ``loss_fn(params, x, y, key)`` (four positional
+    arguments); a callable whose signature Python cannot read is let through.
+
+    Args:
+        loss_fn: the user's loss.
+        name: what the error calls the argument.
+    """
+    if not callable(loss_fn):
+        raise ValueError(f"{name}: expected a function (params, x, y, key) -> loss, got {type(loss_fn).__name__}")
+    try:
+        signature = inspect.signature(loss_fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None, None, None, None)
+    except TypeError:
+        raise ValueError(f"{name}: must take (params, x, y, key), got {getattr(loss_fn, '__name__', 'a callable')}"
+                         f"{signature}; add the key argument even if unused (it is the step's PRNG key, for "
+                         f"dropout)") from None

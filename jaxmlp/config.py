@@ -6,7 +6,7 @@ role in its metadata; everything else is derived from that one declaration: the 
 (``hparams``), the static program description (``train.spec_for``), the metrics and checkpoint JSON
 (``to_dict`` / ``from_dict``). Adding a hyperparameter means adding one field here.
 
-A config is checked when it is built (``__post_init__``, so ``dataclasses.replace`` checks too): a
+A config is checked when it is built (``__post_init__``, so ``dataclasses.replace`` checks too) and frozen: a
 refused value is a ``ConfigError`` (a ValueError) naming the field in Python terms
 (``TrainConfig.optimizer: unknown value 'adma'; ...``); the command line words the same error with
 its flags (``ConfigError.flags``: ``--optimizer: ...``). A setting the run would not use (``momentum``
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import math
 import re
 from collections.abc import Callable
@@ -29,11 +28,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from . import optim
+from . import models, optim
 from .backend import MATMUL_PRECISIONS
 from .model import ACTIVATIONS, INIT_SCHEMES
 
-ARCHS = ("mlp", "cnn")
+ARCHS = models.NAMES
 DTYPES = ("float32", "float64", "bfloat16")
 AUGMENTS = ("none", "shift", "affine", "elastic")
 GRADS = ("autodiff", "manual")
@@ -84,6 +83,8 @@ nonneg_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive finite number")
 nonneg_float = _number(float, lambda v: 0 <= v < math.inf, "a non-negative finite number")
 unit_float = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+# jax.random.PRNGKey keeps a seed's low 32 bits: 2**32 + 1 would silently be seed 1.
+seed_int = _number(int, lambda v: 0 <= v < 2 ** 32, "a seed, an integer in [0, 2**32)")
 
 
 def _text(value) -> str:
@@ -111,7 +112,7 @@ def _field(default, help: str, check: Callable | None = None, *, choices=None, h
 # ---------------------------------------------------------------- the configuration
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run is. Defaults: the notebook's architecture and its best experiment
     (784-128-64-10, SGD lr 0.1, batch 32, 10 epochs, seed 42, N(0,1)*0.01 init)."""
@@ -132,7 +133,7 @@ class TrainConfig:
     epochs: int = _field(10, "passes over the training data", positive_int)
     batch_size: int = _field(32, "minibatch size", positive_int)
     lr: float = _field(0.1, "learning rate (the peak of a schedule)", positive_float, hparam=True)
-    seed: int = _field(42, "PRNG seed (init, shuffles, dropout, augmentation, validation split)", nonneg_int)
+    seed: int = _field(42, "PRNG seed (init, shuffles, dropout, augmentation, validation split)", seed_int)
     optimizer: str = _field("sgd", "optimizer", _text, choices=optim.OPTIMIZERS)
     momentum: float = _field(0.9, "momentum coefficient (momentum, nesterov)", unit_float, hparam=True)
     beta1: float = _field(0.9, "Adam's beta1", unit_float, hparam=True)
@@ -190,24 +191,27 @@ class TrainConfig:
 
     @property
     def resolved_weight_decay(self) -> float:
-        """``weight_decay``, or the optimizer's own default (read from its signature: one place)."""
+        """``weight_decay``, or the optimizer's own default (from ``optim.registry``: one place)."""
         if self.weight_decay is not None:
             return float(self.weight_decay)
-        return float(inspect.signature(getattr(optim, self.optimizer)).parameters["weight_decay"].default)
+        return optim.registry.REGISTRY[self.optimizer].default_weight_decay
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> TrainConfig:
-        """Normalise and check every field, then the cross-field rules; ``ConfigError`` naming the field.
-        Construction already validates; call it again after assigning a field."""
+        # The one place values are normalised (lists to tuples, "3" to 3): while the config is built,
+        # before anyone can see it. Afterwards it is frozen; ``dataclasses.replace`` builds a checked copy.
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _checked(f, getattr(self, f.name)))
+            object.__setattr__(self, f.name, _checked(f, getattr(self, f.name)))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", _checked_classes(self.classes))
         _cross_checks(self)
         unused = {k: why for k, why in unused_settings(self).items() if getattr(self, k) != _default(k)}
         if unused:
             name, why = next(iter(unused.items()))
             raise ConfigError(f"TrainConfig.{name} would be ignored: {why}")
+
+    def validate(self) -> TrainConfig:
+        """The config, checked: a ``TrainConfig`` is checked when it is built (``ConfigError`` naming the
+        field) and frozen after, so this returns it unchanged."""
         return self
 
 
@@ -219,8 +223,10 @@ def _default(name: str):
     return TrainConfig.__dataclass_fields__[name].default
 
 
-# Which optimizers read which constants (optim's own parameter names differ: beta, b1, b2).
-OPTIMIZER_CONSTANTS = {"momentum": ("momentum", "nesterov"), "beta1": ("adam", "adamw"), "beta2": ("adam", "adamw")}
+# The settings only some optimizers read (momentum; beta1, beta2), each with its readers: from optim's registry.
+OPTIMIZER_CONSTANTS = {name: users for name, users in ((f.name, optim.registry.readers(f.name))
+                                                       for f in dataclasses.fields(TrainConfig))
+                       if 0 < len(users) < len(optim.OPTIMIZERS)}
 
 
 def unused_settings(config: TrainConfig | dict) -> dict[str, str]:
@@ -239,10 +245,11 @@ def unused_settings(config: TrainConfig | dict) -> dict[str, str]:
             out[name] = f"only {' and '.join(users)} use it; TrainConfig.optimizer is {get('optimizer')}"
     if get("schedule") != "warmup-cosine":
         out["warmup_epochs"] = f"only the warmup-cosine schedule warms up; TrainConfig.schedule is {get('schedule')}"
-    if get("arch") == "cnn":
-        why = "the CNN's layers are fixed (conv32-conv64-dense128, He init, ReLU); TrainConfig.arch is cnn"
+    model = models.model_class(get("arch"))
+    if model.fixed:
+        why = f"{model.fixed}; TrainConfig.arch is {get('arch')}"
         out.update({"hidden": why, "activation": why})
-        if get("init") != "he":  # the CNN's own init is He's: asking for it is what happens
+        if get("init") not in model.init_schemes:  # the model's own init: asking for it is what happens
             out["init"] = why
     if get("augment") != "elastic":
         why = f"only the elastic augmentation reads it; TrainConfig.augment is {get('augment')}"
@@ -277,13 +284,16 @@ def _checked(f: dataclasses.Field, value):
     return value
 
 
+def _checked_classes(classes) -> tuple:
+    from .data import check_classes
+
+    try:
+        return tuple(check_classes(classes, what="TrainConfig.classes"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def _cross_checks(c: TrainConfig) -> None:
-    if c.classes is not None:
-        from .data import check_classes
-        try:
-            c.classes = tuple(check_classes(c.classes))
-        except ValueError as err:
-            raise ConfigError(str(err).replace("--classes", "TrainConfig.classes")) from None
     if c.new_head and not c.finetune:
         raise ConfigError("TrainConfig.new_head replaces the head of a trained model; it needs TrainConfig.finetune "
                           "(a checkpoint)")
@@ -295,9 +305,9 @@ def _cross_checks(c: TrainConfig) -> None:
     if c.grad == "manual" and c.dtype == "bfloat16":
         raise ConfigError("TrainConfig.grad manual computes in the params' dtype; TrainConfig.dtype bfloat16 (mixed "
                           "precision) needs autodiff")
-    if c.grad == "manual" and c.arch != "mlp":
-        raise ConfigError("TrainConfig.grad manual is the MLP's hand-derived backprop; TrainConfig.arch cnn needs "
-                          "autodiff")
+    if c.grad == "manual" and not hasattr(models.model_class(c.arch), "manual_grad"):
+        raise ConfigError(f"TrainConfig.grad manual is the MLP's hand-derived backprop; TrainConfig.arch {c.arch} "
+                          f"needs autodiff")
 
 
 def hparam_names() -> tuple[str, ...]:

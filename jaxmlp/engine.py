@@ -10,8 +10,12 @@
 * ``chunk``: the compiled unit, up to ``capacity`` steps of one epoch (a traced count, so any count
   up to the capacity runs the same executable). The short last batch of an epoch is a second branch
   of the same program. ``fused_epoch`` is a whole epoch as one ``lax.scan`` (``jaxmlp bench``).
+  These live in ``chunks.py`` and are re-exported here.
+* ``compile_program``: chunk programs compiled ahead of time, found again by what they compute and
+  kept in a bounded cache.
 * ``advance``: the host loop, chunk after chunk, calling handlers (``handlers.py``: progress, logs,
   checkpoints, signals, divergence) between them with an ``events.Event``.
+* ``train`` resumes through ``resume.py`` (where a run starts again, what must not have changed).
 
 What a step computes is a static, hashable *spec*: ``FunctionTask`` wraps a user's loss and
 optimizer; ``runs.TrainSpec`` is the built-in MLP/CNN described by a ``TrainConfig``. A spec has
@@ -21,10 +25,11 @@ grads)``, ``optimizer_for(hparams)`` and ``augment_batch(key, x)``. ``hparams`` 
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
+import hashlib
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -34,217 +39,34 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import handlers as h
-from .backend import matmul_precision
+from .checkpoint import describe_tree
+from .checks import check_count, check_loss_fn, check_params
+from .chunks import (  # the compiled side, re-exported: jaxmlp.engine keeps every name it had
+    FunctionTask,
+    TrainState,
+    batch_slices as batch_slices,
+    chunk,
+    epoch_order,
+    fused_epoch,
+    init_state,
+    precision,
+    run_chunk,
+    run_fused_epoch as run_fused_epoch,
+    steps_per_epoch,
+)
 from .events import DivergenceError, Event, Interrupted, Run, StopRun
-from .optim import apply_updates
 from .parallel import to_host
+from .resume import check_unchanged, fingerprint, resume_from, save_plain
 
 __all__ = ["train", "TrainResult", "TrainState", "FunctionTask", "init_state", "chunk", "fused_epoch",
            "epoch_order", "steps_per_epoch", "advance", "Event", "StopRun", "DivergenceError", "Interrupted",
            "Run", "precision", "compile_program", "build_run"]
 
 
-@contextlib.contextmanager
-def precision(dtype: str, matmul: str = "default"):
-    """A context in which ``dtype`` ("float32"/"float64") arrays can exist and float32 matmuls run at
-    ``matmul`` (``backend.matmul_precision``; "default" changes nothing). float64 needs JAX's x64 mode,
-    switched on for the block only, so nothing outside it changes. Both settings are per thread."""
-    with jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext(), matmul_precision(matmul):
-        yield
-
-
-def batch_slices(num_examples: int, batch_size: int) -> list[slice]:
-    """Minibatch slices of one epoch, the last one short when ``batch_size`` doesn't divide N."""
-    return [slice(i, min(i + batch_size, num_examples)) for i in range(0, num_examples, batch_size)]
-
-
-# ---------------------------------------------------------------- a user's step
-
-
-@dataclasses.dataclass(frozen=True)
-class FunctionTask:
-    """What a step computes for a user's ``loss_fn`` and ``optimizer`` (static: hashed by identity).
-
-    Args:
-        loss_fn: ``(params, x, y, key) -> loss`` or ``-> (loss, aux)`` with ``has_aux``; aux a dict of
-            scalars, averaged per epoch into the history.
-        optimizer: anything with ``init``/``update`` (optax protocol).
-        batch_size: examples per step.
-        has_aux: ``loss_fn`` returns ``(loss, aux)``.
-        augment_fn: None or ``(key, x) -> x``, applied to each minibatch on the device.
-        batch_sharding: None or the ``jax.sharding.Sharding`` each minibatch is constrained to
-            (``parallel.data_parallel_spec`` sets it).
-    """
-
-    loss_fn: Callable
-    optimizer: Any
-    batch_size: int = 32
-    has_aux: bool = False
-    augment_fn: Callable | None = None
-    batch_sharding: Any = None
-
-    def value_and_grad(self, params, x, y, key, hparams):
-        del hparams
-        if self.has_aux:
-            (value, aux), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(params, x, y, key)
-            return (value, aux if isinstance(aux, dict) else {"aux": aux}), grads
-        value, grads = jax.value_and_grad(self.loss_fn)(params, x, y, key)
-        return (value, {}), grads
-
-    def optimizer_for(self, hparams):
-        del hparams
-        return self.optimizer
-
-    def augment_batch(self, key, x):
-        return x if self.augment_fn is None else self.augment_fn(key, x)
-
-
-# ---------------------------------------------------------------- the state and its chunks
-
-
-class TrainState(NamedTuple):
-    """The whole state of a run: a PyTree that checkpoints, resumes and vmaps as one value.
-
-    Attributes:
-        params: the model's params, any PyTree of arrays.
-        opt_state: the optimizer's state, ``optimizer.init(params)`` advanced.
-        key: (2,) uint32, the run's PRNG key: never advanced, epochs fold their index into it.
-        epoch: int32 scalar, completed epochs.
-        step: int32 scalar, steps done in the current epoch.
-    """
-
-    params: Any
-    opt_state: Any
-    key: jax.Array    # (2,) uint32, the run's key: never advanced, epochs fold their index into it
-    epoch: jax.Array  # int32 (): completed epochs
-    step: jax.Array   # int32 (): steps done in the current epoch
-
-
-def init_state(params: Any, opt: Any, key: jax.Array) -> TrainState:
-    """A fresh run: ``opt.init(params)``, epoch and step 0. key: the run's (2,) PRNG key."""
-    return TrainState(params, opt.init(params), key, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
-
-
-def _epoch_keys(key: jax.Array, epoch: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(shuffle key, base of the step keys) of one epoch: a pure function of the run's key."""
-    perm_key, step_base = jax.random.split(jax.random.fold_in(key, epoch))
-    return perm_key, step_base
-
-
-@functools.partial(jax.jit, static_argnames=("num_examples",))
-def epoch_order(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
-    """The order (num_examples,) int32 in which epoch ``epoch`` visits the examples of run ``key``."""
-    return jax.random.permutation(_epoch_keys(key, epoch)[0], num_examples).astype(jnp.int32)
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Minibatches of ``batch_size`` in one epoch of ``num_examples``, the last one short when needed."""
-    return -(-num_examples // batch_size)
-
-
-def _step_fn(spec, hparams, x: jax.Array, y: jax.Array, order: jax.Array, step_base):
-    """``step(params, opt_state, i) -> (params, opt_state, loss, aux)``: minibatch ``i`` of the epoch
-    whose order is ``order``. Batch ``i`` is ``order[i*B:(i+1)*B]``; a short last batch is its own branch."""
-    opt = spec.optimizer_for(hparams)
-    bs = spec.batch_size
-    num_full, rest = divmod(order.shape[0], bs)
-
-    def update(params, opt_state, idx, i):
-        aug_key, drop_key = jax.random.split(jax.random.fold_in(step_base, i))
-        xb, yb = spec.augment_batch(aug_key, x[idx]), y[idx]
-        if spec.batch_sharding is not None:
-            xb = jax.lax.with_sharding_constraint(xb, spec.batch_sharding)
-            yb = jax.lax.with_sharding_constraint(yb, spec.batch_sharding)
-        (value, aux), grads = spec.value_and_grad(params, xb, yb, drop_key, hparams)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return apply_updates(params, updates), opt_state, value, aux
-
-    def full(params, opt_state, i):
-        return update(params, opt_state, jax.lax.dynamic_slice_in_dim(order, i * bs, bs), i)
-
-    def short(params, opt_state, i):
-        return update(params, opt_state, order[num_full * bs:], i)
-
-    if not rest:
-        return full
-    if not num_full:
-        return short
-    return lambda params, opt_state, i: jax.lax.cond(i < num_full, full, short, params, opt_state, i)
-
-
-def _aux_zeros(spec, hparams, state: TrainState, x: jax.Array, y: jax.Array):
-    """Zeros shaped like one step's aux (a dict of scalars), found by tracing the step abstractly."""
-    def probe(s):
-        idx = jnp.zeros((min(spec.batch_size, x.shape[0]),), jnp.int32)
-        return spec.value_and_grad(s.params, x[idx], y[idx], s.key, hparams)[0][1]
-    return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(probe, state))
-
-
-def chunk(state: TrainState, order: jax.Array, x: jax.Array, y: jax.Array, hparams: Any,
-          num_steps: jax.Array, *, spec: Any, capacity: int) -> tuple[TrainState, Any]:
-    """Advance ``state`` by ``num_steps`` (<= capacity, traced) steps of its current epoch.
-
-    Args:
-        state: the run's state.
-        order: ``epoch_order(state.key, state.epoch, N)``.
-        x: (N, ...) training inputs.
-        y: (N, ...) training targets.
-        hparams: the traced numbers ``spec`` reads (``{}`` for a ``FunctionTask``).
-        num_steps: int32 scalar, traced.
-        spec: what a step computes (static).
-        capacity: the most steps a call runs (static): the length of the losses buffer.
-
-    Returns the new state (the epoch counter moves on when its last step is done) and the steps'
-    losses in a (capacity,) buffer, zero past ``num_steps``; with aux, ``(losses, aux sums)``. Pure;
-    vmap it over models with ``epoch``/``step`` unbatched.
-    """
-    step = _step_fn(spec, hparams, x, y, order, _epoch_keys(state.key, state.epoch)[1])
-    aux0 = _aux_zeros(spec, hparams, state, x, y) if getattr(spec, "has_aux", False) else {}
-
-    def body(j, carry):
-        params, opt_state, losses, aux_sum = carry
-        params, opt_state, value, aux = step(params, opt_state, state.step + j)
-        aux_sum = jax.tree_util.tree_map(lambda s, a: s + a, aux_sum, aux)
-        return params, opt_state, losses.at[j].set(value), aux_sum
-
-    losses = jnp.zeros((capacity,), x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32)
-    params, opt_state, losses, aux_sum = jax.lax.fori_loop(
-        0, num_steps, body, (state.params, state.opt_state, losses, aux0))
-    done = state.step + num_steps
-    finished = done >= steps_per_epoch(order.shape[0], spec.batch_size)
-    new = TrainState(params, opt_state, state.key, state.epoch + finished.astype(jnp.int32),
-                     jnp.where(finished, 0, done).astype(jnp.int32))
-    return new, ((losses, aux_sum) if aux_sum else losses)
-
-
-def fused_epoch(state: TrainState, x: jax.Array, y: jax.Array, hparams: Any, *,
-                spec: Any) -> tuple[TrainState, jax.Array]:
-    """A whole epoch as one ``lax.scan`` from step 0 (the pre-chunk engine; ``jaxmlp bench`` compares).
-
-    Args:
-        state: the run's state at an epoch boundary.
-        x: (N, ...) training inputs.
-        y: (N, ...) training targets.
-        hparams: the traced numbers ``spec`` reads.
-        spec: what a step computes (static).
-    """
-    n = x.shape[0]
-    order = jax.random.permutation(_epoch_keys(state.key, state.epoch)[0], n).astype(jnp.int32)
-    step = _step_fn(spec, hparams, x, y, order, _epoch_keys(state.key, state.epoch)[1])
-
-    def body(carry, i):
-        params, opt_state, value, _ = step(*carry, i)
-        return (params, opt_state), value
-
-    (params, opt_state), losses = jax.lax.scan(
-        body, (state.params, state.opt_state), jnp.arange(steps_per_epoch(n, spec.batch_size)))
-    return TrainState(params, opt_state, state.key, state.epoch + 1, state.step), losses
-
-
-run_chunk = jax.jit(chunk, static_argnames=("spec", "capacity"))
-run_fused_epoch = jax.jit(fused_epoch, static_argnames=("spec",))
-
-_COMPILED: dict = {}
+MAX_PROGRAMS = 16  # compiled programs kept in this process, the least recently used dropped first
+_COMPILED: dict = {}  # what a program computes -> (executable, compile seconds); order: least recent first
+_BUILT: dict = {}  # (function, statics, argument signature) -> program key: no lowering for statics seen before
+_COMPILED_LOCK = threading.Lock()
 
 
 def _arg_signature(v) -> tuple:
@@ -258,24 +80,79 @@ def _arg_signature(v) -> tuple:
     return tuple(jnp.shape(v)), jnp.result_type(v), sharding
 
 
+def _program_key(lowered, leaves: list) -> tuple | None:
+    """What a lowered program computes: its HLO text (hashed; constants, dtypes and the matmul precision
+    are in it), its argument and result trees and where its arguments live. None when the lowering
+    passes constants beside the text, which the text then does not show."""
+    if getattr(getattr(lowered, "_lowering", None), "const_args", None):
+        return None
+    text = hashlib.sha256(lowered.as_text().encode()).hexdigest()
+    return text, lowered.in_tree, lowered.out_tree, tuple(map(_arg_signature, leaves))
+
+
+def _seen_key(fn, static: dict, args: tuple) -> tuple | None:
+    """What identifies a program built before from the same function, statics (compared by value) and
+    argument shapes, or None when a static compares by identity (``FunctionTask.by_value``)."""
+    if not all(getattr(v, "by_value", True) for v in static.values()):
+        return None
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    # The matmul precision and x64 change the HLO but no argument: they must be part of the key.
+    seen = (fn, tuple(sorted(static.items())), treedef, tuple(map(_arg_signature, leaves)),
+            jax.config.read("jax_enable_x64"), jax.config.jax_default_matmul_precision)  # type: ignore[attr-defined]
+    try:
+        hash(seen)
+    except TypeError:
+        return None
+    return seen
+
+
+def _keep(cache: dict, key, value) -> None:
+    """``cache[key] = value`` as its most recent entry, the oldest dropped past ``MAX_PROGRAMS``."""
+    cache.pop(key, None)
+    cache[key] = value
+    while len(cache) > MAX_PROGRAMS:
+        del cache[next(iter(cache))]
+
+
 def compile_program(fn, static: dict, *args) -> tuple[Callable, float]:
-    """The ahead-of-time compiled ``fn(*args, **static)`` and the seconds spent compiling (0.0 when this
-    process compiled the same function, statics and argument shapes before: runs never recompile).
+    """The ahead-of-time compiled ``fn(*args, **static)`` and the seconds spent lowering and compiling
+    it (0.0 when this process compiled the same program before: runs never recompile).
+
+    Programs are found again by what they compute (the lowered HLO), not by the objects that built
+    them: an optimizer built twice, ``optim.sgd(0.1)``, compiles once. At most ``MAX_PROGRAMS`` are
+    kept, the least recently used dropped first. Statics seen before skip even the lowering.
 
     Args:
-        fn: a ``jax.jit``-wrapped function.
+        fn: a function or its ``jax.jit`` wrapper (only its static arguments are used, as keywords).
         static: its static keyword arguments.
         *args: arrays or ``jax.ShapeDtypeStruct`` s of its positional arguments.
     """
-    leaves, treedef = jax.tree_util.tree_flatten(args)
-    # The matmul precision changes the HLO but no argument: it must be part of the key (as in JAX's own).
-    signature = (fn, tuple(sorted(static.items())), treedef, tuple(map(_arg_signature, leaves)),
-                 jax.config.read("jax_enable_x64"), jax.config.jax_default_matmul_precision)  # type: ignore[attr-defined]
-    if signature not in _COMPILED:
-        t0 = time.perf_counter()
-        _COMPILED[signature] = (fn.lower(*args, **static).compile(), time.perf_counter() - t0)
-        return _COMPILED[signature]
-    return _COMPILED[signature][0], 0.0
+    seen = _seen_key(fn, static, args)
+    with _COMPILED_LOCK:
+        key = _BUILT.get(seen) if seen is not None else None
+        if key is not None and key in _COMPILED:
+            _keep(_COMPILED, key, _COMPILED[key])
+            return _COMPILED[key][0], 0.0
+    t0 = time.perf_counter()
+    # A fresh jit with the statics bound: JAX's own caches, keyed by that function object, go with it,
+    # so a run's new optimizer or loss leaves nothing behind but the bounded caches' entries.
+    lowered = jax.jit(functools.partial(getattr(fn, "__wrapped__", fn), **static)).lower(*args)
+    key = _program_key(lowered, jax.tree_util.tree_leaves(args))
+    with _COMPILED_LOCK:
+        hit = _COMPILED.get(key) if key is not None else None
+        if hit is not None:
+            _keep(_COMPILED, key, hit)
+            if seen is not None:
+                _keep(_BUILT, seen, key)
+            return hit[0], 0.0
+    program = lowered.compile()
+    seconds = time.perf_counter() - t0
+    if key is not None:
+        with _COMPILED_LOCK:
+            _keep(_COMPILED, key, (program, seconds))
+            if seen is not None:
+                _keep(_BUILT, seen, key)
+    return program, seconds
 
 
 def epoch_loss(batch_losses, num_examples: int, batch_size: int, first_step: int = 0) -> float:
@@ -348,6 +225,19 @@ class Loop:
         return record
 
 
+def _notify(handlers: Sequence[Callable], event: Event) -> None:
+    """Give ``event`` to every handler, then raise the first ``StopRun`` one of them raised: a stop hides
+    no event from the handlers after it (so the epoch that stopped a run is logged and saved)."""
+    stops = []
+    for handler in handlers:
+        try:
+            handler(event)
+        except StopRun as stop:
+            stops.append(stop)
+    if stops:
+        raise stops[0]
+
+
 def advance(run: Run, state: TrainState, handlers: Sequence[Callable], *, history: Sequence = (),
             partial: dict | None = None, chunk_steps: int | None = None,
             chunk_seconds: float | None = None) -> tuple[TrainState, list, str]:
@@ -359,23 +249,24 @@ def advance(run: Run, state: TrainState, handlers: Sequence[Callable], *, histor
         state: where to start.
         handlers: callables given each ``Event``.
         history: epoch records of the run so far (a resumed run's).
-        partial: the current epoch's loss sum and seconds so far (a resumed run's).
+        partial: the current epoch's loss sum and seconds so far, and the run's ``first_loss`` (a
+            resumed run's).
         chunk_steps: a fixed chunk size (None: sized to take ``chunk_seconds``).
         chunk_seconds: target wall time of a chunk (None: ``backend.choices()``).
 
-    Returns (final state, history, reason). A handler's ``StopRun`` ends the run at that boundary;
-    errors propagate after the "end" event (reason "diverged" for ``DivergenceError``).
+    Returns (final state, history, reason). A handler's ``StopRun`` ends the run at that boundary once
+    every handler saw the event; errors propagate after the "end" event (reason "diverged" for
+    ``DivergenceError``). Events' ``partial`` carries the loss of the run's first step, ``first_loss``.
     """
     from .backend import choices
 
     loop = Loop(run, list(history), partial or {}, chunk_steps, chunk_seconds or choices().chunk_seconds,
                 choices().min_chunk_steps)
+    first = {"first_loss": partial["first_loss"]} if partial and partial.get("first_loss") is not None else {}
 
     def emit(kind, new, old, losses=None, seconds=0.0, reason=""):
-        event = Event(kind, run, new, old, np.zeros(0) if losses is None else losses, loop.history, seconds, reason,
-                      loop.partial())
-        for handler in handlers:
-            handler(event)
+        _notify(handlers, Event(kind, run, new, old, np.zeros(0) if losses is None else losses, loop.history,
+                                seconds, reason, {**loop.partial(), **first}))
 
     emit("start", state, state)
     order, reason, n, good = None, "done", run.x.shape[0], state
@@ -384,6 +275,8 @@ def advance(run: Run, state: TrainState, handlers: Sequence[Callable], *, histor
             if order is None:
                 order = epoch_order(state.key, state.epoch, n)
             new, losses, seconds = loop.advance(state, order)
+            if not first and int(state.epoch) == 0 and int(state.step) == 0:  # the run's very first step
+                first["first_loss"] = float(losses[0])
             good, state = state, new
             if int(state.step) == 0:  # the epoch ended: its record exists before any handler can stop
                 order = None
@@ -476,24 +369,36 @@ def _as_arrays(data) -> tuple[jax.Array, jax.Array]:
     return x, y
 
 
-def _start(params, optimizer, key, resume) -> TrainState:
-    """A fresh state, or the one to resume: a ``TrainState`` or a checkpoint path restored against the
-    fresh state's shapes and dtypes."""
-    if key is None:
-        key = jax.random.PRNGKey(0)
-    fresh = init_state(params, optimizer, key)
-    if resume is None or isinstance(resume, TrainState):
-        return fresh if resume is None else resume
-    from .checkpoint import load_state
+def _installed_signals() -> dict:
+    """The process's SIGINT/SIGTERM handlers, to put back whatever ends a run (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.getsignal(s) for s in h.SignalStop.SIGNALS}
 
-    return load_state(resume, jax.eval_shape(lambda s: s, fresh))
+
+def _restore_signals(handlers: dict) -> None:
+    for signum, handler in handlers.items():
+        if handler is not None and signal.getsignal(signum) is not handler:
+            signal.signal(signum, handler)
+
+
+class _EndPartial:
+    """A handler that keeps the "end" event's partial epoch (what ``Interrupted`` carries)."""
+
+    def __init__(self) -> None:
+        self.partial: dict = {}
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "end":
+            self.partial = dict(event.partial)
 
 
 def train(loss_fn: Callable, params: Any, optimizer: Any, data: Any, *, epochs: int = 1, batch_size: int = 32,
           key: jax.Array | None = None, has_aux: bool = False, augment: Callable | None = None,
-          handlers: Sequence[Callable] = (), progress: bool = False, checkpoint: str | None = None,
-          resume: Any = None, divergence: bool = True, loss_floor: float = 0.0, mesh: Any = None,
-          chunk_steps: int | None = None) -> TrainResult:
+          handlers: Sequence[Callable] = (), progress: bool = False, checkpoint: str | os.PathLike | None = None,
+          resume: Any = None, allow_changes: bool = False, divergence: bool = True,
+          loss_floor: float | None = None, mesh: Any = None, chunk_steps: int | None = None,
+          signals: bool = True) -> TrainResult:
     """Train ``params`` to minimise ``loss_fn`` over minibatches of ``data`` in compiled chunks.
 
     Args:
@@ -502,52 +407,65 @@ def train(loss_fn: Callable, params: Any, optimizer: Any, data: Any, *, epochs: 
             one minibatch, ``key`` that step's PRNG key (for dropout).
         params: any PyTree of arrays.
         optimizer: anything with ``init(params)`` and ``update(grads, state, params)`` (``jaxmlp.optim``,
-            or optax).
+            or optax); it need not be hashable.
         data: a pair of arrays ``(x, y)`` with the same number of rows N, or a ``Dataset`` (its
             training images, flattened and scaled to [0, 1], and labels).
         epochs: train until this many epochs are complete (a resumed run continues to it).
         batch_size: examples per step; the last batch of an epoch is short when it doesn't divide N.
-        key: the run's PRNG key (shuffles and step keys; default ``PRNGKey(0)``).
+        key: the run's PRNG key, raw (``PRNGKey``) or typed (``jax.random.key``); it shuffles and gives
+            every step its key. Default ``PRNGKey(0)``; a resumed run keeps its own unless one is given.
         has_aux: ``loss_fn`` returns ``(loss, aux)``.
         augment: ``(key, x) -> x`` applied to each minibatch on the device, fresh every step.
         handlers: callables given each ``engine.Event`` between chunks (see ``jaxmlp.handlers``).
         progress: a progress bar and a line per epoch on stderr.
         checkpoint: a path saved after every epoch and where a signal stops the run.
-        resume: a ``TrainState`` or a checkpoint path from an earlier ``train`` of the same setup.
-        divergence: stop with ``DivergenceError`` when the loss passes 10x its start (and always on a
-            non-finite loss or params).
-        loss_floor: the least reference loss for that rule (e.g. ``log(num_classes)``).
+        resume: where an earlier ``train`` of the same setup stopped: its checkpoint path, the
+            ``Interrupted`` it raised, or a ``TrainState`` (which carries no history: the records of the
+            epochs before it, and the partial epoch's loss, are not known). A path or an ``Interrupted``
+            continues the history and the partial epoch exactly.
+        allow_changes: resume even though the batch size, the data or the key differ from the saved
+            run's (refused with a ValueError naming both values otherwise).
+        divergence: stop with ``DivergenceError`` when a chunk's mean loss passes 10x the run's start, the
+            loss of its first step, kept across resume (and always on a non-finite loss or params).
+        loss_floor: the least start for that rule (e.g. ``log(num_classes)`` for a cross-entropy); None:
+            the run's first loss alone.
         mesh: a ``jax.sharding.Mesh`` to split every minibatch over its devices.
-        chunk_steps: steps per compiled chunk (default: sized to take about a quarter second).
+        chunk_steps: steps per compiled chunk, a positive integer (default: sized to take about a
+            quarter second).
+        signals: SIGINT/SIGTERM stop the run at the next chunk boundary (False: the process's handlers
+            are left alone). Whatever ends the run, the handlers it found are put back.
 
     Returns a ``TrainResult``. SIGINT/SIGTERM stop at the next chunk boundary: the checkpoint (if any)
-    holds that exact step and ``Interrupted`` is raised carrying the state.
+    holds that exact step and ``Interrupted`` is raised carrying the state, the history and the partial
+    epoch (``train(resume=interrupted)`` continues it).
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise ValueError(f"epochs: expected a positive integer, got {epochs!r}")
+    batch_size, epochs = check_count(batch_size, "batch_size"), check_count(epochs, "epochs")
+    chunk_steps = None if chunk_steps is None else check_count(chunk_steps, "chunk_steps")
     x, y = _as_arrays(data)
+    check_params(params)
+    check_loss_fn(loss_fn)
     spec = FunctionTask(loss_fn, optimizer, batch_size, has_aux, augment)
-    state = _start(params, optimizer, key, resume)
-    meta: dict = {}
-    if isinstance(resume, str):
-        from .checkpoint import read_meta
-        meta = read_meta(resume)
-    save = functools.partial(_save_plain, batch_size=batch_size)
-    run, state = build_run(spec, state, x, y, epochs, mesh=mesh, loss_floor=loss_floor, save=save)
+    seen_data = fingerprint(x, y)
+    state, meta = resume_from(resume, init_state(params, optimizer, jax.random.PRNGKey(0) if key is None else key))
+    if resume is not None:
+        state = check_unchanged(state, meta, batch_size=batch_size, data=seen_data, key=key,
+                                num_examples=x.shape[0], allow_changes=allow_changes)
+    kept = {"batch_size": batch_size, "data": seen_data, "params_tree": describe_tree(params)}
+    save = functools.partial(save_plain, kept=kept)
+    run, state = build_run(spec, state, x, y, epochs, mesh=mesh, loss_floor=loss_floor or 0.0, save=save)
     chain = [*h.default_checks(divergence), *handlers, h.ProgressReport(quiet=not progress)]
     if checkpoint is not None:
         chain.append(h.Checkpointer(checkpoint))
-    state, history, reason = advance(run, state, [*chain, h.SignalStop()], history=meta.get("history", ()),
-                                     partial=meta.get("partial"), chunk_steps=chunk_steps)
+    end = _EndPartial()
+    previous = _installed_signals() if signals else {}
+    try:
+        state, history, reason = advance(run, state, [*chain, end, *([h.SignalStop()] if signals else [])],
+                                         history=meta.get("history", ()), partial=meta.get("partial"),
+                                         chunk_steps=chunk_steps)
+    finally:  # a handler's error, a failed save: the process's own handlers come back all the same
+        _restore_signals(previous)
     if reason.startswith("SIG"):
-        raise Interrupted(int(signal.Signals[reason]), state, checkpoint)
+        raise Interrupted(int(signal.Signals[reason]), state, checkpoint,
+                          {"history": history, "partial": end.partial, **kept})
     return TrainResult(state.params, state.opt_state, state, history, reason, run.compile_seconds)
 
-
-def _save_plain(path, state: TrainState, history: list, partial: dict, *, batch_size: int) -> None:
-    """A checkpoint of a ``train`` run: the state and enough meta to continue it."""
-    from .checkpoint import save_checkpoint
-
-    save_checkpoint(path, to_host(state), {"history": history, "partial": partial, "batch_size": batch_size})

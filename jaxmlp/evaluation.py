@@ -1,12 +1,15 @@
 """Evaluation and prediction of trained models, in chunks of examples to bound memory.
 
-``apply_fn(arch, activation)`` is the forward function of a built-in architecture; ``evaluate`` gives
-the mean loss and accuracy, ``predict_labels`` / ``predict_probs`` the classes and probabilities.
+Each function takes the model first, as ``model.apply(params, x)`` does: a model value
+(``jaxmlp.MLP(...)``, ``jaxmlp.CNN()``, the one a checkpoint stores) or any ``apply(params, x) ->
+logits`` function, so a user's own model is scored by the same code. ``evaluate`` gives the mean loss
+and accuracy, ``predict_labels`` / ``predict_probs`` the classes and probabilities.
 """
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,64 +17,70 @@ import numpy as np
 
 from .engine import batch_slices
 from .losses import accuracy, cross_entropy
-from .model import Params, forward, softmax
+from .model import Params, softmax
+from .models import as_apply
 
-__all__ = ["apply_fn", "evaluate", "predict_labels", "predict_probs"]
+__all__ = ["evaluate", "predict_labels", "predict_probs", "eval_sums"]
 
-
-def apply_fn(arch: str, activation: str = "relu") -> Callable:
-    """The forward function ``(params, x, *, key=None, dropout=0.0) -> logits`` of an architecture.
-
-    Args:
-        arch: "mlp" or "cnn".
-        activation: the MLP's hidden activation (a name from ``model.ACTIVATIONS``).
-    """
-    if arch == "mlp":
-        return forward if activation == "relu" else functools.partial(forward, activation=activation)
-    if arch == "cnn":
-        from .cnn import cnn_forward
-        return cnn_forward
-    raise ValueError(f"arch: unknown architecture {arch!r}; choose mlp or cnn")
+_DEFAULT_CHUNK = 10000
 
 
-def _eval_chunk(params, x, y, arch: str, activation: str = "relu"):
-    logits = apply_fn(arch, activation)(params, x)
+def _apply_of(model: Any, where: str) -> Callable:
+    """The model's ``(params, x) -> logits``; a TypeError that shows the call when params come first."""
+    if isinstance(model, (list, tuple, dict)):
+        raise TypeError(f"{where}(model, params, x, ...): the model comes first, e.g. "
+                        f"{where}(jaxmlp.MLP(), params, x, ...) or {where}(apply_fn, params, x, ...)")
+    return as_apply(model)
+
+
+def _chunk(model: Any, chunk_size: int | None) -> int:
+    """Examples per compiled call: ``chunk_size``, else the model's ``eval_chunk``, else 10000."""
+    if chunk_size:
+        return chunk_size
+    return int(getattr(model, "eval_chunk", _DEFAULT_CHUNK))
+
+
+def eval_sums(model: Any, params, x, y):
+    """(summed loss, summed correct) of the model (a value or an apply function) on one chunk x (n, D),
+    y (n,). Compiled with the model static: equal model values share one program (their bound
+    ``apply`` methods would not: a bound method compares its instance by identity)."""
+    logits = as_apply(model)(params, x)
     return cross_entropy(logits, y) * x.shape[0], accuracy(logits, y) * x.shape[0]
 
 
-_eval_chunk_jit = jax.jit(_eval_chunk, static_argnames=("arch", "activation"))
+_eval_chunk_jit = jax.jit(eval_sums, static_argnums=0)
 
 
-def _default_chunk(arch: str) -> int:
-    # The CNN's im2col patches take ~0.2 MB per image; 1000 images keep a chunk near 200 MB.
-    return 1000 if arch == "cnn" else 10000
-
-
-def evaluate(params: Params, x: jax.Array, y: jax.Array, *, arch: str = "mlp", activation: str = "relu",
+def evaluate(model: Any, params: Params, x: jax.Array, y: jax.Array | None = None, *,
              chunk_size: int | None = None) -> tuple[float, float]:
     """``(mean loss, accuracy in [0, 1])`` of the model on x (N, D), y int (N,), in chunks.
 
     Args:
+        model: a model value (``jaxmlp.MLP(...)``) or an ``apply(params, x) -> logits`` function.
         params: the model's params.
         x: (N, D) inputs.
         y: (N,) int labels (or one-hot (N, C)).
-        arch: "mlp" or "cnn".
-        activation: the MLP's hidden activation.
-        chunk_size: examples per compiled call (default: 10000 for the MLP, 1000 for the CNN).
+        chunk_size: examples per compiled call (default: the model's ``eval_chunk``, else 10000).
+
+    Returns:
+        (mean cross-entropy, accuracy) as Python floats.
     """
+    _apply_of(model, "evaluate")
+    if y is None:
+        raise TypeError("evaluate(model, params, x, y): the labels y are missing")
     x, y = _checked(params, x, y, chunk_size)
     n = x.shape[0]
     total_loss = total_acc = 0.0
-    for s in batch_slices(n, chunk_size or _default_chunk(arch)):
-        lo, ac = _eval_chunk_jit(params, x[s], y[s], arch, activation)
+    for s in batch_slices(n, _chunk(model, chunk_size)):
+        lo, ac = _eval_chunk_jit(model, params, x[s], y[s])
         total_loss += float(lo)
         total_acc += float(ac)
     return total_loss / n, total_acc / n
 
 
-@functools.partial(jax.jit, static_argnames=("arch", "probs", "activation"))
-def _predict_chunk(params, x, arch: str, probs: bool, activation: str = "relu"):
-    logits = apply_fn(arch, activation)(params, x)
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _predict_chunk(model: Any, params, x, probs: bool):
+    logits = as_apply(model)(params, x)
     return softmax(logits) if probs else jnp.argmax(logits, axis=-1)
 
 
@@ -101,35 +110,38 @@ def _checked(params, x, y=None, chunk_size=None):
     return x, jnp.asarray(check_labels(labels, classes, x.shape[0], "y"))
 
 
-def _predict(params, x, arch, probs, activation, chunk_size) -> np.ndarray:
+def _predict(model, params, x, probs, chunk_size, where) -> np.ndarray:
+    _apply_of(model, where)
     x, _ = _checked(params, x, chunk_size=chunk_size)
-    return np.concatenate([np.asarray(_predict_chunk(params, x[s], arch, probs, activation))
-                           for s in batch_slices(x.shape[0], chunk_size or _default_chunk(arch))])
+    return np.concatenate([np.asarray(_predict_chunk(model, params, x[s], probs))
+                           for s in batch_slices(x.shape[0], _chunk(model, chunk_size))])
 
 
-def predict_labels(params: Params, x: jax.Array, *, arch: str = "mlp", activation: str = "relu",
-                   chunk_size: int | None = None) -> np.ndarray:
-    """Predicted classes (N,) as a numpy int array.
-
-    Args:
-        params: the model's params.
-        x: (N, D) inputs.
-        arch: "mlp" or "cnn".
-        activation: the MLP's hidden activation.
-        chunk_size: examples per compiled call.
-    """
-    return _predict(params, x, arch, False, activation, chunk_size)
-
-
-def predict_probs(params: Params, x: jax.Array, *, arch: str = "mlp", activation: str = "relu",
-                  chunk_size: int | None = None) -> np.ndarray:
-    """Class probabilities (N, C) as a numpy array of the params' dtype: softmax of the logits.
+def predict_labels(model: Any, params: Params, x: jax.Array, *, chunk_size: int | None = None) -> np.ndarray:
+    """Predicted classes (N,) as a numpy int array: the argmax of the logits.
 
     Args:
+        model: a model value or an ``apply(params, x) -> logits`` function.
         params: the model's params.
         x: (N, D) inputs.
-        arch: "mlp" or "cnn".
-        activation: the MLP's hidden activation.
         chunk_size: examples per compiled call.
+
+    Returns:
+        (N,) integer class indices.
     """
-    return _predict(params, x, arch, True, activation, chunk_size)
+    return _predict(model, params, x, False, chunk_size, "predict_labels")
+
+
+def predict_probs(model: Any, params: Params, x: jax.Array, *, chunk_size: int | None = None) -> np.ndarray:
+    """Class probabilities (N, C): softmax of the logits.
+
+    Args:
+        model: a model value or an ``apply(params, x) -> logits`` function.
+        params: the model's params.
+        x: (N, D) inputs.
+        chunk_size: examples per compiled call.
+
+    Returns:
+        (N, C) probabilities as a numpy array of the params' dtype; rows sum to 1.
+    """
+    return _predict(model, params, x, True, chunk_size, "predict_probs")

@@ -6,6 +6,7 @@ both import it, and neither imports the other.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -20,11 +21,30 @@ class DivergenceError(ArithmeticError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """The run was stopped by a signal at a chunk boundary; ``state`` is where it stopped."""
+    """The run was stopped by a signal at a chunk boundary; ``state`` is where it stopped.
 
-    def __init__(self, signum: int, state: Any, saved: str | None = None):
+    Attributes:
+        signum: the signal's number.
+        state: the run's state at the stop.
+        saved: the checkpoint holding that state, or None.
+        meta: what a checkpoint of this stop holds beside the state (``history``, the partial epoch's
+            ``partial``, the batch size and data it ran on); ``jaxmlp.train(resume=interrupted)`` continues
+            from it exactly.
+    """
+
+    def __init__(self, signum: int, state: Any, saved: str | os.PathLike | None = None, meta: dict | None = None):
         super().__init__(signum)
-        self.signum, self.state, self.saved = signum, state, saved
+        self.signum, self.state, self.saved, self.meta = signum, state, saved, dict(meta or {})
+
+    @property
+    def history(self) -> list:
+        """The epoch records of the run up to the stop."""
+        return list(self.meta.get("history", []))
+
+    @property
+    def partial(self) -> dict:
+        """The stopped epoch's loss sum and seconds so far."""
+        return dict(self.meta.get("partial", {}))
 
 
 class Run(NamedTuple):

@@ -125,8 +125,9 @@ def write_json(path: str | os.PathLike, obj) -> Path:
 def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) -> None:
     """ValueError naming ``what`` (a flag) unless ``path`` can be written as a file (or a folder).
 
-    Checked before any work: the parent folder exists or can be made, is a folder, and is writable;
-    the path itself is not a folder (for a file) or not a file (for a folder).
+    Checked before any work: the parent folder exists or can be made, is a folder, and is writable
+    (a file is created in it, or in its nearest existing ancestor, and removed again); the path itself
+    is not a folder (for a file) or not a file (for a folder).
     """
     path = Path(path)
     if folder:
@@ -144,3 +145,17 @@ def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) 
         raise ValueError(f"{what}: {probe} is a file, so {path} cannot be created")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"{what}: {probe} is not writable")
+    _try_create(probe, what)
+
+
+def _try_create(folder: Path, what: str) -> None:
+    """Create and remove a file in ``folder``: ``os.access`` reads permission bits, which root passes even
+    where nothing can be created (/proc, a read-only mount). The name is one of our temporaries, so one
+    left by a crash between the two steps is removed by ``remove_stale_temps(folder)``."""
+    trial = temp_path(folder / "jaxmlp-write-check")
+    try:
+        trial.open("xb").close()
+    except OSError as err:
+        raise ValueError(f"{what}: cannot create files in {folder} ({err.strerror or err})") from None
+    with contextlib.suppress(OSError):
+        trial.unlink()

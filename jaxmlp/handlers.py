@@ -1,14 +1,14 @@
 """Small handlers that ``engine.advance`` calls between compiled chunks.
 
 A handler is a callable taking an ``engine.Event`` (kind "start", "chunk", "epoch" or "end"); it may
-raise ``engine.StopRun`` to end the run at that boundary, or ``engine.DivergenceError``. Each does one
+raise ``engine.StopRun`` to end the run at that boundary (the handlers after it still see the event, so
+the epoch that stopped a run is logged and saved), or ``engine.DivergenceError``. Each does one
 thing: the checks that ``fit`` always runs (finiteness, the divergence rule, early stopping) and the
 ones the CLI adds (progress, the JSONL log, checkpoints, signals).
 
-The divergence rule: a chunk whose mean loss exceeds ten times the larger of the run's first loss
-(measured before any update) and chance level (ln of the number of classes) means the run blew up, even when every
-number stays finite (``--lr 1e4`` ends near loss 4000 at 10% accuracy). Healthy training never gets
-there: its loss starts near chance and falls.
+The divergence rule (``divergence.diverged``): a chunk whose mean loss exceeds ten times the larger of the
+run's first recorded loss (measured before any update, kept across resume) and chance level (ln of the number
+of classes) means the run blew up, even when every number stays finite.
 """
 from __future__ import annotations
 
@@ -16,16 +16,17 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .divergence import DIVERGENCE_FACTOR, NON_FINITE_LOSS, diverged, message, reference_loss
 from .events import DivergenceError, Event, StopRun
 from .progress import Progress
-
-DIVERGENCE_FACTOR = 10.0
 
 
 @jax.jit
@@ -33,29 +34,45 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
 
 
-def _where(event: Event) -> str:
-    run, prev = event.run, event.previous
-    return f"epoch {int(prev.epoch) + 1}, steps {int(prev.step) + 1}-{int(prev.step) + len(event.losses)} of " \
-           f"{run.steps_per_epoch}"
+def _where(event: Event, reason: str) -> str:
+    prev = event.previous
+    if reason == NON_FINITE_LOSS:  # the first bad step
+        bad = int(np.argmin(np.isfinite(event.losses)))
+        return f"at epoch {int(prev.epoch) + 1}, step {int(prev.step) + bad + 1}"
+    return f"in epoch {int(prev.epoch) + 1}, steps {int(prev.step) + 1}-{int(prev.step) + len(event.losses)} of " \
+           f"{event.run.steps_per_epoch}"
 
 
 def check_finite(event: Event) -> None:
     """DivergenceError when the losses of the chunk that ``event`` reports, or the params it produced,
-    are not finite."""
+    are not finite (``divergence.diverged`` without its factor rule)."""
     if event.kind != "chunk":
         return
-    if not np.all(np.isfinite(event.losses)):
-        bad = int(np.argmin(np.isfinite(event.losses)))
-        raise DivergenceError(f"the loss became non-finite at epoch {int(event.previous.epoch) + 1}, step "
-                              f"{int(event.previous.step) + bad + 1}; training stopped (try a lower --lr)")
-    if not bool(_all_finite(event.state.params)):
-        raise DivergenceError(f"the parameters became non-finite in {_where(event)}; training stopped "
-                              f"(try a lower --lr)")
+    finite = bool(_all_finite(event.state.params)) if np.all(np.isfinite(event.losses)) else True
+    reason = str(diverged(event.losses, 0.0, rule=False, params_finite=finite))
+    if reason:
+        raise DivergenceError(message(reason, _where(event, reason)))
+
+
+def run_start(event: Event) -> float:
+    """The run's first recorded loss, the divergence rule's start.
+
+    Args:
+        event: a "chunk" event. Its ``partial["first_loss"]`` (the loss of the run's first step, which the
+            engine records and checkpoints keep), else its history's first epoch loss (a run resumed from
+            a bare state), else its own first loss.
+    """
+    if event.partial.get("first_loss") is not None:
+        return float(event.partial["first_loss"])
+    if event.history:
+        return float(event.history[0]["loss"])
+    return float(event.losses[0])
 
 
 class DivergenceRule:
-    """DivergenceError when a chunk's mean loss passes ``factor`` x max(first loss, chance level); the
-    default factor is DIVERGENCE_FACTOR (10)."""
+    """DivergenceError when a chunk's mean loss passes ``factor`` x max(the run's first recorded loss,
+    ``run.loss_floor``) (``divergence.diverged``; ``run_start`` says which loss); the default factor is
+    DIVERGENCE_FACTOR (10)."""
 
     def __init__(self, factor: float = DIVERGENCE_FACTOR):
         self.factor = factor
@@ -64,14 +81,12 @@ class DivergenceRule:
     def __call__(self, event: Event) -> None:
         if event.kind != "chunk" or not len(event.losses):
             return
-        mean = float(np.mean(event.losses))
-        if self.start is None:  # the run's (or the resumed run's) first loss, taken before any update
-            self.start = max(float(event.losses[0]), event.run.loss_floor)
-        if mean > self.factor * self.start:
-            raise DivergenceError(
-                f"the loss rose to {mean:.4g} in {_where(event)}, over {self.factor:g}x its start "
-                f"({self.start:.4g}): the run diverged; training stopped (try a lower --lr, or "
-                f"--no-divergence-check)")
+        if self.start is None:  # the run's start, taken before any update: never a resumed chunk's first loss
+            self.start = float(reference_loss(run_start(event), event.run.loss_floor or 0.0))
+        reason = str(diverged(event.losses, self.start, self.factor))
+        if reason:
+            raise DivergenceError(message(reason, _where(event, reason), float(np.mean(event.losses)), self.start,
+                                          self.factor))
 
 
 def default_checks(divergence_rule: bool = True) -> list:
@@ -128,11 +143,18 @@ class SignalStop:
 
 class Checkpointer:
     """Save the run to ``path`` after every epoch, every ``every_seconds`` / ``every_steps``, and at
-    the exact step where a signal stopped it. ``saved`` is the last (epoch, step) written."""
+    the exact step where a signal stopped it. ``saved`` is the last (epoch, step) written.
+
+    With ``best`` (an ``EarlyStopping``, set by ``keep_best``) a run that ends reporting its best
+    validation epoch's params, when they are not the final state's, also writes them beside the
+    checkpoint (``best_path``) and names them in the checkpoint's ``partial["best"]``: the checkpoint
+    resumes from its last state, and ``runs.load_model`` gives the model the run reported.
+    """
 
     def __init__(self, path, every_seconds: float | None = None, every_steps: int | None = None):
         self.path, self.every_seconds, self.every_steps = path, every_seconds, every_steps
         self.saved: tuple[int, int] | None = None
+        self.best: EarlyStopping | None = None
         self._last_time, self._steps = time.monotonic(), 0
 
     def _save(self, event: Event) -> None:
@@ -151,6 +173,71 @@ class Checkpointer:
                 self._save(event)
         elif event.kind == "epoch" or (event.kind == "end" and event.reason.startswith("SIG")):
             self._save(event)
+        elif event.kind == "end" and event.reason != "diverged":
+            self._save_best(event)
+        if event.kind == "end":
+            self.best = None  # kept for one run: keep_best links it again
+
+    def _save_best(self, event: Event) -> None:
+        best = self.best
+        if best is None or best.best_params is None or self.saved is None or event.run.save is None:
+            return  # no best params kept, or no checkpoint written
+        if (best.best_epoch, 0) == (int(event.state.epoch), int(event.state.step)):
+            return  # the state's params are the best
+        from .checkpoint import save_checkpoint
+        from .parallel import to_host
+
+        beside = best_path(self.path)
+        save_checkpoint(beside, to_host(best.best_params), {"best_epoch": best.best_epoch})
+        partial = {**event.partial, "best": {"epoch": best.best_epoch, "file": beside.name}}
+        event.run.save(self.path, event.state, event.history, partial)
+
+
+def keep_best(early: EarlyStopping, chain: Sequence[Callable]) -> list:
+    """``[early, *chain]``, every ``Checkpointer`` of ``chain`` told to keep ``early``'s best params when
+    the run ends, so that its checkpoint's model is the one the run reports (``fit`` tests it).
+
+    Args:
+        early: the run's ``EarlyStopping``.
+        chain: the handlers that follow it.
+    """
+    for handler in chain:
+        if isinstance(handler, Checkpointer):
+            handler.best = early
+    return [early, *chain]
+
+
+def best_path(path) -> Path:
+    """Where the checkpoint at ``path`` keeps its run's best params: ``es.npz`` -> ``es.best.npz``.
+
+    Args:
+        path: the checkpoint file.
+    """
+    path = Path(path)
+    return path.with_name(f"{path.stem}.best{path.suffix}")
+
+
+def best_params(path, meta: dict, params: Any) -> Any:
+    """The params the run of the checkpoint at ``path`` reported: its best validation epoch's when the
+    checkpoint names them (``partial["best"]``, see ``Checkpointer``), else ``params``.
+
+    Args:
+        path: the checkpoint file.
+        meta: its meta (``checkpoint.read_meta``).
+        params: its state's params, the template the best ones must match exactly (shapes, dtypes).
+
+    Raises ``checkpoint.CheckpointError`` naming the file when they are named but cannot be read.
+    """
+    best = (meta.get("partial") or {}).get("best")
+    if best is None:
+        return params
+    from .checkpoint import CheckpointError, load_state
+
+    name = best.get("file") if isinstance(best, dict) else None
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        raise CheckpointError(f"{path}: meta 'partial.best' must name a file beside the checkpoint, got "
+                              f"{str(best)[:80]!r}")
+    return load_state(Path(path).with_name(name), params)
 
 
 class JsonlLog:

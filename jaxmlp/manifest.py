@@ -34,7 +34,7 @@ __all__ = ["MANIFEST_VERSION", "params_sha256", "EpochRecorder", "environment", 
            "write_manifest", "read_manifest", "environment_differences", "VerifyReport", "verify"]
 
 MANIFEST_VERSION = 1
-KINDS = ("train", "notebook")  # runs.fit of a TrainConfig; the notebook's float64 run (reproduce.fit_notebook_group)
+KINDS = ("train", "notebook")  # runs.fit of a TrainConfig; the notebook's float64 run (notebook.fit_notebook_group)
 ENVIRONMENT_KEYS = ("python", "jax", "jaxlib", "numpy", "jaxmlp", "backend", "device", "device_count", "cpu", "cores",
                     "system", "xla_flags", "jax_env")
 
@@ -274,7 +274,7 @@ def _rerun_train(path, m: dict, data_dir, recorder: EpochRecorder) -> None:
 
 def _rerun_notebook(path, m: dict, data_dir, recorder: EpochRecorder) -> None:
     from .data import ensure_dataset
-    from .reproduce import fit_notebook_group
+    from .notebook import fit_notebook_group
 
     c = m["config"]
     try:

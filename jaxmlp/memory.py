@@ -9,12 +9,24 @@ backward. It is an estimate (XLA fuses and reuses buffers): it refuses only what
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
 import jax
 
-SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}  # optimizer buffers per param
+from . import optim
+
+
+@functools.cache
+def slots(optimizer: str) -> int:
+    """The params-sized buffers the optimizer named ``optimizer`` keeps (0 for sgd, 1 for momentum, 2 for adam):
+    its state's size over the params' size, from ``jax.eval_shape`` of its ``init`` (nothing is computed)."""
+    params = {"w": jax.ShapeDtypeStruct((1024,), "float32")}
+    state = jax.eval_shape(optim.by_name(optimizer, 0.1).init, params)
+    return sum(leaf.size for leaf in jax.tree_util.tree_leaves(state)) // 1024
+
+
 HEADROOM = 0.9  # leave a tenth for the runtime, the compiler and everything else
 
 
@@ -54,10 +66,12 @@ def estimate(config, num_examples: int, input_dim: int, num_classes: int, num_te
     """
     size = 8 if config.dtype == "float64" else 4
     p = int(params)
-    copies = 2 * (1 + SLOTS.get(config.optimizer, 2)) + 2  # two states, gradients, an update's temporaries
+    copies = 2 * (1 + slots(config.optimizer)) + 2  # two states, gradients, an update's temporaries
     state = p * size * copies
     data = (num_examples + num_test) * input_dim * size
-    width = 32 * 28 * 28 * 3 if config.arch == "cnn" else sum(config.hidden) + num_classes + input_dim
+    from .models import from_config
+
+    width = from_config(config).units(input_dim, num_classes)
     batch = config.batch_size * width * size * 4
     return MemoryEstimate(p, state, data, batch, state + data + batch)
 
@@ -116,8 +130,8 @@ def check_fits(config, num_examples: int, input_dim: int, num_classes: int, num_
         raise MemoryError(
             f"this run needs about {_gb(est.total)} ({est.params:,} parameters: {_gb(est.state_bytes)} for them, "
             f"their optimizer state and gradients; {_gb(est.data_bytes)} of data; {_gb(est.batch_bytes)} per "
-            f"batch) but {_gb(have)} is available on {jax.devices()[0].platform}; choose a smaller --hidden or "
-            f"--batch-size")
+            f"batch) but {_gb(have)} is available on {jax.devices()[0].platform}; choose a smaller "
+            f"TrainConfig.hidden or TrainConfig.batch_size")
     return est
 
 

@@ -14,10 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import activations
+from .activations import gelu, relu  # noqa: F401  (re-exported: model.relu, model.gelu)
+
 Params = list  # list[dict[str, jax.Array]]
 
 INIT_SCHEMES = ("notebook", "he", "glorot")
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
+ACTIVATIONS = activations.NAMES
 
 
 def _scale_draw(draw: jax.Array, fan_in: int, fan_out: int, scheme: str, dtype) -> jax.Array:
@@ -147,27 +150,12 @@ def check_inputs(params: Params, x: jax.Array) -> None:
                          f"got {shape}")
 
 
-def relu(z: jax.Array) -> jax.Array:
-    """``max(z, 0)`` elementwise, with derivative 0 at exactly 0."""
-    # jnp.where rather than jnp.maximum: its derivative at exactly 0 is 0, the notebook's ``Z > 0`` mask
-    # (jnp.maximum's gradient splits the tie and gives 0.5 there).
-    return jnp.where(z > 0, z, jnp.zeros_like(z))
-
-
-def gelu(z: jax.Array) -> jax.Array:
-    """Exact GELU ``z * Phi(z)`` elementwise, Phi the standard normal CDF (not the tanh approximation)."""
-    return jax.nn.gelu(z, approximate=False)
-
-
-_ACTIVATION_FNS = {"relu": relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "gelu": gelu}
-
-
 def activation_fn(activation: str | Callable) -> Callable:
     """The elementwise function for ``activation``: a name from ``ACTIVATIONS`` or a callable (returned as is)."""
     if callable(activation):
         return activation
-    if isinstance(activation, str) and activation in _ACTIVATION_FNS:
-        return _ACTIVATION_FNS[activation]
+    if isinstance(activation, str) and activation in activations.REGISTRY:
+        return activations.REGISTRY[activation].fn
     raise ValueError(f"activation: unknown {activation!r}; choose one of {', '.join(ACTIVATIONS)} or pass a callable")
 
 

@@ -48,11 +48,11 @@ INIT_TIMEOUT_S = 120  # JAX's default is 300 s; a mistyped address should fail s
 
 
 def _parse_coordinator(coordinator: str) -> tuple[str, int]:
-    """``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6) -> (host, port); ValueError naming --coordinator."""
+    """``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6) -> (host, port); ValueError naming ``coordinator``."""
     host, sep, port = str(coordinator).rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--coordinator must be HOST:PORT (a port in 1..65535), got {coordinator!r}")
+        raise ValueError(f"initialize: coordinator must be HOST:PORT (a port in 1..65535), got {coordinator!r}")
     return host, int(port)
 
 
@@ -61,10 +61,10 @@ def _check_process_flags(num_processes: Any, process_id: Any) -> None:
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
     if not whole(num_processes) or num_processes < 1:
-        raise ValueError(f"--num-processes must be a positive integer, got {num_processes!r}")
+        raise ValueError(f"initialize: num_processes must be a positive integer, got {num_processes!r}")
     if not whole(process_id) or not 0 <= process_id < num_processes:
-        raise ValueError(f"--process-id must be an integer in 0..{num_processes - 1} "
-                         f"(--num-processes {num_processes}), got {process_id!r}")
+        raise ValueError(f"initialize: process_id must be an integer in 0..{num_processes - 1} "
+                         f"(num_processes={num_processes}), got {process_id!r}")
 
 
 def _check_port_free(coordinator: str, port: int) -> None:
@@ -77,7 +77,7 @@ def _check_port_free(coordinator: str, port: int) -> None:
         socket.create_server(("", port), family=socket.AF_INET6 if dual else socket.AF_INET,
                              dualstack_ipv6=dual).close()
     except OSError as e:
-        raise ValueError(f"--coordinator {coordinator}: process 0 cannot listen on port {port} "
+        raise ValueError(f"initialize: coordinator={coordinator!r}: process 0 cannot listen on port {port} "
                          f"({os.strerror(e.errno) if e.errno else e}); pick a free port") from None
 
 
@@ -90,11 +90,12 @@ def _wait_for_coordinator(coordinator: str, host: str, port: int, timeout_s: flo
             socket.create_connection((host, port), timeout=min(2.0, max(timeout_s, 0.1))).close()
             return
         except socket.gaierror as e:
-            raise ValueError(f"--coordinator {coordinator}: cannot resolve host {host!r} ({e.strerror})") from None
+            raise ValueError(f"initialize: coordinator={coordinator!r}: cannot resolve host {host!r} "
+                             f"({e.strerror})") from None
         except OSError:
             if time.monotonic() >= deadline:
-                raise ValueError(f"--coordinator {coordinator}: no coordinator answered within {timeout_s:g} s "
-                                 f"(is process 0 running, with the same HOST:PORT?)") from None
+                raise ValueError(f"initialize: coordinator={coordinator!r}: no coordinator answered within "
+                                 f"{timeout_s:g} s (is process 0 running, with the same HOST:PORT?)") from None
             time.sleep(0.2)
 
 
@@ -109,20 +110,20 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     collectives go over gloo (TCP): this sets the process-wide ``jax_cpu_collectives_implementation``
     to ``"gloo"`` unless the JAX_CPU_COLLECTIVES_IMPLEMENTATION environment variable chose one (e.g.
     ``mpi``); it changes nothing on GPUs, which use NCCL. Errors are one-line ValueErrors naming the
-    flag: a malformed HOST:PORT, a process id out of range, a coordinator port already taken (process
+    argument: a malformed HOST:PORT, a process id out of range, a coordinator port already taken (process
     0), a coordinator that does not answer within ``timeout_s`` seconds (other processes), no cluster
     detected. Process 0 waiting for peers that never come is JAX's own fatal error after ``timeout_s``.
     """
     given = [v is not None for v in (coordinator, num_processes, process_id)]
     if any(given) and not all(given):
-        raise ValueError("--coordinator, --num-processes and --process-id go together (or give none of them "
+        raise ValueError("initialize: coordinator, num_processes and process_id go together (or give none of them "
                          "to let JAX detect a SLURM / Open MPI cluster)")
     if all(given):
         assert coordinator is not None and num_processes is not None and process_id is not None  # all(given)
         host, port = _parse_coordinator(coordinator)
         _check_process_flags(num_processes, process_id)
         if jax.distributed.is_initialized():
-            raise ValueError(f"--coordinator {coordinator}: this process already joined a distributed run")
+            raise ValueError(f"initialize: coordinator={coordinator!r}: this process already joined a distributed run")
         if process_id == 0:
             _check_port_free(coordinator, port)
         else:
@@ -136,10 +137,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     try:
         jax.distributed.initialize(**args, initialization_timeout=max(1, int(timeout_s)))
     except RuntimeError as e:  # called twice, or after the backend started
-        raise ValueError(f"--coordinator: {str(e).splitlines()[0]}") from None
+        raise ValueError(f"initialize: {str(e).splitlines()[0]}") from None
     except ValueError:  # auto-detection found no cluster
-        raise ValueError("--coordinator: no cluster launcher detected (SLURM, Open MPI, ...); give --coordinator "
-                         "HOST:PORT --num-processes N --process-id I") from None
+        raise ValueError("initialize: no cluster launcher detected (SLURM, Open MPI, ...); give coordinator "
+                         "(HOST:PORT), num_processes and process_id") from None
 
 
 def is_primary() -> bool:
@@ -179,20 +180,21 @@ def make_mesh(num_devices: int = 1, devices: Sequence[Any] | None = None) -> Mes
     """A 1-D mesh with axis ``"data"`` over the first ``num_devices`` of ``devices`` (default: all,
     every process's after ``initialize``).
 
-    Raises ValueError naming ``--devices`` when fewer devices exist, or when a multi-process mesh
+    Raises ValueError naming ``num_devices`` when fewer devices exist, or when a multi-process mesh
     leaves some process without a device (every process must take part in every step).
     """
     devices = list(jax.devices() if devices is None else devices)
     if not isinstance(num_devices, (int, np.integer)) or num_devices < 1:
-        raise ValueError(f"--devices must be a positive integer, got {num_devices!r}")
+        raise ValueError(f"make_mesh: num_devices must be a positive integer, got {num_devices!r}")
     if num_devices > len(devices):
         platform = devices[0].platform if devices else "?"
         hint = (" (on a CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N before starting)"
                 if platform == "cpu" else "")
-        raise ValueError(f"--devices {num_devices}: only {len(devices)} {platform} device(s) available{hint}")
+        raise ValueError(f"make_mesh: num_devices={num_devices}: only {len(devices)} {platform} device(s) "
+                         f"available{hint}")
     if len({d.process_index for d in devices[:num_devices]}) < jax.process_count():
-        raise ValueError(f"--devices {num_devices}: a run of {jax.process_count()} processes needs devices "
-                         f"in every process (use all {jax.device_count()})")
+        raise ValueError(f"make_mesh: num_devices={num_devices}: a run of {jax.process_count()} processes needs "
+                         f"devices in every process (use all {jax.device_count()})")
     return Mesh(np.array(devices[:num_devices]), (DATA_AXIS,))
 
 
@@ -229,7 +231,7 @@ def _check_same_everywhere(leaves: list) -> None:
     if (every != every[0]).any():
         bad = int(np.argmax((every != every[0]).any(axis=0)))
         raise ValueError(f"the processes hold different values for input {bad} of {len(leaves)} "
-                         f"(run every process with the same data, --seed and flags)")
+                         f"(run every process with the same data, TrainConfig.seed and other settings)")
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -257,8 +259,8 @@ def data_parallel_spec(spec, mesh: Mesh):
     """
     n = mesh.devices.size
     if spec.batch_size % n:
-        raise ValueError(f"--batch-size {spec.batch_size} must be a multiple of --devices {n} "
-                         f"(each device takes batch_size / devices rows)")
+        raise ValueError(f"data_parallel_spec: spec.batch_size={spec.batch_size} must be a multiple of "
+                         f"mesh.devices.size={n} (each device takes batch_size / devices rows)")
     return dataclasses.replace(spec, batch_sharding=batch_sharding(mesh))
 
 

@@ -39,5 +39,5 @@ PRESETS: dict[str, dict] = {
 def preset_config(name: str) -> dict:
     """The TrainConfig overrides of preset ``name``; ValueError naming the choices otherwise."""
     if name not in PRESETS:
-        raise ValueError(f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise ValueError(f"preset_config: name: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return dict(PRESETS[name]["config"])

@@ -1,9 +1,7 @@
 """Runs described by a ``TrainConfig``: the built-in MLP and CNN on the engine, as the CLI trains them.
 
-* ``TrainSpec``: the static part of a configured step (architecture, gradient method, optimizer and
-  schedule names, dropout, augmentation, frozen layers); it follows the engine's step protocol, so
-  ``engine.chunk`` runs it as it runs a user's ``FunctionTask``. The numbers (lr, momentum, l2, ...)
-  travel beside it as traced ``hparams`` (``config.hparams``): changing them never recompiles.
+* ``spec.TrainSpec`` (re-exported here): the static part of a configured step, on the engine's step
+  protocol; the numbers travel beside it as traced ``hparams``.
 * ``setup`` / ``fit``: data to the device, params (fresh, fine-tuned or resumed), the compiled chunk,
   then ``engine.advance`` with the checks (finiteness, divergence, early stopping) and the caller's
   handlers; then the test set.
@@ -12,7 +10,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import functools
 import math
 import signal
@@ -23,8 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import optim
-from .backprop import manual_grad
+from . import models
 from .config import TrainConfig, hparams
 from .engine import (
     DivergenceError,
@@ -39,197 +35,37 @@ from .engine import (
     run_chunk,
     steps_per_epoch,
 )
-from .evaluation import _default_chunk, _eval_chunk_jit, apply_fn, evaluate
-from .losses import cross_entropy, l2_penalty
+from .evaluation import _eval_chunk_jit, evaluate
 from .memory import check_fits
-from .model import Params, forward, inverted_dropout
+from .model import Params
 from .parallel import to_host
+from .spec import TrainSpec, make_optimizer, spec_for, value_and_grad_fn  # noqa: F401  (re-exported)
 
-__all__ = ["TrainSpec", "spec_for", "make_optimizer", "fit", "FitResult", "setup", "load_run", "load_model",
+__all__ = ["fit", "FitResult", "setup", "load_run", "load_model",
            "init_model", "state_template", "dtype_of", "prepare", "precision", "DivergenceError", "Interrupted",
-           "Prepared"]
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSpec:
-    """The static part of training (changing it changes the compiled program).
-
-    Args:
-        batch_size: examples per step.
-        arch: "mlp" or "cnn".
-        grad: "autodiff" (``jax.grad``) or "manual" (the notebook's backprop, MLP only).
-        optimizer: an optimizer name from ``optim.OPTIMIZERS``.
-        schedule: a schedule name from ``optim.SCHEDULES``.
-        total_steps: the schedule's horizon in steps (0 for "constant").
-        warmup_steps: the schedule's warmup in steps.
-        dropout: hidden-unit drop rate.
-        input_dropout: input-pixel drop rate (inverted dropout on each training minibatch, after augmentation).
-        augment: None, "shift", "affine" or "elastic".
-        image_side: the images' side in pixels, for augmentation.
-        batch_sharding: None or the ``jax.sharding.Sharding`` each minibatch is constrained to (data
-            parallelism, see ``parallel.py``).
-        frozen: layer indices the optimizer leaves bit-identical.
-        activation: the hidden layers' activation, a name from ``model.ACTIVATIONS``.
-        elastic_sigma: the elastic fields' smoothing in pixels (read only by "elastic").
-        elastic_alpha: the elastic fields' scale in pixels (read only by "elastic").
-        max_norm: None or the largest norm of a unit's incoming weights (``optim.max_norm``).
-        compute_dtype: None, or "bfloat16" for mixed precision: the forward pass (its matmuls) runs on
-            bfloat16 copies of the params and inputs; the params, the loss and the updates stay float32.
-    """
-
-    batch_size: int = 32
-    arch: str = "mlp"
-    grad: str = "autodiff"
-    optimizer: str = "sgd"
-    schedule: str = "constant"
-    total_steps: int = 0
-    warmup_steps: int = 0
-    dropout: float = 0.0
-    input_dropout: float = 0.0
-    augment: str | None = None
-    image_side: int = 28
-    batch_sharding: Any = None
-    frozen: tuple = ()
-    activation: str = "relu"
-    elastic_sigma: float = 4.0
-    elastic_alpha: float = 34.0
-    max_norm: float | None = None
-    compute_dtype: str | None = None
-    has_aux = False  # the built-in loss reports no aux
-
-    def value_and_grad(self, params, x, y, key, hparams):
-        """((loss, {}), grads) of one minibatch: the engine's step protocol (see ``engine``)."""
-        value, grads = value_and_grad_fn(self)(params, x, y, key, hparams)
-        return (value, {}), grads
-
-    def optimizer_for(self, hparams: dict) -> optim.Optimizer:
-        """The optimizer, its numbers taken from the traced ``hparams``."""
-        return make_optimizer(self, hparams)
-
-    def augment_batch(self, key: jax.Array, x: jax.Array) -> jax.Array:
-        """The minibatch x (B, D), augmented with ``key`` when the spec asks for it."""
-        return _augment(self, key, x)
-
-
-def spec_for(config: TrainConfig, num_examples: int, image_side: int = 28) -> TrainSpec:
-    """The ``TrainSpec`` of ``config`` for a training set of ``num_examples`` images of side
-    ``image_side`` pixels."""
-    steps_per_epoch = -(-num_examples // config.batch_size)
-    scheduled = config.schedule != "constant"  # without a schedule, runs of any length share a program
-    return TrainSpec(
-        batch_size=config.batch_size, arch=config.arch, grad=config.grad, optimizer=config.optimizer,
-        schedule=config.schedule, total_steps=steps_per_epoch * config.epochs if scheduled else 0,
-        warmup_steps=steps_per_epoch * config.warmup_epochs if scheduled else 0, dropout=float(config.dropout),
-        input_dropout=float(config.input_dropout),
-        augment=None if config.augment == "none" else config.augment, image_side=image_side,
-        frozen=tuple(config.freeze), activation=getattr(config, "activation", "relu"),
-        compute_dtype="bfloat16" if config.dtype == "bfloat16" else None, **_elastic_and_max_norm(config))
-
-
-def _elastic_and_max_norm(config: TrainConfig) -> dict:
-    """The spec's elastic numbers (only an elastic run's differ from the defaults) and max-norm limit."""
-    out = {"max_norm": None if config.max_norm is None else float(config.max_norm)}
-    if config.augment == "elastic":
-        out.update(elastic_sigma=float(config.elastic_sigma), elastic_alpha=float(config.elastic_alpha))
-    return out
-
-
-def make_optimizer(spec: TrainSpec, hparams: dict) -> optim.Optimizer:
-    """The optimizer named by ``spec``, its lr (or lr schedule) and constants taken from ``hparams``."""
-    lr = hparams["lr"]
-    if spec.schedule != "constant":
-        lr = optim.schedule_by_name(spec.schedule, lr, total_steps=max(spec.total_steps, 2),
-                                    warmup_steps=spec.warmup_steps or None)
-    opt = optim.by_name(spec.optimizer, lr=lr, momentum=hparams["momentum"], beta1=hparams["beta1"],
-                        beta2=hparams["beta2"], weight_decay=hparams["weight_decay"])
-    if spec.max_norm is not None:  # last, so the step lands on the constrained weights (then frozen layers stay)
-        opt = optim.chain(opt, optim.max_norm(spec.max_norm))
-    if not spec.frozen:
-        return opt
-    from .transfer import trainable_mask
-
-    # The mask needs the params' structure, known only when init/update see them.
-    frozen = lambda params: optim.freeze(opt, trainable_mask(params, spec.frozen))  # noqa: E731
-    return optim.Optimizer(lambda params: frozen(params).init(params),
-                           lambda grads, state, params=None: frozen(params).update(grads, state, params))
-
-
-def value_and_grad_fn(spec: TrainSpec) -> Callable:
-    """``(params, x, y, key, hparams) -> (loss, grads)`` for the spec's gradient method."""
-    if spec.grad == "manual":
-        def manual(params, x, y, key, hparams):
-            value = cross_entropy(forward(params, x, key=key, dropout=spec.dropout, activation=spec.activation), y)
-            return value, manual_grad(params, x, y, activation=spec.activation, l2=hparams["l2"],
-                                      dropout=spec.dropout, key=key)
-
-        return manual
-    fwd = apply_fn(spec.arch, spec.activation)
-    if spec.compute_dtype is not None:
-        fwd = _mixed(fwd, jnp.dtype(spec.compute_dtype))
-
-    def objective(params, x, y, key, hparams):
-        value = cross_entropy(fwd(params, x, key=key, dropout=spec.dropout), y)
-        # L2 joins the objective (its gradient flows through jax.grad); decoupled decay is the optimizer's.
-        return value + hparams["l2"] * l2_penalty(params), value
-
-    def autodiff(params, x, y, key, hparams):
-        (_, value), grads = jax.value_and_grad(objective, has_aux=True)(params, x, y, key, hparams)
-        return value, grads
-
-    return autodiff
-
-
-def _mixed(fwd: Callable, compute) -> Callable:
-    """``fwd`` in mixed precision: params and inputs cast to ``compute`` for the forward pass, the logits
-    back to the params' dtype, so the cross-entropy, the L2 term and (through the casts) the gradients
-    are float32. No loss scaling: bfloat16 has float32's exponent range."""
-    def apply(params, x, **kwargs):
-        low = jax.tree_util.tree_map(lambda p: p.astype(compute), params)
-        out_dtype = jax.tree_util.tree_leaves(params)[0].dtype
-        return fwd(low, x.astype(compute), **kwargs).astype(out_dtype)
-    return apply
-
-
-def _augment(spec: TrainSpec, key: jax.Array, x: jax.Array) -> jax.Array:
-    """The training minibatch x (B, D): distorted (``spec.augment``), then its pixels dropped
-    (``spec.input_dropout``)."""
-    x = _distort(spec, key, x)
-    if spec.input_dropout > 0:
-        # A key of its own (folded in): the distortions drawn from ``key`` are the same with or without it.
-        x = inverted_dropout(jax.random.fold_in(key, 1), x, spec.input_dropout)
-    return x
-
-
-def _distort(spec: TrainSpec, key: jax.Array, x: jax.Array) -> jax.Array:
-    if spec.augment is None:
-        return x
-    from . import augment
-
-    if spec.augment == "shift":
-        return augment.random_shift(key, x, side=spec.image_side)
-    if spec.augment == "affine":
-        return augment.random_affine(key, x, side=spec.image_side)
-    if spec.augment == "elastic":
-        return augment.random_elastic(key, x, spec.elastic_sigma, spec.elastic_alpha, side=spec.image_side)
-    raise ValueError(f"unknown augmentation {spec.augment!r}; choose shift, affine or elastic")
-
+           "Prepared", "LoadedRun", "LoadedModel", "init_scheme", "param_dtype"]
 
 
 # ---------------------------------------------------------------- setting a run up
 
 
+def param_dtype(name: str):
+    """The params' and inputs' dtype of a run whose ``TrainConfig.dtype`` is ``name``: ``jnp.float64``
+    for "float64", else ``jnp.float32`` (bfloat16 runs keep float32 params: only their forward pass is
+    bfloat16)."""
+    return jnp.float64 if name == "float64" else jnp.float32
+
+
 def dtype_of(config: TrainConfig):
-    """The float dtype of ``config``'s params and inputs: ``jnp.float64`` for ``config.dtype == "float64"``,
-    else ``jnp.float32`` (bfloat16 runs keep float32 params: only their forward pass is bfloat16)."""
-    return jnp.float64 if config.dtype == "float64" else jnp.float32
+    """The float dtype of ``config``'s params and inputs (``param_dtype(config.dtype)``)."""
+    return param_dtype(config.dtype)
 
 
-def prepare(images: np.ndarray, dtype, arch: str = "mlp") -> jax.Array:
-    """uint8 images (N, H, W) -> float inputs (N, H*W) of ``dtype`` in [0, 1] on the device; ``arch`` is
-    ignored (the CNN reshapes its inputs itself)."""
+def prepare(images: np.ndarray, dtype) -> jax.Array:
+    """uint8 images (N, H, W) -> float inputs (N, H*W) of ``dtype`` in [0, 1] on the device (the CNN
+    reshapes its inputs itself)."""
     from .data import normalize
 
-    del arch
     images = np.asarray(images)
     return normalize(images.reshape(images.shape[0], -1), dtype)
 
@@ -241,16 +77,18 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(order[: n - n_val]), np.sort(order[n - n_val:])
 
 
-def init_model(config: TrainConfig, key: jax.Array, input_dim: int, num_classes: int) -> Params:
-    """Fresh params for ``config``, drawn from ``key``: the MLP ``input_dim-hidden...-num_classes`` or
-    the CNN (square images of ``input_dim`` pixels)."""
-    from .model import init_params
+def init_scheme(config: TrainConfig) -> str:
+    """The init scheme ``config``'s model draws with: ``config.init`` where the model offers a choice,
+    else the model's own (the CNN's is He's)."""
+    schemes = models.model_class(config.arch).init_schemes
+    return config.init if config.init in schemes else schemes[0]
 
-    if config.arch == "cnn":
-        from .cnn import init_cnn_params
-        side = int(round(np.sqrt(input_dim)))
-        return init_cnn_params(key, in_shape=(side, side, 1), num_classes=num_classes, dtype=dtype_of(config))
-    return init_params(key, [input_dim, *config.hidden, num_classes], scheme=config.init, dtype=dtype_of(config))
+
+def init_model(config: TrainConfig, key: jax.Array, input_dim: int, num_classes: int) -> Params:
+    """Fresh params of ``config``'s model (``models.from_config``) for ``input_dim`` features (square
+    images for the CNN) and ``num_classes`` outputs, drawn from ``key``."""
+    return models.from_config(config).init(key, input_dim, num_classes, scheme=init_scheme(config),
+                                           dtype=dtype_of(config))
 
 
 def state_template(config: TrainConfig, input_dim: int, num_classes: int) -> TrainState:
@@ -361,43 +199,38 @@ def setup(config: TrainConfig, data, state: TrainState | None = None,
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(_compile_chunk, spec, capacity, jax.eval_shape(lambda s: s, state), n,
                                   input_dim, dtype, hp, config.matmul_precision)
-            chunk_size = min(_default_chunk(config.arch), x_test.shape[0])  # the test program, meanwhile
-            _eval_chunk_jit(state.params, x_test[:chunk_size], y_test[:chunk_size], config.arch, _act(config))
+            model = spec.model
+            chunk_size = min(model.eval_chunk, x_test.shape[0])  # the test program, meanwhile
+            _eval_chunk_jit(model, state.params, x_test[:chunk_size], y_test[:chunk_size])
             program, seconds = pending.result()
         run = Run(spec, hp, x, y, config.epochs, capacity, program, capacity, seconds, **extra)
     return run, state, Prepared(x_test, y_test, num_classes)
 
 
-def _act(config: TrainConfig) -> str:
-    return getattr(config, "activation", "relu")
-
-
 def _validate(x_val, y_val, config: TrainConfig, params) -> dict:
-    loss_value, acc = evaluate(params, x_val, y_val, arch=config.arch, activation=_act(config))
+    loss_value, acc = evaluate(models.from_config(config), params, x_val, y_val)
     return {"val_loss": loss_value, "val_accuracy": acc}
 
 
 def finetune_params(config: TrainConfig, key: jax.Array, input_dim: int, num_classes: int) -> Params:
     """The params of checkpoint ``config.finetune`` in the run's dtype; with ``config.new_head`` the
     output layer is replaced by a fresh ``num_classes``-way one drawn from ``key``. ValueError (naming
-    --finetune) when the model does not fit the config or the data."""
+    ``TrainConfig.finetune``) when the model does not fit the config or the data."""
     from .transfer import replace_head
 
     path = config.finetune
-    params, saved, meta = load_model(path)
-    if saved.arch != config.arch:
-        raise ValueError(f"--finetune: {path} holds a {saved.arch} model, but the run's --arch is {config.arch}")
+    saved, params, _, meta = load_model(path)
+    mismatch = models.finetune_mismatch(saved, models.from_config(config))
+    if mismatch:
+        raise ValueError(f"TrainConfig.finetune: {path} {mismatch}")
     if meta["input_dim"] != input_dim:
-        raise ValueError(f"--finetune: {path} takes {meta['input_dim']} inputs, the data has {input_dim}")
-    if config.arch == "mlp" and saved.hidden != config.hidden:
-        raise ValueError(f"--finetune: {path} has hidden sizes {list(saved.hidden)}, the run asks for "
-                         f"{list(config.hidden)}")
+        raise ValueError(f"TrainConfig.finetune: {path} takes {meta['input_dim']} inputs, the data has {input_dim}")
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype_of(config)), params)
     if config.new_head:
         return replace_head(key, params, num_classes, scheme="he" if config.init == "notebook" else config.init)
     if meta["num_classes"] != num_classes:
-        raise ValueError(f"--finetune: {path} has {meta['num_classes']} outputs but the data has {num_classes} "
-                         f"classes; add --new-head")
+        raise ValueError(f"TrainConfig.finetune: {path} has {meta['num_classes']} outputs but the data has "
+                         f"{num_classes} classes; add TrainConfig.new_head")
     return params
 
 
@@ -407,15 +240,20 @@ def finetune_params(config: TrainConfig, key: jax.Array, input_dim: int, num_cla
 def run_meta(config: TrainConfig, input_dim: int, num_classes: int, history: list,
              partial: dict | None = None) -> dict:
     """What a checkpoint stores beside the state: enough to rebuild its template and continue."""
-    return {"config": config.to_dict(), "history": history, "input_dim": int(input_dim),
-            "num_classes": int(num_classes), "partial": partial or {}}
+    return {"config": config.to_dict(), "model": models.to_dict(models.from_config(config)), "history": history,
+            "input_dim": int(input_dim), "num_classes": int(num_classes), "partial": partial or {}}
 
 
-def _checked_meta(path, meta: dict) -> tuple[TrainConfig, dict]:
+def _checked_meta(path, meta: dict) -> tuple[TrainConfig, Any, dict]:
+    """(config, model, meta) of a checkpoint's meta: the model it stores (older checkpoints: the one
+    its config describes), which must be the one its config trains."""
     from .checkpoint import CheckpointError
 
     try:
         config = TrainConfig.from_dict(meta.get("config"), where=f"{path}: config")  # type: ignore[arg-type]
+        model = models.from_config(config)
+        if "model" in meta and models.from_dict(meta["model"]) != model:
+            raise ValueError(f"{path}: meta 'model' {meta['model']} is not the model its config trains")
         for name in ("input_dim", "num_classes"):
             if not isinstance(meta.get(name), int) or not 0 < meta[name] <= 1 << 20:
                 raise ValueError(f"{path}: meta {name!r} must be a positive integer, got {meta.get(name)!r}")
@@ -423,27 +261,76 @@ def _checked_meta(path, meta: dict) -> tuple[TrainConfig, dict]:
             raise ValueError(f"{path}: meta 'history' must be a list and 'partial' an object")
     except ValueError as err:
         raise CheckpointError(str(err)) from None
-    return config, meta
+    return config, model, meta
 
 
-def load_run(path) -> tuple[TrainConfig, TrainState, dict]:
-    """(config, state, meta) of the checkpoint at ``path`` from ``jaxmlp train --save``, restored
-    strictly against the template its config implies (a float64 run's arrays come back as float64)."""
+class LoadedRun(NamedTuple):
+    """A run's checkpoint, restored (``load_run``).
+
+    Attributes:
+        model: the model value it trains (``jaxmlp.MLP(...)``, ``jaxmlp.CNN()``).
+        state: the whole ``TrainState`` (params, optimizer state, key, epoch, step).
+        config: the run's ``TrainConfig``.
+        meta: the rest of what was saved: history, partial epoch, input_dim, num_classes.
+    """
+
+    model: Any
+    state: TrainState
+    config: TrainConfig
+    meta: dict
+
+
+class LoadedModel(NamedTuple):
+    """A trained model from a checkpoint (``load_model``): score it with ``evaluate(model, params, ...)``.
+
+    Attributes:
+        model: the model value that was trained.
+        params: its params.
+        config: the run's ``TrainConfig``.
+        meta: the rest of what was saved.
+    """
+
+    model: Any
+    params: Params
+    config: TrainConfig
+    meta: dict
+
+
+def load_run(path) -> LoadedRun:
+    """The checkpoint at ``path`` from ``jaxmlp train --save`` (or ``fit`` with a ``Checkpointer``),
+    restored strictly against the template its config implies (a float64 run's arrays come back as
+    float64).
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        ``LoadedRun(model, state, config, meta)``.
+    """
     from .checkpoint import CheckpointError, load_state, read_meta
 
-    config, meta = _checked_meta(path, read_meta(path))
+    config, model, meta = _checked_meta(path, read_meta(path))
     template = state_template(config, meta["input_dim"], meta["num_classes"])
     with precision(config.dtype):
         state = load_state(path, template)
     if not 0 <= int(state.epoch) <= config.epochs or not 0 <= int(state.step) < meta.get("steps_per_epoch", 1 << 31):
         raise CheckpointError(f"{path}: member 'state/epoch' or 'state/step' is out of range")
-    return config, state, meta
+    return LoadedRun(model, state, config, meta)
 
 
-def load_model(path) -> tuple[Params, TrainConfig, dict]:
-    """(params, config, meta) of the checkpoint at ``path``, for evaluation, prediction and fine-tuning."""
-    config, state, meta = load_run(path)
-    return state.params, config, meta
+def load_model(path) -> LoadedModel:
+    """The trained model of the checkpoint at ``path``, for evaluation, prediction and fine-tuning.
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        ``LoadedModel(model, params, config, meta)``.
+    """
+    from .handlers import best_params
+
+    model, state, config, meta = load_run(path)  # an early-stopped run's model: its best epoch's params
+    return LoadedModel(model, best_params(path, meta, state.params), config, meta)
 
 
 def _save(config: TrainConfig, input_dim: int, num_classes: int, steps: int, path, state: TrainState,
@@ -502,20 +389,20 @@ def fit(config: TrainConfig, data, *, handlers: Sequence[Callable] = (), resume:
     A signal stop raises ``Interrupted`` after the handlers saw the "end" event; divergence raises
     ``DivergenceError``.
     """
-    from .handlers import EarlyStopping, default_checks
+    from .handlers import EarlyStopping, default_checks, keep_best
 
     config.validate()
     resume = resume or {}
     with precision(config.dtype, config.matmul_precision):
         run, state, test = setup(config, data, resume.get("state"), mesh)
         early = EarlyStopping(config.patience)
-        state, history, reason = advance(run, state, [*default_checks(divergence_rule), early, *handlers],
+        state, history, reason = advance(run, state, [*default_checks(divergence_rule), *keep_best(early, handlers)],
                                             history=resume.get("history", ()), partial=resume.get("partial"),
                                             chunk_steps=chunk_steps)
         if reason.startswith("SIG"):
             raise Interrupted(int(signal.Signals[reason]), state)
         params = early.best_params if early.best_params is not None else state.params
-        test_loss, test_acc = evaluate(params, test.x_test, test.y_test, arch=config.arch, activation=_act(config))
+        test_loss, test_acc = evaluate(run.spec.model, params, test.x_test, test.y_test)
     train_seconds = sum(r["seconds"] for r in history[len(resume.get("history", ())):])
     return FitResult(params, state.opt_state, state, history, test_loss, test_acc, train_seconds,
                      run.compile_seconds, reason == "early-stop")

@@ -37,8 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import engine, evaluation, runs
+from . import engine, models, runs
 from .config import TrainConfig, hparam_names, hparams
+from .divergence import reference_loss
 from .model import INIT_SCHEMES, log_softmax
 
 SWEEP_AXES = ("lr", "batch_size", "hidden", "seed", "init")
@@ -81,11 +82,11 @@ def random_search(base: TrainConfig, num_trials: int, *, seed: int = 0,
     choices = {**(axes or {}), **choices}
     _check_axes(choices)
     if num_trials < 1:
-        raise ValueError(f"--random must be positive, got {num_trials}")
+        raise ValueError(f"random_search: num_trials must be positive, got {num_trials}")
     if lr_range is not None:
         lo, hi = float(min(lr_range)), float(max(lr_range))
         if not lo > 0:
-            raise ValueError(f"--lr values for a random search must be positive, got {lr_range}")
+            raise ValueError(f"random_search: lr_range must be positive, got {lr_range}")
     rng = np.random.default_rng(seed)
     configs = []
     for _ in range(num_trials):
@@ -100,11 +101,11 @@ def random_search(base: TrainConfig, num_trials: int, *, seed: int = 0,
 
 def _check_sweepable(config: TrainConfig) -> None:
     if config.val_split or config.patience:
-        raise ValueError("sweeps and ensembles train on the whole training set: --val-split/--patience "
-                         "are not supported here")
+        raise ValueError("sweeps and ensembles train on the whole training set: "
+                         "TrainConfig.val_split/TrainConfig.patience are not supported here")
     if config.finetune or config.classes is not None:
-        raise ValueError("sweeps and ensembles start from fresh params on all classes: --finetune/--classes "
-                         "are not supported here")
+        raise ValueError("sweeps and ensembles start from fresh params on all classes: "
+                         "TrainConfig.finetune/TrainConfig.classes are not supported here")
 
 
 def group_key(config: TrainConfig, num_examples: int, image_side: int = 28) -> tuple:
@@ -117,8 +118,7 @@ def group_key(config: TrainConfig, num_examples: int, image_side: int = 28) -> t
         num_examples: N, the size of the training set.
         image_side: the images' side in pixels.
     """
-    return (runs.spec_for(config, num_examples, image_side), config.arch, tuple(int(h) for h in config.hidden),
-            config.dtype, config.epochs)
+    return runs.spec_for(config, num_examples, image_side), config.dtype, config.epochs
 
 
 def group_by_shape(configs: Sequence[TrainConfig], num_examples: int, image_side: int = 28,
@@ -164,19 +164,19 @@ def _build_members(seeds: jax.Array, hp: dict, order: jax.Array | None, inverse:
         seeds: (K,) integer seeds, converted as ``jax.random.PRNGKey`` converts a Python int.
         hp: the members' stacked hparams, (K,) each.
         order: (K,) int32 member indices grouped by init scheme (None: one scheme); inverse: its inverse.
-        model: (arch, hidden, dtype name, input_dim, num_classes), the shapes every member shares (static).
+        model: (model value, dtype name, input_dim, num_classes), what every member shares (static).
         schemes: ((init scheme, members with it), ...) in the order of ``order`` (static).
         spec: the group's ``TrainSpec`` (static).
         shared_key: return the first member's run key (2,) instead of all of them (K, 2) (static).
     """
-    arch, hidden, dtype, input_dim, num_classes = model
+    net, dtype, input_dim, num_classes = model
     init_keys, run_keys = jnp.moveaxis(jax.vmap(lambda s: jax.random.split(jax.random.PRNGKey(s)))(seeds), 1, 0)
     grouped = init_keys if order is None else init_keys[order]
     parts, start = [], 0
     for scheme, count in schemes:  # one vmapped init per scheme present (an init sweep has up to three)
-        config = TrainConfig(arch=arch, hidden=hidden, init=scheme, dtype=dtype)  # what init_model reads
-        parts.append(jax.vmap(lambda k, c=config: runs.init_model(c, k, input_dim, num_classes))(
-            grouped[start:start + count]))
+        init = functools.partial(net.init, input_shape=input_dim, num_classes=num_classes, scheme=scheme,
+                                 dtype=runs.param_dtype(dtype))  # as runs.init_model draws
+        parts.append(jax.vmap(init)(grouped[start:start + count]))
         start += count
     params = parts[0] if inverse is None else jax.tree_util.tree_map(
         lambda *leaves: jnp.concatenate(leaves)[inverse], *parts)
@@ -209,15 +209,16 @@ def _member_inputs(configs: Sequence[TrainConfig], input_dim: int, num_classes: 
     hp = stacked_hparams(configs, runs.dtype_of(first))
     # As PRNGKey converts a Python int (int64; int32, wrapping, without x64), but on the host: nothing compiles.
     seeds = np.asarray([c.seed for c in configs], np.int64).astype(jax.dtypes.canonicalize_dtype(np.int64))
-    inits = [c.init if first.arch == "mlp" else "he" for c in configs]  # the CNN's init has no schemes
+    inits = [runs.init_scheme(c) for c in configs]
     present = [s for s in INIT_SCHEMES if s in inits]
     order = inverse = None
     if len(present) > 1:
         order = np.argsort([present.index(s) for s in inits], kind="stable").astype(np.int32)
         inverse = np.argsort(order).astype(np.int32)
-    statics = dict(model=(first.arch, tuple(first.hidden), first.dtype, int(input_dim), int(num_classes)),
+    statics = dict(model=(spec.model, first.dtype, int(input_dim), int(num_classes)),
                    schemes=tuple((s, inits.count(s)) for s in present), spec=spec, shared_key=bool(shared_key))
-    return (_build_members_jit if first.arch == "mlp" else _build_members), (seeds, hp, order, inverse), statics
+    build = _build_members if getattr(spec.model, "eager_init", False) else _build_members_jit
+    return build, (seeds, hp, order, inverse), statics
 
 
 def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: int, spec: runs.TrainSpec,
@@ -344,23 +345,18 @@ def _members_finite(params: Any) -> jax.Array:
 
 
 def diverged_members(losses: np.ndarray, start: np.ndarray, finite: np.ndarray, rule: bool = True) -> np.ndarray:
-    """(K,) bool: which members of a chunk diverged, judged as a single run's chunk is judged
-    (``handlers.check_finite`` and ``handlers.DivergenceRule``).
+    """(K,) bool: which members of a chunk diverged, by the rule a single run's chunk is judged by
+    (``divergence.diverged``).
 
     Args:
         losses: (K, steps) the chunk's per-step losses of each member.
-        start: (K,) each member's reference loss: max(its first loss, ln C).
+        start: (K,) each member's reference loss: max(its first loss, ln C) (``divergence.reference_loss``).
         finite: (K,) bool, each member's params are all finite after the chunk.
         rule: apply the 10x rule (False: only non-finite losses or params count, ``--no-divergence-check``).
     """
-    from .handlers import DIVERGENCE_FACTOR
+    from .divergence import HEALTHY, diverged
 
-    losses = np.asarray(losses, np.float64)
-    bad = ~np.all(np.isfinite(losses), axis=1) | ~np.asarray(finite, bool)
-    if rule:
-        with np.errstate(invalid="ignore", over="ignore"):
-            bad |= np.mean(losses, axis=1) > DIVERGENCE_FACTOR * np.asarray(start, np.float64)
-    return bad
+    return diverged(losses, start, rule=rule, params_finite=finite) != HEALTHY
 
 
 def _start_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int, spec: runs.TrainSpec,
@@ -425,7 +421,7 @@ def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_
         state, losses = program(state, order, x, y, hp, jnp.int32(steps))
         losses = np.asarray(losses)  # waits for the device
         train_seconds += time.perf_counter() - t0
-        start = np.maximum(losses[:, 0], math.log(num_classes)) if start is None else start
+        start = reference_loss(losses[:, 0], math.log(num_classes)) if start is None else start
         dead |= diverged_members(losses, start, np.asarray(_members_finite(state.params)), divergence_rule)
         history[:, e] = [np.nan if d else engine.epoch_loss(row, n, spec.batch_size) for row, d in zip(losses, dead)]
         if on_epoch is not None:
@@ -438,11 +434,12 @@ def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_
 # ---------------------------------------------------------------- evaluating many models
 
 
-@functools.partial(jax.jit, static_argnames=("arch",))
-def _members_eval_chunk(params, x, y, arch: str):
+@functools.partial(jax.jit, static_argnums=0)
+def _members_eval_chunk(model, params, x, y):
     """Sums over one chunk of examples: per-member -log p(y) (K,) and correct counts (K,), then the
     averaged-probability ensemble's. params: stacked (leading K); x (n, D); y (n,) int32."""
-    logits = jax.vmap(lambda p: evaluation.apply_fn(arch)(p, x))(params)          # (K, n, C)
+    apply = models.as_apply(model)
+    logits = jax.vmap(lambda p: apply(p, x))(params)          # (K, n, C)
     logp = log_softmax(logits)
     picked = jnp.take_along_axis(logp, jnp.broadcast_to(y[None, :, None], (logp.shape[0], y.shape[0], 1)), axis=2)
     nll = -jnp.sum(picked[..., 0], axis=1)                                  # (K,)
@@ -453,15 +450,15 @@ def _members_eval_chunk(params, x, y, arch: str):
     return nll, correct, ens_nll, ens_correct
 
 
-def evaluate_members(params: Any, x: jax.Array, y: jax.Array, *, arch: str = "mlp",
+def evaluate_members(model: Any, params: Any, x: jax.Array, y: jax.Array, *,
                      chunk_size: int = 5000) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Stacked models on (x, y): per-member mean losses (K,) and accuracies (K,), then the ensemble's
     loss and accuracy, the ensemble predicting ``argmax`` of the members' *averaged probabilities*.
 
     Args:
+        model: the members' model value (``jaxmlp.MLP(...)``) or ``apply(params, x) -> logits``.
         params: K models' params, stacked (leading axis K).
         x: (N, D) inputs; y: (N,) int32 labels.
-        arch: "mlp" or "cnn".
         chunk_size: examples per compiled call (bounds the (K, chunk, width) activations).
 
     Every chunk is dispatched before any result is read; one ``device_get`` brings all of them back,
@@ -470,18 +467,20 @@ def evaluate_members(params: Any, x: jax.Array, y: jax.Array, *, arch: str = "ml
     n = x.shape[0]
     if n == 0:
         raise ValueError("cannot evaluate on an empty set")
-    sums = jax.device_get([_members_eval_chunk(params, x[s], y[s], arch) for s in engine.batch_slices(n, chunk_size)])
+    models.as_apply(model)  # a TypeError here, not inside the compiled chunk
+    sums = jax.device_get([_members_eval_chunk(model, params, x[s], y[s]) for s in engine.batch_slices(n, chunk_size)])
     nll, correct, ens_nll, ens_correct = (np.sum([np.asarray(part[i], np.float64) for part in sums], axis=0)
                                           for i in range(4))
     return nll / n, correct / n, float(ens_nll) / n, float(ens_correct) / n
 
 
-def ensemble_probs(params: Any, x: jax.Array, *, arch: str = "mlp") -> jax.Array:
-    """Each stacked model's class probabilities on x (N, D): (K, N, C). params: K models' params,
-    stacked (leading axis K); arch: "mlp" or "cnn"."""
+def ensemble_probs(model: Any, params: Any, x: jax.Array) -> jax.Array:
+    """Each stacked model's class probabilities on x (N, D): (K, N, C). model: the members' model value
+    or apply function; params: K models' params, stacked (leading axis K)."""
     from .model import softmax
 
-    return jax.vmap(lambda p: softmax(evaluation.apply_fn(arch)(p, x)))(params)
+    apply = models.as_apply(model)
+    return jax.vmap(lambda p: softmax(apply(p, x)))(params)
 
 
 def ensemble_accuracy(probs, labels) -> float:
@@ -590,7 +589,8 @@ def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = N
             cb = None if on_epoch is None else functools.partial(on_epoch, g)
             res = train_group([configs[i] for i in members], x, y, num_classes, image_side=side,
                               share_order=share_order, on_epoch=cb)
-            losses, accs, _, _ = evaluate_members(res.params, x_test, y_test, arch=configs[members[0]].arch)
+            model = models.from_config(configs[members[0]])
+            losses, accs, _, _ = evaluate_members(model, res.params, x_test, y_test)
             for k, i in enumerate(members):  # a diverged member has no test scores
                 dead = bool(res.diverged[k])
                 runs[i] = RunResult(configs[i], [float(v) for v in res.history[k]], math.nan if dead else
@@ -637,7 +637,7 @@ def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool =
     ensemble, which averages the others; with every member diverged the ensemble's scores are NaN.
     """
     if members < 1:
-        raise ValueError(f"--ensemble must be positive, got {members}")
+        raise ValueError(f"fit_ensemble: members must be positive, got {members}")
     config.validate()
     _check_sweepable(config)
     configs = [dataclasses.replace(config, seed=config.seed + i) for i in range(members)]
@@ -645,13 +645,14 @@ def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool =
         x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
         res = train_group(configs, x, y, num_classes, image_side=side, share_order=share_order, on_epoch=on_epoch,
                           divergence_rule=divergence_rule)
-        losses, accs, ens_loss, ens_acc = evaluate_members(res.params, x_test, y_test, arch=config.arch)
+        model = models.from_config(config)
+        losses, accs, ens_loss, ens_acc = evaluate_members(model, res.params, x_test, y_test)
         alive = np.flatnonzero(~res.diverged)
         if len(alive) < members:  # the ensemble of the members that did not diverge
             ens_loss = ens_acc = math.nan
             if len(alive):
                 survivors = jax.tree_util.tree_map(lambda leaf: leaf[alive], res.params)
-                ens_loss, ens_acc = evaluate_members(survivors, x_test, y_test, arch=config.arch)[2:]
+                ens_loss, ens_acc = evaluate_members(model, survivors, x_test, y_test)[2:]
     runs = [RunResult(c, [float(v) for v in res.history[k]], math.nan if res.diverged[k] else float(losses[k]),
                       math.nan if res.diverged[k] else float(accs[k]), bool(res.diverged[k]), 0)
             for k, c in enumerate(configs)]

@@ -47,7 +47,7 @@ def trainable_mask(params: list[dict], freeze: Sequence[int] = ()) -> list[dict]
         except TypeError:
             j = None
         if j is None or isinstance(i, bool) or not -n <= j < n:
-            raise ValueError(f"--freeze: layer index {i!r} out of range for {n} layers "
+            raise ValueError(f"trainable_mask: freeze: layer index {i!r} out of range for {n} layers "
                              f"(use 0..{n - 1} or -{n}..-1)")
         frozen.add(j % n)
     return [jax.tree_util.tree_map(lambda _, t=(i not in frozen): t, layer) for i, layer in enumerate(params)]

@@ -32,7 +32,7 @@ from IPython.display import Image, display
 
 jax.config.update("jax_enable_x64", True)  # float64 available; arrays stay float32 unless asked
 import jaxmlp
-from jaxmlp import plots
+from jaxmlp import plots, steps
 from jaxmlp.data import DataError
 from jaxmlp.engine import epoch_loss, epoch_order, init_state, run_chunk, steps_per_epoch
 from jaxmlp.evaluation import predict_labels
@@ -64,16 +64,16 @@ print("MNIST loaded.")
 # An IDX file is a 16-byte header for the images (magic number, count, rows, columns, all big-endian
 # uint32), 8 bytes for the labels, then the raw uint8 values; the files may be gzipped, which jaxmlp
 # detects from the first two bytes. To see the header the original notebook unpacked with
-# `struct.unpack(">IIII", ...)`, write the training images back out with `jaxmlp.write_idx`:
-# `jaxmlp.read_idx` parses the header (and checks it against the file size) for us.
+# `struct.unpack(">IIII", ...)`, write the training images back out with `jaxmlp.data.write_idx`:
+# `jaxmlp.data.read_idx` parses the header (and checks it against the file size) for us.
 
 # %%
 with tempfile.TemporaryDirectory() as tmp:
     images_file = Path(tmp) / "train-images.idx"
-    jaxmlp.write_idx(images_file, data.x_train)
+    jaxmlp.data.write_idx(images_file, data.x_train)
     with open(images_file, "rb") as f:
         magic, num, rows, cols = struct.unpack(">IIII", f.read(16))
-    train_images = jaxmlp.read_idx(images_file)
+    train_images = jaxmlp.data.read_idx(images_file)
 print(f"magic 0x{magic:08X} (0x08 = uint8, 3 dimensions), {num} images of {rows}x{cols}")
 same = np.array_equal(train_images, data.x_train)
 print("read_idx:", train_images.shape, train_images.dtype, "| the same images:", same)
@@ -117,7 +117,7 @@ print("label", data.y_test[0], "->", y_test[0])
 
 # %%
 sizes = [784, 128, 64, 10]
-params = jaxmlp.init_params_numpy(42, sizes)  # float64, like NumPy
+params = jaxmlp.model.init_params_numpy(42, sizes)  # float64, like NumPy
 for i, layer in enumerate(params, start=1):
     print(f"W{i} shape: {layer['W'].shape}   b{i} shape: {layer['b'].shape}   dtype: {layer['W'].dtype}")
 
@@ -141,7 +141,7 @@ print(f"std of W1: {float(jnp.std(key_params[0]['W'])):.5f} (scheme 'notebook' i
 # %%
 x5 = x_train[:5].astype(jnp.float64)
 y5 = y_train[:5].astype(jnp.float64)
-probs = jaxmlp.softmax(jaxmlp.forward(params, x5))
+probs = jaxmlp.model.softmax(jaxmlp.forward(params, x5))
 print("Predictions (Softmax Output):\n", np.asarray(probs))
 print("Sum of each row (should be 1):", np.asarray(jnp.sum(probs, axis=1)))
 
@@ -151,14 +151,14 @@ print("Sum of each row (should be 1):", np.asarray(jnp.sum(probs, axis=1)))
 #
 # ## 5. Loss
 #
-# The original used `-sum(Y * log(p + 1e-8)) / m`; `jaxmlp.notebook_loss` is that formula.
+# The original used `-sum(Y * log(p + 1e-8)) / m`; `jaxmlp.losses.notebook_loss` is that formula.
 # With the same data, the same initial weights and float64 it gives the original's printed value
 # to the last digit. Training uses `jaxmlp.loss`, the same cross-entropy computed from the logits
 # with log-softmax, which stays finite however confident the model gets.
 
 # %%
 seed_printed = 2.302670109823364  # the original notebook's output
-nb_loss = float(jaxmlp.notebook_loss(params, x5, y5))
+nb_loss = float(jaxmlp.losses.notebook_loss(params, x5, y5))
 print("Cross-Entropy Loss:", nb_loss)
 print("same as the original notebook:", nb_loss == seed_printed)
 print("log-softmax loss:  ", float(jaxmlp.loss(params, x5, y5)))
@@ -186,17 +186,17 @@ print(f"max relative error (manual vs jax.grad, float64): {worst:.3e}")
 # %% [markdown]
 # ## 7. One gradient-descent step
 #
-# `W <- W - lr * dL/dW` for every parameter. `jaxmlp.sgd_step` is that update, compiled with
+# `W <- W - lr * dL/dW` for every parameter. `jaxmlp.steps.sgd_step` is that update, compiled with
 # `jax.jit`; it returns new parameters (the old ones are untouched) and the batch's loss. The
 # original notebook took one such step with lr 0.01 on the same five images and printed how much
 # W1 moved.
 
 # %%
-new_params, batch_loss = jaxmlp.sgd_step(params, x5, y5, 0.01)
+new_params, batch_loss = steps.sgd_step(params, x5, y5, 0.01)
 change = float(jnp.sum(jnp.abs(new_params[0]["W"] - params[0]["W"])))
 print("W1 change:", change)
 print("original notebook printed: 0.020560581875656167")
-print("old params untouched:", bool(jnp.all(params[0]["W"] == jaxmlp.init_params_numpy(42, sizes)[0]["W"])))
+print("old params untouched:", bool(jnp.all(params[0]["W"] == jaxmlp.model.init_params_numpy(42, sizes)[0]["W"])))
 
 # %% [markdown]
 # ## 8. Training, compiled
@@ -214,7 +214,7 @@ print("old params untouched:", bool(jnp.all(params[0]["W"] == jaxmlp.init_params
 # %%
 epochs = 3
 spec = TrainSpec(batch_size=32)               # static: changing it recompiles
-hparams = jaxmlp.hparams(None, lr=0.1)        # traced: changing it does not
+hparams = jaxmlp.config.hparams(None, lr=0.1)        # traced: changing it does not
 params = jaxmlp.init_params(jax.random.PRNGKey(42), sizes)  # float32
 state = init_state(params, make_optimizer(spec, hparams), jax.random.PRNGKey(0))
 x, y = x_train, jnp.asarray(data.y_train, jnp.int32)  # integer labels work too
@@ -239,7 +239,7 @@ params = state.params
 # returns the mean loss and the accuracy.
 
 # %%
-test_loss, test_acc = jaxmlp.evaluate(params, x_test, jnp.asarray(data.y_test, jnp.int32))
+test_loss, test_acc = jaxmlp.evaluate(jaxmlp.MLP(), params, x_test, jnp.asarray(data.y_test, jnp.int32))
 print(f"Test Loss: {test_loss:.4f}")
 print(f"Test Accuracy: {test_acc * 100:.2f}%")
 
@@ -263,7 +263,7 @@ ax.legend()
 plt.show()
 
 # %%
-preds = predict_labels(params, x_test)
+preds = predict_labels(jaxmlp.MLP(), params, x_test)
 fig, axes = plt.subplots(2, 8, figsize=(9, 2.8))
 for i, ax in enumerate(axes.flat):
     ax.imshow(data.x_test[i], cmap="gray_r")

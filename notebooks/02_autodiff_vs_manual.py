@@ -50,7 +50,7 @@ print(x.shape, x.dtype, y.shape)
 #   random coordinates of each parameter (two forward passes per coordinate, so not all
 #   109,386 of them),
 #
-# and report the worst relative error between each pair. `jaxmlp.gradcheck_mlp(params, x, y)` returns
+# and report the worst relative error between each pair. `jaxmlp.backprop.gradcheck_mlp(params, x, y)` returns
 # the same table in one call (its finite differences also re-step or skip any coordinate whose step
 # would cross a ReLU kink, and count them), `jaxmlp.gradcheck(loss_fn, params, *args, grad_fn=...)`
 # checks any loss and any hand-written gradient, and `jaxmlp gradcheck` prints the table from the
@@ -63,7 +63,7 @@ autodiff_fn = jax.jit(jax.grad(jaxmlp.loss))
 def compare(params, max_coords=20):
     """Rows (name, shape, manual vs autodiff, manual vs FD, autodiff vs FD) of max relative errors."""
     manual, auto = manual_fn(params, x, y), autodiff_fn(params, x, y)
-    fd, mask = jaxmlp.finite_difference_grad(lambda p: jaxmlp.loss(p, x, y), params, eps=1e-4,
+    fd, mask = jaxmlp.backprop.finite_difference_grad(lambda p: jaxmlp.loss(p, x, y), params, eps=1e-4,
                                              max_coords=max_coords)
     rows = []
     for i in range(len(params)):
@@ -190,7 +190,7 @@ for depth in range(1, 5):
 params32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)  # section 1's network
 x32 = jaxmlp.normalize(jaxmlp.flatten(data.x_train[:1024]))
 y32 = jnp.asarray(data.y_train[:1024], jnp.int32)
-grad_fns = {"manual": jax.jit(jaxmlp.manual_grad), "autodiff": jax.jit(jaxmlp.autodiff_grad)}
+grad_fns = {"manual": jax.jit(jaxmlp.manual_grad), "autodiff": jax.jit(jaxmlp.backprop.autodiff_grad)}
 
 def best_times(fns, xb, yb, repeats=15, target_s=0.02):
     """Best-of-`repeats` seconds per call of each function; the functions take turns, so a

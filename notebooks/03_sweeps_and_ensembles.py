@@ -191,7 +191,8 @@ print(f"training: {ens.train_seconds / (5 * ens_config.epochs):.3f} s per model-
 
 # %%
 x_test = prepare(data.x_test, jnp.float32)
-probs = np.asarray(sweep.ensemble_probs(ens.params, x_test))       # (5, 10000, 10)
+model = jaxmlp.models.from_config(ens_config)                       # the members' model, one value
+probs = np.asarray(sweep.ensemble_probs(model, ens.params, x_test))  # (5, 10000, 10)
 print("ensemble_accuracy(probs, labels):", f"{sweep.ensemble_accuracy(probs, data.y_test):.2%}")
 
 votes = probs.argmax(axis=-1)                                     # (5, 10000) each member's label

@@ -110,20 +110,21 @@ x_small = jaxmlp.normalize(jaxmlp.flatten(data.x_train[:12800]))
 y_small = jnp.asarray(data.y_train[:12800], jnp.int32)
 sizes = [784, 128, 64, 10]
 init = jaxmlp.init_params(jax.random.PRNGKey(0), sizes, scheme="notebook")
+mlp = jaxmlp.MLP(hidden=(128, 64))  # the model these params belong to: evaluate scores them through it
 
 settings = {"sgd": "lr 0.1", "momentum": "lr 0.01, beta 0.9", "nesterov": "lr 0.01, beta 0.9",
             "adam": "lr 1e-3", "adamw": "lr 1e-3, weight decay 0.01"}
 runs = {
     "sgd": Run(optim.sgd(0.1), init),
-    "momentum": Run(optim.momentum(0.01, beta=0.9), init),
-    "nesterov": Run(optim.nesterov(0.01, beta=0.9), init),
+    "momentum": Run(optim.momentum(0.01, momentum=0.9), init),
+    "nesterov": Run(optim.nesterov(0.01, momentum=0.9), init),
     "adam": Run(optim.adam(1e-3), init),
     "adamw": Run(optim.adamw(1e-3, weight_decay=0.01), init),
 }
 trained, curves = train(runs, x_small, y_small, epochs=2, key=jax.random.PRNGKey(1))
 print(f"{'optimizer':10s} {'settings':27s} {'loss, first 100 steps':>21s} {'last 100':>9s} {'test accuracy':>14s}")
 for name in runs:
-    _, acc = jaxmlp.evaluate(trained[name], x_test, y_test)
+    _, acc = jaxmlp.evaluate(mlp, trained[name], x_test, y_test)
     print(f"{name:10s} {settings[name]:27s} {curves[name][:100].mean():21.3f} {curves[name][-100:].mean():9.3f} "
           f"{acc:13.2%}")
 
@@ -214,8 +215,8 @@ runs = {rate: Run(optim.sgd(0.1), he_init, dropout=rate) for rate in rates}
 regularized, _ = train(runs, x_tiny, y_tiny, epochs=10, key=jax.random.PRNGKey(4))
 print(f"{'dropout':>7s} {'train accuracy':>15s} {'test accuracy':>14s} {'gap':>7s}")
 for rate, params in regularized.items():
-    _, train_acc = jaxmlp.evaluate(params, x_tiny, y_tiny)
-    _, test_acc = jaxmlp.evaluate(params, x_test, y_test)
+    _, train_acc = jaxmlp.evaluate(mlp, params, x_tiny, y_tiny)
+    _, test_acc = jaxmlp.evaluate(mlp, params, x_test, y_test)
     print(f"{rate:7.1f} {train_acc:15.2%} {test_acc:14.2%} {train_acc - test_acc:7.2%}")
 
 # %% [markdown]
@@ -308,7 +309,7 @@ print(f"{sum(leaf.size for leaf in jax.tree_util.tree_leaves(shapes)):,} paramet
 # units) for one epoch over section 1's 12,800 images, with Adam. XLA runs a convolution quickly
 # at the top level of a compiled program but slowly inside `lax.scan` on a CPU, so this time each
 # step is its own jitted call in a plain Python loop, with `conv_impl="xla"`. (The library's fused
-# `run_chunk`, `TrainSpec(arch="cnn")`, switches to an im2col matrix product on the CPU instead.)
+# `run_chunk`, `TrainSpec(model=jaxmlp.CNN())`, switches to an im2col matrix product on the CPU instead.)
 
 # %%
 small_cnn = cnn.init_cnn_params(jax.random.PRNGKey(7), channels=(8, 16), hidden=64)
@@ -360,7 +361,7 @@ x_59_test, y_59_test = digits(data.x_test, data.y_test, [5, 6, 7, 8, 9])
 
 fresh = jaxmlp.init_params(jax.random.PRNGKey(9), [784, 128, 64, 5], scheme="he")
 pretrained = train({"0-4": Run(optim.adam(1e-3), fresh)}, x_04, y_04, epochs=2, key=jax.random.PRNGKey(10))[0]["0-4"]
-base_accuracy = jaxmlp.evaluate(pretrained, x_04_test, y_04_test)[1]
+base_accuracy = jaxmlp.evaluate(mlp, pretrained, x_04_test, y_04_test)[1]
 print(f"trained on 6,400 images of 0-4: test accuracy on 0-4 {base_accuracy:.2%}")
 
 new_head = transfer.replace_head(jax.random.PRNGKey(11), pretrained, num_classes=5)
@@ -380,7 +381,7 @@ runs = {
 finetuned, _ = train(runs, x_59, y_59, epochs=10, key=jax.random.PRNGKey(12))
 for label in runs:
     params = finetuned[label]
-    print(f"{label:30s} test accuracy on 5-9: {jaxmlp.evaluate(params, x_59_test, y_59_test)[1]:.2%}")
+    print(f"{label:30s} test accuracy on 5-9: {jaxmlp.evaluate(mlp, params, x_59_test, y_59_test)[1]:.2%}")
 
 head_only = finetuned["frozen body, new head only"]
 frozen_same = all(bool(jnp.array_equal(head_only[i][name], pretrained[i][name]))

@@ -32,7 +32,7 @@ CORE = {
     "model": ("jaxmlp/model.py", ["tests/test_model.py", "tests/test_losses.py"]),
     "losses": ("jaxmlp/losses.py", ["tests/test_losses.py", "tests/test_model.py"]),
     "backprop": ("jaxmlp/backprop.py", ["tests/test_backprop.py"]),
-    "optim": ("jaxmlp/optim.py", ["tests/test_optim.py", "tests/test_transforms.py"]),
+    "optim": ("jaxmlp/optim/*.py", ["tests/test_optim.py", "tests/test_transforms.py"]),  # a package: its modules
     "checkpoint": ("jaxmlp/checkpoint.py", ["tests/test_checkpoint.py"]),
     "config": ("jaxmlp/config.py", ["tests/test_config.py"] + [f"tests/test_train.py::{t}" for t in (
         "test_config_validation", "test_config_from_dict_refuses_unknown_settings_and_round_trips",
@@ -58,6 +58,11 @@ PARTS = {
 def _in_parts(name: str, dotted: str, module: str) -> bool:
     """Whether mutant ``name`` lies in the part of ``module`` that is core (``PARTS``; all of it by default)."""
     return any(fnmatch.fnmatch(name, f"{dotted}.{part}") for part in PARTS.get(module, ["*"]))
+
+
+def _names_re(dotted: str) -> str:
+    """A regex of the mutant names under ``dotted`` (a module's dotted name, or a package's ``pkg.*``)."""
+    return re.escape(dotted).replace(r"\*", r"\w+")
 
 
 def _test_files(tests: list[str]) -> list[str]:
@@ -126,7 +131,7 @@ def measure(module: str, workdir: Path, children: int, only_survivors: bool, sam
                    stdout=subprocess.DEVNULL)
     sampled = copy / "sampled-mutants.txt"  # a sampled run's mutants; the survivors' re-run keeps the sample
     wanted = set(sampled.read_text().split()) if sampled.exists() else None
-    statuses = [(n, s) for n, s in re.findall(rf"^\s*({re.escape(dotted)}\.\S+): (\w[\w ]*)",
+    statuses = [(n, s) for n, s in re.findall(rf"^\s*({_names_re(dotted)}\.\S+): (\w[\w ]*)",
                                               _mutmut(copy, "results", "--all", "true"), re.M)
                 if _in_parts(n, dotted, module)
                 and (wanted is None or n in wanted)]
@@ -153,9 +158,9 @@ def _sample(copy: Path, path: str, dotted: str, module: str, size: int) -> list[
     """
     subprocess.run([sys.executable, "-m", "mutmut", "run", f"{dotted}.x_no_such_function__*"], cwd=copy,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    meta = json.loads((copy / "mutants" / f"{path}.meta").read_text())
-    names = sorted(n for n in meta["exit_code_by_key"]
-                   if _in_parts(n, dotted, module))
+    keys = [n for meta in sorted((copy / "mutants").glob(f"{path}.meta"))  # one .meta per file of a package
+            for n in json.loads(meta.read_text())["exit_code_by_key"]]
+    names = sorted(n for n in keys if _in_parts(n, dotted, module))
     return sorted(random.Random(0).sample(names, min(size, len(names))))
 
 
@@ -170,7 +175,7 @@ def _wilson(k: int, n: int) -> str:
 
 
 def _survivors(copy: Path, dotted: str) -> list[str]:
-    return re.findall(rf"^\s*({re.escape(dotted)}\.\S+): (?:survived|no tests|suspicious)",
+    return re.findall(rf"^\s*({_names_re(dotted)}\.\S+): (?:survived|no tests|suspicious)",
                       _mutmut(copy, "results", "--all", "true"), re.M)
 
 

@@ -471,6 +471,7 @@ class observe:
     def __enter__(self) -> dict:
         from _pytest.monkeypatch import MonkeyPatch
 
+        import jaxmlp.backprop
         import jaxmlp.bench
         import jaxmlp.data
         import jaxmlp.engine
@@ -499,7 +500,7 @@ class observe:
 
         wrap(jaxmlp.engine.Loop, "advance", before=count("chunks"))
         wrap(jaxmlp.runs, "_save", before=count("saves"))
-        wrap(jaxmlp.runs, "manual_grad", before=lambda *a, **k: seen["traced"].append("manual_grad"))
+        wrap(jaxmlp.backprop, "manual_grad", before=lambda *a, **k: seen["traced"].append("manual_grad"))
         wrap(jaxmlp.handlers, "default_checks", before=lambda rule=True: seen["rules"].append(rule))
         wrap(jaxmlp.sweep, "diverged_members", before=lambda *a, **k: seen["rules"].append(a[3] if len(a) > 3 else
                                                                                           k.get("rule", True)))

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 import jaxmlp
-from jaxmlp import optim
+from jaxmlp import optim, steps
 from jaxmlp.config import ConfigError, TrainConfig
 from jaxmlp.data import Dataset
+from jaxmlp.models import MLP
 from jaxmlp.notebook import fit_notebook
 from jaxmlp.runs import fit, init_model, make_optimizer, spec_for
 
@@ -65,11 +66,11 @@ CONFIG = TrainConfig(hidden=(8,), epochs=1, batch_size=8, init="he")
 
 def test_wrong_input_width(params, x):
     bad = x[:, : D - 1]
-    for fn in (jaxmlp.forward, jaxmlp.predict):
+    for fn in (jaxmlp.forward, jaxmlp.model.predict):
         raises_here(fn, params, bad, match=r"^x: expected shape \(N, 16\)")
-    raises_here(jaxmlp.evaluate, params, bad, jnp.zeros(6, jnp.int32), match="^x: ")
-    raises_here(jaxmlp.predict_probs, params, bad, match="^x: ")
-    raises_here(jaxmlp.sgd_step, params, bad, jnp.zeros(6, jnp.int32), 0.1, match="^x: ")
+    raises_here(jaxmlp.evaluate, MLP(), params, bad, jnp.zeros(6, jnp.int32), match="^x: ")
+    raises_here(jaxmlp.predict_probs, MLP(), params, bad, match="^x: ")
+    raises_here(steps.sgd_step, params, bad, jnp.zeros(6, jnp.int32), 0.1, match="^x: ")
     raises_here(jaxmlp.manual_grad, params, bad, jnp.zeros(6, jnp.int32), match="^x: ")
     raises_here(jaxmlp.loss, params, bad, jnp.zeros(6, jnp.int32), match="^x: ")
 
@@ -81,34 +82,34 @@ def test_params_of_another_architecture(params, x):
     cnn = init_cnn_params(jax.random.PRNGKey(0), in_shape=(4, 4, 1), channels=(2,), hidden=4)
     broken = [params[0], {"W": params[1]["W"][:3], "b": params[1]["b"]}]
     for bad in (cnn, params[0], broken, []):
-        for fn in (jaxmlp.forward, jaxmlp.predict):
+        for fn in (jaxmlp.forward, jaxmlp.model.predict):
             raises_here(fn, bad, x, match="^params: ")
         raises_here(jaxmlp.manual_grad, bad, x, jnp.zeros(6, jnp.int32), match="^params: ")
-        raises_here(jaxmlp.sgd_step, bad, x, jnp.zeros(6, jnp.int32), 0.1, match="^params: ")
-    raises_here(jaxmlp.evaluate, params[0], x, jnp.zeros(6, jnp.int32), match="^params: ")
+        raises_here(steps.sgd_step, bad, x, jnp.zeros(6, jnp.int32), 0.1, match="^params: ")
+    raises_here(jaxmlp.evaluate, MLP(), params[0], x, jnp.zeros(6, jnp.int32), match="^params: ")
 
 
 def test_labels_of_the_wrong_length_or_shape(params, x):
     for fn in (jaxmlp.loss, jaxmlp.manual_grad):
         raises_here(fn, params, x, jnp.zeros(5, jnp.int32), match="^labels: 5 labels for 6 rows")
         raises_here(fn, params, x, jnp.zeros((6, 2, 2), jnp.int32), match="^labels: ")
-    raises_here(jaxmlp.evaluate, params, x, np.zeros(5, np.int32), match="^y: 5 labels for 6 examples")
+    raises_here(jaxmlp.evaluate, MLP(), params, x, np.zeros(5, np.int32), match="^y: 5 labels for 6 examples")
 
 
 def test_labels_out_of_range_and_wrong_dtypes(params, x):
-    raises_here(jaxmlp.evaluate, params, x, np.full(6, 12), match=r"^y: label 12 is out of range for 10 classes")
-    raises_here(jaxmlp.evaluate, params, x, np.full(6, -1), match="^y: label -1 is negative")
-    raises_here(jaxmlp.evaluate, params, x, np.full(6, 1.5), match="^y: expected integer class indices")
-    raises_here(jaxmlp.evaluate, params, (x * 255).astype(jnp.uint8), np.zeros(6, int),
+    raises_here(jaxmlp.evaluate, MLP(), params, x, np.full(6, 12), match=r"^y: label 12 is out of range for 10 classes")
+    raises_here(jaxmlp.evaluate, MLP(), params, x, np.full(6, -1), match="^y: label -1 is negative")
+    raises_here(jaxmlp.evaluate, MLP(), params, x, np.full(6, 1.5), match="^y: expected integer class indices")
+    raises_here(jaxmlp.evaluate, MLP(), params, (x * 255).astype(jnp.uint8), np.zeros(6, int),
                 match="^x: expected float inputs scaled to")
-    raises_here(jaxmlp.predict_labels, params, np.zeros((6, D), np.uint8), match="^x: expected float inputs")
+    raises_here(jaxmlp.predict_labels, MLP(), params, np.zeros((6, D), np.uint8), match="^x: expected float inputs")
 
 
 def test_empty_inputs(params, x):
-    raises_here(jaxmlp.evaluate, params, x[:0], jnp.zeros(0, jnp.int32), match="^x: no examples")
-    raises_here(jaxmlp.predict_probs, params, x[:0], match="^x: no examples")
-    raises_here(jaxmlp.evaluate, params, x, jnp.zeros(6, jnp.int32), chunk_size=0, match="^chunk_size: ")
-    raises_here(jaxmlp.train_epoch_loop, params, x, jnp.zeros(6, jnp.int32), jax.random.PRNGKey(0), 0.1, 0,
+    raises_here(jaxmlp.evaluate, MLP(), params, x[:0], jnp.zeros(0, jnp.int32), match="^x: no examples")
+    raises_here(jaxmlp.predict_probs, MLP(), params, x[:0], match="^x: no examples")
+    raises_here(jaxmlp.evaluate, MLP(), params, x, jnp.zeros(6, jnp.int32), chunk_size=0, match="^chunk_size: ")
+    raises_here(steps.train_epoch_loop, params, x, jnp.zeros(6, jnp.int32), jax.random.PRNGKey(0), 0.1, 0,
                 match="^batch_size: ")
 
 
@@ -121,8 +122,9 @@ def test_an_empty_batch_is_refused_not_nan(params, x):
 def test_lists_work_as_arrays(params, x):
     """Python lists are what a user means by data: the same answers as arrays."""
     y = [0, 1, 2, 3, 4, 5]
-    assert jaxmlp.evaluate(params, x, y) == jaxmlp.evaluate(params, x, np.asarray(y))
-    assert np.array_equal(jaxmlp.predict_labels(params, np.asarray(x).tolist()), jaxmlp.predict_labels(params, x))
+    assert jaxmlp.evaluate(MLP(), params, x, y) == jaxmlp.evaluate(MLP(), params, x, np.asarray(y))
+    assert np.array_equal(jaxmlp.predict_labels(MLP(), params, np.asarray(x).tolist()),
+                          jaxmlp.predict_labels(MLP(), params, x))
 
 
 def test_flatten_takes_a_batch_only():
@@ -170,7 +172,7 @@ def test_fit_refuses_a_state_of_another_model():
     """resume: a 16-8-8-10 state given to a 16-8-10 config is named, not trained."""
     other = dataclasses.replace(CONFIG, hidden=(8, 8))
     key = jax.random.PRNGKey(0)
-    opt = make_optimizer(spec_for(other, 32), jaxmlp.hparams(other))
+    opt = make_optimizer(spec_for(other, 32), jaxmlp.config.hparams(other))
     state = jaxmlp.engine.init_state(init_model(other, key, D, C), opt, key)
     raises_here(fit, CONFIG, dataset(), resume={"state": state}, match=r"^resume: the state")
     wrong_dtype = jax.tree_util.tree_map(lambda a: a.astype(jnp.float16) if a.dtype == jnp.float32 else a, state)

@@ -178,7 +178,8 @@ def test_fit_trains_with_elastic_distortion(synthetic):
     """--augment elastic trains the MLP (the loss falls, accuracy beats chance); the CNN's spec distorts its
     minibatches the same way; the elastic numbers are refused without the elastic augmentation."""
     from jaxmlp.config import ConfigError, TrainConfig
-    from jaxmlp.runs import _augment, fit, spec_for
+    from jaxmlp.runs import fit
+    from jaxmlp.spec import _augment, spec_for
 
     config = TrainConfig(augment="elastic", elastic_sigma=3.0, elastic_alpha=20.0, hidden=(64,), init="he",
                          optimizer="adam", lr=3e-3, epochs=3, batch_size=64)

@@ -45,7 +45,7 @@ def test_wide_first_layer_sweep_is_the_groups_arithmetic(x64):
     from jaxmlp import sweep
 
     n, b, lrs = 70, 16, [0.5, 0.1, 0.02]
-    config, spec, _, _ = bench._setup([12, 6, 5, 3], b, n, lrs[0])
+    config, spec, _, _ = bench.jax_rows._setup([12, 6, 5, 3], b, n, lrs[0])
     configs = [dataclasses.replace(config, lr=lr) for lr in lrs]
     x = jax.random.uniform(jax.random.PRNGKey(1), (n, 12), jnp.float64)
     y = jax.random.randint(jax.random.PRNGKey(2), (n,), 0, 3)
@@ -65,7 +65,7 @@ def test_engine_programs_do_not_recompile_across_epochs_chunk_sizes_or_calls():
     """The chunk program is built once for a shape: later epochs, other chunk sizes (a traced step
     count) and a second run build no XLA program (neither compiled nor loaded from the persistent
     cache); the fused epoch likewise."""
-    _, spec, state, hp = bench._setup([12, 6, 3], 16, 70, 0.1)
+    _, spec, state, hp = bench.jax_rows._setup([12, 6, 3], 16, 70, 0.1)
     x = jax.random.uniform(jax.random.PRNGKey(1), (70, 12), jnp.float32)
     y = jax.random.randint(jax.random.PRNGKey(2), (70,), 0, 3)
     steps = engine.steps_per_epoch(70, 16)

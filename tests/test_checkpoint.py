@@ -307,6 +307,38 @@ def test_typed_key_template_refused(saved):
     refused(lambda: load_state(path, template), path)
 
 
+# ----------------------------------------------------------------------------- params without a template
+
+
+def test_load_params_without_a_template(saved, tmp_path):
+    """load_params rebuilds the params from the member names alone (a list of {"W", "b"} layers, bit
+    for bit), or from a described structure (``describe_tree``: tuples as lists, NamedTuple fields as
+    dict keys, int dict keys kept)."""
+    path, state, _ = saved
+    got = checkpoint_module.load_params(path)
+    assert isinstance(got, list) and [set(layer) for layer in got] == [{"W", "b"}] * 2
+    assert_tree_bit_equal(got, state.params)
+    params = {"pair": (jnp.ones(2), jnp.zeros((), jnp.int32)), "by": {3: state.opt_state._replace(mu=None, nu=None)}}
+    meta = {"params_tree": checkpoint_module.describe_tree(params)}
+    save_checkpoint(tmp_path / "p.npz", state._replace(params=params), meta)
+    got = checkpoint_module.load_params(tmp_path / "p.npz")
+    assert set(got) == {"pair", "by"} and isinstance(got["pair"], list) and got["by"][3] == {"step": 17}
+    assert_tree_bit_equal(got["pair"], list(params["pair"]))
+
+
+def test_load_params_refuses_what_it_cannot_rebuild_or_hold(saved, tmp_path):
+    """A described structure that disagrees with the members, or params larger than max_bytes, are a
+    CheckpointError naming the file (nothing is read past the zip directory and the headers)."""
+    path, state, _ = saved
+    refused(lambda: checkpoint_module.load_params(path, max_bytes=100), path, W)
+    lying = save_checkpoint(tmp_path / "l.npz", state, {"params_tree": [[["index", 0], ["key", "W"]]]})
+    refused(lambda: checkpoint_module.load_params(lying), lying)
+    junk = save_checkpoint(tmp_path / "j.npz", state, {"params_tree": [["bogus"]]})
+    refused(lambda: checkpoint_module.load_params(junk), junk, "meta")
+    scalar = save_checkpoint(tmp_path / "s.npz", {"params": jnp.ones(3)}, {})
+    assert np.array_equal(checkpoint_module.load_params(scalar), np.ones(3))
+
+
 # ----------------------------------------------------------------------------- corrupt and hostile files
 
 

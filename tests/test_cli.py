@@ -146,7 +146,7 @@ def test_resume_refuses_a_changed_setting_or_a_finished_run(tmp_path, data_dir, 
                             *SMALL, "--lr", "0.1", "--save", out)
     assert rc == 0, err
     assert "Epoch 3/3" in err and "Epoch 1/" not in err and line_with("Test Accuracy", out_text)
-    assert int(load_run(out)[1].epoch) == 3
+    assert int(load_run(out).state.epoch) == 3
 
 
 # ---------------------------------------------------------------- divergence and Ctrl-C
@@ -167,7 +167,7 @@ def test_divergence_stops_with_one_line_and_keeps_the_old_checkpoint(tmp_path, d
         assert re.search(r"epoch \d+", err) and "non-finite" in err and "lower --lr" in err
     assert keep.read_bytes() == before
     if fresh.exists():  # only epochs that finished with finite params may have been saved
-        params, _, _ = load_model(fresh)
+        params = load_model(fresh).params
         assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(params))
 
 
@@ -189,7 +189,7 @@ def test_non_finite_params_are_never_saved(tmp_path, data_dir, monkeypatch):
     rc, _, err = run("train", "--data-dir", data_dir, *SMALL, "--epochs", 3, "--save", ckpt, "--quiet")
     assert_one_line_error(rc, err)
     assert "epoch 2" in err and "lower --lr" in err and "keeps epoch 1" in err
-    assert int(load_run(ckpt)[1].epoch) == 1
+    assert int(load_run(ckpt).state.epoch) == 1
 
 
 def test_ctrl_c_saves_the_step_it_stopped_at(tmp_path, data_dir, monkeypatch):
@@ -215,7 +215,7 @@ def test_ctrl_c_saves_the_step_it_stopped_at(tmp_path, data_dir, monkeypatch):
     assert rc == 130
     assert len(err.splitlines()) == 1 and "interrupted by SIGINT after epoch 2" in err and str(ckpt) in err
     assert "Test Accuracy" not in out
-    config, state, _ = load_run(ckpt)
+    _, state, config, _ = load_run(ckpt)
     assert (int(state.epoch), int(state.step)) == (2, 0)
     assert len(state.params) == 2 and config.epochs == 5
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
@@ -249,7 +249,7 @@ def test_sigterm_in_a_real_process_saves_and_exits_143(tmp_path, data_dir):
     last = err.strip().splitlines()[-1]
     assert last.startswith("jaxmlp: interrupted by SIGTERM") and str(ckpt) in last and waited < 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz", "log.jsonl"]
-    _, state, _ = load_run(ckpt)
+    state = load_run(ckpt).state
     assert int(state.epoch) >= 1
 
 
@@ -334,7 +334,7 @@ def test_predict_classifies_idx_and_npy_files(tmp_path, data_dir, trained):
     (N, 28, 28) and float .npy (N, 784) in [0, 1] give the same lines; --top K lists K classes by
     decreasing probability; --json gives one object per line."""
     images = read_idx(data_dir / "t10k-images-idx3-ubyte.gz")
-    params, _, _ = load_model(trained["ckpt"])
+    params = load_model(trained["ckpt"]).params
     ref = numpy_probs(params, images.reshape(len(images), -1) / 255.0)
 
     # The matmul-precision policy: full float32 on a CPU; TF32 products on a GPU add ~5e-4 (conftest).
@@ -418,8 +418,8 @@ def test_finetune_freezes_layers_and_replaces_the_head(tmp_path, data_dir, train
                        "--new-head", "--freeze", 0, "--epochs", 1, "--optimizer", "adam", "--lr", "1e-3",
                        "--save", ck, "--metrics-out", metrics)
     assert rc == 0, err
-    base, _, _ = load_model(trained["ckpt"])
-    tuned, config, _ = load_model(ck)
+    base = load_model(trained["ckpt"]).params
+    _, tuned, config, _ = load_model(ck)
     assert [layer["W"].shape for layer in tuned] == [(784, 32), (32, 5)]
     assert np.array_equal(tuned[0]["W"], base[0]["W"]) and np.array_equal(tuned[0]["b"], base[0]["b"])
     assert not np.array_equal(tuned[1]["W"][:, :5], base[1]["W"][:, :5])
@@ -637,3 +637,70 @@ def test_gradcheck_passes_across_sizes_and_seeds(mnist_dir, hidden):
     for seed in range(5):
         rc, out, err = run("gradcheck", "--data-dir", mnist_dir, "--hidden", *hidden, "--seed", seed)
         assert rc == 0 and "OK" in out, out + err
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--seed", "4294967297"],  # would silently be seed 1
+    ["train", "--seed", str(2 ** 64 + 1)],  # over 2**63: was an OverflowError from deep inside
+    ["train", "--seed", "-1"],
+    ["sweep", "--seed", "1", "4294967296"],
+    ["sweep", "--search-seed", "4294967296"],
+    ["gradcheck", "--synthetic", "--seed", "4294967296"],
+], ids=["train-2**32+1", "train-2**64+1", "train-negative", "sweep", "sweep-search-seed", "gradcheck"])
+def test_seeds_outside_32_bits_are_a_usage_error(argv):
+    """A seed outside [0, 2**32), wherever a seed flag exists, is refused by the parser: one line naming
+    the flag, exit 2; 2**32 - 1 is still a seed."""
+    from jaxmlp.cli import build_parser
+
+    rc, out, err = run(*argv)
+    assert rc == 2 and out == ""
+    assert_one_line_error(rc, err)
+    assert f"argument {[a for a in argv if a.endswith('seed')][0]}: expected a seed" in err and "2**32" in err, err
+    assert build_parser().parse_args(["train", "--seed", "4294967295"]).seed == 4294967295
+    assert build_parser().parse_args(["sweep", "--seed", "0", "4294967295"]).seed == [0, 4294967295]
+
+
+@pytest.mark.parametrize("argv", [
+    ["gradcheck", "--synthetic", "--hidden", "0"],
+    ["gradcheck", "--synthetic", "--hidden", "abc"],
+    ["gradcheck", "--synthetic", "--hidden", "16,x"],
+    ["bench", "--synthetic", "--hidden", "0"],
+], ids=["gradcheck-0", "gradcheck-abc", "gradcheck-comma", "bench-0"])
+def test_a_bad_hidden_size_is_a_usage_line_not_a_traceback(argv):
+    """gradcheck's and bench's --hidden are checked as argparse reads them: a usage line naming --hidden, exit 2."""
+    rc, out, err = run(*argv)
+    assert rc == 2 and out == ""
+    assert_one_line_error(rc, err)
+    assert "argument --hidden: expected a positive integer" in err, err
+
+
+def test_an_argument_type_error_from_a_subcommand_is_a_usage_line(monkeypatch):
+    """argparse's ArgumentTypeError (a flag's value checked after parsing) is a usage error wherever it is
+    raised: one line, exit 2, never a traceback."""
+    import argparse
+
+    from jaxmlp.cli import misc
+
+    def refuse(args):
+        raise argparse.ArgumentTypeError("expected a positive integer, got '0'")
+
+    monkeypatch.setattr(misc, "run_presets", refuse)
+    rc, _, err = run("presets")
+    assert rc == 2
+    assert_one_line_error(rc, err)
+    assert "expected a positive integer" in err
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
+def test_a_closed_stdout_exits_quietly(unbuffered):
+    """`jaxmlp reproduce --list | head -2`: the reader goes away before jaxmlp writes; jaxmlp exits 141 (as
+    a process killed by SIGPIPE) and says nothing, whether its stdout is buffered or not."""
+    import os
+
+    env = {**os.environ, "PYTHONUNBUFFERED": unbuffered, "JAXMLP_COMPILE_CACHE": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "jaxmlp", "reproduce", "--list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # before the child has imported jax, so before it writes
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141 and err == "", err

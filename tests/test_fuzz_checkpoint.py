@@ -1,5 +1,5 @@
-"""Fuzzing jaxmlp.checkpoint's readers, as OSS-Fuzz does numpy's: whatever the bytes, read_meta and
-load_state either succeed or raise a one-line CheckpointError naming the file; any other exception
+"""Fuzzing jaxmlp.checkpoint's readers, as OSS-Fuzz does numpy's: whatever the bytes, read_meta,
+load_state and load_params either succeed or raise a one-line CheckpointError naming the file; any other exception
 (zipfile's, zlib's, numpy's, RecursionError, MemoryError) fails the test."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from jaxmlp.checkpoint import CheckpointError, load_state, read_meta, save_checkpoint
+from jaxmlp.checkpoint import CheckpointError, load_params, load_state, read_meta, save_checkpoint
 from jaxmlp.optim import adam
 
 FUZZ = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -36,7 +36,7 @@ def original(tmp_path_factory):
 
 def only_checkpoint_errors(path, data: bytes, template) -> None:
     path.write_bytes(data)
-    for load in (read_meta, lambda p: load_state(p, template)):
+    for load in (read_meta, lambda p: load_state(p, template), load_params):
         try:
             load(path)
         except CheckpointError as e:

@@ -235,3 +235,50 @@ def test_a_finite_blow_up_is_divergence_and_keeps_the_checkpoint(tmp_path, world
     assert rc == 1 and len(err.strip().splitlines()) == 1 and ("diverged" in err or "non-finite" in err), err
     assert keep.read_bytes() == before
 
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("argv,flag", [
+    (["train", "--save", "/proc/nope/x.npz"], "--save"),
+    (["train", "--metrics-out", "/proc/nope/m.json"], "--metrics-out"),
+    (["reproduce", "seed", "--out", "/proc/nope/x"], "--out"),
+    (["bench", "--synthetic", "--markdown", "/proc/nope/b.md"], "--markdown"),
+], ids=["train-save", "train-metrics-out", "reproduce-out", "bench-markdown"])
+def test_an_output_where_no_file_can_be_created_is_refused_before_any_work(tmp_path, argv, flag):
+    """/proc's permission bits let root write (os.access says yes) but no file can be created there: the
+    pre-flight check creates and removes a real file, so the run is refused at once, one line naming the
+    flag, instead of failing after its first epoch."""
+    rc, out, err, _, seconds = in_process(tmp_path, *argv, "--data-dir", tmp_path)  # no data: checked after
+    lines = err.strip().splitlines()
+    assert rc == 1 and out == "" and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"jaxmlp: error: {flag}: ") and "/proc" in lines[0], lines[0]
+    assert seconds < 30
+
+
+def test_the_write_check_leaves_nothing_behind(tmp_path):
+    """check_writable's trial file is removed again, in an existing folder and in the nearest existing
+    ancestor of a folder still to be made."""
+    from jaxmlp.fileio import check_writable
+
+    check_writable(tmp_path / "run.npz", "--save")
+    check_writable(tmp_path / "a" / "b" / "run.npz", "--save")
+    check_writable(tmp_path / "plots", "--plot-dir", folder=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_max_relative_error_is_inf_for_a_nan_or_an_infinity():
+    """A NaN or infinite gradient never agrees: Python's max used to drop the NaN and report 0.0. Only the
+    compared entries count: a NaN outside the mask is ignored."""
+    import jax.numpy as jnp
+
+    from jaxmlp.backprop import max_relative_error
+
+    assert max_relative_error(jnp.array([np.nan, 1.0]), jnp.array([1.0, 1.0])) == np.inf
+    assert max_relative_error(jnp.array([1.0, 1.0]), jnp.array([1.0, np.nan])) == np.inf
+    assert max_relative_error(jnp.array([np.inf, 1.0]), jnp.array([np.inf, 1.0])) == np.inf
+    assert max_relative_error(jnp.array([np.nan]), jnp.array([np.nan])) == np.inf
+    assert max_relative_error(np.array([-np.inf, 2.0]), np.array([1.0, 2.0])) == np.inf
+    tree = [{"W": jnp.ones((2, 2)), "b": jnp.array([0.0, np.nan])}]
+    assert max_relative_error(tree, [{"W": jnp.ones((2, 2)), "b": jnp.zeros(2)}]) == np.inf
+    mask = np.array([False, True])
+    assert max_relative_error(jnp.array([np.nan, 2.0]), jnp.array([1.0, 2.0]), mask) == 0.0
+    assert max_relative_error(jnp.array([1.0, 2.0]), jnp.array([1.0, 2.2])) == pytest.approx(0.2 / 2.2)

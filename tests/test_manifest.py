@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from conftest import make_synthetic_dataset
 from jaxmlp import manifest
 from jaxmlp.cli import main
 from jaxmlp.data import write_idx
+from jaxmlp.runs import load_run
 
 SMALL = ["--hidden", "16", "--init", "he", "--epochs", "2", "--quiet"]
 
@@ -142,3 +144,76 @@ def test_notebook_exact_manifest_verifies(tmp_path, data_dir):
 def test_ensemble_refuses_a_manifest(tmp_path, data_dir):
     rc, _, err = run("train", "--data-dir", data_dir, "--ensemble", "2", "--manifest", tmp_path / "m.json")
     assert rc != 0 and "--manifest" in err and len(err.splitlines()) == 1
+
+
+# ---------------------------------------------------------------- early stopping: the stopping epoch everywhere
+
+EARLY = ["--hidden", "16", "--init", "he", "--epochs", "12", "--lr", "1.5", "--val-split", "0.25", "--patience", "2"]
+
+
+def test_an_early_stopped_run_logs_saves_and_records_its_stopping_epoch(tmp_path, data_dir):
+    """--patience with --save, --log and --manifest (issue 28): the epoch that triggered the stop is in the
+    progress lines, the JSONL log, the manifest (which verifies) and the checkpoint, and `jaxmlp eval --load`
+    scores the model train reported (the best validation epoch's), not the stopping epoch's."""
+    ckpt, log, path = tmp_path / "es.npz", tmp_path / "log.jsonl", tmp_path / "es.json"
+    rc, out, err = run("train", "--data-dir", data_dir, *EARLY, "--save", ckpt, "--log", log, "--manifest", path)
+    assert rc == 0, err
+    logged = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    stop = logged[-1]
+    assert 2 < stop < 12 and logged == list(range(1, stop + 1))
+    assert f"Epoch {stop}/12 - Loss:" in err
+    assert [e["epoch"] for e in json.loads(path.read_text())["epochs"]] == logged
+    assert int(load_run(ckpt)[1].epoch) == stop
+    rc, evaluated, err = run("eval", "--load", ckpt, "--data-dir", data_dir, "--quiet")
+    assert rc == 0, err
+    assert re.search(r"Test Accuracy: .*%", evaluated)[0] == re.search(r"Test Accuracy: .*%", out)[0]
+    rc, verified, err = run("verify", path, "--data-dir", data_dir, "--quiet")
+    assert rc == 0 and "bit-identical" in verified, err + verified
+
+
+def test_an_early_stopped_fit_checkpoints_the_model_it_tests(tmp_path):
+    """fit with the CLI's handlers: the checkpoint resumes from the stopping epoch's state, and
+    ``load_model`` gives the params fit returned and tested (the best epoch's, kept beside it), so
+    evaluating them gives fit's test accuracy exactly."""
+    from jaxmlp.config import TrainConfig
+    from jaxmlp.evaluation import evaluate
+    from jaxmlp.handlers import Checkpointer, JsonlLog, ProgressReport
+    from jaxmlp.runs import fit, load_model, prepare
+
+    data, lines = make_synthetic_dataset(n_train=256, n_test=64), io.StringIO()
+    ckpt = tmp_path / "es.npz"
+    config = TrainConfig(hidden=(16,), init="he", epochs=12, lr=1.5, val_split=0.25, patience=2)
+    result = fit(config, data, handlers=[ProgressReport(stream=lines), JsonlLog(tmp_path / "log.jsonl"),
+                                         Checkpointer(ckpt)])
+    stop = result.history[-1]["epoch"]
+    best = max(result.history, key=lambda r: r["val_accuracy"])["epoch"]
+    assert result.stopped_early and best < stop and f"Epoch {stop}/12" in lines.getvalue()
+    state = load_run(ckpt)[1]
+    assert int(state.epoch) == stop
+    model, loaded = load_model(ckpt)[:2]
+    for mine, theirs, last in zip(loaded, result.params, state.params):
+        np.testing.assert_array_equal(np.asarray(mine["W"]), np.asarray(theirs["W"]))
+        assert not np.array_equal(np.asarray(mine["W"]), np.asarray(last["W"]))
+    _, acc = evaluate(model, loaded, prepare(data.x_test, jnp.float32), jnp.asarray(data.y_test.astype(np.int32)))
+    assert acc == result.test_accuracy
+
+
+def test_a_checkpoint_names_its_best_params_only_beside_itself(tmp_path):
+    """``partial["best"]`` must name a file in the checkpoint's folder that holds params of exactly the
+    state's shapes; anything else is a CheckpointError naming the file, and without it the state's params
+    are the model."""
+    from jaxmlp.checkpoint import CheckpointError, save_checkpoint
+    from jaxmlp.handlers import best_params, best_path
+
+    params = [{"W": jnp.ones((3, 2)), "b": jnp.zeros(2)}]
+    ckpt = tmp_path / "es.npz"
+    assert best_path(ckpt) == tmp_path / "es.best.npz"
+    assert best_params(ckpt, {"partial": {}}, params) is params
+    save_checkpoint(best_path(ckpt), [{"W": jnp.full((3, 2), 2.0), "b": jnp.ones(2)}], {"best_epoch": 1})
+    got = best_params(ckpt, {"partial": {"best": {"epoch": 1, "file": "es.best.npz"}}}, params)
+    assert float(got[0]["W"][0, 0]) == 2.0
+    for bad in ("../es.best.npz", "..", "", None, "missing.npz"):
+        with pytest.raises(CheckpointError, match="es.npz|missing.npz"):
+            best_params(ckpt, {"partial": {"best": {"file": bad}}}, params)
+    with pytest.raises(CheckpointError, match="es.best.npz"):
+        best_params(ckpt, {"partial": {"best": {"file": "es.best.npz"}}}, [{"W": jnp.ones((4, 2)), "b": jnp.zeros(2)}])

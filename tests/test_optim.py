@@ -54,9 +54,10 @@ def ref_momentum(p, gs, lr, beta, wd=0.0, nesterov=False):
     return p
 
 
-def ref_adam(p, gs, lr, b1, b2, eps, decoupled_wd=0.0):
+def ref_adam(p, gs, lr, b1, b2, eps, decoupled_wd=0.0, coupled_wd=0.0):
     p, m, v = p.copy(), np.zeros_like(p), np.zeros_like(p)
     for t, g in enumerate(gs, start=1):
+        g = g + coupled_wd * p
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g ** 2
         m_hat = m / (1 - b1 ** t)
@@ -68,9 +69,9 @@ def ref_adam(p, gs, lr, b1, b2, eps, decoupled_wd=0.0):
 CASES = {
     "sgd": (lambda: optim.sgd(0.1, weight_decay=0.01),
             lambda p, gs: ref_sgd(p, gs, 0.1, 0.01)),
-    "momentum": (lambda: optim.momentum(0.05, beta=0.9, weight_decay=0.01),
+    "momentum": (lambda: optim.momentum(0.05, momentum=0.9, weight_decay=0.01),
                  lambda p, gs: ref_momentum(p, gs, 0.05, 0.9, 0.01)),
-    "nesterov": (lambda: optim.nesterov(0.05, beta=0.8, weight_decay=0.02),
+    "nesterov": (lambda: optim.nesterov(0.05, momentum=0.8, weight_decay=0.02),
                  lambda p, gs: ref_momentum(p, gs, 0.05, 0.8, 0.02, nesterov=True)),
     "adam": (lambda: optim.adam(0.01, b1=0.9, b2=0.99, eps=1e-6),
              lambda p, gs: ref_adam(p, gs, 0.01, 0.9, 0.99, 1e-6)),
@@ -196,8 +197,8 @@ def test_by_name():
     grads_seq = [to_jax(g) for g in make_grads_seq(rng, 3)]
     pairs = [
         (optim.by_name("sgd", 0.1, weight_decay=0.1), optim.sgd(0.1, 0.1)),
-        (optim.by_name("momentum", 0.1, momentum=0.5), optim.momentum(0.1, beta=0.5)),
-        (optim.by_name("Nesterov", 0.1, momentum=0.7, beta1=0.3), optim.nesterov(0.1, beta=0.7)),
+        (optim.by_name("momentum", 0.1, momentum=0.5), optim.momentum(0.1, momentum=0.5)),
+        (optim.by_name("Nesterov", 0.1, momentum=0.7, beta1=0.3), optim.nesterov(0.1, momentum=0.7)),
         (optim.by_name("adam", 0.01, beta1=0.8, beta2=0.9), optim.adam(0.01, b1=0.8, b2=0.9)),
         (optim.by_name("adamw", 0.01), optim.adamw(0.01, weight_decay=1e-2)),
     ]
@@ -358,10 +359,10 @@ def _sched(step):
     return 0.1 * (step + 1.0)  # 0.1, 0.2, 0.3, ...: each step's lr tells which step it was
 
 
-@pytest.mark.parametrize("make", [lambda lr: optim.momentum(lr, beta=0.0), optim.scale_by_learning_rate,
+@pytest.mark.parametrize("make", [lambda lr: optim.momentum(lr, momentum=0.0), optim.scale_by_learning_rate,
                                   optim.sgd], ids=["momentum", "scale_by_learning_rate", "sgd"])
 def test_schedules_are_read_at_the_step_count(make):
-    """A unit gradient three times: the updates are -lr(0), -lr(1), -lr(2) (beta 0: no carry-over),
+    """A unit gradient three times: the updates are -lr(0), -lr(1), -lr(2) (momentum 0: no carry-over),
     so the step counter starts at 0, moves by one and is what the schedule sees."""
     opt = make(_sched)
     params = {"w": jnp.zeros((2,))}
@@ -440,3 +441,113 @@ def test_accumulate_every_one_is_the_optimizer_itself():
                                   np.asarray(plain.update(grads, plain.init(params), params)[0]["w"]))
     with pytest.raises(ValueError, match="every must be a positive integer, got 0"):
         optim.accumulate(optim.sgd(0.1), 0)
+
+
+# ---------------------------------------------------------------- weight decay, coupled and decoupled
+
+
+DECAYED = {
+    "sgd": (lambda: optim.sgd(0.05, weight_decay=0.3), lambda p, gs: ref_sgd(p, gs, 0.05, 0.3)),
+    "momentum": (lambda: optim.momentum(0.05, momentum=0.8, weight_decay=0.3),
+                 lambda p, gs: ref_momentum(p, gs, 0.05, 0.8, 0.3)),
+    "nesterov": (lambda: optim.nesterov(0.05, momentum=0.8, weight_decay=0.3),
+                 lambda p, gs: ref_momentum(p, gs, 0.05, 0.8, 0.3, nesterov=True)),
+    "adam": (lambda: optim.adam(0.05, b1=0.8, b2=0.9, eps=1e-6, weight_decay=0.3),
+             lambda p, gs: ref_adam(p, gs, 0.05, 0.8, 0.9, 1e-6, coupled_wd=0.3)),
+    "adamw": (lambda: optim.adamw(0.05, b1=0.8, b2=0.9, eps=1e-6, weight_decay=0.3),
+              lambda p, gs: ref_adam(p, gs, 0.05, 0.8, 0.9, 1e-6, decoupled_wd=0.3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DECAYED))
+def test_weight_decay_is_coupled_except_for_adamw(name):
+    """Six steps with weight decay 0.3 match the float64 reference: sgd, momentum, nesterov and adam add
+    wd * p to the gradient (coupled L2), adamw subtracts lr * wd * p after Adam's direction (decoupled);
+    and the decay matters (the same run without it lands elsewhere)."""
+    make_opt, ref = DECAYED[name]
+    rng = np.random.default_rng(12)
+    params = make_params(rng)
+    grads_seq = make_grads_seq(rng)
+    got, _ = run_steps(make_opt(), to_jax(params), [to_jax(g) for g in grads_seq])
+    for i, layer in enumerate(params):
+        for k in ("W", "b"):
+            gs = [g[i][k] for g in grads_seq]
+            want = ref(layer[k], gs)
+            np.testing.assert_allclose(np.asarray(got[i][k]), want, rtol=RTOL, atol=ATOL)
+    undecayed, _ = run_steps(optim.by_name(name, 0.05, momentum=0.8, beta1=0.8, beta2=0.9, eps=1e-6, weight_decay=0.0),
+                             to_jax(params), [to_jax(g) for g in grads_seq])
+    assert not np.allclose(np.asarray(undecayed[0]["W"]), np.asarray(got[0]["W"]), rtol=1e-6)
+
+
+def test_coupled_and_decoupled_decay_differ_for_adam():
+    """adam(weight_decay) and adamw(weight_decay) are different rules: the coupled decay goes through the
+    moment estimates (and is normalised by them), the decoupled one does not."""
+    rng = np.random.default_rng(13)
+    params, grads_seq = to_jax(make_params(rng)), [to_jax(g) for g in make_grads_seq(rng)]
+    coupled, _ = run_steps(optim.adam(0.05, weight_decay=0.3), params, grads_seq)
+    decoupled, _ = run_steps(optim.adamw(0.05, weight_decay=0.3), params, grads_seq)
+    assert not np.allclose(np.asarray(coupled[0]["W"]), np.asarray(decoupled[0]["W"]), rtol=1e-4)
+
+
+# ---------------------------------------------------------------- the registry: one table of optimizers
+
+
+def _final_params(name, **hparams):
+    """Two steps of the optimizer ``name`` built by by_name from TrainConfig-named hyperparameters."""
+    rng = np.random.default_rng(14)
+    params, grads_seq = to_jax(make_params(rng)), [to_jax(g) for g in make_grads_seq(rng, 2)]
+    return np.concatenate([np.ravel(leaf) for leaf in
+                           jax.tree_util.tree_leaves(run_steps(optim.by_name(name, **hparams), params, grads_seq)[0])])
+
+
+def test_the_registry_is_the_one_table():
+    """OPTIMIZERS are the registry's names; each entry's keywords are its constructor's parameters and
+    each TrainConfig hyperparameter it names is a TrainConfig hparam (eps aside, which only by_name takes)."""
+    import inspect
+
+    from jaxmlp.config import hparam_names
+    from jaxmlp.optim.registry import REGISTRY
+
+    assert optim.OPTIMIZERS == tuple(REGISTRY)
+    for name, entry in REGISTRY.items():
+        assert getattr(optim, name) is entry.make
+        parameters = inspect.signature(entry.make).parameters
+        assert list(parameters)[0] == "learning_rate" and entry.reads["lr"] == "learning_rate"
+        assert set(entry.reads.values()) <= set(parameters), name
+        assert set(entry.reads) - {"eps"} <= set(hparam_names()), name
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_unused_settings_are_exactly_the_hyperparameters_the_optimizer_ignores(name):
+    """The hand-off from optimizer to config: a TrainConfig hyperparameter changes the optimizer's steps
+    exactly when the registry says it reads it and the config does not refuse it as unused; the refusal
+    reads as the tests of config pin it."""
+    from jaxmlp.config import TrainConfig, unused_settings
+    from jaxmlp.optim.registry import readers
+
+    base = dict(lr=0.05, momentum=0.9, beta1=0.9, beta2=0.999, weight_decay=0.01)
+    unused = unused_settings({"optimizer": name})
+    for hparam, other in (("lr", 0.02), ("momentum", 0.5), ("beta1", 0.5), ("beta2", 0.9), ("weight_decay", 0.2)):
+        moved = not np.array_equal(_final_params(name, **base), _final_params(name, **{**base, hparam: other}))
+        assert moved == (name in readers(hparam)) == (hparam not in unused), (name, hparam)
+        if not moved:
+            users = " and ".join(readers(hparam))
+            assert unused[hparam] == f"only {users} use it; TrainConfig.optimizer is {name}"
+    assert TrainConfig(optimizer=name).resolved_weight_decay == (0.01 if name == "adamw" else 0.0)
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_memory_slots_are_the_state_size_over_the_params_size(name):
+    """The memory estimate's optimizer buffers per param equal what the optimizer's init allocates for a
+    real params tree (an MLP's list of W/b dicts), counted by jax.eval_shape without computing anything:
+    sgd 0, momentum and nesterov 1 (velocity), adam and adamw 2 (mu, nu)."""
+    from jaxmlp import memory
+    from jaxmlp.model import init_params
+
+    params = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), [784, 128, 64, 10]))
+    state = jax.eval_shape(optim.by_name(name, 0.1).init, params)
+    n_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+    buffers = [leaf for leaf in jax.tree_util.tree_leaves(state) if leaf.shape]  # the step counter aside
+    assert sum(leaf.size for leaf in buffers) % n_params == 0
+    assert memory.slots(name) == sum(leaf.size for leaf in buffers) // n_params
+    assert memory.slots(name) == {"sgd": 0, "adam": 2, "adamw": 2}.get(name, 1)

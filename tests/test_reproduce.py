@@ -17,7 +17,7 @@ from jaxmlp.cli import main
 from jaxmlp.config import TrainConfig
 from jaxmlp.data import write_idx
 from jaxmlp.notebook import fit_notebook
-from jaxmlp.reproduce import NotebookRecipe, Row, Table, fit_notebook_group
+from jaxmlp.reproduce import NotebookRecipe, Row, Table, fit_notebook_group, plan, report, runner
 
 
 def run(*argv) -> tuple[int, str, str]:
@@ -77,7 +77,7 @@ def test_the_group_program_keeps_the_plain_vmaps_bits(small):
     import jax.numpy as jnp
 
     from jaxmlp.model import init_params_numpy
-    from jaxmlp.notebook import _full_batches
+    from jaxmlp.notebook import _full_batches, _group_batches
 
     with jax.enable_x64(True):
         x = jnp.asarray(np.asarray(small.x_train, np.float64).reshape(200, -1) / 255.0)
@@ -87,7 +87,7 @@ def test_the_group_program_keeps_the_plain_vmaps_bits(small):
         idx = jnp.asarray(np.random.RandomState(4).permutation(192).reshape(6, 32))
         lrs = jnp.asarray([0.1, 0.01, 0.5])
         plain = jax.jit(jax.vmap(_full_batches, in_axes=(0, None, None, None, 0)))(params, x, y, idx, lrs)
-        ours = reproduce._group_batches(params, x, y, idx, lrs)
+        ours = _group_batches(params, x, y, idx, lrs)
         assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(plain)
         for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(ours)):
             assert a.shape == b.shape and a.dtype == b.dtype == jnp.float64
@@ -106,7 +106,7 @@ def test_the_tables_are_well_formed():
         assert len(ids) == len(set(ids)), table.name
     seed = reproduce.TABLES["seed"]
     assert sorted(r.paper for r in seed.rows) == [11.35, 75.48, 93.83, 94.82, 97.09]
-    assert [[r.id for r in unit] for unit in reproduce._units(seed.rows)] == [
+    assert [[r.id for r in unit] for unit in plan.units(seed.rows)] == [
         ["lr0.01", "lr0.1", "lr0.001"], ["256-128"], ["batch128"]]
     for name in ("lecun1998", "simard2003", "dropout2014"):
         for row in reproduce.TABLES[name].rows:
@@ -157,7 +157,7 @@ def test_a_table_runs_writes_and_resumes(fake_table, data_dir, tmp_path, monkeyp
     def no_training(*args, **kwargs):
         raise AssertionError("a finished row was trained again")
 
-    monkeypatch.setattr(reproduce, "fit_notebook_group", no_training)
+    monkeypatch.setattr(runner, "fit_notebook_group", no_training)
     monkeypatch.setattr("jaxmlp.runs.fit", no_training)
     rc, again, err = run("reproduce", "fake", "--out", out, "--data-dir", data_dir, "--rows", "c", "a")
     assert rc == 0, err
@@ -199,7 +199,7 @@ def test_notebook_units_train_side_by_side_with_the_bits_of_their_runs_alone(two
     """Units of different shapes in threads (the seed table's case): each row's every epoch has the params bits
     of the unit trained alone; the records say which rows trained at the same time, and the table's total is
     the batch's span, not the sum of its units' times."""
-    monkeypatch.setattr(reproduce, "_cores", lambda: 2)  # three units on two threads: one waits for a free one
+    monkeypatch.setattr(runner, "_cores", lambda: 2)  # three units on two threads: one waits for a free one
     both = tmp_path / "both"
     rc, stdout, err = run("reproduce", "shapes", "--out", both, "--data-dir", data_dir)
     assert rc == 0, err
@@ -219,18 +219,18 @@ def test_notebook_units_train_side_by_side_with_the_bits_of_their_runs_alone(two
     records = list(saved.values())
     span = max(r["started_after"] + r["seconds"] for r in records if r.get("at_once")) + saved["e"]["seconds"]
     text = reproduce.markdown_table(two_shapes_table, records)
-    assert f"5 rows in {reproduce._seconds(span)} of training" in text
+    assert f"5 rows in {report.seconds_text(span)} of training" in text
 
 
 def test_notebook_units_are_one_batch_and_engine_rows_their_own(two_shapes_table):
     """Batches: every notebook unit together (the seed table's three units), each engine row alone; a batch's
     estimate is at least its longest unit and less than its units one after the other."""
-    batches = reproduce._batches(reproduce._units(list(two_shapes_table.rows)))
+    batches = plan.batches(plan.units(list(two_shapes_table.rows)))
     assert [[[r.id for r in unit] for unit in batch] for batch in batches] == [[["a", "b"], ["c"], ["d"]], [["e"]]]
-    seed = reproduce._batches(reproduce._units(list(reproduce.TABLES["seed"].rows)))
+    seed = plan.batches(plan.units(list(reproduce.TABLES["seed"].rows)))
     assert len(seed) == 1 and [len(unit) for unit in seed[0]] == [3, 1, 1]
-    minutes = [reproduce._unit_minutes(unit) for unit in seed[0]]
-    assert max(minutes) <= reproduce._batch_minutes(seed[0]) < sum(minutes)
+    minutes = [plan.unit_minutes(unit) for unit in seed[0]]
+    assert max(minutes) <= plan.batch_minutes(seed[0]) < sum(minutes)
     assert "seed: the seed notebook's experiments" in reproduce.list_tables("seed") and " s on a 2-core" in \
         reproduce.list_tables("seed")
 
@@ -292,7 +292,7 @@ def test_input_dropout_drops_pixels_and_keeps_the_distortion():
     scaled by 1/(1-p); the distortion drawn from the same key is the one drawn without input dropout."""
     import jax
 
-    from jaxmlp.runs import TrainSpec, _augment
+    from jaxmlp.spec import TrainSpec, _augment
 
     x = jax.random.uniform(jax.random.key(0), (64, 784), minval=0.5, maxval=1.0)  # no pixel is 0 before
     key = jax.random.key(3)

@@ -17,6 +17,7 @@ from jaxmlp.config import TrainConfig, hparams
 from jaxmlp.engine import DivergenceError, Interrupted, batch_slices, epoch_loss
 from jaxmlp.evaluation import evaluate
 from jaxmlp.model import forward, init_params
+from jaxmlp.models import MLP
 from jaxmlp.runs import TrainSpec, fit, prepare, split_validation
 from jaxmlp.steps import sgd_step
 
@@ -82,7 +83,7 @@ def test_chunks_of_any_size_give_the_same_state_bit_for_bit(x64):
     """Advancing an epoch as 1+1+1 steps, 2+1 or 3 at once gives identical params and losses: a chunk
     boundary changes nothing, so a run can stop at any step."""
     params, x, y = _toy()
-    spec, hp = TrainSpec(batch_size=32, optimizer="adam", dropout=0.2), hparams(None, jnp.float64, lr=0.01)
+    spec, hp = TrainSpec(batch_size=32, model=MLP(dropout=0.2), optimizer="adam"), hparams(None, jnp.float64, lr=0.01)
     results = []
     for sizes in ([1, 1, 1], [2, 1], [3]):
         state = _state(params, spec, hp)
@@ -171,7 +172,7 @@ def test_evaluate_matches_numpy(x64):
     logp = logits - logits.max(1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(1, keepdims=True))
     want_loss = -logp[np.arange(50), np.asarray(y)].mean()
-    got_loss, got_acc = evaluate(params, x, y, chunk_size=16)
+    got_loss, got_acc = evaluate(MLP(), params, x, y, chunk_size=16)
     assert got_loss == pytest.approx(want_loss, rel=1e-12)
     assert got_acc == pytest.approx(float((logits.argmax(1) == np.asarray(y)).mean()))
 
@@ -213,7 +214,7 @@ def _interrupt(data, path, steps, signum=signal.SIGINT, resume=None):
     with pytest.raises(Interrupted) as stop:
         fit(CFG, data, handlers=hs, resume=resume, chunk_steps=1)
     assert stop.value.signum == signum
-    config, state, meta = runs.load_run(path)
+    _, state, config, meta = runs.load_run(path)
     assert int(state.epoch) * 16 + int(state.step) == steps
     return {"state": state, "history": meta["history"], "partial": meta["partial"]}
 
@@ -310,7 +311,7 @@ def test_validation_split_and_early_stopping(synthetic):
     best = max(h["val_accuracy"] for h in result.history)
     assert all("val_loss" in h for h in result.history)
     x_val = prepare(synthetic.x_train[va], jnp.float32)
-    _, acc = evaluate(result.params, x_val, jnp.asarray(synthetic.y_train[va]))
+    _, acc = evaluate(MLP(), result.params, x_val, jnp.asarray(synthetic.y_train[va]))
     assert acc == pytest.approx(best)
 
 

@@ -106,6 +106,91 @@ def test_masked_passes_unselected_updates_through(problem):
     assert_trees_close(updates[-1][1], grads[-1][1], rtol=0, atol=0)
 
 
+def _np(tree):
+    return jax.tree_util.tree_map(lambda leaf: np.asarray(leaf, np.float64), tree)
+
+
+def test_masked_clips_by_the_norm_of_the_masked_leaves_only(problem):
+    """masked(clip_by_global_norm(c), mask), optax's semantics: the masked leaves are clipped by their own
+    global norm (not the norm of all leaves), the others pass through bit for bit; the inner transform's
+    state holds the masked leaves alone."""
+    params, grads = problem
+    mask = [{"W": True, "b": False}, {"W": True, "b": False}]
+    g = _np(grads[0])
+    masked_norm = np.sqrt(sum(np.sum(layer["W"] ** 2) for layer in g))
+    limit = masked_norm / 3  # below the masked norm, so the factor shows which norm was used
+    t = optim.masked(optim.clip_by_global_norm(limit), mask)
+    out, _ = t.update(grads[0], t.init(params), params)
+    for layer_out, layer_g in zip(out, g):
+        np.testing.assert_allclose(np.asarray(layer_out["W"]), layer_g["W"] * (limit / masked_norm), rtol=RTOL)
+        np.testing.assert_array_equal(np.asarray(layer_out["b"]), layer_g["b"])
+    assert float(np.sqrt(sum(np.sum(np.asarray(layer["W"]) ** 2) for layer in out))) == pytest.approx(limit)
+    # A limit above the masked leaves' norm (but below the norm of all leaves) leaves everything alone.
+    loose = optim.masked(optim.clip_by_global_norm(masked_norm * 1.01), mask)
+    assert_trees_close(loose.update(grads[0], loose.init(params), params)[0], grads[0], rtol=0, atol=0)
+    inner_state = optim.masked(optim.adam(0.01), mask).init(params)
+    assert len(jax.tree_util.tree_leaves(inner_state.mu)) == 2  # the two W leaves, not the biases
+
+
+def test_masked_without_params_passes_none_to_the_inner_transform(problem):
+    """optax's masked hands the inner transform None for params: a stateless scale works without them,
+    a decay says what is missing."""
+    params, grads = problem
+    mask = [{"W": True, "b": True}, {"W": False, "b": False}]
+    scaled, _ = optim.masked(optim.scale(2.0), mask).update(grads[0], optim.EmptyState())
+    assert_trees_close(scaled[0], jax.tree_util.tree_map(lambda x: 2 * x, grads[0][0]))
+    assert_trees_close(scaled[1], grads[0][1], rtol=0, atol=0)
+    decay = optim.masked(optim.add_decayed_weights(0.1), mask)
+    with pytest.raises(ValueError, match=r"pass params: update\(grads, state, params\)"):
+        decay.update(grads[0], decay.init(params))
+
+
+def test_chain_of_clip_and_sgd_matches_reference(problem):
+    """chain(clip_by_global_norm(c), sgd(lr)) over six steps == a float64 NumPy loop that clips each step's
+    gradients to global norm c (when above it) and then steps p - lr * g; some steps clip, some do not."""
+    params, grads = problem
+    norms = [np.sqrt(sum(np.sum(leaf ** 2) for leaf in jax.tree_util.tree_leaves(_np(g)))) for g in grads]
+    limit = float(np.median(norms))
+    got, _, _ = run(optim.chain(optim.clip_by_global_norm(limit), optim.sgd(0.1)), params, grads)
+    want = _np(params)
+    for g, norm in zip(grads, norms):
+        factor = min(1.0, limit / norm)
+        want = jax.tree_util.tree_map(lambda p, x, f=factor: p - 0.1 * (x * f), want, _np(g))
+    assert any(n > limit for n in norms) and any(n < limit for n in norms)
+    assert_trees_close(got, want)
+
+
+@pytest.mark.parametrize("make", [lambda: optim.sgd(0.1, weight_decay=0.5), lambda: optim.momentum(0.1, 0.9, 0.5),
+                                  lambda: optim.nesterov(0.1, 0.9, 0.5), lambda: optim.adam(0.1, weight_decay=0.5),
+                                  lambda: optim.adamw(0.1), lambda: optim.add_decayed_weights(0.5),
+                                  lambda: optim.chain(optim.clip_by_global_norm(1.0), optim.sgd(0.1, 0.5))],
+                         ids=["sgd", "momentum", "nesterov", "adam", "adamw", "add_decayed_weights", "in-a-chain"])
+def test_a_decay_without_params_is_an_error_that_names_the_fix(make, problem):
+    """A weight decay reads the params: update(grads, state) without them raises (it used to drop the decay
+    silently), eagerly and under jit, and the message says what to pass."""
+    params, grads = problem
+    opt = make()
+    state = opt.init(params)
+    for update in (opt.update, jax.jit(opt.update)):
+        with pytest.raises(ValueError, match=r"^weight_decay needs the params; pass params: "
+                                             r"update\(grads, state, params\)"):
+            update(grads[0], state)
+
+
+def test_a_traced_weight_decay_needs_params_and_a_python_zero_does_not(problem):
+    """Whether a decay is zero is known only for a Python number: a traced weight_decay (a vmapped sweep)
+    reads the params even when its value is 0; sgd(lr) with the default 0 steps without params."""
+    params, grads = problem
+
+    def step(wd):
+        opt = optim.sgd(0.1, weight_decay=wd)
+        return opt.update(grads[0], opt.init(params))[0]
+
+    with pytest.raises(ValueError, match="weight_decay needs the params"):
+        jax.jit(step)(jnp.asarray(0.0))
+    assert_trees_close(step(0.0), jax.tree_util.tree_map(lambda g: -0.1 * g, grads[0]), rtol=0, atol=0)
+
+
 def test_accumulate_steps_with_the_mean_every_k(problem):
     """accumulate(sgd, 3) over six micro-steps == two sgd steps on the means of each triple; the
     micro-steps in between give zero updates."""

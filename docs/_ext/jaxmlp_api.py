@@ -10,10 +10,11 @@ import inspect
 # The modules with an API page, in the order a top-level name looks for its home: a name of
 # ``jaxmlp.__all__`` links to the first of these that lists it (the module that defines it first).
 API_MODULES = [
-    "jaxmlp.model", "jaxmlp.losses", "jaxmlp.backprop", "jaxmlp.optim", "jaxmlp.schedules", "jaxmlp.engine",
-    "jaxmlp.events", "jaxmlp.runs", "jaxmlp.evaluation", "jaxmlp.handlers", "jaxmlp.config", "jaxmlp.data",
-    "jaxmlp.sweep", "jaxmlp.checkpoint", "jaxmlp.fileio", "jaxmlp.parallel", "jaxmlp.plots", "jaxmlp.notebook",
-    "jaxmlp.transfer", "jaxmlp.augment", "jaxmlp.cnn", "jaxmlp.steps", "jaxmlp.reproduce", "jaxmlp.manifest",
+    "jaxmlp.model", "jaxmlp.models", "jaxmlp.activations", "jaxmlp.losses", "jaxmlp.backprop", "jaxmlp.optim",
+    "jaxmlp.optim.schedules", "jaxmlp.optim.registry", "jaxmlp.engine", "jaxmlp.events", "jaxmlp.spec", "jaxmlp.runs",
+    "jaxmlp.evaluation", "jaxmlp.handlers", "jaxmlp.config", "jaxmlp.data", "jaxmlp.sweep", "jaxmlp.checkpoint",
+    "jaxmlp.fileio", "jaxmlp.parallel", "jaxmlp.plots", "jaxmlp.notebook", "jaxmlp.transfer", "jaxmlp.augment",
+    "jaxmlp.cnn", "jaxmlp.steps", "jaxmlp.reproduce", "jaxmlp.manifest",
 ]
 
 

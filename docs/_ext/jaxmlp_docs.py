@@ -45,6 +45,8 @@ def _summary(module_name: str, current: str | None = None) -> list[str]:
         home = home_of(name, obj) or module_name
         if inspect.ismodule(obj):
             entries.append(f"   ~{obj.__name__}")
+        elif current and home.startswith(current + "."):  # a submodule's page: autosummary wants it relative
+            entries.append(f"   ~{home[len(current) + 1:]}.{name}")
         else:
             entries.append(f"   {name}" if home == current else f"   ~{home}.{name}")
     return [".. autosummary::", "", *entries, ""] if entries else []

@@ -8,6 +8,7 @@ traceback instead. SIGTERM is turned into an exception so that temporary files a
 """
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -44,8 +45,6 @@ def _on_sigterm(signum, frame):
 
 
 def build_parser() -> Parser:
-    import argparse
-
     from jaxmlp import __version__
 
     parser = Parser(prog="jaxmlp", description="Train and study the MNIST MLP with JAX.", epilog=EXAMPLES,
@@ -80,23 +79,28 @@ def enable_compile_cache() -> None:
 
 
 def main(argv=None) -> int:
-    """Run one subcommand; returns the exit status (0, 1 for errors, 2 for bad flags, 130/143 signals)."""
+    """Run one subcommand; returns the exit status (0, 1 for errors, 2 for bad flags, 130/143 signals,
+    141 when stdout's reader went away)."""
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         args = build_parser().parse_args(argv)
         enable_compile_cache()
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that went away (`| head`) shows here, not in the interpreter's exit
+        return code
     except KeyboardInterrupt:
         print("jaxmlp: interrupted", file=sys.stderr)
         return 130
     except Terminated as stop:
         print("jaxmlp: terminated (SIGTERM)", file=sys.stderr)
         return int(stop.code or 143)
-    except (CLIError, ValueError, OSError, ArithmeticError, MemoryError) as err:
+    except (CLIError, ValueError, OSError, ArithmeticError, MemoryError, argparse.ArgumentTypeError) as err:
+        if isinstance(err, BrokenPipeError) and _stdout_closed():
+            return 141  # as a process killed by SIGPIPE, quietly: `jaxmlp reproduce --list | head -2`
         if debug():
             raise
         print(f"jaxmlp: error: {one_line(err)}", file=sys.stderr)
-        return 2 if isinstance(err, UsageError) else 1
+        return 2 if isinstance(err, (UsageError, argparse.ArgumentTypeError)) else 1
     except Exception as err:
         from jaxmlp.memory import is_out_of_memory
 
@@ -108,6 +112,38 @@ def main(argv=None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout's reader is gone (a BrokenPipeError can come from elsewhere, a socket); if so,
+    stdout is pointed at /dev/null, where the interpreter's own flush at exit cannot fail."""
+    try:
+        sys.stdout.flush()
+        closed = _reader_gone(sys.stdout)  # unbuffered (PYTHONUNBUFFERED), the flush has nothing to retry
+    except OSError:
+        closed = True
+    if not closed:
+        return False
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a file descriptor (io.UnsupportedOperation)
+        pass
+    return True
+
+
+def _reader_gone(stream) -> bool:
+    """Whether ``stream`` is a pipe or socket whose other end closed: poll reports an error or a hang-up
+    to its writer. False where that cannot be told (no poll, no file descriptor)."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(stream.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return False
 
 
 def _main_thread() -> bool:

@@ -5,7 +5,16 @@ import json
 
 from jaxmlp.config import hidden_sizes, positive_float, positive_int
 
-from .common import UsageError, add_data_flags, add_metrics_flag, check_outputs, say, subcommand, write_metrics
+from .common import (
+    UsageError,
+    add_data_flags,
+    add_metrics_flag,
+    check_outputs,
+    hidden_token,
+    say,
+    subcommand,
+    write_metrics,
+)
 
 
 def add(sub) -> None:
@@ -15,7 +24,7 @@ def add(sub) -> None:
                    help="random data of MNIST's shape (default: real MNIST when found, else synthetic)")
     p.add_argument("--train-size", type=positive_int, default=None, metavar="N",
                    help="training examples per epoch (default: all 60000)")
-    p.add_argument("--hidden", nargs="+", default=["128", "64"], metavar="N",
+    p.add_argument("--hidden", type=hidden_token, nargs="+", default=["128", "64"], metavar="N",
                    help="hidden layer sizes (default: 128 64)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="minibatch size (default: 32)")
     p.add_argument("--lr", type=positive_float, default=0.1, help="learning rate (default: 0.1)")

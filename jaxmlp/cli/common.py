@@ -3,9 +3,39 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
-from jaxmlp.config import DATASET_NAMES
+from jaxmlp.config import DATASET_NAMES, hidden_sizes
+
+# Library errors name Python arguments; the command line words them as the flags that set them, here and
+# nowhere else. A config field is TrainConfig.field_name (the rule: --field-name); any other argument is
+# written "function: argument" where it leads its message, or as one of the bare names below; "=value"
+# after a name becomes " value", as the flag takes it (a string value without its quotes).
+FLAGS = {
+    "initialize: coordinator": "--coordinator", "initialize: num_processes": "--num-processes",
+    "initialize: process_id": "--process-id", "num_processes": "--num-processes", "process_id": "--process-id",
+    "make_mesh: num_devices": "--devices", "mesh.devices.size": "--devices",
+    "data_parallel_spec: spec.batch_size": "--batch-size", "fit_ensemble: members": "--ensemble",
+    "random_search: num_trials": "--random", "preset_config: name": "--preset",
+    "schedule_by_name: name": "--schedule", "matmul_precision: setting": "--matmul-precision",
+    "select_classes: classes": "--classes", "trainable_mask: freeze": "--freeze",
+    "load_bench_data: train_size": "--train-size", "download: mirrors": "--mirror",
+}
+# Not inside a word, a dotted name or a path; then an optional =value ('quoted' or up to the next space).
+_PYTHON_NAME = re.compile(r"(?<![\w./\\-])(TrainConfig\.\w+|" + "|".join(map(re.escape, sorted(FLAGS, key=len,
+                          reverse=True))) + r")(?![\w/\\-])(?:='([^'\s]*)'|(=)(?=\S))?")
+
+
+def flag_words(message: str) -> str:
+    """A library ``message`` worded for the command line: ``TrainConfig.batch_size`` -> ``--batch-size``,
+    ``make_mesh: num_devices=4: ...`` -> ``--devices 4: ...`` (see ``FLAGS``)."""
+    def flag(m: re.Match) -> str:
+        name = m[1]
+        word = "--" + name[len("TrainConfig."):].replace("_", "-") if name.startswith("TrainConfig.") else FLAGS[name]
+        return f"{word} {m[2]}" if m[2] is not None else word + (" " if m[3] else "")
+
+    return _PYTHON_NAME.sub(flag, message)
 
 
 class CLIError(Exception):
@@ -30,6 +60,13 @@ def subcommand(sub, name: str, run, summary: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=summary, description=description)
     p.set_defaults(func=run)
     return p
+
+
+def hidden_token(value: str) -> str:
+    """One word of ``--hidden`` ("128" or "256,128"), checked as argparse reads it (so a bad size is a
+    usage error) and kept as text for ``config.hidden_sizes``."""
+    hidden_sizes(value)
+    return value
 
 
 def say(text: str) -> None:
@@ -81,10 +118,8 @@ def write_metrics(path, record: dict) -> None:
 
 
 def one_line(err: BaseException) -> str:
-    """The first line of ``err``'s message; a ``ConfigError`` worded with the command line's flags."""
-    from jaxmlp.config import ConfigError
-
-    text = (err.flags() if isinstance(err, ConfigError) else str(err)).strip()
+    """The first line of ``err``'s message, worded with the command line's flags (``flag_words``)."""
+    text = flag_words(str(err)).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
 

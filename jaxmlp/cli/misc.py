@@ -1,9 +1,9 @@
 """``jaxmlp download``, ``presets`` and ``gradcheck``."""
 from __future__ import annotations
 
-from jaxmlp.config import INIT_SCHEMES, hidden_sizes, nonneg_float, nonneg_int, positive_float, positive_int
+from jaxmlp.config import INIT_SCHEMES, hidden_sizes, nonneg_float, positive_float, positive_int, seed_int
 
-from .common import add_data_flags, say, subcommand
+from .common import add_data_flags, hidden_token, say, subcommand
 
 
 def add_download(sub) -> None:
@@ -48,14 +48,14 @@ def add_gradcheck(sub) -> None:
 
     p = subcommand(sub, "gradcheck", run_gradcheck, "compare manual backprop, jax.grad and finite differences")
     add_data_flags(p)
-    p.add_argument("--hidden", type=str, nargs="+", default=["128", "64"], metavar="N",
+    p.add_argument("--hidden", type=hidden_token, nargs="+", default=["128", "64"], metavar="N",
                    help="hidden layer sizes (default: 128 64)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="examples in the batch (default: 32)")
     p.add_argument("--init", choices=INIT_SCHEMES, default="he",
                    help="weight init (default: he, whose gradients are of a checkable size in every layer)")
     p.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="hidden activation (default: relu)")
     p.add_argument("--l2", type=nonneg_float, default=0.0, help="L2 penalty weight in the loss (default: 0)")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="PRNG seed (default: 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="PRNG seed (default: 0)")
     p.add_argument("--coords", type=positive_int, default=20,
                    help="finite-difference coordinates checked per parameter (default: 20)")
     p.add_argument("--eps", type=positive_float, default=1e-4, help="finite-difference step (default: 1e-4)")

@@ -44,7 +44,7 @@ def run_eval(args) -> int:
     from jaxmlp.runs import dtype_of, load_model, prepare
 
     check_outputs(args)
-    params, config, meta = load_model(args.load)
+    model, params, config, meta = load_model(args.load)
     dataset = args.dataset or config.dataset
     data = ensure_dataset(args.data_dir, dataset, progress=not args.quiet)
     if config.classes is not None:  # a model fine-tuned on a label subset is scored on that subset, as trained
@@ -52,7 +52,7 @@ def run_eval(args) -> int:
     with precision(config.dtype, config.matmul_precision):
         x = prepare(data.x_test, dtype_of(config))
         _check_inputs(config, meta, x.shape[1], f"the {dataset} test set")
-        test_loss, test_acc = evaluate(params, x, jnp.asarray(data.y_test, jnp.int32), arch=config.arch)
+        test_loss, test_acc = evaluate(model, params, x, jnp.asarray(data.y_test, jnp.int32))
     print(f"Test Loss: {test_loss:.4f}")
     print(f"Test Accuracy: {test_acc * 100:.2f}%")
     write_metrics(args.metrics_out, {"checkpoint": os.fspath(args.load), "config": config.to_dict(),
@@ -103,14 +103,14 @@ def run_predict(args) -> int:
     if args.json and args.format not in (None, "json"):
         raise UsageError(f"--json is --format json; it cannot be combined with --format {args.format}")
     images, kind = read_images(args.file)
-    params, config, meta = load_model(args.load)
+    model, params, config, meta = load_model(args.load)
     if images.shape[1] != meta["input_dim"] and images.size == meta["input_dim"]:
         images = images.reshape(1, -1)  # one image (28, 28) rather than 28 rows of 28 values
     _check_inputs(config, meta, images.shape[1], args.file)
     with precision(config.dtype, config.matmul_precision):
         dtype = dtype_of(config)
         x = prepare(images, dtype) if kind == "pixels" else jnp.asarray(images, dtype)
-        probs = predict_probs(params, x, arch=config.arch)
+        probs = predict_probs(model, params, x)
     # A model fine-tuned on a label subset predicts positions in it; print the dataset's own labels.
     names = list(config.classes) if config.classes is not None else list(range(probs.shape[1]))
     rows = _rows(probs, names, min(args.top, probs.shape[1]), "json" if args.json else args.format or "tsv")

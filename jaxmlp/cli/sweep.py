@@ -7,8 +7,8 @@ from jaxmlp import config as cfg
 
 from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, say, subcommand, write_metrics
 
-SHARED = ("epochs", "optimizer", "momentum", "beta1", "beta2", "weight_decay", "l2", "schedule", "warmup_epochs",
-          "dropout", "input_dropout", "augment", "dtype", "matmul_precision")
+SHARED = ("arch", "activation", "epochs", "optimizer", "momentum", "beta1", "beta2", "weight_decay", "l2", "schedule",
+          "warmup_epochs", "dropout", "input_dropout", "augment", "dtype", "matmul_precision")
 
 
 def add(sub) -> None:
@@ -23,12 +23,12 @@ def add(sub) -> None:
                         "several architectures (default: 128 64)")
     g.add_argument("--batch-size", type=cfg.positive_int, nargs="+", default=[32], metavar="B",
                    help="minibatch sizes (default: 32)")
-    g.add_argument("--seed", type=cfg.nonneg_int, nargs="+", default=[42], metavar="S", help="PRNG seeds (default: 42)")
+    g.add_argument("--seed", type=cfg.seed_int, nargs="+", default=[42], metavar="S", help="PRNG seeds (default: 42)")
     g.add_argument("--init", choices=cfg.INIT_SCHEMES, nargs="+", default=["notebook"],
                    help="weight init schemes (default: notebook)")
     g.add_argument("--random", type=cfg.positive_int, default=None, metavar="N",
                    help="random search: N configurations drawn from the values above instead of the full grid")
-    g.add_argument("--search-seed", type=cfg.nonneg_int, default=None,
+    g.add_argument("--search-seed", type=cfg.seed_int, default=None,
                    help="with --random: seed of the random search (default: 0)")
     cfg.add_flags(p.add_argument_group("training (shared by every configuration)"), SHARED)
     g = p.add_argument_group("running")
@@ -88,8 +88,10 @@ class SweepProgress:
 
     def on_group(self, g, members) -> None:
         if not self.quiet:
+            from jaxmlp.models import from_config
+
             c = self.configs[members[0]]
-            say(f"[{g + 1}/{len(self.groups)}] hidden {'-'.join(map(str, c.hidden))}, batch {c.batch_size}: "
+            say(f"[{g + 1}/{len(self.groups)}] {from_config(c).describe()}, batch {c.batch_size}: "
                 f"{len(members)} model(s) in one program")
 
     def on_epoch(self, g, epoch, losses) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 import time
@@ -114,7 +115,7 @@ def config_from_args(args) -> cfg.TrainConfig:
     if values.get("finetune"):
         from jaxmlp.runs import load_model
 
-        _, saved, _ = load_model(values["finetune"])
+        saved = load_model(values["finetune"]).config
         given = given_flags(args)
         if given.get("arch", saved.arch) == saved.arch:  # another --arch: fine-tuning refuses it, naming both
             values.update({k: getattr(saved, k) for k in ("arch", "hidden", "activation") if k not in given})
@@ -127,7 +128,7 @@ def resume_from(args) -> tuple[cfg.TrainConfig, dict]:
     """(config, fit's resume) from --resume: the saved run, --epochs extended; other flags must agree."""
     from jaxmlp.runs import load_run
 
-    config, state, meta = load_run(args.resume)
+    _, state, config, meta = load_run(args.resume)
     given = explicit_values(args)
     epochs = given.pop("epochs", config.epochs)
     if given.get("dataset") == "mnist" and args.dataset == "mnist":
@@ -142,7 +143,7 @@ def resume_from(args) -> tuple[cfg.TrainConfig, dict]:
     if int(state.epoch) >= epochs:
         raise CLIError(f"--resume: {args.resume} already reached epoch {int(state.epoch)}; pass --epochs > "
                        f"{int(state.epoch)}")
-    config.epochs = epochs
+    config = dataclasses.replace(config, epochs=epochs)
     return config, {"state": state, "history": meta.get("history", []), "partial": meta.get("partial", {})}
 
 
@@ -163,9 +164,10 @@ def _handlers(args) -> tuple[list, Any]:
 
 
 def _describe(config: cfg.TrainConfig) -> str:
-    model = "cnn" if config.arch == "cnn" else "mlp " + "-".join(map(str, ("in", *config.hidden, "out")))
-    return (f"{model}, {config.optimizer} lr {config.lr:g}, batch {config.batch_size}, {config.epochs} epochs, "
-            f"{config.dtype}")
+    from jaxmlp.models import from_config
+
+    return (f"{from_config(config).describe()}, {config.optimizer} lr {config.lr:g}, batch {config.batch_size}, "
+            f"{config.epochs} epochs, {config.dtype}")
 
 
 def run(args) -> int:
@@ -249,13 +251,14 @@ def _report(args, config, data, result, resume, mesh, started) -> None:
 
 def _plots(args, config, data, params, history, test_loss: float) -> None:
     from jaxmlp.evaluation import predict_labels
+    from jaxmlp.models import from_config
     from jaxmlp.plots import save_training_plots
     from jaxmlp.runs import dtype_of, prepare
 
     if config.classes is not None:  # fit trained and tested on the subset, relabelled
         from jaxmlp.data import select_classes
         data = select_classes(data, config.classes)
-    preds = predict_labels(params, prepare(data.x_test, dtype_of(config)), arch=config.arch)
+    preds = predict_labels(from_config(config), params, prepare(data.x_test, dtype_of(config)))
     paths = save_training_plots(args.plot_dir, history=history, params=params, x_test_images=data.x_test,
                                 y_test=data.y_test, preds=preds,
                                 class_names=None if config.classes is None else [str(c) for c in config.classes],
@@ -311,7 +314,7 @@ def run_notebook(args) -> int:
     return 0
 
 
-ENSEMBLE_FLAGS = tuple(n for n in (*MODEL, *OPTIMIZATION) if n not in ("activation", "val_split", "patience")) + (
+ENSEMBLE_FLAGS = tuple(n for n in (*MODEL, *OPTIMIZATION) if n not in ("val_split", "patience")) + (
     "ensemble", "preset", "shared_order", "no_divergence_check")
 
 

@@ -66,7 +66,7 @@ def _check_mirror(base: str) -> str:
     base = str(base).strip().rstrip("/")
     scheme = base.partition(":")[0].lower()
     if scheme not in ("http", "https", "file") or "://" not in base:
-        raise DownloadError(f"--mirror {base!r}: expected an http://, https:// or file:// base URL")
+        raise DownloadError(f"download: mirrors {base!r}: expected an http://, https:// or file:// base URL")
     return base
 
 

@@ -23,17 +23,18 @@ class Dataset(NamedTuple):
 # ---------------------------------------------------------------- choosing classes
 
 
-def check_classes(classes: Sequence[int]) -> list[int]:
-    """classes as a list of ints; ValueError naming --classes unless two or more distinct integer labels >= 0."""
+def check_classes(classes: Sequence[int], *, what: str = "classes") -> list[int]:
+    """classes as a list of ints; ValueError naming ``what`` (the caller's name for the argument, e.g.
+    ``TrainConfig.classes``) unless two or more distinct integer labels >= 0."""
     try:
         ints = [int(c) for c in classes]
         integral = all(i == c for i, c in zip(ints, classes))
     except (TypeError, ValueError):
         integral = False
     if not integral:
-        raise ValueError(f"--classes: need two or more distinct non-negative integer labels, got {classes!r}")
+        raise ValueError(f"{what}: need two or more distinct non-negative integer labels, got {classes!r}")
     if len(set(ints)) != len(ints) or len(ints) < 2 or min(ints) < 0:
-        raise ValueError(f"--classes: need two or more distinct non-negative labels, got {ints}")
+        raise ValueError(f"{what}: need two or more distinct non-negative labels, got {ints}")
     return ints
 
 
@@ -60,7 +61,7 @@ def select_classes(data: Dataset, classes: Sequence[int]) -> Dataset:
 
     ValueError (one line naming the argument) for a bad classes list, a class no training example has,
     or labels that are not one non-negative integer per image."""
-    classes = check_classes(classes)
+    classes = check_classes(classes, what="select_classes: classes")
     if not all(hasattr(data, field) for field in Dataset._fields):
         raise ValueError(f"select_classes: data must be a Dataset (x_train, y_train, x_test, y_test), "
                          f"got {type(data).__name__}")
@@ -76,7 +77,7 @@ def select_classes(data: Dataset, classes: Sequence[int]) -> Dataset:
     present = set(np.unique(parts[1]).tolist())
     missing = [c for i, c in enumerate(classes) if i not in present]
     if missing:
-        raise ValueError(f"--classes: no training example is labelled {missing[0]}")
+        raise ValueError(f"select_classes: classes: no training example is labelled {missing[0]}")
     return Dataset(*parts)
 
 

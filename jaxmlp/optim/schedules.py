@@ -1,7 +1,7 @@
 """Learning-rate schedules: pure functions of the (possibly traced) integer step.
 
-Step counts and decay factors are python numbers fixed by the config; ``lr`` may be traced (a sweep
-vmaps over it). Each optimizer in :mod:`jaxmlp.optim` takes a schedule wherever it takes an ``lr``.
+Step counts and decay factors are python numbers fixed by the config; the peak ``lr`` may be traced (a
+sweep vmaps over it). Each optimizer in :mod:`jaxmlp.optim` takes a schedule as its ``learning_rate``.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def schedule_by_name(name: str, lr, total_steps: int, *, decay_rate=0.1, decay_s
     (at least 1 when total_steps > 1). Raises ValueError for an unknown name."""
     key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
     if key not in SCHEDULES:
-        raise ValueError(f"--schedule: unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+        raise ValueError(f"schedule_by_name: name: unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
     if key == "constant":
         return constant(lr)
     _check_positive_int(total_steps, "total_steps")
