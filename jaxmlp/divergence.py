@@ -11,7 +11,7 @@ carries it in a checkpoint's ``partial`` as ``first_loss``), never the first los
 reference at or below zero (a loss of unknown scale that starts there) leaves only the finiteness checks.
 
 Every judge calls ``diverged``: ``handlers.check_finite`` and ``handlers.DivergenceRule`` (a run's chunk),
-``sweep.diverged_members`` (the members of a group, vectorised), and ``notebook`` (the notebook's epochs).
+``members.diverged_members`` (the members of a group, vectorised), and ``notebook`` (the notebook's epochs).
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ grads)``, ``optimizer_for(hparams)`` and ``augment_batch(key, x)``. ``hparams`` 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
 import os
@@ -316,8 +317,36 @@ class TrainResult(NamedTuple):
     compile_seconds: float
 
 
+def compile_aside(fn, static: dict, *args) -> concurrent.futures.Future:
+    """``compile_program(fn, static, *args)`` on a second thread; the future's result is its
+    ``(program, seconds)``. XLA compiles without the GIL, so what the caller does meanwhile (drawing
+    params, copying data to the device) overlaps the compile. The thread inherits this thread's x64
+    mode and matmul precision (JAX keeps both per thread).
+
+    Args:
+        fn: as ``compile_program``'s.
+        static: its static keyword arguments.
+        *args: arrays or ``jax.ShapeDtypeStruct`` s of its positional arguments.
+
+    Returns:
+        A ``concurrent.futures.Future`` of ``(program, seconds)``.
+    """
+    x64 = jax.config.jax_enable_x64  # type: ignore[attr-defined]
+    matmul = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]
+
+    def work():
+        with jax.enable_x64(x64), jax.default_matmul_precision(matmul):
+            return compile_program(fn, static, *args)
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return pool.submit(work)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with its one task
+
+
 def build_run(spec, state: TrainState, x, y, epochs: int, hparams: Any = None, *, mesh: Any = None,
-              **extra) -> tuple[Run, TrainState]:
+              compiled: tuple | None = None, **extra) -> tuple[Run, TrainState]:
     """The ``Run`` of ``spec`` on (x, y) for ``epochs`` and the state placed for it: the chunk program
     compiled for exactly the placements it will be called with.
 
@@ -329,11 +358,15 @@ def build_run(spec, state: TrainState, x, y, epochs: int, hparams: Any = None, *
         epochs: the epoch to stop after.
         hparams: the traced numbers the spec reads (None: ``{}``).
         mesh: a ``jax.sharding.Mesh`` to split every minibatch over its devices.
+        compiled: ``(program, seconds)`` already compiled for these shapes on one device
+            (``compile_aside`` of ``run_chunk``), or None to compile here.
         **extra: other ``Run`` fields (``loss_floor``, ``validate``, ``save``, ``config``).
     """
     hparams = {} if hparams is None else hparams
     n = x.shape[0]
     capacity = steps_per_epoch(n, spec.batch_size)
+    if compiled is not None and mesh is None:
+        return Run(spec, hparams, x, y, epochs, capacity, compiled[0], capacity, compiled[1], **extra), state
     order = jnp.zeros((n,), jnp.int32)
     if mesh is not None:
         from .parallel import distribute, replicate

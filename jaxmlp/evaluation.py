@@ -20,7 +20,7 @@ from .losses import accuracy, cross_entropy
 from .model import Params, softmax
 from .models import as_apply
 
-__all__ = ["evaluate", "predict_labels", "predict_probs", "eval_sums"]
+__all__ = ["evaluate", "predict_labels", "predict_probs"]
 
 _DEFAULT_CHUNK = 10000
 
@@ -40,7 +40,7 @@ def _chunk(model: Any, chunk_size: int | None) -> int:
     return int(getattr(model, "eval_chunk", _DEFAULT_CHUNK))
 
 
-def eval_sums(model: Any, params, x, y):
+def _eval_sums(model: Any, params, x, y):
     """(summed loss, summed correct) of the model (a value or an apply function) on one chunk x (n, D),
     y (n,). Compiled with the model static: equal model values share one program (their bound
     ``apply`` methods would not: a bound method compares its instance by identity)."""
@@ -48,7 +48,7 @@ def eval_sums(model: Any, params, x, y):
     return cross_entropy(logits, y) * x.shape[0], accuracy(logits, y) * x.shape[0]
 
 
-_eval_chunk_jit = jax.jit(eval_sums, static_argnums=0)
+_eval_chunk_jit = jax.jit(_eval_sums, static_argnums=0)
 
 
 def evaluate(model: Any, params: Params, x: jax.Array, y: jax.Array | None = None, *,

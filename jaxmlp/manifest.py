@@ -1,12 +1,14 @@
 """Run manifests: what a run was and what it produced, epoch by epoch, so that it can be rerun and checked.
 
-A manifest (JSON) holds the full config, the SHA-256 of the data files, the environment (python, jax,
-jaxlib, numpy and jaxmlp versions, backend, device kind, CPU model, XLA flags), the seed, and for every
-epoch ``{"epoch", "params_sha256", "loss"}``: a hash of the params' bytes after that epoch
-(``params_sha256``). ``jaxmlp train --manifest FILE`` and every ``jaxmlp reproduce`` row write one;
-``verify`` (``jaxmlp verify FILE``) reruns the run on the same data and reports either that every
-epoch's params are bit-identical, or the first epoch that differs and what in the environment differs
-from the manifest.
+A manifest (JSON) holds the full config, the SHA-256 of the data files, the absolute path and SHA-256 of
+every checkpoint the run reads (``inputs``: a fine-tune source), the environment (python, jax, jaxlib,
+numpy and jaxmlp versions, backend, device kind, CPU model, XLA flags), the seed, and for every epoch
+``{"epoch", "params_sha256", "loss"}``: a hash of the params' bytes after that epoch (``params_sha256``).
+``jaxmlp train --manifest FILE`` and every ``jaxmlp reproduce`` row write one; ``verify`` (``jaxmlp verify
+FILE``) reruns the run on the same data and inputs and reports either that every epoch's params are
+bit-identical, or the first epoch that differs and what in the environment differs from the manifest. A
+manifest is checked before anything is rerun: every field's type, no unknown field, the seed and dataset
+agreeing with the config they restate, the data and the inputs hashing as recorded.
 
 What is bit-reproducible where: a run is a pure function of its config, its data and its seed (every
 shuffle and every step's key derive from the seed; chunk sizes and stops and resumes change nothing),
@@ -30,13 +32,17 @@ import numpy as np
 
 from .events import Event, StopRun
 
-__all__ = ["MANIFEST_VERSION", "params_sha256", "EpochRecorder", "environment", "data_record", "build_manifest",
-           "write_manifest", "read_manifest", "environment_differences", "VerifyReport", "verify"]
+__all__ = ["MANIFEST_VERSION", "params_sha256", "EpochRecorder", "environment", "data_record", "input_records",
+           "build_manifest", "write_manifest", "read_manifest", "environment_differences", "VerifyReport", "verify"]
 
 MANIFEST_VERSION = 1
 KINDS = ("train", "notebook")  # runs.fit of a TrainConfig; the notebook's float64 run (notebook.fit_notebook_group)
 ENVIRONMENT_KEYS = ("python", "jax", "jaxlib", "numpy", "jaxmlp", "backend", "device", "device_count", "cpu", "cores",
                     "system", "xla_flags", "jax_env")
+MAX_MANIFEST_BYTES = 64 << 20  # a 1,000-epoch manifest is about 150 kB
+REQUIRED = ("manifest_version", "kind", "config", "seed", "data", "environment", "epochs")
+OPTIONAL = {"train": ("result", "row", "divergence_rule", "devices", "inputs"), "notebook": ("result", "row", "group")}
+NOTEBOOK_CONFIG = ("lr", "batch_size", "epochs", "seed", "hidden")  # and optionally dataset, replay_step
 
 
 def params_sha256(params: Any) -> str:
@@ -122,13 +128,54 @@ def data_record(data_dir: str | os.PathLike | None, dataset: str = "mnist") -> d
     return {"dataset": dataset, "files": files}
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of the bytes of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def input_paths(source: str | os.PathLike) -> list[Path]:
+    """The files a run fine-tuned from checkpoint ``source`` reads, absolute: the checkpoint, and the best
+    params it names beside itself (``handlers.best_params``) when it names them."""
+    from .checkpoint import read_meta
+
+    checkpoint = Path(source).resolve()
+    best = (read_meta(checkpoint).get("partial") or {}).get("best")
+    named = best.get("file") if isinstance(best, dict) else None
+    return [checkpoint] + ([checkpoint.with_name(named)] if isinstance(named, str) else [])
+
+
+def input_records(config: dict) -> list[dict]:
+    """``[{"path", "sha256"}, ...]`` of the checkpoints a train config reads (its ``finetune`` source and
+    that source's best params; ``input_paths``); [] for a run that reads none.
+
+    Args:
+        config: a ``TrainConfig.to_dict()``; a relative ``finetune`` is taken from the working folder.
+    """
+    source = config.get("finetune")
+    if not source:
+        return []
+    records = []
+    for p in input_paths(source):
+        try:
+            records.append({"path": str(p), "sha256": file_sha256(p)})
+        except OSError as err:
+            raise ValueError(f"fine-tune source {p}: cannot be read to record it in the manifest "
+                             f"({err.strerror or err})") from None
+    return records
+
+
 def build_manifest(kind: str, config: dict, seed: int, data: dict, epochs: Sequence[dict],
                    result: dict | None = None, **extra) -> dict:
     """A manifest (JSON-ready dict) of a finished run.
 
     Args:
         kind: "train" (``config`` is a ``TrainConfig.to_dict()``) or "notebook" (the notebook's settings).
-        config: the run's full settings.
+        config: the run's full settings; a fine-tune source is recorded by its absolute path, and it and the
+            files it names by their SHA-256 in ``inputs`` (``input_records``).
         seed: its PRNG seed.
         data: ``data_record`` of its data.
         epochs: ``EpochRecorder.epochs``.
@@ -137,6 +184,9 @@ def build_manifest(kind: str, config: dict, seed: int, data: dict, epochs: Seque
     """
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "train" and config.get("finetune"):
+        config = {**config, "finetune": str(Path(config["finetune"]).resolve())}
+        extra = {**extra, "inputs": input_records(config)}
     return {"manifest_version": MANIFEST_VERSION, "kind": kind, "config": config, "seed": int(seed), "data": data,
             "environment": environment(), "epochs": list(epochs), "result": result or {}, **extra}
 
@@ -153,40 +203,201 @@ def write_manifest(path: str | os.PathLike, manifest: dict) -> Path:
     return write_json(path, manifest)
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= set("0123456789abcdef")
+
+
+def _expect(path, where: str, value: Any, ok: bool, what: str) -> None:
+    """ValueError naming the file and the field unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{path}: {where}: expected {what}, got {_short(value)}")
+
+
+def _object(path, where: str, value: Any, required: Sequence[str], optional: Sequence[str] = ()) -> dict:
+    """``value``, an object with every ``required`` field and no field but those and ``optional``."""
+    _expect(path, where, value, isinstance(value, dict), "an object")
+    missing = [k for k in required if k not in value]
+    unknown = sorted(set(value) - set(required) - set(optional))
+    if missing:
+        raise ValueError(f"{path}: {where}: the field {missing[0]!r} is missing")
+    if unknown:
+        raise ValueError(f"{path}: {where}: unknown field {unknown[0]!r}")
+    return value
+
+
+def _same(value: Any, canonical: Any) -> bool:
+    """Whether ``value`` says what ``canonical`` says, in a type JSON gives it (an integer for a float)."""
+    if isinstance(canonical, list):
+        return isinstance(value, list) and len(value) == len(canonical) and all(map(_same, value, canonical))
+    if isinstance(canonical, float) and _is_int(value):
+        return value == canonical
+    return type(value) is type(canonical) and value == canonical
+
+
+def _type_name(value: Any) -> str:
+    for kind, name in ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a string"),
+                       (list, "a list"), (type(None), "null")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _checked_config(path, kind: str, config: Any) -> dict:
+    """The manifest's config, every setting checked as ``TrainConfig`` checks it and recorded as jaxmlp
+    records it (``"epochs": "1"`` is refused); returns its settings with the defaults filled in."""
+    from .config import TrainConfig
+
+    if kind == "notebook":
+        _object(path, "config", config, NOTEBOOK_CONFIG, ("dataset", "replay_step"))
+        _expect(path, "config.replay_step", config.get("replay_step"),
+                isinstance(config.get("replay_step", False), bool), "true or false")
+        values = {k: v for k, v in config.items() if k != "replay_step"}
+    else:
+        _expect(path, "config", config, isinstance(config, dict), "an object")
+        values = config
+    canonical = TrainConfig.from_dict(values, where=f"{path}: config").to_dict()
+    for k, v in values.items():
+        if not _same(v, canonical[k]):
+            want = _type_name(canonical[k])
+            raise ValueError(f"{path}: config.{k}: expected {want}, got {_short(v)}" if _type_name(v) != want else
+                             f"{path}: config.{k}: expected {_short(canonical[k])} (as jaxmlp records it), got "
+                             f"{_short(v)}")
+    return canonical
+
+
+def _check_epochs(path, epochs: Any, last_epoch: int) -> None:
+    _expect(path, "epochs", epochs, isinstance(epochs, list) and len(epochs) > 0, "a list of at least one epoch")
+    previous = 0  # consecutive epochs, from the first recorded (a resumed run's records start later)
+    for i, e in enumerate(epochs):
+        where = f"epochs[{i}]"
+        _object(path, where, e, ("epoch", "params_sha256", "loss"))
+        number = e["epoch"]
+        if previous:
+            ok, what = number == previous + 1, f"{previous + 1}, the epoch after epochs[{i - 1}]'s"
+        else:
+            ok, what = _is_int(number) and number >= 1, "an epoch number"
+        _expect(path, f"{where}.epoch", number, ok and number <= last_epoch,
+                f"{what}, at most config.epochs ({last_epoch})")
+        previous = number
+        _expect(path, f"{where}.params_sha256", e["params_sha256"], _is_sha256(e["params_sha256"]),
+                "a 64-digit SHA-256")
+        _expect(path, f"{where}.loss", e["loss"], _is_number(e["loss"]), "a number")
+
+
+def _check_data_record(path, data: Any, dataset: str) -> None:
+    _object(path, "data", data, ("dataset", "files"))
+    _expect(path, "data.dataset", data["dataset"], _same(data["dataset"], dataset),
+            f"config.dataset, {dataset!r}")
+    files = data["files"]
+    _expect(path, "data.files", files, isinstance(files, list) and len(files) > 0,
+            "a list of the data files with their SHA-256")
+    for i, f in enumerate(files):
+        where = f"data.files[{i}]"
+        _object(path, where, f, ("name", "sha256"), ("content_sha256",))
+        _expect(path, f"{where}.name", f["name"], isinstance(f["name"], str), "a string")
+        _expect(path, f"{where}.sha256", f["sha256"], _is_sha256(f["sha256"]), "a 64-digit SHA-256")
+        content = f.get("content_sha256")
+        _expect(path, f"{where}.content_sha256", content, content in (None, "") or _is_sha256(content),
+                "a 64-digit SHA-256 or null")
+
+
+def _check_inputs_record(path, inputs: Any, source: str | None) -> None:
+    """``inputs``: the checkpoints the run reads, by absolute path and SHA-256, config.finetune first."""
+    _expect(path, "inputs", inputs, isinstance(inputs, list), "a list")
+    for i, e in enumerate(inputs):
+        where = f"inputs[{i}]"
+        _object(path, where, e, ("path", "sha256"))
+        _expect(path, f"{where}.path", e["path"], isinstance(e["path"], str) and os.path.isabs(e["path"]),
+                "an absolute path")
+        _expect(path, f"{where}.sha256", e["sha256"], _is_sha256(e["sha256"]), "a 64-digit SHA-256")
+    if source is None and inputs:
+        raise ValueError(f"{path}: inputs: the config reads no checkpoint (config.finetune is null), yet inputs "
+                         f"lists {inputs[0]['path']}")
+    if source is not None and (not inputs or inputs[0]["path"] != source):
+        raise ValueError(f"{path}: config.finetune: the fine-tune source {source} must be recorded by its absolute "
+                         f"path and SHA-256 as inputs[0] (write the manifest again with this jaxmlp)")
+
+
 def _check(path, m: Any) -> dict:
+    """``m`` (a parsed manifest) with every field checked; one-line ValueError naming ``path`` and the field."""
     if not isinstance(m, dict):
         raise ValueError(f"{path}: not a jaxmlp manifest (expected a JSON object)")
-    if m.get("manifest_version") != MANIFEST_VERSION:
+    if not _is_int(m.get("manifest_version")) or m["manifest_version"] != MANIFEST_VERSION:
         raise ValueError(f"{path}: not a jaxmlp manifest of version {MANIFEST_VERSION} "
-                         f"(manifest_version is {m.get('manifest_version')!r})")
-    if m.get("kind") not in KINDS or not isinstance(m.get("config"), dict):
-        raise ValueError(f"{path}: 'kind' must be one of {', '.join(KINDS)} and 'config' an object")
-    files = (m.get("data") or {}).get("files") if isinstance(m.get("data"), dict) else None
-    if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in files):
-        raise ValueError(f"{path}: 'data' must list the data files with their SHA-256")
-    epochs = m.get("epochs")
-    if not isinstance(epochs, list) or not epochs:
-        raise ValueError(f"{path}: 'epochs' must list at least one epoch")
-    for e in epochs:
-        ok = isinstance(e, dict) and isinstance(e.get("epoch"), int) and isinstance(e.get("params_sha256"), str)
-        if not ok or len(e["params_sha256"]) != 64:
-            raise ValueError(f"{path}: every epoch needs an integer 'epoch' and a 64-digit 'params_sha256', got {e!r}")
-    if not isinstance(m.get("environment"), dict):
-        raise ValueError(f"{path}: 'environment' must be an object")
+                         f"(manifest_version is {_short(m.get('manifest_version'))})")
+    _expect(path, "kind", m.get("kind"), m.get("kind") in KINDS, f"one of {', '.join(KINDS)}")
+    kind = m["kind"]
+    _object(path, "the manifest", m, REQUIRED, OPTIONAL[kind])
+    config = _checked_config(path, kind, m["config"])
+    if not _same(m["seed"], config["seed"]):  # a restatement of the config: it may not say otherwise
+        raise ValueError(f"{path}: seed: {_short(m['seed'])} disagrees with config.seed {config['seed']}; the "
+                         f"manifest's seed restates its config's")
+    _check_data_record(path, m["data"], config["dataset"])
+    _check_epochs(path, m["epochs"], config["epochs"])
+    _expect(path, "environment", m["environment"], isinstance(m["environment"], dict), "an object")
+    _expect(path, "result", m.get("result"), isinstance(m.get("result", {}), dict), "an object")
+    _expect(path, "row", m.get("row"), isinstance(m.get("row", ""), str), "a string")
+    if kind == "train":
+        _expect(path, "devices", m.get("devices"), _is_int(m.get("devices", 1)) and m.get("devices", 1) >= 1,
+                "a positive integer")
+        _expect(path, "divergence_rule", m.get("divergence_rule"), isinstance(m.get("divergence_rule", True), bool),
+                "true or false")
+        _check_inputs_record(path, m.get("inputs", []), config["finetune"])
+    else:
+        group = m.get("group", [config["lr"]])
+        _expect(path, "group", group, isinstance(group, list) and len(group) > 0 and all(
+            _is_number(v) and v > 0 for v in group), "a list of positive learning rates")
+        _expect(path, "group", group, any(_same(v, config["lr"]) for v in group), f"a list holding config.lr "
+                f"({config['lr']})")
     return m
 
 
+def _no_repeated_keys(pairs: list) -> dict:
+    """A JSON object's pairs as a dict; ValueError when a key appears twice (which one would count?)."""
+    seen: set = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"the field {key!r} appears twice in one object")
+        seen.add(key)
+    return dict(pairs)
+
+
 def read_manifest(path: str | os.PathLike) -> dict:
-    """A manifest read and checked; one-line ValueError naming ``path`` when it is not one.
+    """A manifest read and checked (``_check``); one-line ValueError naming ``path`` (and the field) when
+    it cannot be read or is not one.
 
     Args:
         path: the JSON file ``write_manifest`` wrote.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            m = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{path}: not a jaxmlp manifest (more than {MAX_MANIFEST_BYTES:,} bytes)")
+    try:
+        m = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_repeated_keys)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a jaxmlp manifest (not UTF-8 text: byte {raw[err.start]:#04x} at offset "
+                         f"{err.start})") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path}: not a jaxmlp manifest ({err})") from None
     return _check(path, m)
 
 
@@ -205,12 +416,35 @@ def environment_differences(recorded: dict, now: dict | None = None) -> list[str
 def _check_data(path, recorded: dict, data_dir) -> None:
     """ValueError naming the first file whose contents differ from the manifest's."""
     found = data_record(data_dir, recorded.get("dataset", "mnist"))
+    if len(recorded["files"]) != len(found["files"]):
+        raise ValueError(f"{path}: data.files lists {len(recorded['files'])} files, {recorded['dataset']} has "
+                         f"{len(found['files'])} ({', '.join(f['name'] for f in found['files'])})")
     for want, got in zip(recorded["files"], found["files"]):
         key = "content_sha256" if want.get("content_sha256") and got.get("content_sha256") else "sha256"
         if want.get(key) != got.get(key):
             raise ValueError(f"{path}: the data differ from the manifest's: {got['name']} has SHA-256 "
                              f"{str(got.get(key))[:16]}..., the manifest recorded {str(want.get(key))[:16]}... for "
                              f"{want['name']}; verify reruns only on the same data (see --data-dir)")
+
+
+def _check_inputs(path, inputs: list, source: str | None) -> None:
+    """ValueError naming the first checkpoint the run reads that is missing or whose SHA-256 differs from
+    the manifest's, or when the manifest does not list every one (``input_paths``)."""
+    for record in inputs:
+        try:
+            digest = file_sha256(record["path"])
+        except FileNotFoundError:
+            raise ValueError(f"{path}: fine-tune source {record['path']}: missing (the run read it; verify needs it "
+                             f"there)") from None
+        except OSError as err:
+            raise ValueError(f"{path}: fine-tune source {record['path']}: cannot be read ({err.strerror or err})") \
+                from None
+        if digest != record["sha256"]:
+            raise ValueError(f"{path}: fine-tune source {record['path']}: sha256 differs from the manifest's (the "
+                             f"run's input changed)")
+    reads = [str(p) for p in input_paths(source)] if source else []
+    if reads != [record["path"] for record in inputs]:
+        raise ValueError(f"{path}: inputs must list every checkpoint the run reads: {', '.join(reads)}")
 
 
 class VerifyReport(NamedTuple):
@@ -238,10 +472,13 @@ def verify(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
         data_dir: the data folder (None: found as usual); its files must hash as the manifest says.
         on_record: called with each rerun epoch's record.
 
-    The rerun stops at the first epoch that differs. ValueError (one line) for a file that is not a
-    manifest or data that differ.
+    The rerun stops at the first epoch that differs. ValueError (one line, naming ``path``) for a file that
+    is not a manifest (``read_manifest``), data or a fine-tune source that differ from the manifest's or
+    are missing (checked before the rerun), or epochs that end before the rerun's do.
     """
     m = read_manifest(path)
+    if m["kind"] == "train":
+        _check_inputs(path, m.get("inputs", []), m["config"].get("finetune"))
     _check_data(path, m["data"], data_dir)
     recorder = EpochRecorder(m["epochs"], on_record)
     if m["kind"] == "train":
@@ -253,6 +490,10 @@ def verify(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
         done = {e["epoch"] for e in recorder.epochs}
         missing = [e for e in m["epochs"] if e["epoch"] not in done]
         difference = (missing[0], None) if missing else None  # type: ignore[assignment]
+        beyond = [e["epoch"] for e in recorder.epochs if e["epoch"] > m["epochs"][-1]["epoch"]]
+        if difference is None and beyond:
+            raise ValueError(f"{path}: epochs: the manifest ends at epoch {m['epochs'][-1]['epoch']}, but its run "
+                             f"goes on to epoch {beyond[-1]}")
     expected = recorder.expected or {}
     checked = sum(1 for e in recorder.epochs
                   if expected.get(e["epoch"], {}).get("params_sha256") == e["params_sha256"])
@@ -276,14 +517,10 @@ def _rerun_notebook(path, m: dict, data_dir, recorder: EpochRecorder) -> None:
     from .data import ensure_dataset
     from .notebook import fit_notebook_group
 
-    c = m["config"]
-    try:
-        group = [float(v) for v in m.get("group") or [c["lr"]]]
-        member = group.index(float(c["lr"]))
-        settings = {k: c[k] for k in ("batch_size", "epochs", "seed", "hidden")}
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{path}: a notebook manifest needs lr, batch_size, epochs, seed and hidden in its config, "
-                         f"and its lr in 'group'") from None
+    c = m["config"]  # checked by read_manifest: these fields are there, of their types, lr in the group
+    group = [float(v) for v in m.get("group", [c["lr"]])]
+    member = group.index(float(c["lr"]))
+    settings = {k: c[k] for k in ("batch_size", "epochs", "seed", "hidden")}
     data = ensure_dataset(data_dir, c.get("dataset", "mnist"))
 
     def on_epoch(epoch, params, records):

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import math
 import signal
@@ -29,7 +28,7 @@ from .engine import (
     TrainState,
     advance,
     build_run,
-    compile_program,
+    compile_aside,
     init_state,
     precision,
     run_chunk,
@@ -122,13 +121,10 @@ def param_count(config: TrainConfig, input_dim: int, num_classes: int) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
 
 
-def _compile_chunk(spec, capacity, state, n, input_dim, dtype, hp, matmul: str = "default"):
-    """The chunk program compiled from shapes alone (callable from a second thread: x64 and the matmul
-    precision are per thread)."""
-    with precision(jnp.dtype(dtype).name, matmul):
-        return compile_program(run_chunk, {"spec": spec, "capacity": capacity}, state,
-                               jax.ShapeDtypeStruct((n,), jnp.int32), jax.ShapeDtypeStruct((n, input_dim), dtype),
-                               jax.ShapeDtypeStruct((n,), jnp.int32), hp, jax.ShapeDtypeStruct((), jnp.int32))
+def _data_shapes(n: int, input_dim: int, dtype) -> tuple:
+    """Shapes of the chunk's (order, x, y) for ``n`` training examples of ``input_dim`` features."""
+    return (jax.ShapeDtypeStruct((n,), jnp.int32), jax.ShapeDtypeStruct((n, input_dim), dtype),
+            jax.ShapeDtypeStruct((n,), jnp.int32))
 
 
 def _arrays(config: TrainConfig, data, dtype):
@@ -161,8 +157,9 @@ def setup(config: TrainConfig, data, state: TrainState | None = None,
     """The ``Run``, the starting state (``state`` to resume; else fresh or fine-tuned params) and the
     test arrays.
 
-    The chunk program compiles on a second thread from shapes alone while this one initialises and
-    copies the data to the device, so a cold start's largest compile overlaps the rest. Call it inside
+    The chunk program compiles on a second thread from shapes alone while this one copies the data
+    to the device (``engine.compile_aside``), so a cold start's largest compile overlaps the rest. Call
+    it inside
     ``precision(config.dtype, config.matmul_precision)``, as ``fit`` does.
 
     Args:
@@ -189,21 +186,21 @@ def setup(config: TrainConfig, data, state: TrainState | None = None,
     if state is None:
         init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
         state = init_state(_start_params(config, init_key, input_dim, num_classes), make_optimizer(spec, hp), run_key)
+    # The chunk compiles from shapes on a second thread while this one copies the data and compiles the
+    # test program, so a cold start's largest compile overlaps the rest (a mesh's placements are known
+    # only once the data is distributed: build_run compiles those itself).
+    pending = None if mesh is not None else compile_aside(
+        run_chunk, {"spec": spec, "capacity": capacity}, jax.eval_shape(lambda s: s, state),
+        *_data_shapes(n, input_dim, dtype), hp, jax.ShapeDtypeStruct((), jnp.int32))
     x, y, x_val, y_val, x_test, y_test = _arrays(config, data, dtype)
     extra: dict[str, Any] = dict(loss_floor=math.log(num_classes), config=config,
                  validate=None if x_val is None else functools.partial(_validate, x_val, y_val, config),
                  save=functools.partial(_save, config, int(x.shape[1]), num_classes, capacity))
-    if mesh is not None:
-        run, state = build_run(spec, state, x, y, config.epochs, hp, mesh=mesh, **extra)
-    else:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(_compile_chunk, spec, capacity, jax.eval_shape(lambda s: s, state), n,
-                                  input_dim, dtype, hp, config.matmul_precision)
-            model = spec.model
-            chunk_size = min(model.eval_chunk, x_test.shape[0])  # the test program, meanwhile
-            _eval_chunk_jit(model, state.params, x_test[:chunk_size], y_test[:chunk_size])
-            program, seconds = pending.result()
-        run = Run(spec, hp, x, y, config.epochs, capacity, program, capacity, seconds, **extra)
+    if pending is not None:
+        chunk_size = min(spec.model.eval_chunk, x_test.shape[0])
+        _eval_chunk_jit(spec.model, state.params, x_test[:chunk_size], y_test[:chunk_size])
+    run, state = build_run(spec, state, x, y, config.epochs, hp, mesh=mesh,
+                           compiled=None if pending is None else pending.result(), **extra)
     return run, state, Prepared(x_test, y_test, num_classes)
 
 
@@ -252,8 +249,6 @@ def _checked_meta(path, meta: dict) -> tuple[TrainConfig, Any, dict]:
     try:
         config = TrainConfig.from_dict(meta.get("config"), where=f"{path}: config")  # type: ignore[arg-type]
         model = models.from_config(config)
-        if "model" in meta and models.from_dict(meta["model"]) != model:
-            raise ValueError(f"{path}: meta 'model' {meta['model']} is not the model its config trains")
         for name in ("input_dim", "num_classes"):
             if not isinstance(meta.get(name), int) or not 0 < meta[name] <= 1 << 20:
                 raise ValueError(f"{path}: meta {name!r} must be a positive integer, got {meta.get(name)!r}")
@@ -315,6 +310,11 @@ def load_run(path) -> LoadedRun:
         state = load_state(path, template)
     if not 0 <= int(state.epoch) <= config.epochs or not 0 <= int(state.step) < meta.get("steps_per_epoch", 1 << 31):
         raise CheckpointError(f"{path}: member 'state/epoch' or 'state/step' is out of range")
+    try:  # after the arrays: a config edited to another model is named by the member that disagrees
+        if "model" in meta and models.from_dict(meta["model"]) != model:
+            raise ValueError(f"meta 'model' {meta['model']} is not the model its config trains")
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     return LoadedRun(model, state, config, meta)
 
 

@@ -23,12 +23,10 @@ member's data order (tested), not its own single run. Members of different shape
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import itertools
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -38,9 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import engine, models, runs
-from .config import TrainConfig, hparam_names, hparams
-from .divergence import reference_loss
-from .model import INIT_SCHEMES, log_softmax
+from .config import TrainConfig
+from .members import check_sweepable, evaluate_members, group_key, train_group
 
 SWEEP_AXES = ("lr", "batch_size", "hidden", "seed", "init")
 
@@ -99,28 +96,6 @@ def random_search(base: TrainConfig, num_trials: int, *, seed: int = 0,
     return configs
 
 
-def _check_sweepable(config: TrainConfig) -> None:
-    if config.val_split or config.patience:
-        raise ValueError("sweeps and ensembles train on the whole training set: "
-                         "TrainConfig.val_split/TrainConfig.patience are not supported here")
-    if config.finetune or config.classes is not None:
-        raise ValueError("sweeps and ensembles start from fresh params on all classes: "
-                         "TrainConfig.finetune/TrainConfig.classes are not supported here")
-
-
-def group_key(config: TrainConfig, num_examples: int, image_side: int = 28) -> tuple:
-    """What two configurations must share to train in one program: the static ``TrainSpec`` (batch
-    size, optimizer, schedule horizon, ...), the architecture's shapes and the dtype. lr, seed, init
-    scheme and the other numeric hyperparameters are left out: they batch.
-
-    Args:
-        config: the run's configuration.
-        num_examples: N, the size of the training set.
-        image_side: the images' side in pixels.
-    """
-    return runs.spec_for(config, num_examples, image_side), config.dtype, config.epochs
-
-
 def group_by_shape(configs: Sequence[TrainConfig], num_examples: int, image_side: int = 28,
                    max_group: int | None = None) -> list[list[int]]:
     """Indices of ``configs`` grouped by ``group_key`` (groups in order of first appearance), each
@@ -134,362 +109,6 @@ def group_by_shape(configs: Sequence[TrainConfig], num_examples: int, image_side
         step = max_group or len(members)
         out.extend(members[i:i + step] for i in range(0, len(members), step))
     return out
-
-
-# ---------------------------------------------------------------- training a group
-
-
-def member_state(config: TrainConfig, input_dim: int, num_classes: int,
-                 spec: runs.TrainSpec) -> tuple[engine.TrainState, dict]:
-    """(state, hparams) of ``config``'s run, built exactly as ``runs.setup`` builds them, so a member
-    follows the key stream of its single ``runs.fit`` run (``init_members`` builds K of them at once).
-
-    Args:
-        config: the run's configuration.
-        input_dim: D, the width of a flattened input.
-        num_classes: C, the width of the output layer.
-        spec: the group's ``TrainSpec`` (its optimizer builds the optimizer state).
-    """
-    hp = hparams(config, runs.dtype_of(config))
-    init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    params = runs.init_model(config, init_key, input_dim, num_classes)
-    return engine.init_state(params, runs.make_optimizer(spec, hp), run_key), hp
-
-
-def _build_members(seeds: jax.Array, hp: dict, order: jax.Array | None, inverse: jax.Array | None, *,
-                   model: tuple, schemes: tuple, spec: runs.TrainSpec, shared_key: bool) -> engine.TrainState:
-    """K members' stacked ``TrainState``, each as ``member_state`` builds it, under one ``vmap``.
-
-    Args:
-        seeds: (K,) integer seeds, converted as ``jax.random.PRNGKey`` converts a Python int.
-        hp: the members' stacked hparams, (K,) each.
-        order: (K,) int32 member indices grouped by init scheme (None: one scheme); inverse: its inverse.
-        model: (model value, dtype name, input_dim, num_classes), what every member shares (static).
-        schemes: ((init scheme, members with it), ...) in the order of ``order`` (static).
-        spec: the group's ``TrainSpec`` (static).
-        shared_key: return the first member's run key (2,) instead of all of them (K, 2) (static).
-    """
-    net, dtype, input_dim, num_classes = model
-    init_keys, run_keys = jnp.moveaxis(jax.vmap(lambda s: jax.random.split(jax.random.PRNGKey(s)))(seeds), 1, 0)
-    grouped = init_keys if order is None else init_keys[order]
-    parts, start = [], 0
-    for scheme, count in schemes:  # one vmapped init per scheme present (an init sweep has up to three)
-        init = functools.partial(net.init, input_shape=input_dim, num_classes=num_classes, scheme=scheme,
-                                 dtype=runs.param_dtype(dtype))  # as runs.init_model draws
-        parts.append(jax.vmap(init)(grouped[start:start + count]))
-        start += count
-    params = parts[0] if inverse is None else jax.tree_util.tree_map(
-        lambda *leaves: jnp.concatenate(leaves)[inverse], *parts)
-    opt_state = jax.vmap(lambda p, h: runs.make_optimizer(spec, h).init(p))(params, hp)
-    zero = jnp.zeros((), jnp.int32)
-    return engine.TrainState(params, opt_state, run_keys[0] if shared_key else run_keys, zero, zero)
-
-
-# The MLP's init is one barrier-protected program (model._init_program), so the whole build compiles as
-# one program with the same bits. The CNN's init runs op by op in a single run; compiled, XLA would fold
-# its scale into the sampler's constants and change the last bits, so its members are built op by op
-# too (vmapped: a few dozen dispatches whatever K is).
-_build_members_jit = jax.jit(_build_members, static_argnames=("model", "schemes", "spec", "shared_key"))
-
-
-def stacked_hparams(configs: Sequence[TrainConfig], dtype) -> dict:
-    """The hparams of ``configs`` (K configurations; ``config.hparams`` of each), stacked on the host into
-    (K,) arrays of ``dtype`` and copied to the device once each: nothing compiles, nothing is stacked on
-    the device."""
-    names = hparam_names()
-    rows = [{**{n: getattr(c, n) for n in names}, "weight_decay": c.resolved_weight_decay} for c in configs]
-    host = {n: np.asarray([row[n] for row in rows], jnp.dtype(dtype)) for n in names}
-    return jax.device_put(host)
-
-
-def _member_inputs(configs: Sequence[TrainConfig], input_dim: int, num_classes: int, spec: runs.TrainSpec,
-                   shared_key: bool) -> tuple[Callable, tuple, dict]:
-    """(build, args, statics): ``build(*args, **statics)`` is ``init_members``'s state; see there."""
-    first = configs[0]
-    hp = stacked_hparams(configs, runs.dtype_of(first))
-    # As PRNGKey converts a Python int (int64; int32, wrapping, without x64), but on the host: nothing compiles.
-    seeds = np.asarray([c.seed for c in configs], np.int64).astype(jax.dtypes.canonicalize_dtype(np.int64))
-    inits = [runs.init_scheme(c) for c in configs]
-    present = [s for s in INIT_SCHEMES if s in inits]
-    order = inverse = None
-    if len(present) > 1:
-        order = np.argsort([present.index(s) for s in inits], kind="stable").astype(np.int32)
-        inverse = np.argsort(order).astype(np.int32)
-    statics = dict(model=(spec.model, first.dtype, int(input_dim), int(num_classes)),
-                   schemes=tuple((s, inits.count(s)) for s in present), spec=spec, shared_key=bool(shared_key))
-    build = _build_members if getattr(spec.model, "eager_init", False) else _build_members_jit
-    return build, (seeds, hp, order, inverse), statics
-
-
-def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: int, spec: runs.TrainSpec,
-                 shared_key: bool = False) -> tuple[engine.TrainState, dict]:
-    """The group's stacked ``TrainState`` and hparams, every member exactly as ``member_state`` builds
-    it, all built by one vmapped program over the members' seeds, init schemes and hparams.
-
-    Args:
-        configs: K configurations of one shape group (``group_key``).
-        input_dim: D, the width of a flattened input.
-        num_classes: C, the width of the output layer.
-        spec: the group's ``TrainSpec``.
-        shared_key: every member trains on the first one's run key (one seed, or ``share_order``).
-
-    Returns (state, hparams): params, optimizer state and hparams with a leading model axis K; the run
-    keys (K, 2), or one (2,) key when ``shared_key``; ``epoch``/``step`` unbatched (the members move in
-    step). Call inside ``engine.precision`` for float64.
-    """
-    build, args, statics = _member_inputs(configs, input_dim, num_classes, spec, shared_key)
-    return build(*args, **statics), args[1]
-
-
-def member_axes(shared_key: bool) -> engine.TrainState:
-    """``vmap`` axes of a group's ``TrainState``: the step counters are unbatched, so the engine's
-    short-batch ``lax.cond`` stays a branch (a batched predicate would run both sides every step).
-    ``shared_key``: the run key is one unbatched (2,) key rather than (K, 2)."""
-    return engine.TrainState._make([0, 0, None if shared_key else 0, None, None])
-
-
-def group_chunk(state: engine.TrainState, order: jax.Array, x: jax.Array, y: jax.Array, hparams: dict,
-                num_steps: jax.Array, *, spec: runs.TrainSpec, capacity: int, shared_key: bool = False,
-                chains: int = 1) -> tuple[engine.TrainState, jax.Array]:
-    """``engine.chunk`` for K members at once (``jax.vmap``; the dataset x (N, D), y (N,) is shared).
-
-    state: stacked as ``init_members`` builds it; order: ``group_order`` (one (N,) order when
-    ``shared_key``, else (K, N)); hparams: stacked; num_steps: int32 scalar, the steps to run (shared);
-    spec: the group's ``TrainSpec`` (static). Returns the new state and losses (K, capacity).
-
-    ``chains`` > 1 cuts the members into that many independent vmapped chunks inside the one program.
-    XLA's CPU runtime runs independent operations concurrently, so the chains spread over the cores
-    where one chain of small matmuls keeps a core waiting; the math per member is unchanged.
-    """
-    k = jax.tree_util.tree_leaves(state.params)[0].shape[0]
-    bounds = np.linspace(0, k, max(1, min(int(chains), k)) + 1).astype(int)
-    axes, key_axis = member_axes(shared_key), None if shared_key else 0
-    run = jax.vmap(functools.partial(engine.chunk, spec=spec, capacity=capacity),
-                   in_axes=(axes, key_axis, None, None, 0, None), out_axes=(axes, 0))
-    if len(bounds) == 2:
-        return run(state, order, x, y, hparams, num_steps)
-    part = lambda tree, a, b, axis=0: tree if axis is None else jax.tree_util.tree_map(  # noqa: E731
-        lambda leaf: leaf[a:b], tree)
-    outs = [run(engine.TrainState(part(state.params, a, b), part(state.opt_state, a, b),
-                                 part(state.key, a, b, key_axis), state.epoch, state.step),
-                part(order, a, b, key_axis), x, y, part(hparams, a, b), num_steps)
-            for a, b in zip(bounds[:-1], bounds[1:])]
-    join = lambda *trees: jax.tree_util.tree_map(lambda *leaves: jnp.concatenate(leaves), *trees)  # noqa: E731
-    new = [o[0] for o in outs]
-    return (engine.TrainState(join(*(s.params for s in new)), join(*(s.opt_state for s in new)),
-                             new[0].key if shared_key else join(*(s.key for s in new)), new[0].epoch, new[0].step),
-            join(*(o[1] for o in outs)))
-
-
-run_group_chunk = jax.jit(group_chunk, static_argnames=("spec", "capacity", "shared_key", "chains"))
-
-
-def default_chains(num_models: int) -> int:
-    """How many chains ``group_chunk`` should use for ``num_models`` members: on a CPU two per core,
-    at most ``num_models`` and 8 (each chain adds compile time; on 2 cores a 16-lr sweep measured
-    1.1-1.3x a single run per model-epoch with one chain, 0.7-1.0x with 2 and 0.68-0.92x with 4); 1 on
-    accelerators, where one wide program is what keeps the device busy."""
-    if jax.default_backend() != "cpu":
-        return 1
-    return max(1, min(num_models, 2 * (os.cpu_count() or 1), 8))
-
-
-@functools.partial(jax.jit, static_argnames=("num_examples", "shared_key"))
-def group_order(key: jax.Array, epoch: jax.Array, num_examples: int, shared_key: bool = False) -> jax.Array:
-    """The members' order of examples in epoch ``epoch``: ``engine.epoch_order`` of each key."""
-    if shared_key:
-        return engine.epoch_order(key, epoch, num_examples)
-    return jax.vmap(engine.epoch_order, in_axes=(0, None, None))(key, epoch, num_examples)
-
-
-def stack(trees: Sequence[Any]) -> Any:
-    """``trees``, a list of K same-structured PyTrees -> one PyTree with a new leading axis K."""
-    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def unstack(tree: Any, index: int) -> Any:
-    """Member ``index`` of ``tree``, a stacked PyTree (leading axis K)."""
-    return jax.tree_util.tree_map(lambda leaf: leaf[index], tree)
-
-
-class GroupResult(NamedTuple):
-    """What ``train_group`` returns.
-
-    Attributes:
-        params: the members' final params, stacked (leading axis K).
-        opt_state: their optimizer states, stacked.
-        history: (K, epochs) float epoch losses, NaN from the epoch a member diverged in.
-        compile_seconds: the group program's compile time.
-        train_seconds: the epochs' time, compilation excluded.
-        shared_key: one run key for all members (one shuffle, the same minibatches).
-        state: the stacked final ``TrainState`` (see ``init_members``).
-        diverged: (K,) bool, which members diverged (``diverged_members``).
-    """
-
-    params: Any                 # stacked, leading axis K
-    opt_state: Any
-    history: np.ndarray         # (K, epochs) epoch losses (NaN from the epoch a member diverged in)
-    compile_seconds: float
-    train_seconds: float        # epochs only, compilation excluded
-    shared_key: bool            # one key for all members: one shuffle, the same minibatches
-    state: engine.TrainState     # the stacked final state (see init_members)
-    diverged: Any = None        # (K,) bool: the member diverged (``diverged_members``)
-
-
-@jax.jit
-def _members_finite(params: Any) -> jax.Array:
-    """(K,) bool: every leaf of member k's params is finite. params: stacked (leading axis K)."""
-    leaves = jax.tree_util.tree_leaves(params)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1) for leaf in leaves]),
-                   axis=0)
-
-
-def diverged_members(losses: np.ndarray, start: np.ndarray, finite: np.ndarray, rule: bool = True) -> np.ndarray:
-    """(K,) bool: which members of a chunk diverged, by the rule a single run's chunk is judged by
-    (``divergence.diverged``).
-
-    Args:
-        losses: (K, steps) the chunk's per-step losses of each member.
-        start: (K,) each member's reference loss: max(its first loss, ln C) (``divergence.reference_loss``).
-        finite: (K,) bool, each member's params are all finite after the chunk.
-        rule: apply the 10x rule (False: only non-finite losses or params count, ``--no-divergence-check``).
-    """
-    from .divergence import HEALTHY, diverged
-
-    return diverged(losses, start, rule=rule, params_finite=finite) != HEALTHY
-
-
-def _start_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int, spec: runs.TrainSpec,
-                 shared: bool, chains: int) -> tuple[engine.TrainState, dict, Callable, float]:
-    """(state, hparams, the compiled group chunk, its compile seconds): the chunk compiles on a second
-    thread from the members' shapes while this one builds the members (XLA compiles without the GIL),
-    as ``runs.setup`` overlaps a single run's. Arguments as ``train_group``'s."""
-    build, args, statics = _member_inputs(configs, x.shape[1], num_classes, spec, shared)
-    shapes = jax.eval_shape(functools.partial(_build_members, **statics), *args)
-    n, steps = x.shape[0], engine.steps_per_epoch(x.shape[0], spec.batch_size)
-    order = jax.ShapeDtypeStruct((n,) if shared else (len(configs), n), jnp.int32)
-    x64 = jax.config.jax_enable_x64  # type: ignore[attr-defined]
-    matmul = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]  # per thread: carry over
-
-    def compile_chunk():
-        with jax.enable_x64(x64), jax.default_matmul_precision(matmul):
-            return engine.compile_program(run_group_chunk, {"spec": spec, "capacity": steps, "shared_key": shared,
-                                                            "chains": chains}, shapes, order, x, y, args[1],
-                                          jax.ShapeDtypeStruct((), jnp.int32))
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(compile_chunk)
-        state = build(*args, **statics)
-        group_order(state.key, state.epoch, n, shared)  # compiled here, not in the first epoch's time
-        program, seconds = pending.result()
-    return state, args[1], program, seconds
-
-
-def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int = 10, *,
-                image_side: int = 28, chains: int | None = None, share_order: bool = False,
-                on_epoch: Callable[[int, np.ndarray], None] | None = None,
-                divergence_rule: bool = True) -> GroupResult:
-    """Train ``configs`` (K configurations that share a ``group_key``) together, all epochs, one
-    compiled program.
-
-    x (N, D) float, y (N,) int32, already on the device (call inside ``engine.precision`` for float64);
-    num_classes: C, the width of the output layer; image_side: the images' side in pixels.
-    Each epoch is one ``group_chunk`` of all its steps; ``chains``: see there (default:
-    ``default_chains``). ``share_order``: every member uses the first one's run key (see the module
-    docstring); members of one seed share it anyway. ``on_epoch(epoch, losses (K,))`` after each
-    epoch. A member diverges as a single run does (a non-finite loss or params, or with
-    ``divergence_rule`` a chunk's mean loss past 10x max(its first loss, ln C)); it does not stop the
-    others: its losses become NaN from that epoch on and ``diverged`` marks it. When all diverged, the
-    remaining epochs are skipped.
-    """
-    keys = {group_key(c, x.shape[0], image_side) for c in configs}
-    if len(keys) != 1:
-        raise ValueError("train_group needs configurations of one shape group (see group_by_shape)")
-    for c in configs:
-        _check_sweepable(c)
-    n, first = x.shape[0], configs[0]
-    spec = runs.spec_for(first, n, image_side)
-    shared = share_order or len({c.seed for c in configs}) == 1
-    steps = engine.steps_per_epoch(n, spec.batch_size)
-    chains = default_chains(len(configs)) if chains is None else chains
-    state, hp, program, compile_seconds = _start_group(configs, x, y, num_classes, spec, shared, chains)
-    history = np.full((len(configs), first.epochs), np.nan)
-    train_seconds, dead, start = 0.0, np.zeros(len(configs), bool), None
-    for e in range(first.epochs):
-        t0 = time.perf_counter()
-        order = group_order(state.key, state.epoch, n, shared)
-        state, losses = program(state, order, x, y, hp, jnp.int32(steps))
-        losses = np.asarray(losses)  # waits for the device
-        train_seconds += time.perf_counter() - t0
-        start = reference_loss(losses[:, 0], math.log(num_classes)) if start is None else start
-        dead |= diverged_members(losses, start, np.asarray(_members_finite(state.params)), divergence_rule)
-        history[:, e] = [np.nan if d else engine.epoch_loss(row, n, spec.batch_size) for row, d in zip(losses, dead)]
-        if on_epoch is not None:
-            on_epoch(e + 1, history[:, e])
-        if dead.all():
-            break
-    return GroupResult(state.params, state.opt_state, history, compile_seconds, train_seconds, shared, state, dead)
-
-
-# ---------------------------------------------------------------- evaluating many models
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _members_eval_chunk(model, params, x, y):
-    """Sums over one chunk of examples: per-member -log p(y) (K,) and correct counts (K,), then the
-    averaged-probability ensemble's. params: stacked (leading K); x (n, D); y (n,) int32."""
-    apply = models.as_apply(model)
-    logits = jax.vmap(lambda p: apply(p, x))(params)          # (K, n, C)
-    logp = log_softmax(logits)
-    picked = jnp.take_along_axis(logp, jnp.broadcast_to(y[None, :, None], (logp.shape[0], y.shape[0], 1)), axis=2)
-    nll = -jnp.sum(picked[..., 0], axis=1)                                  # (K,)
-    correct = jnp.sum(jnp.argmax(logits, axis=-1) == y[None, :], axis=1)    # (K,)
-    mean_probs = jnp.mean(jnp.exp(logp), axis=0)                            # (n, C): the ensemble
-    ens_nll = -jnp.sum(jnp.log(jnp.take_along_axis(mean_probs, y[:, None], axis=1)))
-    ens_correct = jnp.sum(jnp.argmax(mean_probs, axis=-1) == y)
-    return nll, correct, ens_nll, ens_correct
-
-
-def evaluate_members(model: Any, params: Any, x: jax.Array, y: jax.Array, *,
-                     chunk_size: int = 5000) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Stacked models on (x, y): per-member mean losses (K,) and accuracies (K,), then the ensemble's
-    loss and accuracy, the ensemble predicting ``argmax`` of the members' *averaged probabilities*.
-
-    Args:
-        model: the members' model value (``jaxmlp.MLP(...)``) or ``apply(params, x) -> logits``.
-        params: K models' params, stacked (leading axis K).
-        x: (N, D) inputs; y: (N,) int32 labels.
-        chunk_size: examples per compiled call (bounds the (K, chunk, width) activations).
-
-    Every chunk is dispatched before any result is read; one ``device_get`` brings all of them back,
-    and the chunks' sums are added on the host in float64.
-    """
-    n = x.shape[0]
-    if n == 0:
-        raise ValueError("cannot evaluate on an empty set")
-    models.as_apply(model)  # a TypeError here, not inside the compiled chunk
-    sums = jax.device_get([_members_eval_chunk(model, params, x[s], y[s]) for s in engine.batch_slices(n, chunk_size)])
-    nll, correct, ens_nll, ens_correct = (np.sum([np.asarray(part[i], np.float64) for part in sums], axis=0)
-                                          for i in range(4))
-    return nll / n, correct / n, float(ens_nll) / n, float(ens_correct) / n
-
-
-def ensemble_probs(model: Any, params: Any, x: jax.Array) -> jax.Array:
-    """Each stacked model's class probabilities on x (N, D): (K, N, C). model: the members' model value
-    or apply function; params: K models' params, stacked (leading axis K)."""
-    from .model import softmax
-
-    apply = models.as_apply(model)
-    return jax.vmap(lambda p: softmax(apply(p, x)))(params)
-
-
-def ensemble_accuracy(probs, labels) -> float:
-    """Accuracy of the averaged-probability ensemble: probs (K, N, C) per member, labels int (N,)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels)
-    if probs.ndim != 3 or probs.shape[1] != labels.shape[0]:
-        raise ValueError(f"probs must be (K, N, C) with N = len(labels), got {probs.shape} and {labels.shape}")
-    return float(np.mean(np.argmax(probs.mean(axis=0), axis=-1) == labels))
 
 
 # ---------------------------------------------------------------- sweeps and ensembles end to end
@@ -577,7 +196,7 @@ def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = N
         raise ValueError("a sweep needs at least one configuration")
     for c in configs:
         c.validate()
-        _check_sweepable(c)
+        check_sweepable(c)
     started = time.perf_counter()
     with engine.precision(configs[0].dtype, configs[0].matmul_precision):
         x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
@@ -639,7 +258,7 @@ def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool =
     if members < 1:
         raise ValueError(f"fit_ensemble: members must be positive, got {members}")
     config.validate()
-    _check_sweepable(config)
+    check_sweepable(config)
     configs = [dataclasses.replace(config, seed=config.seed + i) for i in range(members)]
     with engine.precision(config.dtype, config.matmul_precision):
         x, y, x_test, y_test, num_classes, side = _prepared(data, configs)

@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmlp
-from jaxmlp import sweep
+from jaxmlp import members, sweep
 from jaxmlp.config import TrainConfig
 from jaxmlp.data import DataError
 from jaxmlp.runs import fit, prepare
@@ -65,9 +65,9 @@ configs = sweep.grid(base, lr=lrs, hidden=hiddens)
 print(len(configs), "configurations, e.g.", {k: getattr(configs[0], k) for k in sweep.SWEEP_AXES})
 
 groups = sweep.group_by_shape(configs, n_train)
-for g, members in enumerate(groups):
-    shape = "-".join(map(str, configs[members[0]].hidden))
-    print(f"program {g}: hidden {shape}, batch 32, {len(members)} models, lr", [configs[i].lr for i in members])
+for g, group in enumerate(groups):
+    shape = "-".join(map(str, configs[group[0]].hidden))
+    print(f"program {g}: hidden {shape}, batch 32, {len(group)} models, lr", [configs[i].lr for i in group])
 
 with_seeds = sweep.grid(base, lr=lrs, hidden=hiddens, seed=[0, 1, 2])
 print(f"adding seed=[0, 1, 2]: {len(with_seeds)} configurations, still "
@@ -75,7 +75,7 @@ print(f"adding seed=[0, 1, 2]: {len(with_seeds)} configurations, still "
 
 # %% [markdown]
 # Two configurations can share a program when everything that fixes the program's shapes and
-# structure agrees: hidden sizes, batch size, optimizer, epochs, dtype (`sweep.group_key`). The
+# structure agrees: hidden sizes, batch size, optimizer, epochs, dtype (`members.group_key`). The
 # learning rate, the seed and the init scheme are just numbers fed to the program, so the models
 # of a group get a leading axis on their params, optimizer state and keys, while the training
 # images are shared. Each member still follows exactly the random stream `jaxmlp.fit` would use
@@ -192,8 +192,8 @@ print(f"training: {ens.train_seconds / (5 * ens_config.epochs):.3f} s per model-
 # %%
 x_test = prepare(data.x_test, jnp.float32)
 model = jaxmlp.models.from_config(ens_config)                       # the members' model, one value
-probs = np.asarray(sweep.ensemble_probs(model, ens.params, x_test))  # (5, 10000, 10)
-print("ensemble_accuracy(probs, labels):", f"{sweep.ensemble_accuracy(probs, data.y_test):.2%}")
+probs = np.asarray(members.ensemble_probs(model, ens.params, x_test))  # (5, 10000, 10)
+print("ensemble_accuracy(probs, labels):", f"{members.ensemble_accuracy(probs, data.y_test):.2%}")
 
 votes = probs.argmax(axis=-1)                                     # (5, 10000) each member's label
 disputed = np.any(votes != votes[0], axis=0)
@@ -203,7 +203,7 @@ print(f"images where the members disagree: {disputed.sum()} of {len(disputed)}")
 print(f"on those, a member is right {members_right[disputed].mean():.1%} of the time, "
       f"the averaged probabilities {avg_right[disputed].mean():.1%}")
 for k in range(1, len(probs) + 1):
-    print(f"average of the first {k} members: {sweep.ensemble_accuracy(probs[:k], data.y_test):.2%}")
+    print(f"average of the first {k} members: {members.ensemble_accuracy(probs[:k], data.y_test):.2%}")
 
 # %% [markdown]
 # On the images every member gets right or every member gets wrong, averaging changes nothing;

@@ -78,7 +78,7 @@ MODES = {
                                       "--metrics-out", "--quiet", "--no-divergence-check", "--replay-notebook-step",
                                       "--notebook-exact", "--manifest"})),
     "ensemble": Mode("train", {"--ensemble": ["2"], "--hidden": ["8"], "--epochs": ["1"], "--metrics-out": ["m.json"]},
-                     frozenset(CONFIG_FLAGS - {"--activation", "--val-split", "--patience", "--finetune", "--freeze",
+                     frozenset(CONFIG_FLAGS - {"--val-split", "--patience", "--finetune", "--freeze",
                                                "--new-head", "--classes"})
                      | {"--data-dir", "--dataset", "--preset", "--metrics-out", "--quiet", "--shared-order",
                         "--no-divergence-check", "--ensemble"}),
@@ -230,6 +230,8 @@ SWEEP_VALUES = {
     "--dropout": [v(0.5)], "--input-dropout": [v(0.5)], "--augment": [v("shift")],
     "--dtype": [v("float64"), v("bfloat16")],
     "--matmul-precision": [v("highest")],
+    "--activation": [v("tanh")],
+    "--arch": [v("cnn", expect=REFUSED)],  # with --hidden: the CNN's layers are fixed (a CNN sweep compiles ~10 s)
     "--max-group": [v(1)], "--shared-order": [v()], "--metrics-out": [v("other.json")], "--top": [v(1)],
     "--plot-dir": [v("plots")], "--quiet": [v()],
 }
@@ -476,6 +478,7 @@ class observe:
         import jaxmlp.data
         import jaxmlp.engine
         import jaxmlp.handlers
+        import jaxmlp.members
         import jaxmlp.notebook
         import jaxmlp.runs
         import jaxmlp.sweep
@@ -502,12 +505,11 @@ class observe:
         wrap(jaxmlp.runs, "_save", before=count("saves"))
         wrap(jaxmlp.backprop, "manual_grad", before=lambda *a, **k: seen["traced"].append("manual_grad"))
         wrap(jaxmlp.handlers, "default_checks", before=lambda rule=True: seen["rules"].append(rule))
-        wrap(jaxmlp.sweep, "diverged_members", before=lambda *a, **k: seen["rules"].append(a[3] if len(a) > 3 else
+        wrap(jaxmlp.members, "diverged_members", before=lambda *a, **k: seen["rules"].append(a[3] if len(a) > 3 else
                                                                                           k.get("rule", True)))
         wrap(jaxmlp.notebook, "_check_divergence", before=lambda *a: seen["rules"].append(a[3]))
-        for module in (jaxmlp.engine, jaxmlp.runs):
-            wrap(module, "compile_program", before=lambda *a, **k: seen["precision"].add(
-                str(jax.config.jax_default_matmul_precision)))
+        wrap(jaxmlp.engine, "compile_program", before=lambda *a, **k: seen["precision"].add(
+            str(jax.config.jax_default_matmul_precision)))
         keep = lambda r: seen["params"].append(_params_digest(r.params))  # noqa: E731
         for module, name in ((jaxmlp.runs, "fit"), (jaxmlp.sweep, "fit_ensemble"), (jaxmlp.notebook, "fit_notebook")):
             wrap(module, name, after=keep)
@@ -552,8 +554,8 @@ def make_world(tmp_path_factory):
     w = World(root)
     mp.setenv("JAXMLP_DATA_DIR", str(root / "data"))
     _registry_patch(mp, root)
-    import jaxmlp.sweep  # one chain per group program: half the compile time, the same math (test_sweep)
-    mp.setattr(jaxmlp.sweep, "default_chains", lambda num_models: 1)
+    import jaxmlp.members  # one chain per group program: half the compile time, the same math (test_sweep)
+    mp.setattr(jaxmlp.members, "default_chains", lambda num_models: 1)
     w.setup()
     yield w
     mp.undo()

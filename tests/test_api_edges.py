@@ -254,3 +254,45 @@ def test_manual_gradients_cover_l2_dropout_augmentation_and_activations():
     """--grad manual is accepted with the regularisers and activations its backprop derives."""
     for kwargs in (dict(l2=0.1), dict(dropout=0.2), dict(augment="shift"), dict(activation="gelu")):
         assert TrainConfig(grad="manual", **kwargs).grad == "manual"
+
+
+# ---------------------------------------------------------------- errors name Python arguments, not flags
+
+
+def refused_in_python(fn, *args, match: str, **kwargs) -> str:
+    """``raises_here``, and the message names no command-line flag (the CLI words it so; test_cli.py)."""
+    message = raises_here(fn, *args, match=match, **kwargs)
+    assert "--" not in message, message
+    return message
+
+
+def test_argument_errors_name_the_python_argument_not_a_flag(params):
+    """Each library function's refusal names its own argument as a Python caller wrote it."""
+    from jaxmlp import backend, memory, parallel, sweep
+    from jaxmlp.data import select_classes
+    from jaxmlp.presets import preset_config
+    from jaxmlp.transfer import trainable_mask
+
+    refused_in_python(parallel.make_mesh, 0, match=r"^make_mesh: num_devices must be a positive integer, got 0$")
+    refused_in_python(parallel.initialize, "localhost:1234", 2, None,
+                      match=r"^initialize: coordinator, num_processes and process_id go together")
+    refused_in_python(parallel.initialize, "localhost", 2, 0, match=r"^initialize: coordinator must be HOST:PORT")
+    refused_in_python(sweep.fit_ensemble, TrainConfig(), dataset(), 0,
+                      match=r"^fit_ensemble: members must be positive, got 0$")
+    refused_in_python(sweep.fit_ensemble, TrainConfig(val_split=0.1), dataset(), 2,
+                      match=r"TrainConfig\.val_split/TrainConfig\.patience are not supported")
+    refused_in_python(sweep.random_search, TrainConfig(), 0, match=r"^random_search: num_trials must be positive")
+    for bad in ([3], [5, 5], [5, -1], [5, 9.5]):
+        refused_in_python(select_classes, dataset(), bad, match=r"^select_classes: classes: need two or more")
+    refused_in_python(select_classes, dataset(y_train=np.full(32, 1, np.uint8)), [1, 2],
+                      match=r"^select_classes: classes: no training example is labelled 2$")
+    refused_in_python(preset_config, "fast-99", match=r"^preset_config: name: unknown preset 'fast-99'")
+    refused_in_python(optim.schedule_by_name, "linear", 0.1, 100,
+                      match=r"^schedule_by_name: name: unknown schedule 'linear'")
+    refused_in_python(backend.matmul_precision, "tf32", match=r"^matmul_precision: setting: unknown value 'tf32'")
+    refused_in_python(trainable_mask, params, [5],
+                      match=r"^trainable_mask: freeze: layer index 5 out of range for 2 layers")
+    with pytest.raises(MemoryError) as info:
+        memory.check_fits(TrainConfig(), 60000, 784, 10, available=1, params=100_000)
+    assert "choose a smaller TrainConfig.hidden or TrainConfig.batch_size" in str(info.value)
+    assert "--" not in str(info.value)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import reset_peak_rss
 
-from jaxmlp import bench, cli, engine, steps
+from jaxmlp import bench, cli, engine, members, steps
 
 
 def test_flop_count_of_the_notebook_mlp():
@@ -42,16 +42,15 @@ def test_wide_first_layer_sweep_is_the_groups_arithmetic(x64):
     """The bench's wide-layout prototype trains what an lr sweep's vmapped group trains: three SGD
     steps on the shared minibatches give the same params (float64; only summation order differs,
     so 1e-12 relative) and the same per-member losses."""
-    from jaxmlp import sweep
 
     n, b, lrs = 70, 16, [0.5, 0.1, 0.02]
     config, spec, _, _ = bench.jax_rows._setup([12, 6, 5, 3], b, n, lrs[0])
     configs = [dataclasses.replace(config, lr=lr) for lr in lrs]
     x = jax.random.uniform(jax.random.PRNGKey(1), (n, 12), jnp.float64)
     y = jax.random.randint(jax.random.PRNGKey(2), (n,), 0, 3)
-    state, hp = sweep.init_members(configs, 12, 3, spec, shared_key=True)
-    order = sweep.group_order(state.key, state.epoch, n, True)
-    group, group_losses = sweep.run_group_chunk(state, order, x, y, hp, jnp.int32(3), spec=spec,
+    state, hp = members.init_members(configs, 12, 3, spec, shared_key=True)
+    order = members.group_order(state.key, state.epoch, n, True)
+    group, group_losses = members.run_group_chunk(state, order, x, y, hp, jnp.int32(3), spec=spec,
                                                 capacity=engine.steps_per_epoch(n, b), shared_key=True)
     wide, wide_losses = bench.wide_sweep_steps(bench.wide_params(state.params), jnp.asarray(lrs), x, y,
                                                order[:3 * b], batch_size=b)

@@ -704,3 +704,40 @@ def test_a_closed_stdout_exits_quietly(unbuffered):
     err = proc.stderr.read().decode()
     proc.stderr.close()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+FLAG_WORDED = {  # a library error (which names Python arguments) as the command line shows it: with flags
+    "preset": (["train", "--preset", "fast-99"], "--preset: unknown preset 'fast-99'; choose one of "),
+    "devices": (["train", "--devices", 99], "--devices 99: only "),
+    "process-id": (["train", "--coordinator", "127.0.0.1:1", "--num-processes", 2, "--process-id", 2],
+                   "--process-id must be an integer in 0..1 (--num-processes 2), got 2"),
+    "coordinator": (["train", "--coordinator", "localhost", "--num-processes", 2, "--process-id", 0],
+                    "--coordinator must be HOST:PORT (a port in 1..65535), got 'localhost'"),
+    "classes-config": (["train", "--classes", 3, 3], "--classes: need two or more distinct non-negative labels"),
+    "classes-data": (["train", *SMALL, "--classes", 3, 77], "--classes: no training example is labelled 77"),
+    "train-size": (["bench", "--train-size", 100000], "--train-size 100000 exceeds the 512 training examples"),
+    "mirror": (["download", "--mirror", "ftp://example.org/x"],
+               "--mirror 'ftp://example.org/x': expected an http://, https:// or file:// base URL"),
+}
+
+
+@pytest.mark.parametrize("argv,expected", FLAG_WORDED.values(), ids=FLAG_WORDED.keys())
+def test_library_errors_name_the_flag_on_the_command_line(tmp_path, data_dir, argv, expected):
+    """The library's message names the Python argument (test_api_edges.py); `jaxmlp` shows the same error
+    with the flag that sets it, in one line."""
+    folder = tmp_path / "dl" if argv[0] == "download" else data_dir
+    rc, out, err = run(*argv, "--data-dir", folder)
+    assert_one_line_error(rc, err)
+    assert err.startswith(f"jaxmlp: error: {expected}"), err
+    assert "TrainConfig." not in err and not re.search(r"error: \w+: \w+", err), err
+
+
+def test_flag_words_leaves_paths_and_prose_alone():
+    """Only Python names become flags: a folder that happens to be called like an argument stays as it is."""
+    from jaxmlp.cli.common import flag_words
+
+    for text in ("data folder /tmp/process_id does not exist", "no coordinator answered", "3 members diverged"):
+        assert flag_words(text) == text
+    assert flag_words("TrainConfig.val_split/TrainConfig.patience: x") == "--val-split/--patience: x"
+    assert flag_words("initialize: coordinator='h:1': x (num_processes=2)") == \
+        "--coordinator h:1: x (--num-processes 2)"

@@ -441,7 +441,7 @@ def test_select_classes_filters_and_relabels_by_position():
     assert np.array_equal(sub.x_test, x_test[[0, 2, 3]]) and sub.y_train.dtype == np.uint8
     bad_lists = ([3], [5, 5], [5, -1], [5, 4], [5, 9.5], ["5", 9], 5)  # one class, repeated, negative,
     for bad in bad_lists:  # absent from training, not integers, not a list
-        with pytest.raises(ValueError, match="--classes"):
+        with pytest.raises(ValueError, match="^select_classes: classes: "):
             data.select_classes(data.Dataset(x_train, y_train, x_test, y_test), bad)
 
 

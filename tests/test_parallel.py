@@ -123,11 +123,11 @@ def test_cli_devices_flag_records_device_count(four_devices):
 
 
 def test_make_mesh_validates_device_count():
-    """Asking for more devices than exist is a ValueError naming --devices; one device always works."""
+    """Asking for more devices than exist is a ValueError naming num_devices; one device always works."""
     assert parallel.make_mesh(1).devices.size == 1
-    with pytest.raises(ValueError, match="--devices"):
+    with pytest.raises(ValueError, match=f"^make_mesh: num_devices={jax.device_count() + 1}: only "):
         parallel.make_mesh(jax.device_count() + 1)
-    with pytest.raises(ValueError, match="--devices"):
+    with pytest.raises(ValueError, match="^make_mesh: num_devices must be a positive integer"):
         parallel.make_mesh(0)
 
 
@@ -236,29 +236,29 @@ def test_two_processes_agree_exactly_and_report_themselves(two_processes):
     """Both processes run one SPMD program on one replicated state: bit-identical params and metrics;
     each knows its index, the run's 2 processes and 2 devices, and only process 0 is primary.
     Processes passing different values to ``replicate`` get a ValueError, not a silent mix; a mesh
-    leaving a process without a device is a ValueError naming --devices."""
+    leaving a process without a device is a ValueError naming num_devices."""
     (p0, params0), (p1, params1) = two_processes["p0"], two_processes["p1"]
     for i, p in enumerate((p0, p1)):
         assert p["process_index"] == i and p["primary"] == (i == 0)
         assert (p["process_count"], p["device_count"], p["local_device_count"], p["mesh_size"]) == (2, 2, 1, 2)
         assert p["params_replicated"]
         assert "different values" in p["mismatch_error"]
-        assert p["one_device_mesh_error"].startswith("--devices 1: a run of 2 processes")
+        assert p["one_device_mesh_error"].startswith("make_mesh: num_devices=1: a run of 2 processes")
     for key in ("params_sha256", "params_abs_sum", "test_accuracy", "test_loss", "losses"):
         assert p0[key] == p1[key], key
     assert all(np.array_equal(a, b) for a, b in zip(params0, params1))
 
 
 def test_initialize_flag_errors_are_one_line_value_errors():
-    """Malformed or inconsistent flags fail before anything is started, naming the flag."""
-    cases = [(("localhost", 2, 0), "--coordinator must be HOST:PORT"),
-             (("localhost:0", 2, 0), "--coordinator must be HOST:PORT"),
-             (("localhost:99999", 2, 0), "--coordinator must be HOST:PORT"),
-             (("localhost:1234", 0, 0), "--num-processes must be a positive integer"),
-             (("localhost:1234", 2, 2), "--process-id must be an integer in 0..1"),
-             (("localhost:1234", 2, -1), "--process-id"),
-             (("localhost:1234", 2, None), "go together"),
-             (("nohost.invalid:1234", 2, 1), "--coordinator nohost.invalid:1234: cannot resolve")]
+    """Malformed or inconsistent arguments fail before anything is started, naming the argument."""
+    cases = [(("localhost", 2, 0), "^initialize: coordinator must be HOST:PORT"),
+             (("localhost:0", 2, 0), "^initialize: coordinator must be HOST:PORT"),
+             (("localhost:99999", 2, 0), "^initialize: coordinator must be HOST:PORT"),
+             (("localhost:1234", 0, 0), "^initialize: num_processes must be a positive integer"),
+             (("localhost:1234", 2, 2), r"^initialize: process_id must be an integer in 0\.\.1 \(num_processes=2\)"),
+             (("localhost:1234", 2, -1), "^initialize: process_id"),
+             (("localhost:1234", 2, None), "^initialize: coordinator, num_processes and process_id go together"),
+             (("nohost.invalid:1234", 2, 1), "^initialize: coordinator='nohost.invalid:1234': cannot resolve")]
     for args, message in cases:
         with pytest.raises(ValueError, match=message) as info:
             parallel.initialize(*args, timeout_s=1)
@@ -267,42 +267,43 @@ def test_initialize_flag_errors_are_one_line_value_errors():
 
 def test_initialize_unreachable_coordinator_times_out():
     """A process other than 0 whose coordinator never answers gives up after timeout_s with a
-    ValueError naming --coordinator (JAX alone would abort the whole process)."""
+    ValueError naming coordinator (JAX alone would abort the whole process)."""
     coordinator = f"127.0.0.1:{_free_port()}"
     t0 = time.monotonic()
-    with pytest.raises(ValueError, match=f"--coordinator {coordinator}: no coordinator answered within 1 s"):
+    with pytest.raises(ValueError, match=f"^initialize: coordinator='{coordinator}': no coordinator answered "
+                                         f"within 1 s"):
         parallel.initialize(coordinator, 2, 1, timeout_s=1)
     assert time.monotonic() - t0 < 10
 
 
 def test_initialize_coordinator_port_taken():
     """Process 0 must serve the coordinator: a port already in use is a ValueError naming
-    --coordinator (JAX alone would crash the process)."""
+    coordinator (JAX alone would crash the process)."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         coordinator = f"127.0.0.1:{holder.getsockname()[1]}"
-        with pytest.raises(ValueError, match=f"--coordinator {coordinator}: process 0 cannot listen"):
+        with pytest.raises(ValueError, match=f"^initialize: coordinator='{coordinator}': process 0 cannot listen"):
             parallel.initialize(coordinator, 2, 0, timeout_s=1)
 
 
 def test_initialize_after_devices_are_in_use():
     """Called after JAX started its backend (too late), initialize says so in one line."""
     jax.devices()
-    with pytest.raises(ValueError, match="--coordinator: .*must be called before") as info:
+    with pytest.raises(ValueError, match="^initialize: .*must be called before") as info:
         parallel.initialize(f"127.0.0.1:{_free_port()}", 1, 0, timeout_s=1)
     assert "\n" not in str(info.value)
 
 
 def test_initialize_without_flags_outside_a_cluster():
-    """No flags and no cluster launcher to detect: a one-line error saying which flags to give.
+    """No arguments and no cluster launcher to detect: a one-line error saying which arguments to give.
     (A fresh process: the suite's own has already started JAX.)"""
     env = {k: v for k, v in _worker_env().items() if not k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_COORD"))}
     code = "from jaxmlp import parallel\ntry:\n    parallel.initialize()\nexcept ValueError as e:\n    print(e)\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
                           timeout=WORKER_TIMEOUT_S, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().startswith("--coordinator: no cluster launcher detected")
+    assert proc.stdout.strip().startswith("initialize: no cluster launcher detected")
 
 
 def test_process_info_and_to_host_in_one_process():
@@ -321,5 +322,5 @@ def test_mesh_for_one_process():
     assert parallel.mesh_for(None) is None and parallel.mesh_for(1) is None
     if jax.device_count() > 1:
         assert parallel.device_count(parallel.mesh_for(jax.device_count())) == jax.device_count()
-    with pytest.raises(ValueError, match="--devices"):
+    with pytest.raises(ValueError, match="^make_mesh: num_devices="):
         parallel.mesh_for(jax.device_count() + 1)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmlp import bench, cli, engine, runs, sweep
+from jaxmlp import bench, cli, engine, members, runs, sweep
 from jaxmlp.config import TrainConfig
 from jaxmlp.data import Dataset, write_idx
 from jaxmlp.models import MLP
@@ -115,8 +115,8 @@ def test_shared_order_members_differ_only_in_their_params(data):
     assert len(result.groups) == 1 and result.groups[0].shared_key
     spec = runs.spec_for(BASE, len(data.y_train))
     with engine.precision("float64"):
-        first_key = sweep.member_state(configs[0], 784, 10, spec)[0].key
-        starts = [sweep.member_state(c, 784, 10, spec)[0]._replace(key=first_key) for c in configs]
+        first_key = members.member_state(configs[0], 784, 10, spec)[0].key
+        starts = [members.member_state(c, 784, 10, spec)[0]._replace(key=first_key) for c in configs]
     for config, run, start in zip(configs, result.runs, starts):
         expected = runs.fit(config, data, resume={"state": start}, divergence_rule=False)
         np.testing.assert_allclose(run.history, [h["loss"] for h in expected.history], rtol=1e-10)
@@ -127,11 +127,11 @@ def test_shared_order_members_differ_only_in_their_params(data):
 
 def _stacked_one_by_one(configs, spec, shared):
     """The group's state and hparams member by member (``member_state``) and stacked: the reference."""
-    states, hps = zip(*(sweep.member_state(c, 784, 10, spec) for c in configs))
+    states, hps = zip(*(members.member_state(c, 784, 10, spec) for c in configs))
     key = states[0].key if shared else jax.numpy.stack([s.key for s in states])
-    state = engine.TrainState(sweep.stack([s.params for s in states]), sweep.stack([s.opt_state for s in states]),
+    state = engine.TrainState(members.stack([s.params for s in states]), members.stack([s.opt_state for s in states]),
                               key, states[0].epoch, states[0].step)
-    return state, sweep.stack(hps)
+    return state, members.stack(hps)
 
 
 def assert_same_bits(got, want):
@@ -154,12 +154,12 @@ def test_members_are_built_at_once_exactly_as_one_by_one(dtype, optimizer):
     with engine.precision(dtype):
         for shared in (False, True):
             with bench.CompileCounter() as built:
-                got = sweep.init_members(configs, 784, 10, spec, shared)
+                got = members.init_members(configs, 784, 10, spec, shared)
             assert built.count <= 1
             assert_same_bits(got, _stacked_one_by_one(configs, spec, shared))
         others = [dataclasses.replace(c, lr=c.lr * 3, seed=c.seed + 1) for c in configs]
         with bench.CompileCounter() as built:
-            sweep.init_members(others, 784, 10, spec, True)
+            members.init_members(others, 784, 10, spec, True)
         assert built.count == 0
 
 
@@ -169,7 +169,7 @@ def test_cnn_members_are_built_exactly_as_one_by_one():
     base = dataclasses.replace(BASE, arch="cnn", hidden=TrainConfig().hidden, dtype="float32", optimizer="momentum")
     configs = sweep.grid(base, lr=[0.5, 0.05], seed=[5, 6])
     spec = runs.spec_for(base, 250)
-    assert_same_bits(sweep.init_members(configs, 784, 10, spec), _stacked_one_by_one(configs, spec, False))
+    assert_same_bits(members.init_members(configs, 784, 10, spec), _stacked_one_by_one(configs, spec, False))
 
 
 def test_group_program_keeps_the_short_batch_branch(data, x64):
@@ -180,9 +180,9 @@ def test_group_program_keeps_the_short_batch_branch(data, x64):
     y = jax.numpy.asarray(data.y_train, jax.numpy.int32)
     spec = runs.spec_for(configs[0], x.shape[0])
     for shared in (True, False):
-        state, hp = sweep.init_members(configs, 784, 10, spec, shared)
-        order = sweep.group_order(state.key, state.epoch, x.shape[0], shared)
-        jaxpr = jax.make_jaxpr(functools.partial(sweep.group_chunk, spec=spec, capacity=8, shared_key=shared))(
+        state, hp = members.init_members(configs, 784, 10, spec, shared)
+        order = members.group_order(state.key, state.epoch, x.shape[0], shared)
+        jaxpr = jax.make_jaxpr(functools.partial(members.group_chunk, spec=spec, capacity=8, shared_key=shared))(
             state, order, x, y, hp, jax.numpy.int32(8))
         assert " cond[" in str(jaxpr)
         assert state.epoch.shape == () and state.key.shape == ((2,) if shared else (2, 2))
@@ -193,9 +193,9 @@ def test_second_group_call_does_not_recompile(data, x64):
     configs = sweep.grid(BASE, lr=[0.1, 0.2, 0.3, 0.4])
     x = runs.prepare(data.x_train, np.float64)
     y = jax.numpy.asarray(data.y_train, jax.numpy.int32)
-    sweep.train_group(configs, x, y)
+    members.train_group(configs, x, y)
     with bench.CompileCounter() as built:
-        sweep.train_group([dataclasses.replace(c, lr=c.lr * 3, seed=9) for c in configs], x, y)
+        members.train_group([dataclasses.replace(c, lr=c.lr * 3, seed=9) for c in configs], x, y)
     assert built.count == 0
 
 
@@ -210,11 +210,11 @@ def test_ensemble_accuracy_averages_probabilities_not_votes():
                       [[0.01, 0.99], [0.3, 0.7]]])   # (K=3, N=2, C=2)
     labels = np.array([1, 0])
     # mean probs: example 0 -> [0.37, 0.63] (class 1, right), example 1 -> [0.667, 0.333] (class 0, right)
-    assert sweep.ensemble_accuracy(probs, labels) == 1.0
+    assert members.ensemble_accuracy(probs, labels) == 1.0
     votes = np.array([np.bincount(np.argmax(probs[:, i], -1), minlength=2).argmax() for i in range(2)])
     assert np.mean(votes == labels) == 0.5
     with pytest.raises(ValueError):
-        sweep.ensemble_accuracy(probs[0], labels)
+        members.ensemble_accuracy(probs[0], labels)
 
 
 def test_fit_ensemble_members_and_ensemble_metrics(data, x64):
@@ -226,9 +226,9 @@ def test_fit_ensemble_members_and_ensemble_metrics(data, x64):
     single = runs.fit(dataclasses.replace(config, seed=12), data)
     np.testing.assert_allclose(res.members[1].test_loss, single.test_loss, rtol=1e-10)
     x_test = runs.prepare(data.x_test, np.float64)
-    probs = sweep.ensemble_probs(MLP(), res.params, x_test)
+    probs = members.ensemble_probs(MLP(), res.params, x_test)
     assert probs.shape == (8, len(data.y_test), 10)
-    assert res.ensemble_accuracy == pytest.approx(sweep.ensemble_accuracy(probs, data.y_test), abs=1e-12)
+    assert res.ensemble_accuracy == pytest.approx(members.ensemble_accuracy(probs, data.y_test), abs=1e-12)
     mean_p = np.asarray(probs).mean(0)[np.arange(len(data.y_test)), data.y_test]
     assert res.ensemble_loss == pytest.approx(-np.mean(np.log(mean_p)), rel=1e-10)
 
@@ -317,13 +317,13 @@ def test_chains_split_members_without_changing_them(data, x64, shared):
     x = runs.prepare(data.x_train, np.float64)
     y = jax.numpy.asarray(data.y_train, jax.numpy.int32)
     spec = runs.spec_for(configs[0], x.shape[0])
-    state, hp = sweep.init_members(configs, 784, 10, spec, shared)
-    order = sweep.group_order(state.key, state.epoch, x.shape[0], shared)
-    run = functools.partial(sweep.run_group_chunk, state, order, x, y, hp, jax.numpy.int32(5), spec=spec,
+    state, hp = members.init_members(configs, 784, 10, spec, shared)
+    order = members.group_order(state.key, state.epoch, x.shape[0], shared)
+    run = functools.partial(members.run_group_chunk, state, order, x, y, hp, jax.numpy.int32(5), spec=spec,
                             capacity=8, shared_key=shared)
     one, three = run(chains=1), run(chains=3)
     assert int(three[0].step) == 5 and three[0].epoch.shape == ()
     for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(three)):
         # Each member's arithmetic is identical; only XLA's scheduling differs, so allow round-off.
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-15)
-    assert sweep.default_chains(1) == 1 and 1 <= sweep.default_chains(16) <= 16
+    assert members.default_chains(1) == 1 and 1 <= members.default_chains(16) <= 16

@@ -54,7 +54,7 @@ def test_trainable_mask_structure():
     assert transfer.trainable_mask(params, [np.int64(1), 1]) == \
         [{"W": True, "b": True}, {"W": False, "b": False}, {"W": True, "b": True}]
     for bad in ([3], [-4], [0.5], ["0"]):
-        with pytest.raises(ValueError, match="--freeze"):
+        with pytest.raises(ValueError, match="^trainable_mask: freeze: layer index"):
             transfer.trainable_mask(params, bad)
 
 

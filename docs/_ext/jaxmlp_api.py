@@ -12,7 +12,8 @@ import inspect
 API_MODULES = [
     "jaxmlp.model", "jaxmlp.models", "jaxmlp.activations", "jaxmlp.losses", "jaxmlp.backprop", "jaxmlp.optim",
     "jaxmlp.optim.schedules", "jaxmlp.optim.registry", "jaxmlp.engine", "jaxmlp.events", "jaxmlp.spec", "jaxmlp.runs",
-    "jaxmlp.evaluation", "jaxmlp.handlers", "jaxmlp.config", "jaxmlp.data", "jaxmlp.sweep", "jaxmlp.checkpoint",
+    "jaxmlp.evaluation", "jaxmlp.handlers", "jaxmlp.divergence", "jaxmlp.config", "jaxmlp.data", "jaxmlp.members",
+    "jaxmlp.sweep", "jaxmlp.checkpoint",
     "jaxmlp.fileio", "jaxmlp.parallel", "jaxmlp.plots", "jaxmlp.notebook", "jaxmlp.transfer", "jaxmlp.augment",
     "jaxmlp.cnn", "jaxmlp.steps", "jaxmlp.reproduce", "jaxmlp.manifest",
 ]

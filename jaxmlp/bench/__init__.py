@@ -5,7 +5,7 @@ forward / backward / update functions); the notebook's loop calling the jitted `
 host minibatches instead; the pre-chunk fused epoch (``engine.fused_epoch``: one ``lax.scan``
 program per epoch) and its matmuls alone (how much of the epoch its 32-row products are); the
 engine ``runs.fit`` runs (``engine.chunk``, in 4 chunks an epoch and in one) beside it; a vmapped
-learning-rate sweep (``sweep.run_group_chunk``: the same chunk under ``vmap``) and a prototype of
+learning-rate sweep (``members.run_group_chunk``: the same chunk under ``vmap``) and a prototype of
 the same sweep with the members' first layers as one wide product on the shared minibatch
 (``wide_sweep_steps``: plain SGD only, not the engine; measured so that a machine shows whether
 that layout would pay off there); a large-batch fused run and that run's matmuls alone, so the

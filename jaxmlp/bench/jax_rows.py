@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import engine, runs, steps as teaching, sweep
+from .. import engine, members, runs, steps as teaching
 from ..config import TrainConfig
 from ..losses import cross_entropy
 from ..model import forward, relu
@@ -23,7 +23,7 @@ def _setup(layer_sizes, batch_size: int, num_examples: int, lr: float):
     """(config, spec, state, hparams) of the bench's run, built as ``runs.setup`` builds a run's."""
     config = TrainConfig(hidden=tuple(int(h) for h in layer_sizes[1:-1]), batch_size=batch_size, lr=lr, seed=0)
     spec = runs.spec_for(config, num_examples)
-    state, hp = sweep.member_state(config, int(layer_sizes[0]), int(layer_sizes[-1]), spec)
+    state, hp = members.member_state(config, int(layer_sizes[0]), int(layer_sizes[-1]), spec)
     return config, spec, state, hp
 
 
@@ -123,25 +123,25 @@ def _lr_sweep_members(layer_sizes, batch_size: int, num_examples: int, lrs) -> t
     bench run's config at each lr, one seed, so one key and one shuffle for every member."""
     config, spec, _, _ = _setup(layer_sizes, batch_size, num_examples, float(lrs[0]))
     configs = [dataclasses.replace(config, lr=float(lr)) for lr in lrs]
-    state, hp = sweep.init_members(configs, int(layer_sizes[0]), int(layer_sizes[-1]), spec, shared_key=True)
-    return spec, state, hp, sweep.group_order(state.key, state.epoch, num_examples, True)
+    state, hp = members.init_members(configs, int(layer_sizes[0]), int(layer_sizes[-1]), spec, shared_key=True)
+    return spec, state, hp, members.group_order(state.key, state.epoch, num_examples, True)
 
 
 def time_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lrs,
                repeats: int = 2) -> tuple[float, float, int]:
     """(seconds per epoch for all ``len(lrs)`` models, compile seconds, recompilations while timed) of
     the lr sweep of ``jaxmlp sweep``: one seed (so one key, one shuffle), the group's order and one
-    ``sweep.run_group_chunk`` (the vmapped engine chunk, ``sweep.default_chains`` chains) per epoch;
+    ``members.run_group_chunk`` (the vmapped engine chunk, ``members.default_chains`` chains) per epoch;
     best of ``repeats``. ``x`` (N, D), ``y`` (N,) int on the device; the MLP ``layer_sizes``, ``batch_size``."""
     n = x.shape[0]
     spec, state, hp, order = _lr_sweep_members(layer_sizes, batch_size, n, lrs)
     steps = engine.steps_per_epoch(n, batch_size)
-    statics = {"spec": spec, "capacity": steps, "shared_key": True, "chains": sweep.default_chains(len(lrs))}
-    program, compile_s = engine.compile_program(sweep.run_group_chunk, statics, state, order, x, y, hp,
+    statics = {"spec": spec, "capacity": steps, "shared_key": True, "chains": members.default_chains(len(lrs))}
+    program, compile_s = engine.compile_program(members.run_group_chunk, statics, state, order, x, y, hp,
                                                jnp.int32(steps))
 
     def epoch():
-        return np.asarray(program(state, sweep.group_order(state.key, state.epoch, n, True), x, y, hp,
+        return np.asarray(program(state, members.group_order(state.key, state.epoch, n, True), x, y, hp,
                                   jnp.int32(steps))[1])
 
     epoch()

@@ -22,9 +22,11 @@ FLAGS = {
     "select_classes: classes": "--classes", "trainable_mask: freeze": "--freeze",
     "load_bench_data: train_size": "--train-size", "download: mirrors": "--mirror",
 }
-# Not inside a word, a dotted name or a path; then an optional =value ('quoted' or up to the next space).
-_PYTHON_NAME = re.compile(r"(?<![\w./\\-])(TrainConfig\.\w+|" + "|".join(map(re.escape, sorted(FLAGS, key=len,
-                          reverse=True))) + r")(?![\w/\\-])(?:='([^'\s]*)'|(=)(?=\S))?")
+# Not inside a word, a dotted name or (the bare names) a path; then an optional =value ('quoted' or up to
+# the next space).
+_PYTHON_NAME = re.compile(r"((?<![\w.])TrainConfig\.\w+|(?<![\w./\\-])(?:"
+                          + "|".join(map(re.escape, sorted(FLAGS, key=len, reverse=True)))
+                          + r"))(?![\w\\-])(?:='([^'\s]*)'|(=)(?=\S))?")
 
 
 def flag_words(message: str) -> str:
