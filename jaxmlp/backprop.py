@@ -55,7 +55,7 @@ def _forward_cache(params: Params, x: jax.Array, activation: str, dropout: float
     """``forward_intermediates`` with ``model.forward``'s dropout: hidden A's are the dropped-out
     activations; also returns the keep masks ``{layer: (N, width) bool}`` (empty without dropout)."""
     if key is None or not dropout > 0:
-        return forward_intermediates(params, x, activation), {}
+        return forward_intermediates(params, x, activation=activation), {}
     act = activation_fn(activation)
     cache, keep, a = {"A0": x}, {}, x
     L = len(params)
@@ -77,11 +77,15 @@ def manual_grad(params: Params, x: jax.Array, y: jax.Array, *, activation: str =
 
     Args:
         params: list of ``{"W": (fan_in, fan_out), "b": (fan_out,)}`` layers; the result has its structure.
-        x: inputs (m, D); y: int labels (m,) or one-hot (m, C).
+        x: inputs (m, D).
+        y: int labels (m,) or one-hot (m, C).
         activation: a name from ``model.ACTIVATIONS``; a callable has no hand-derived rule (ValueError:
             use ``jax.grad``).
         l2: weight of ``l2 * l2_penalty(params)``, a number or a traced scalar; adds ``l2 * W`` to each dW.
         dropout, key: ``model.forward``'s dropout (the same masks, drawn from ``key``), only with a key.
+
+    Returns:
+        The gradient: a list of ``{"W", "b"}`` dicts shaped like ``params``.
 
     The recurrences are the notebook's: dZ_L = softmax - Y; dW = A_prev^T dZ / m; db = sum(dZ) / m;
     dA_prev = dZ W^T, through the dropout mask (kept units scaled by 1/(1-rate)); dZ_prev = dA_prev * act'(Z_prev).
@@ -207,11 +211,17 @@ def _shifted(f_jit: Callable, leaves: list, li: int, flat: np.ndarray, j: int, d
 def max_relative_error(a, b, mask=None, floor: float = 1e-12) -> float:
     """``max |a - b| / max(|a|, |b|, floor)`` over the entries (optionally only where ``mask``).
 
-    ``a`` and ``b`` are arrays of one shape, or two PyTrees of one structure (e.g. two gradients), the max
-    then taken over all leaves; ``mask`` is then a PyTree of bool arrays of that structure too.
-    ``floor`` keeps near-zero entries from inflating the ratio (below it the error is absolute / floor).
-    A NaN or an infinity in either argument (among the compared entries) makes the error ``inf``: a
-    gradient that is not finite never agrees with anything, itself included.
+    Args:
+        a, b: arrays of one shape, or two PyTrees of one structure (e.g. two gradients), the max then
+            taken over all leaves.
+        mask: None (every entry), or a bool array (a PyTree of them, for PyTrees) of the entries to
+            compare.
+        floor: keeps near-zero entries from inflating the ratio (below it the error is absolute / floor).
+
+    Returns:
+        The largest relative error, a Python float; 0.0 when nothing is compared. A NaN or an infinity
+        in either argument (among the compared entries) makes it ``inf``: a gradient that is not finite
+        never agrees with anything, itself included.
     """
     leaves_a, tree_a = jax.tree_util.tree_flatten(a)
     leaves_b, tree_b = jax.tree_util.tree_flatten(b)
@@ -322,7 +332,8 @@ def gradcheck(loss_fn: Callable, params, *args, eps: float = 1e-4, max_coords: i
         grad_fn: optional ``grad_fn(params, *args) -> grads`` (e.g. a hand-written gradient), held
             against jax.grad (AGREE_RTOL) and the finite differences (FD_RTOL).
 
-    Returns a ``GradCheckResult``: one ``GradCheckRow`` per leaf, totals and ``passed``.
+    Returns:
+        A ``GradCheckResult``: one ``GradCheckRow`` per leaf, totals and ``passed``.
     """
     _check_float64(params)
     out = jax.eval_shape(loss_fn, params, *args)

@@ -208,7 +208,9 @@ def load_params(path: str | os.PathLike, *, max_bytes: int = 1 << 32) -> Any:
         max_bytes: the most bytes the params may hold in all; more is refused from the zip directory
             and the npy headers, before those bytes are read (a zip bomb cannot make this allocate).
 
-    Raises CheckpointError naming the file and the member.
+    Returns:
+        The params: nested lists and dicts of jax arrays. Raises CheckpointError naming the file and
+        the member.
     """
     path = Path(path)
     described = read_meta(path).get("params_tree")

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import models, optim
 from .backend import MATMUL_PRECISIONS
-from .model import ACTIVATIONS, INIT_SCHEMES
+from .model import ACTIVATIONS, DEFAULT_INIT, INIT_SCHEMES
 
 ARCHS = models.NAMES
 DTYPES = ("float32", "float64", "bfloat16")
@@ -115,13 +115,14 @@ def _field(default, help: str, check: Callable | None = None, *, choices=None, h
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run is. Defaults: the notebook's architecture and its best experiment
-    (784-128-64-10, SGD lr 0.1, batch 32, 10 epochs, seed 42, N(0,1)*0.01 init)."""
+    (784-128-64-10, SGD lr 0.1, batch 32, 10 epochs, seed 42) with He init (``model.DEFAULT_INIT``)."""
 
     dataset: str = _field("mnist", "dataset name", _text, choices=DATASET_NAMES)
     arch: str = _field("mlp", "architecture", _text, choices=ARCHS)
     hidden: tuple = _field((128, 64), "hidden layer sizes of the MLP, e.g. --hidden 256 128", hidden_sizes,
                            nargs="+")
-    init: str = _field("notebook", "weight init: notebook = N(0,1)*0.01, he, glorot", _text,
+    init: str = _field(DEFAULT_INIT, "weight init: he = N(0, 2/fan_in), suited to ReLU; notebook = the seed's "
+                                    "N(0,1)*0.01; glorot", _text,
                        choices=INIT_SCHEMES)
     activation: str = _field("relu", "hidden-layer activation of the MLP", _text, choices=ACTIVATIONS)
     dtype: str = _field("float32", "float dtype of params and inputs; bfloat16: mixed precision (bfloat16 "
@@ -171,12 +172,25 @@ class TrainConfig:
     # ------------------------------------------------------------ derived views
 
     def to_dict(self) -> dict:
-        """JSON-ready: tuples become lists."""
+        """The config as JSON-ready values.
+
+        Returns:
+            ``{field: value}`` for every field, tuples as lists; ``from_dict`` reads it back.
+        """
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> TrainConfig:
-        """A validated config from JSON-like values; ValueError naming ``where`` and the field."""
+        """A validated config from JSON-like values.
+
+        Args:
+            values: ``{field: value}``, as ``to_dict`` writes it; missing fields take their defaults.
+            where: what the values came from (a file, a checkpoint), named in the error.
+
+        Returns:
+            The ``TrainConfig``. ValueError naming ``where`` and the field for an unknown setting or a
+            bad value.
+        """
         if not isinstance(values, dict):
             raise ValueError(f"{where}: expected an object of settings, got {type(values).__name__}")
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
@@ -211,7 +225,11 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """The config, checked: a ``TrainConfig`` is checked when it is built (``ConfigError`` naming the
-        field) and frozen after, so this returns it unchanged."""
+        field) and frozen after.
+
+        Returns:
+            The config itself, unchanged.
+        """
         return self
 
 

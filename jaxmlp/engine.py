@@ -26,6 +26,7 @@ grads)``, ``optimizer_for(hparams)`` and ``augment_batch(key, x)``. ``hparams`` 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import os
@@ -257,7 +258,8 @@ def advance(run: Run, state: TrainState, handlers: Sequence[Callable], *, histor
 
     Returns (final state, history, reason). A handler's ``StopRun`` ends the run at that boundary once
     every handler saw the event; errors propagate after the "end" event (reason "diverged" for
-    ``DivergenceError``). Events' ``partial`` carries the loss of the run's first step, ``first_loss``.
+    ``DivergenceError``, "error" for any other). Events' ``partial`` carries the loss of the run's
+    first step, ``first_loss``.
     """
     from .backend import choices
 
@@ -289,6 +291,12 @@ def advance(run: Run, state: TrainState, handlers: Sequence[Callable], *, histor
         reason = stop.reason
     except DivergenceError:
         emit("end", good, good, reason="diverged")
+        raise
+    except BaseException:
+        # Any other error (a handler's, a failed write, Ctrl-C outside a SignalStop): the handlers still see
+        # "end", so signal handlers are put back and files closed; the original error is what propagates.
+        with contextlib.suppress(Exception):
+            emit("end", good, good, reason="error")
         raise
     emit("end", state, state, reason=reason)
     return state, loop.history, reason
@@ -415,7 +423,7 @@ def _restore_signals(handlers: dict) -> None:
             signal.signal(signum, handler)
 
 
-class _EndPartial:
+class EndPartial:
     """A handler that keeps the "end" event's partial epoch (what ``Interrupted`` carries)."""
 
     def __init__(self) -> None:
@@ -468,9 +476,11 @@ def train(loss_fn: Callable, params: Any, optimizer: Any, data: Any, *, epochs: 
         signals: SIGINT/SIGTERM stop the run at the next chunk boundary (False: the process's handlers
             are left alone). Whatever ends the run, the handlers it found are put back.
 
-    Returns a ``TrainResult``. SIGINT/SIGTERM stop at the next chunk boundary: the checkpoint (if any)
-    holds that exact step and ``Interrupted`` is raised carrying the state, the history and the partial
-    epoch (``train(resume=interrupted)`` continues it).
+    Returns:
+        A ``TrainResult``: the final params, optimizer state and ``TrainState``, the history, why the
+        run ended and the compile time. SIGINT/SIGTERM stop at the next chunk boundary: the checkpoint
+        (if any) holds that exact step and ``Interrupted`` is raised carrying the state, the history and
+        the partial epoch (``train(resume=interrupted)`` continues it).
     """
     batch_size, epochs = check_count(batch_size, "batch_size"), check_count(epochs, "epochs")
     chunk_steps = None if chunk_steps is None else check_count(chunk_steps, "chunk_steps")
@@ -489,7 +499,7 @@ def train(loss_fn: Callable, params: Any, optimizer: Any, data: Any, *, epochs: 
     chain = [*h.default_checks(divergence), *handlers, h.ProgressReport(quiet=not progress)]
     if checkpoint is not None:
         chain.append(h.Checkpointer(checkpoint))
-    end = _EndPartial()
+    end = EndPartial()
     previous = _installed_signals() if signals else {}
     try:
         state, history, reason = advance(run, state, [*chain, end, *([h.SignalStop()] if signals else [])],

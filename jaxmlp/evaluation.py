@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ from .losses import accuracy, cross_entropy
 from .model import Params, softmax
 from .models import as_apply
 
-__all__ = ["evaluate", "predict_labels", "predict_probs"]
+__all__ = ["evaluate", "Evaluation", "predict_labels", "predict_probs"]
 
 _DEFAULT_CHUNK = 10000
 
@@ -51,8 +51,20 @@ def _eval_sums(model: Any, params, x, y):
 _eval_chunk_jit = jax.jit(_eval_sums, static_argnums=0)
 
 
+class Evaluation(NamedTuple):
+    """What ``evaluate`` returns (a pair: ``loss, accuracy = evaluate(...)`` works too).
+
+    Attributes:
+        loss: the mean cross-entropy over the examples.
+        accuracy: the fraction classified correctly, in [0, 1].
+    """
+
+    loss: float
+    accuracy: float
+
+
 def evaluate(model: Any, params: Params, x: jax.Array, y: jax.Array | None = None, *,
-             chunk_size: int | None = None) -> tuple[float, float]:
+             chunk_size: int | None = None) -> Evaluation:
     """``(mean loss, accuracy in [0, 1])`` of the model on x (N, D), y int (N,), in chunks.
 
     Args:
@@ -63,7 +75,7 @@ def evaluate(model: Any, params: Params, x: jax.Array, y: jax.Array | None = Non
         chunk_size: examples per compiled call (default: the model's ``eval_chunk``, else 10000).
 
     Returns:
-        (mean cross-entropy, accuracy) as Python floats.
+        ``Evaluation(loss, accuracy)``: the mean cross-entropy and the accuracy, as Python floats.
     """
     _apply_of(model, "evaluate")
     if y is None:
@@ -75,7 +87,7 @@ def evaluate(model: Any, params: Params, x: jax.Array, y: jax.Array | None = Non
         lo, ac = _eval_chunk_jit(model, params, x[s], y[s])
         total_loss += float(lo)
         total_acc += float(ac)
-    return total_loss / n, total_acc / n
+    return Evaluation(total_loss / n, total_acc / n)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))

@@ -92,7 +92,8 @@ class Event(NamedTuple):
         losses: this chunk's per-step losses, (steps,).
         history: the epoch records so far.
         seconds: this chunk's wall time.
-        reason: for "end": "done", "early-stop", "SIGINT", "SIGTERM" or "diverged".
+        reason: for "end": "done", "early-stop", "SIGINT", "SIGTERM", "diverged" or "error" (any other
+            exception, which propagates after the "end" event).
         partial: the current epoch's loss sum and seconds so far (for checkpoints).
     """
 
@@ -108,7 +109,12 @@ class Event(NamedTuple):
 
 
 class StopRun(Exception):
-    """Raised by a handler to end the run at this chunk boundary; ``reason`` is reported in "end"."""
+    """Raised by a handler to end the run at this chunk boundary; ``reason`` is reported in "end".
+
+    Args:
+        reason: why the run stops, such as "early-stop"; the run's result and its "end" event carry it.
+        signum: the signal that asked for the stop (SIGINT, SIGTERM), or 0 for a handler's own decision.
+    """
 
     def __init__(self, reason: str, signum: int = 0):
         super().__init__(reason)

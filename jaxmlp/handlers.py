@@ -89,10 +89,10 @@ class DivergenceRule:
                                           self.factor))
 
 
-def default_checks(divergence_rule: bool = True) -> list:
+def default_checks(divergence: bool = True) -> list:
     """The checks every run makes: ``check_finite``, and a fresh ``DivergenceRule`` unless
-    ``divergence_rule`` is False."""
-    return [check_finite, DivergenceRule()] if divergence_rule else [check_finite]
+    ``divergence`` is False."""
+    return [check_finite, DivergenceRule()] if divergence else [check_finite]
 
 
 class EarlyStopping:

@@ -39,7 +39,15 @@ def _as_one_hot(labels: jax.Array, num_classes: int, dtype) -> jax.Array:
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean cross-entropy of ``logits`` (N, C) against int ``labels`` (N,) or one-hot/soft targets (N, C)."""
+    """Mean cross-entropy of ``logits`` (N, C) against int ``labels`` (N,) or one-hot/soft targets (N, C).
+
+    Args:
+        logits: (N, C) unnormalised scores.
+        labels: (N,) integer classes, or (N, C) one-hot or soft targets.
+
+    Returns:
+        The mean over the N rows, a scalar of the logits' dtype.
+    """
     check_labels(labels, jnp.shape(logits)[0], "logits")
     logp = log_softmax(logits)
     if labels.ndim == 1:
@@ -55,9 +63,14 @@ def loss(params: Params, x: jax.Array, y: jax.Array, *, activation: str | Callab
     """Mean cross-entropy of the MLP ``params`` on a batch, plus ``l2 * l2_penalty(params)``. Scalar.
 
     Args:
-        x: inputs (N, D); y: int labels (N,) or one-hot (N, C).
+        params: a list of ``{"W", "b"}`` layers (``model.init_params``').
+        x: inputs (N, D).
+        y: int labels (N,) or one-hot (N, C).
         activation, dropout, key: as in ``model.forward`` (dropout only with a key).
         l2: weight of the L2 penalty (a number or a traced scalar); a Python 0 leaves the term out.
+
+    Returns:
+        The loss, a scalar of the params' dtype.
     """
     check_inputs(params, x)
     check_labels(y, jnp.shape(x)[0])
@@ -85,7 +98,15 @@ def notebook_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Fraction of rows of ``logits`` (N, C) whose argmax matches ``labels`` (int (N,) or one-hot (N, C))."""
+    """Fraction of rows of ``logits`` (N, C) whose argmax matches ``labels``.
+
+    Args:
+        logits: (N, C) scores (or probabilities).
+        labels: (N,) integer classes or (N, C) one-hot rows.
+
+    Returns:
+        A float scalar in [0, 1].
+    """
     if labels.ndim == 2:
         labels = jnp.argmax(labels, axis=-1)
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)

@@ -510,7 +510,7 @@ def _rerun_train(path, m: dict, data_dir, recorder: EpochRecorder) -> None:
     devices = int(m.get("devices", 1))
     data = ensure_dataset(data_dir, config.dataset)
     fit(config, data, handlers=[recorder], mesh=mesh_for(devices) if devices > 1 else None,
-        divergence_rule=bool(m.get("divergence_rule", True)))
+        divergence=bool(m.get("divergence_rule", True)))
 
 
 def _rerun_notebook(path, m: dict, data_dir, recorder: EpochRecorder) -> None:

@@ -5,6 +5,14 @@ A *group* is configurations whose compiled programs would be identical (``group_
 ``engine.chunk`` under ``jax.vmap`` (``group_chunk``), over a ``TrainState`` whose params, optimizer
 state and hyperparameters carry a leading member axis K while the dataset and the step counters are
 shared. ``jaxmlp.sweep`` builds groups from a grid or a random search and ensembles from seeds.
+
+Given a mesh whose axis is ``"members"`` (``parallel.make_mesh(n, axis=parallel.MEMBER_AXIS)``, one
+process or several), the member axis is split over its devices: still one compiled program, in which
+each device runs ``group_chunk`` on its slice of the members (``jax.shard_map``) on the shared,
+replicated minibatches. Nothing crosses devices, and a member's arithmetic does not depend on how
+many members share its device, so every device count gives every member the same bits. A group
+whose size the device count does not divide is padded with copies of its last member, which are
+trained and dropped: nothing returned counts them.
 """
 from __future__ import annotations
 
@@ -18,8 +26,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
-from . import engine, models, runs
+from . import engine, models, parallel, runs
 from .config import TrainConfig, hparam_names, hparams
 from .divergence import reference_loss
 from .model import INIT_SCHEMES, log_softmax
@@ -135,7 +144,7 @@ def _member_inputs(configs: Sequence[TrainConfig], input_dim: int, num_classes: 
 
 
 def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: int, spec: runs.TrainSpec,
-                 shared_key: bool = False) -> tuple[engine.TrainState, dict]:
+                 shared_key: bool = False, mesh: Mesh | None = None) -> tuple[engine.TrainState, dict]:
     """The group's stacked ``TrainState`` and hparams, every member exactly as ``member_state`` builds
     it, all built by one vmapped program over the members' seeds, init schemes and hparams.
 
@@ -145,13 +154,19 @@ def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: in
         num_classes: C, the width of the output layer.
         spec: the group's ``TrainSpec``.
         shared_key: every member trains on the first one's run key (one seed, or ``share_order``).
+        mesh: None, or a mesh with a ``"members"`` axis whose size divides K: the members are built on
+            this process's first device, then placed split over the mesh (``place_members``).
 
     Returns (state, hparams): params, optimizer state and hparams with a leading model axis K; the run
     keys (K, 2), or one (2,) key when ``shared_key``; ``epoch``/``step`` unbatched (the members move in
     step). Call inside ``engine.precision`` for float64.
     """
     build, args, statics = _member_inputs(configs, input_dim, num_classes, spec, shared_key)
-    return build(*args, **statics), args[1]
+    state, hp = build(*args, **statics), args[1]
+    if mesh is None:
+        return state, hp
+    _check_mesh(mesh, len(configs))
+    return place_members(state, mesh, shared_key), parallel.place(hp, mesh, PartitionSpec(parallel.MEMBER_AXIS))
 
 
 def member_axes(shared_key: bool) -> engine.TrainState:
@@ -161,9 +176,39 @@ def member_axes(shared_key: bool) -> engine.TrainState:
     return engine.TrainState._make([0, 0, None if shared_key else 0, None, None])
 
 
+def member_specs(shared_key: bool) -> engine.TrainState:
+    """Where a group's ``TrainState`` lives on a members mesh, as ``member_axes`` batches it: the
+    batched parts split over the ``"members"`` axis, the step counters (and a shared key) whole on
+    every device. A ``TrainState`` of ``PartitionSpec`` s."""
+    split, whole = PartitionSpec(parallel.MEMBER_AXIS), PartitionSpec()
+    return engine.TrainState._make([whole if axis is None else split for axis in member_axes(shared_key)])
+
+
+def place_members(state: engine.TrainState, mesh: Mesh, shared_key: bool = False) -> engine.TrainState:
+    """``state`` (stacked, K members, K a multiple of the mesh's size) placed on ``mesh`` as
+    ``member_specs`` says. With several processes every process passes the whole state (checked)."""
+    return parallel.place(state, mesh, member_specs(shared_key))
+
+
+def _check_mesh(mesh: Mesh, num_members: int) -> None:
+    """ValueError unless ``mesh`` has the ``"members"`` axis and its size divides ``num_members``."""
+    if parallel.MEMBER_AXIS not in mesh.axis_names:
+        raise ValueError(f"mesh: a sweep's mesh needs an axis named {parallel.MEMBER_AXIS!r}, got "
+                         f"{mesh.axis_names} (make it with parallel.make_mesh(n, axis=parallel.MEMBER_AXIS))")
+    if num_members % mesh.devices.size:
+        raise ValueError(f"mesh: {num_members} members do not split over {mesh.devices.size} devices "
+                         f"(train_group pads them; init_members needs a multiple)")
+
+
+def padded(configs: Sequence[TrainConfig], num_devices: int) -> list[TrainConfig]:
+    """``configs`` and copies of its last one, to a multiple of ``num_devices`` members (the copies are
+    trained like any member and dropped from every result)."""
+    return [*configs, *[configs[-1]] * (-len(configs) % num_devices)]
+
+
 def group_chunk(state: engine.TrainState, order: jax.Array, x: jax.Array, y: jax.Array, hparams: dict,
                 num_steps: jax.Array, *, spec: runs.TrainSpec, capacity: int, shared_key: bool = False,
-                chains: int = 1) -> tuple[engine.TrainState, jax.Array]:
+                chains: int = 1, mesh: Mesh | None = None) -> tuple[engine.TrainState, jax.Array]:
     """``engine.chunk`` for K members at once (``jax.vmap``; the dataset x (N, D), y (N,) is shared).
 
     state: stacked as ``init_members`` builds it; order: ``group_order`` (one (N,) order when
@@ -173,7 +218,17 @@ def group_chunk(state: engine.TrainState, order: jax.Array, x: jax.Array, y: jax
     ``chains`` > 1 cuts the members into that many independent vmapped chunks inside the one program.
     XLA's CPU runtime runs independent operations concurrently, so the chains spread over the cores
     where one chain of small matmuls keeps a core waiting; the math per member is unchanged.
+
+    ``mesh``: a mesh with a ``"members"`` axis (static). Each device runs this function, chains and
+    all, on its own slice of the members (``jax.shard_map``): the members' parts of state, order and
+    hparams placed as ``member_specs`` says, x, y and num_steps whole on every device.
     """
+    if mesh is not None:
+        specs = member_specs(shared_key)
+        split, whole = PartitionSpec(parallel.MEMBER_AXIS), PartitionSpec()
+        local = functools.partial(group_chunk, spec=spec, capacity=capacity, shared_key=shared_key, chains=chains)
+        return jax.shard_map(local, mesh=mesh, in_specs=(specs, specs.key, whole, whole, split, whole),
+                             out_specs=(specs, split), check_vma=False)(state, order, x, y, hparams, num_steps)
     k = jax.tree_util.tree_leaves(state.params)[0].shape[0]
     bounds = np.linspace(0, k, max(1, min(int(chains), k)) + 1).astype(int)
     axes, key_axis = member_axes(shared_key), None if shared_key else 0
@@ -194,17 +249,18 @@ def group_chunk(state: engine.TrainState, order: jax.Array, x: jax.Array, y: jax
             join(*(o[1] for o in outs)))
 
 
-run_group_chunk = jax.jit(group_chunk, static_argnames=("spec", "capacity", "shared_key", "chains"))
+run_group_chunk = jax.jit(group_chunk, static_argnames=("spec", "capacity", "shared_key", "chains", "mesh"))
 
 
-def default_chains(num_models: int) -> int:
-    """How many chains ``group_chunk`` should use for ``num_models`` members: on a CPU two per core,
-    at most ``num_models`` and 8 (each chain adds compile time; on 2 cores a 16-lr sweep measured
-    1.1-1.3x a single run per model-epoch with one chain, 0.7-1.0x with 2 and 0.68-0.92x with 4); 1 on
-    accelerators, where one wide program is what keeps the device busy."""
+def default_chains(num_models: int, devices: int = 1) -> int:
+    """How many chains ``group_chunk`` should use for ``num_models`` members on each of ``devices``
+    devices of this process: on a CPU two per core, the cores shared by the devices (forced host
+    devices), at most ``num_models`` and 8 (each chain adds compile time; on 2 cores a 16-lr sweep
+    measured 1.1-1.3x a single run per model-epoch with one chain, 0.7-1.0x with 2 and 0.68-0.92x with
+    4); 1 on accelerators, where one wide program is what keeps the device busy."""
     if jax.default_backend() != "cpu":
         return 1
-    return max(1, min(num_models, 2 * (os.cpu_count() or 1), 8))
+    return max(1, min(num_models, 2 * (os.cpu_count() or 1) // max(1, devices), 8))
 
 
 @functools.partial(jax.jit, static_argnames=("num_examples", "shared_key"))
@@ -229,7 +285,7 @@ class GroupResult(NamedTuple):
     """What ``train_group`` returns.
 
     Attributes:
-        params: the members' final params, stacked (leading axis K).
+        params: the members' final params, stacked (leading axis K), on this process's first device.
         opt_state: their optimizer states, stacked.
         history: (K, epochs) float epoch losses, NaN from the epoch a member diverged in.
         compile_seconds: the group program's compile time.
@@ -273,66 +329,111 @@ def diverged_members(losses: np.ndarray, start: np.ndarray, finite: np.ndarray, 
 
 
 def _start_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int, spec: runs.TrainSpec,
-                 shared: bool, chains: int) -> tuple[engine.TrainState, dict, Callable, float]:
+                 shared: bool, chains: int, mesh: Mesh | None) -> tuple[engine.TrainState, dict, Callable, float]:
     """(state, hparams, the compiled group chunk, its compile seconds): the chunk compiles on a second
-    thread from the members' shapes while this one builds the members (``engine.compile_aside``, as
-    ``runs.setup`` overlaps a single run's). Arguments as ``train_group``'s."""
+    thread from the members' shapes (and, on a mesh, their shardings) while this one builds the members
+    (``engine.compile_aside``, as ``runs.setup`` overlaps a single run's). Arguments as ``train_group``'s;
+    on a mesh, x and y are already placed on it and K is a multiple of its size."""
     build, args, statics = _member_inputs(configs, x.shape[1], num_classes, spec, shared)
     shapes = jax.eval_shape(functools.partial(_build_members, **statics), *args)
     n, steps = x.shape[0], engine.steps_per_epoch(x.shape[0], spec.batch_size)
     order = jax.ShapeDtypeStruct((n,) if shared else (len(configs), n), jnp.int32)
+    hp, count = args[1], jax.ShapeDtypeStruct((), jnp.int32)
+    if mesh is not None:
+        specs = member_specs(shared)
+        shapes, order, count = _shapes_on((shapes, order, count), mesh, (specs, specs.key, PartitionSpec()))
+        hp = parallel.place(hp, mesh, PartitionSpec(parallel.MEMBER_AXIS))
     pending = engine.compile_aside(run_group_chunk, {"spec": spec, "capacity": steps, "shared_key": shared,
-                                                      "chains": chains}, shapes, order, x, y, args[1],
-                                   jax.ShapeDtypeStruct((), jnp.int32))
+                                                      "chains": chains, "mesh": mesh}, shapes, order, x, y, hp, count)
     state = build(*args, **statics)
+    if mesh is not None:
+        state = place_members(state, mesh, shared)
     group_order(state.key, state.epoch, n, shared)  # compiled here, not in the first epoch's time
     program, seconds = pending.result()
-    return state, args[1], program, seconds
+    return state, hp, program, seconds
+
+
+def _shapes_on(tree: Any, mesh: Mesh, specs: Any) -> Any:
+    """``tree``'s ``jax.ShapeDtypeStruct`` s given the shardings on ``mesh`` that ``specs`` (a prefix tree of
+    ``PartitionSpec`` s) says: what ``engine.compile_aside`` compiles a sharded program from."""
+    def on(spec, sub):
+        sharding = jax.sharding.NamedSharding(mesh, spec)
+        return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), sub)
+
+    return jax.tree_util.tree_map(on, specs, tree, is_leaf=lambda s: isinstance(s, PartitionSpec))
+
+
+def _gathered(state: engine.TrainState, num_members: int, shared: bool) -> engine.TrainState:
+    """A members mesh's final ``state``, gathered from every device (and process: a collective, so every
+    process calls it), its first ``num_members`` members kept (the padding dropped), on this process's
+    first device."""
+    host = parallel.to_host(state)
+
+    def cut(axis, sub):
+        return sub if axis is None else jax.tree_util.tree_map(lambda leaf: leaf[:num_members], sub)
+
+    return jax.device_put(jax.tree_util.tree_map(cut, member_axes(shared), host, is_leaf=lambda a: a is None))
 
 
 def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int = 10, *,
                 image_side: int = 28, chains: int | None = None, share_order: bool = False,
                 on_epoch: Callable[[int, np.ndarray], None] | None = None,
-                divergence_rule: bool = True) -> GroupResult:
+                divergence_rule: bool = True, mesh: Mesh | None = None) -> GroupResult:
     """Train ``configs`` (K configurations that share a ``group_key``) together, all epochs, one
     compiled program.
 
     x (N, D) float, y (N,) int32, already on the device (call inside ``engine.precision`` for float64);
     num_classes: C, the width of the output layer; image_side: the images' side in pixels.
     Each epoch is one ``group_chunk`` of all its steps; ``chains``: see there (default:
-    ``default_chains``). ``share_order``: every member uses the first one's run key (see the module
-    docstring); members of one seed share it anyway. ``on_epoch(epoch, losses (K,))`` after each
+    ``default_chains``, per device). ``share_order``: every member uses the first one's run key (see the
+    module docstring); members of one seed share it anyway. ``on_epoch(epoch, losses (K,))`` after each
     epoch. A member diverges as a single run does (a non-finite loss or params, or with
     ``divergence_rule`` a chunk's mean loss past 10x max(its first loss, ln C)); it does not stop the
     others: its losses become NaN from that epoch on and ``diverged`` marks it. When all diverged, the
     remaining epochs are skipped.
+
+    ``mesh``: None (one device), or a mesh with a ``"members"`` axis, which may span processes (every
+    process then calls ``train_group`` with the same arguments). The members are split over its devices,
+    x and y replicated on them, padded to a multiple of its size with copies of the last member; each
+    member gets the bits it gets on one device. The result holds the K members only, gathered onto this
+    process's first device in every process.
     """
     keys = {group_key(c, x.shape[0], image_side) for c in configs}
     if len(keys) != 1:
         raise ValueError("train_group needs configurations of one shape group (see group_by_shape)")
     for c in configs:
         check_sweepable(c)
+    k, devices = len(configs), parallel.device_count(mesh)
+    if mesh is not None:
+        _check_mesh(mesh, devices)
+        x, y = parallel.replicate((x, y), mesh)
+    members = padded(configs, devices)
     n, first = x.shape[0], configs[0]
     spec = runs.spec_for(first, n, image_side)
     shared = share_order or len({c.seed for c in configs}) == 1
     steps = engine.steps_per_epoch(n, spec.batch_size)
-    chains = default_chains(len(configs)) if chains is None else chains
-    state, hp, program, compile_seconds = _start_group(configs, x, y, num_classes, spec, shared, chains)
-    history = np.full((len(configs), first.epochs), np.nan)
-    train_seconds, dead, start = 0.0, np.zeros(len(configs), bool), None
+    if chains is None:
+        chains = default_chains(len(members) // devices, 1 if mesh is None else len(mesh.local_devices))
+    state, hp, program, compile_seconds = _start_group(members, x, y, num_classes, spec, shared, chains, mesh)
+    count = jnp.int32(steps) if mesh is None else parallel.replicate(jnp.int32(steps), mesh)
+    history = np.full((k, first.epochs), np.nan)
+    train_seconds, dead, start = 0.0, np.zeros(k, bool), None
     for e in range(first.epochs):
         t0 = time.perf_counter()
         order = group_order(state.key, state.epoch, n, shared)
-        state, losses = program(state, order, x, y, hp, jnp.int32(steps))
-        losses = np.asarray(losses)  # waits for the device
+        state, losses = program(state, order, x, y, hp, count)
+        losses = np.asarray(parallel.to_host(losses))[:k]  # waits for the devices
         train_seconds += time.perf_counter() - t0
         start = reference_loss(losses[:, 0], math.log(num_classes)) if start is None else start
-        dead |= diverged_members(losses, start, np.asarray(_members_finite(state.params)), divergence_rule)
+        finite = np.asarray(parallel.to_host(_members_finite(state.params)))[:k]
+        dead |= diverged_members(losses, start, finite, divergence_rule)
         history[:, e] = [np.nan if d else engine.epoch_loss(row, n, spec.batch_size) for row, d in zip(losses, dead)]
         if on_epoch is not None:
             on_epoch(e + 1, history[:, e])
         if dead.all():
             break
+    if mesh is not None:
+        state = _gathered(state, k, shared)
     return GroupResult(state.params, state.opt_state, history, compile_seconds, train_seconds, shared, state, dead)
 
 

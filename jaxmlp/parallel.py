@@ -1,4 +1,4 @@
-"""Data parallelism with ``jax.sharding``: one program, the minibatch split over a mesh of devices.
+"""Data parallelism with ``jax.sharding``: one program, the minibatch (or a sweep's models) split over a mesh.
 
 The recipe is GSPMD's: build a 1-D ``Mesh`` whose single axis is ``"data"``, place params, optimizer
 state, PRNG key and the (small) dataset *replicated* on every device, and constrain each minibatch to
@@ -23,6 +23,10 @@ and the shuffle are those of one process with as many devices. Outputs (params, 
 replicated, so every process can read them; ``to_host`` makes NumPy copies. Only the primary process
 (``is_primary()``) should write files.
 
+Sweeps and ensembles split the other way: a mesh whose axis is ``"members"`` (``make_mesh(n,
+axis=MEMBER_AXIS)``) gives each device a slice of the models, the data replicated
+(``members.train_group``); nothing crosses devices, so every device count gives the same bits.
+
 On one CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (set before jax starts) gives N
 host devices to try it; two processes on 127.0.0.1 try the multi-process path (tests/test_parallel.py).
 """
@@ -41,6 +45,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+MEMBER_AXIS = "members"  # a sweep's or ensemble's models, split over the devices (jaxmlp.members)
 INIT_TIMEOUT_S = 120  # JAX's default is 300 s; a mistyped address should fail sooner
 
 
@@ -176,9 +181,10 @@ def to_host(tree: Any) -> Any:
 # ---------------------------------------------------------------- the mesh and placement
 
 
-def make_mesh(num_devices: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
-    """A 1-D mesh with axis ``"data"`` over the first ``num_devices`` of ``devices`` (default: all,
-    every process's after ``initialize``).
+def make_mesh(num_devices: int = 1, devices: Sequence[Any] | None = None, axis: str = DATA_AXIS) -> Mesh:
+    """A 1-D mesh with axis ``axis`` over the first ``num_devices`` of ``devices`` (default: all,
+    every process's after ``initialize``). ``axis``: ``"data"`` (``DATA_AXIS``) splits a run's
+    minibatches, ``"members"`` (``MEMBER_AXIS``) a sweep's or an ensemble's models.
 
     Raises ValueError naming ``num_devices`` when fewer devices exist, or when a multi-process mesh
     leaves some process without a device (every process must take part in every step).
@@ -195,18 +201,19 @@ def make_mesh(num_devices: int = 1, devices: Sequence[Any] | None = None) -> Mes
     if len({d.process_index for d in devices[:num_devices]}) < jax.process_count():
         raise ValueError(f"make_mesh: num_devices={num_devices}: a run of {jax.process_count()} processes needs "
                          f"devices in every process (use all {jax.device_count()})")
-    return Mesh(np.array(devices[:num_devices]), (DATA_AXIS,))
+    return Mesh(np.array(devices[:num_devices]), (axis,))
 
 
-def mesh_for(num_devices: int | None = None) -> Mesh | None:
+def mesh_for(num_devices: int | None = None, axis: str = DATA_AXIS) -> Mesh | None:
     """The mesh a run trains on, from ``--devices``: None (train on one device, no mesh) for one
     process asking for at most one device; otherwise ``make_mesh`` over ``num_devices`` devices, and
-    over every device of every process when ``num_devices`` is None in a multi-process run."""
+    over every device of every process when ``num_devices`` is None in a multi-process run. ``axis``:
+    the mesh's axis name (``make_mesh``)."""
     if num_devices is None:
         num_devices = jax.device_count() if jax.process_count() > 1 else 1
     if num_devices == 1 and jax.process_count() == 1:
         return None
-    return make_mesh(num_devices)
+    return make_mesh(num_devices, axis=axis)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -234,21 +241,37 @@ def _check_same_everywhere(leaves: list) -> None:
                          f"(run every process with the same data, TrainConfig.seed and other settings)")
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Every array leaf of ``tree`` placed, whole, on every device of ``mesh``.
+def place(tree: Any, mesh: Mesh, specs: Any = PartitionSpec()) -> Any:
+    """Every array leaf of ``tree`` placed on ``mesh`` as ``specs`` says: one ``PartitionSpec`` for
+    every leaf, or a tree of them that is a prefix of ``tree`` (``PartitionSpec()``: whole on every
+    device; ``PartitionSpec("members")``: the leading axis split over the mesh's ``"members"`` axis).
 
-    With several processes each one builds its own devices' copies of one *global* array from its
-    local value of the leaf (``jax.make_array_from_process_local_data``), so every process must pass
-    the same values (same data, config and seed); this is checked (ValueError when they differ).
+    Every process passes the whole value of every leaf. With several processes each one builds its
+    own devices' parts of one *global* array from it (``jax.make_array_from_process_local_data``), so
+    every process must pass the same values (same data, config and seed); this is checked (ValueError
+    when they differ).
     """
-    sharding = replicated(mesh)
+    def sharding(spec):
+        return NamedSharding(mesh, spec)
+
+    shardings = jax.tree_util.tree_map(sharding, specs, is_leaf=lambda s: isinstance(s, PartitionSpec))
     if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
+        return jax.device_put(tree, shardings)
+    per_leaf = jax.tree_util.tree_map(lambda s, sub: jax.tree_util.tree_map(lambda _: s, sub), shardings, tree,
+                                      is_leaf=lambda s: isinstance(s, NamedSharding))
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     host = [np.asarray(leaf) for leaf in leaves]
     _check_same_everywhere(host)
-    placed = [jax.make_array_from_process_local_data(sharding, h, h.shape) for h in host]
+    placed = [jax.make_array_from_process_local_data(s, h, h.shape)
+              for s, h in zip(jax.tree_util.tree_leaves(per_leaf, is_leaf=lambda s: isinstance(s, NamedSharding)),
+                              host)]
     return jax.tree_util.tree_unflatten(treedef, placed)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every array leaf of ``tree`` placed, whole, on every device of ``mesh`` (``place`` with
+    ``PartitionSpec()``): every process must pass the same values (checked, ValueError otherwise)."""
+    return place(tree, mesh)
 
 
 def data_parallel_spec(spec, mesh: Mesh):

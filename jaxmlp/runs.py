@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import signal
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -23,6 +24,7 @@ from . import models
 from .config import TrainConfig, hparams
 from .engine import (
     DivergenceError,
+    EndPartial,
     Interrupted,
     Run,
     TrainState,
@@ -371,8 +373,8 @@ class FitResult(NamedTuple):
     stopped_early: bool
 
 
-def fit(config: TrainConfig, data, *, handlers: Sequence[Callable] = (), resume: dict | None = None,
-        mesh: Any = None, chunk_steps: int | None = None, divergence_rule: bool = True) -> FitResult:
+def fit(config: TrainConfig, data, *, handlers: Sequence[Callable] = (), resume: Any = None,
+        mesh: Any = None, chunk_steps: int | None = None, divergence: bool = True) -> FitResult:
     """Train ``config`` on ``data`` (a ``data.Dataset`` of uint8 arrays) and test it: the command line's
     path, a thin layer over the engine (``engine.advance``, the loop ``jaxmlp.train`` runs too).
 
@@ -381,28 +383,55 @@ def fit(config: TrainConfig, data, *, handlers: Sequence[Callable] = (), resume:
         data: a ``data.Dataset`` of uint8 images and integer labels.
         handlers: callables given an ``Event`` around every chunk (see ``handlers.py``); the finiteness
             and divergence checks and early stopping come first.
-        resume: {"state", "history", "partial"} from ``load_run``: continues a run exactly.
+        resume: a run to continue exactly: a checkpoint's path, its ``load_run``, or the ``Interrupted``
+            a signal stop raised (a bare ``TrainState`` continues without its history). A checkpoint's
+            settings must be ``config``'s (only ``epochs`` may grow).
         mesh: a ``jax.sharding.Mesh`` (``parallel.make_mesh``) to split every minibatch over its devices.
         chunk_steps: steps per compiled chunk (None: sized to take about a quarter second).
-        divergence_rule: stop when the loss passes 10x its start (False: on non-finite values only).
+        divergence: stop when the loss passes 10x its start (False: on non-finite values only).
 
-    A signal stop raises ``Interrupted`` after the handlers saw the "end" event; divergence raises
-    ``DivergenceError``.
+    Returns:
+        A ``FitResult``. A signal stop raises ``Interrupted`` (carrying the state, history and partial
+        epoch) after the handlers saw the "end" event; divergence raises ``DivergenceError``.
     """
     from .handlers import EarlyStopping, default_checks, keep_best
 
-    config.validate()
-    resume = resume or {}
+    resume = _resume_parts(resume, config)
     with precision(config.dtype, config.matmul_precision):
         run, state, test = setup(config, data, resume.get("state"), mesh)
-        early = EarlyStopping(config.patience)
-        state, history, reason = advance(run, state, [*default_checks(divergence_rule), *keep_best(early, handlers)],
-                                            history=resume.get("history", ()), partial=resume.get("partial"),
-                                            chunk_steps=chunk_steps)
+        early, end = EarlyStopping(config.patience), EndPartial()
+        state, history, reason = advance(run, state, [*default_checks(divergence), *keep_best(early, handlers), end],
+                                         history=resume.get("history", ()), partial=resume.get("partial"),
+                                         chunk_steps=chunk_steps)
         if reason.startswith("SIG"):
-            raise Interrupted(int(signal.Signals[reason]), state)
+            raise Interrupted(int(signal.Signals[reason]), state, meta={"history": history, "partial": end.partial})
         params = early.best_params if early.best_params is not None else state.params
         test_loss, test_acc = evaluate(run.spec.model, params, test.x_test, test.y_test)
     train_seconds = sum(r["seconds"] for r in history[len(resume.get("history", ())):])
     return FitResult(params, state.opt_state, state, history, test_loss, test_acc, train_seconds,
                      run.compile_seconds, reason == "early-stop")
+
+
+def _resume_parts(resume: Any, config: TrainConfig) -> dict:
+    """{"state", "history", "partial"} of ``fit``'s ``resume`` (a path, a ``LoadedRun``, an
+    ``Interrupted`` or a bare ``TrainState``); ValueError when the checkpoint's settings are not
+    ``config``'s."""
+    if resume is None:
+        return {}
+    if isinstance(resume, Interrupted):
+        return {"state": resume.state, "history": resume.history, "partial": resume.partial}
+    if isinstance(resume, TrainState):  # a state alone: no history or partial epoch to continue
+        return {"state": resume}
+    if isinstance(resume, (str, os.PathLike)):
+        resume = load_run(resume)
+    if not isinstance(resume, LoadedRun):
+        raise ValueError(f"resume: expected a checkpoint path, a load_run result, an Interrupted or a TrainState, "
+                         f"got {type(resume).__name__}")
+    changed = [k for k, v in resume.config.to_dict().items() if k != "epochs" and v != config.to_dict()[k]]
+    if changed:
+        raise ValueError(f"resume: the checkpoint was trained with TrainConfig.{changed[0]} "
+                         f"{resume.config.to_dict()[changed[0]]!r}, config has {config.to_dict()[changed[0]]!r} "
+                         f"(only TrainConfig.epochs may change)")
+    return {"state": resume.state, "history": resume.meta.get("history", []),
+            "partial": resume.meta.get("partial", {})}
+

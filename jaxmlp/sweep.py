@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from . import engine, models, runs
 from .config import TrainConfig
@@ -184,13 +185,15 @@ def _prepared(data, configs):
 
 def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = None, share_order: bool = False,
               on_group: Callable[[int, list[int]], None] | None = None,
-              on_epoch: Callable[[int, int, np.ndarray], None] | None = None) -> SweepResult:
+              on_epoch: Callable[[int, int, np.ndarray], None] | None = None, mesh: Mesh | None = None) -> SweepResult:
     """Train and test every configuration on ``data`` (a ``data.Dataset``), one program per shape group.
 
     ``on_group(group_index, member_indices)`` before a group starts; ``on_epoch(group_index, epoch,
     losses (K,))`` after each of its epochs. ``share_order``: see ``train_group``. ``max_group``: the
-    most members per program, larger groups are cut (None: uncut). Returns results in the order of
-    ``configs``.
+    most members per program, larger groups are cut (None: uncut). ``mesh``: None, or a mesh with a
+    ``"members"`` axis (``parallel.make_mesh(n, axis=parallel.MEMBER_AXIS)``) that splits every group's
+    members over its devices and processes (see ``train_group``; every process calls ``run_sweep`` and
+    gets the whole result, the same bits as on one device). Returns results in the order of ``configs``.
     """
     if not configs:
         raise ValueError("a sweep needs at least one configuration")
@@ -207,7 +210,7 @@ def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = N
                 on_group(g, members)
             cb = None if on_epoch is None else functools.partial(on_epoch, g)
             res = train_group([configs[i] for i in members], x, y, num_classes, image_side=side,
-                              share_order=share_order, on_epoch=cb)
+                              share_order=share_order, on_epoch=cb, mesh=mesh)
             model = models.from_config(configs[members[0]])
             losses, accs, _, _ = evaluate_members(model, res.params, x_test, y_test)
             for k, i in enumerate(members):  # a diverged member has no test scores
@@ -240,7 +243,7 @@ class EnsembleResult(NamedTuple):
 
 def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool = False,
                  on_epoch: Callable[[int, np.ndarray], None] | None = None,
-                 divergence_rule: bool = True) -> EnsembleResult:
+                 divergence_rule: bool = True, mesh: Mesh | None = None) -> EnsembleResult:
     """Train ``members`` copies of ``config`` with seeds ``seed, seed + 1, ...`` together (one vmapped
     program) and test each member and their averaged-probability ensemble.
 
@@ -251,6 +254,8 @@ def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool =
         share_order: all members see seed ``seed``'s minibatches (see ``train_group``).
         on_epoch: ``on_epoch(epoch, losses (K,))`` after each epoch.
         divergence_rule: judge divergence by the 10x rule too (see ``train_group``).
+        mesh: None, or a mesh with a ``"members"`` axis to split the members over (see ``train_group``:
+            a count its size does not divide is padded, and the padding is in no result).
 
     A diverged member is reported (``RunResult.diverged``, NaN test scores) and left out of the
     ensemble, which averages the others; with every member diverged the ensemble's scores are NaN.
@@ -263,7 +268,7 @@ def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool =
     with engine.precision(config.dtype, config.matmul_precision):
         x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
         res = train_group(configs, x, y, num_classes, image_side=side, share_order=share_order, on_epoch=on_epoch,
-                          divergence_rule=divergence_rule)
+                          divergence_rule=divergence_rule, mesh=mesh)
         model = models.from_config(config)
         losses, accs, ens_loss, ens_acc = evaluate_members(model, res.params, x_test, y_test)
         alive = np.flatnonzero(~res.diverged)

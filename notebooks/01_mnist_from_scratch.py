@@ -30,15 +30,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, display
 
-jax.config.update("jax_enable_x64", True)  # float64 available; arrays stay float32 unless asked
+# float64 available; arrays stay float32 unless asked
+jax.config.update("jax_enable_x64", True)
 import jaxmlp
 from jaxmlp import plots, steps
 from jaxmlp.data import DataError
-from jaxmlp.engine import epoch_loss, epoch_order, init_state, run_chunk, steps_per_epoch
+from jaxmlp.engine import (epoch_loss, epoch_order, init_state, run_chunk,
+                           steps_per_epoch)
 from jaxmlp.evaluation import predict_labels
 from jaxmlp.runs import TrainSpec, make_optimizer
 
-print("jax", jax.__version__, "on", jax.default_backend(), "| jaxmlp", jaxmlp.__version__)
+print("jax", jax.__version__, "on", jax.default_backend(),
+      "| jaxmlp", jaxmlp.__version__)
 
 # %% [markdown]
 # ## 1. Loading the data
@@ -53,9 +56,10 @@ print("jax", jax.__version__, "on", jax.default_backend(), "| jaxmlp", jaxmlp.__
 # %%
 try:
     data = jaxmlp.load_dataset()
-except DataError as err:  # offline with nothing cached: say what to do instead of a traceback
-    raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding MNIST's four IDX files, "
-                     "or fetch them once with `jaxmlp download --mirror URL`, then run this notebook again.") from None
+except DataError as err:  # offline, nothing cached: say what to do, not a traceback
+    raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding "
+                     "MNIST's four IDX files, or fetch them once with `jaxmlp download "
+                     "--mirror URL`, then run this notebook again.") from None
 for name, array in data._asdict().items():
     print(f"{name:8s} {str(array.shape):16s} {array.dtype}")
 print("MNIST loaded.")
@@ -74,7 +78,8 @@ with tempfile.TemporaryDirectory() as tmp:
     with open(images_file, "rb") as f:
         magic, num, rows, cols = struct.unpack(">IIII", f.read(16))
     train_images = jaxmlp.data.read_idx(images_file)
-print(f"magic 0x{magic:08X} (0x08 = uint8, 3 dimensions), {num} images of {rows}x{cols}")
+print(f"magic 0x{magic:08X} (0x08 = uint8, 3 dimensions), "
+      f"{num} images of {rows}x{cols}")
 same = np.array_equal(train_images, data.x_train)
 print("read_idx:", train_images.shape, train_images.dtype, "| the same images:", same)
 
@@ -119,7 +124,8 @@ print("label", data.y_test[0], "->", y_test[0])
 sizes = [784, 128, 64, 10]
 params = jaxmlp.model.init_params_numpy(42, sizes)  # float64, like NumPy
 for i, layer in enumerate(params, start=1):
-    print(f"W{i} shape: {layer['W'].shape}   b{i} shape: {layer['b'].shape}   dtype: {layer['W'].dtype}")
+    print(f"W{i} shape: {layer['W'].shape}   b{i} shape: {layer['b'].shape}   "
+          f"dtype: {layer['W'].dtype}")
 
 # %% [markdown]
 # The JAX-native way draws from an explicit PRNG key instead of NumPy's global generator: the same
@@ -128,7 +134,8 @@ for i, layer in enumerate(params, start=1):
 # %%
 key_params = jaxmlp.init_params(jax.random.PRNGKey(42), sizes, scheme="notebook")
 print([layer["W"].shape for layer in key_params], key_params[0]["W"].dtype)
-print(f"std of W1: {float(jnp.std(key_params[0]['W'])):.5f} (scheme 'notebook' is N(0, 1) * 0.01)")
+print(f"std of W1: {float(jnp.std(key_params[0]['W'])):.5f} "
+      "(scheme 'notebook' is N(0, 1) * 0.01)")
 
 # %% [markdown]
 # ## 4. Forward pass
@@ -180,7 +187,8 @@ for i, (gm, ga) in enumerate(zip(manual, auto), start=1):
     for name in ("W", "b"):
         err = jaxmlp.max_relative_error(gm[name], ga[name])
         worst = max(worst, err)
-        print(f"d{name}{i} shape: {str(gm[name].shape):11s} max relative error manual vs jax.grad: {err:.1e}")
+        print(f"d{name}{i} shape: {str(gm[name].shape):11s} "
+              f"max relative error manual vs jax.grad: {err:.1e}")
 print(f"max relative error (manual vs jax.grad, float64): {worst:.3e}")
 
 # %% [markdown]
@@ -196,7 +204,8 @@ new_params, batch_loss = steps.sgd_step(params, x5, y5, 0.01)
 change = float(jnp.sum(jnp.abs(new_params[0]["W"] - params[0]["W"])))
 print("W1 change:", change)
 print("original notebook printed: 0.020560581875656167")
-print("old params untouched:", bool(jnp.all(params[0]["W"] == jaxmlp.model.init_params_numpy(42, sizes)[0]["W"])))
+fresh = jaxmlp.model.init_params_numpy(42, sizes)
+print("old params untouched:", bool(jnp.all(params[0]["W"] == fresh[0]["W"])))
 
 # %% [markdown]
 # ## 8. Training, compiled
@@ -226,10 +235,12 @@ while int(state.epoch) < epochs:
     order = epoch_order(state.key, state.epoch, x.shape[0])
     losses = []
     for _ in range(steps // chunk):
-        state, out = run_chunk(state, order, x, y, hparams, jnp.int32(chunk), spec=spec, capacity=chunk)
+        state, out = run_chunk(state, order, x, y, hparams, jnp.int32(chunk),
+                               spec=spec, capacity=chunk)
         losses.append(np.asarray(out))
     batch_losses.append(np.concatenate(losses))
-    print(f"Epoch {int(state.epoch)}/{epochs} - Loss: {epoch_loss(batch_losses[-1], x.shape[0], 32):.4f}")
+    mean = epoch_loss(batch_losses[-1], x.shape[0], 32)
+    print(f"Epoch {int(state.epoch)}/{epochs} - Loss: {mean:.4f}")
 params = state.params
 
 # %% [markdown]
@@ -239,7 +250,8 @@ params = state.params
 # returns the mean loss and the accuracy.
 
 # %%
-test_loss, test_acc = jaxmlp.evaluate(jaxmlp.MLP(), params, x_test, jnp.asarray(data.y_test, jnp.int32))
+test_loss, test_acc = jaxmlp.evaluate(jaxmlp.MLP(), params, x_test,
+                                      jnp.asarray(data.y_test, jnp.int32))
 print(f"Test Loss: {test_loss:.4f}")
 print(f"Test Accuracy: {test_acc * 100:.2f}%")
 
@@ -256,8 +268,10 @@ window = 100
 smooth = np.convolve(curve, np.ones(window) / window, mode="valid")
 
 fig, ax = plt.subplots(figsize=(7, 3.2))
-ax.plot(np.arange(len(curve)) / steps_per_epoch, curve, alpha=0.25, lw=0.6, label="minibatch loss")
-ax.plot((np.arange(len(smooth)) + window - 1) / steps_per_epoch, smooth, label=f"mean of {window}")
+ax.plot(np.arange(len(curve)) / steps_per_epoch, curve, alpha=0.25, lw=0.6,
+        label="minibatch loss")
+ax.plot((np.arange(len(smooth)) + window - 1) / steps_per_epoch, smooth,
+        label=f"mean of {window}")
 ax.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="Training loss")
 ax.legend()
 plt.show()
@@ -287,13 +301,13 @@ with tempfile.TemporaryDirectory() as tmp:
 # ## 11. The same from the command line
 #
 # ```bash
-# jaxmlp download                        # fetch and verify MNIST into ~/.cache/jaxmlp/mnist
-# jaxmlp train                           # 784-128-64-10, SGD lr 0.1, batch 32, 10 epochs, float32
-# jaxmlp train --plot-dir plots/         # also write curves, confusion matrix, mistakes, W1 pictures
+# jaxmlp download                 # fetch and verify MNIST into ~/.cache/jaxmlp/mnist
+# jaxmlp train                    # 784-128-64-10, SGD lr 0.1, batch 32, 10 epochs
+# jaxmlp train --plot-dir plots/  # also curves, confusion matrix, mistakes, W1 images
 # jaxmlp train --notebook-exact --lr 0.01 --replay-notebook-step
-#                                        # float64, NumPy's seed-42 weights and shuffles, the
-#                                        # original's loss formula and its one test step first
-# jaxmlp gradcheck                       # manual backprop vs jax.grad vs finite differences
+#                                 # float64, NumPy's seed-42 weights and shuffles, the
+#                                 # original's loss formula and its one test step first
+# jaxmlp gradcheck                # manual backprop vs jax.grad vs finite differences
 # ```
 #
 # `--notebook-exact` follows the original notebook's arithmetic step by step; the default mode

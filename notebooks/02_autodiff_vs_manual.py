@@ -30,11 +30,14 @@ from jaxmlp import model
 from jaxmlp.data import DataError
 
 try:
-    data = jaxmlp.load_dataset()  # $JAXMLP_DATA_DIR, else jaxmlp's cache (downloaded there on first use)
-except DataError as err:  # offline with nothing cached: say what to do instead of a traceback
-    raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding MNIST's four IDX files, "
-                     "or fetch them once with `jaxmlp download --mirror URL`, then run this notebook again.") from None
-x = jaxmlp.normalize(jaxmlp.flatten(data.x_train[:64]), jnp.float64)  # a batch of 64, float64
+    # $JAXMLP_DATA_DIR, else jaxmlp's cache (downloaded there on first use)
+    data = jaxmlp.load_dataset()
+except DataError as err:  # offline, nothing cached: say what to do, not a traceback
+    raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding "
+                     "MNIST's four IDX files, or fetch them once with `jaxmlp download "
+                     "--mirror URL`, then run this notebook again.") from None
+# a batch of 64, float64:
+x = jaxmlp.normalize(jaxmlp.flatten(data.x_train[:64]), jnp.float64)
 y = jnp.asarray(data.y_train[:64], jnp.int32)
 print(x.shape, x.dtype, y.shape)
 
@@ -61,30 +64,35 @@ manual_fn = jax.jit(jaxmlp.manual_grad)
 autodiff_fn = jax.jit(jax.grad(jaxmlp.loss))
 
 def compare(params, max_coords=20):
-    """Rows (name, shape, manual vs autodiff, manual vs FD, autodiff vs FD) of max relative errors."""
+    """Rows (name, shape, manual vs autodiff, manual vs FD, autodiff vs FD) of max
+    relative errors."""
     manual, auto = manual_fn(params, x, y), autodiff_fn(params, x, y)
-    fd, mask = jaxmlp.backprop.finite_difference_grad(lambda p: jaxmlp.loss(p, x, y), params, eps=1e-4,
-                                             max_coords=max_coords)
+    fd, mask = jaxmlp.backprop.finite_difference_grad(
+        lambda p: jaxmlp.loss(p, x, y), params, eps=1e-4, max_coords=max_coords)
     rows = []
     for i in range(len(params)):
         for name in ("W", "b"):
-            m, a, d, k = manual[i][name], auto[i][name], fd[i][name], mask[i][name]
-            # Entries below 1e-8 are compared in absolute terms: there the finite difference's
-            # own error (~1e-12) would dominate a ratio.
+            m, a = manual[i][name], auto[i][name]
+            d, k = fd[i][name], mask[i][name]
+            # Entries below 1e-8 are compared in absolute terms: there the finite
+            # difference's own error (~1e-12) would dominate a ratio.
             rows.append((f"{name}{i + 1}", m.shape, jaxmlp.max_relative_error(m, a),
                          jaxmlp.max_relative_error(m, d, k, floor=1e-8),
                          jaxmlp.max_relative_error(a, d, k, floor=1e-8)))
     return rows
 
 sizes = [784, 128, 64, 10]
-params = jaxmlp.init_params(jax.random.PRNGKey(0), sizes, scheme="he", dtype=jnp.float64)
+params = jaxmlp.init_params(jax.random.PRNGKey(0), sizes, scheme="he",
+                            dtype=jnp.float64)
 rows = compare(params)
-print(f"{'param':6s} {'shape':11s} {'manual vs autodiff':>19s} {'manual vs FD':>13s} {'autodiff vs FD':>15s}")
+print(f"{'param':6s} {'shape':11s} {'manual vs autodiff':>19s} {'manual vs FD':>13s} "
+      f"{'autodiff vs FD':>15s}")
 for name, shape, ad, mfd, afd in rows:
     print(f"{name:6s} {str(shape):11s} {ad:19.1e} {mfd:13.1e} {afd:15.1e}")
 worst_ad = max(r[2] for r in rows)
 worst_fd = max(max(r[3], r[4]) for r in rows)
-print(f"worst: manual vs autodiff {worst_ad:.1e}, against finite differences {worst_fd:.1e}")
+print(f"worst: manual vs autodiff {worst_ad:.1e}, "
+      f"against finite differences {worst_fd:.1e}")
 
 # %% [markdown]
 # Manual and autodiff agree to float64 round-off (1e-12 or better): the same arithmetic, at most
@@ -112,7 +120,8 @@ print(f"{'entry':10s} {'manual':>22s} {'autodiff':>22s} {'finite difference':>22
 for layer, name, index in [(0, "W", (pixel, 3)), (1, "b", (5,)), (2, "W", (7, 2))]:
     label = f"{name}{layer + 1}{list(index)}"
     m, a = float(manual[layer][name][index]), float(auto[layer][name][index])
-    print(f"{label:10s} {m:22.15e} {a:22.15e} {central_difference(layer, name, index):22.15e}")
+    estimate = central_difference(layer, name, index)
+    print(f"{label:10s} {m:22.15e} {a:22.15e} {estimate:22.15e}")
 
 # %% [markdown]
 # ## 2. ReLU at exactly zero
@@ -151,7 +160,8 @@ blank, label = jnp.zeros((1, 784), jnp.float64), jnp.array([3])
 reference = manual_fn(params, blank, label)
 with_relu = autodiff_fn(params, blank, label)
 with_maximum = jax.jit(jax.grad(loss_with_maximum))(params, blank, label)
-print(f"{'param':6s} {'model.relu':>11s} {'jnp.maximum':>12s}   (max relative error vs manual_grad)")
+print(f"{'param':6s} {'model.relu':>11s} {'jnp.maximum':>12s}   "
+      "(max relative error vs manual_grad)")
 for i in range(len(params)):
     for name in ("W", "b"):
         ok = jaxmlp.max_relative_error(reference[i][name], with_relu[i][name])
@@ -166,10 +176,12 @@ for i in range(len(params)):
 # comparison of section 1 (10 finite-difference coordinates per parameter).
 
 # %%
-print(f"{'layers':>6s}  {'sizes':26s} {'params':>7s} {'manual vs autodiff':>19s} {'vs FD':>8s}")
+print(f"{'layers':>6s}  {'sizes':26s} {'params':>7s} {'manual vs autodiff':>19s} "
+      f"{'vs FD':>8s}")
 for depth in range(1, 5):
     depth_sizes = [784] + [64] * (depth - 1) + [10]
-    p = jaxmlp.init_params(jax.random.PRNGKey(depth), depth_sizes, scheme="he", dtype=jnp.float64)
+    p = jaxmlp.init_params(jax.random.PRNGKey(depth), depth_sizes, scheme="he",
+                           dtype=jnp.float64)
     rows = compare(p, max_coords=10)
     count = sum(leaf.size for leaf in jax.tree_util.tree_leaves(p))
     ad = max(r[2] for r in rows)
@@ -182,22 +194,24 @@ for depth in range(1, 5):
 # Both gradients compiled with `jax.jit` for the 784-128-64-10 network in float32 (the training
 # dtype), timed after a warm-up call so compilation is excluded; each number is the best of
 # 15 repeats, the two functions taking turns. XLA sees two descriptions of nearly the same
-# computation, so expect similar times; the exact numbers depend on the machine and its load
-# when the notebook ran. The last column is the largest difference between the two float32
+# computation, so expect similar times; the numbers are those of the machine that runs the cell,
+# and they move with its load. The last column is the largest difference between the two float32
 # gradients.
 
 # %%
-params32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)  # section 1's network
+# section 1's network, in float32:
+params32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
 x32 = jaxmlp.normalize(jaxmlp.flatten(data.x_train[:1024]))
 y32 = jnp.asarray(data.y_train[:1024], jnp.int32)
-grad_fns = {"manual": jax.jit(jaxmlp.manual_grad), "autodiff": jax.jit(jaxmlp.backprop.autodiff_grad)}
+grad_fns = {"manual": jax.jit(jaxmlp.manual_grad),
+            "autodiff": jax.jit(jaxmlp.backprop.autodiff_grad)}
 
 def best_times(fns, xb, yb, repeats=15, target_s=0.02):
-    """Best-of-`repeats` seconds per call of each function; the functions take turns, so a
-    burst of load on a shared machine hits both alike."""
+    """Best-of-`repeats` seconds per call of each function; the functions take turns,
+    so a burst of load on a shared machine hits both alike."""
     calls = {}
     for name, f in fns.items():
-        jax.block_until_ready(f(params32, xb, yb))  # warm-up (compiles on the first call)
+        jax.block_until_ready(f(params32, xb, yb))  # warm-up (compiles the first time)
         t0 = time.perf_counter()
         jax.block_until_ready(f(params32, xb, yb))
         calls[name] = max(1, int(target_s / (time.perf_counter() - t0)))
@@ -213,7 +227,8 @@ def best_times(fns, xb, yb, repeats=15, target_s=0.02):
 
 batch_sizes = [32, 256, 1024]
 times = {name: [] for name in grad_fns}
-print(f"{'batch':>6s} {'manual (us)':>12s} {'autodiff (us)':>14s} {'ratio':>6s}  max |difference|")
+print(f"{'batch':>6s} {'manual (us)':>12s} {'autodiff (us)':>14s} {'ratio':>6s}  "
+      "max |difference|")
 for bs in batch_sizes:
     xb, yb = x32[:bs], y32[:bs]
     for name, seconds in best_times(grad_fns, xb, yb).items():
@@ -229,7 +244,8 @@ fig, ax = plt.subplots(figsize=(6, 3.2))
 width = 0.38
 pos = np.arange(len(batch_sizes))
 for k, (name, values) in enumerate(times.items()):
-    per_example = np.array(values) / np.array(batch_sizes)  # comparable across batch sizes
+    # per example: comparable across batch sizes
+    per_example = np.array(values) / np.array(batch_sizes)
     ax.bar(pos + (k - 0.5) * width, per_example, width, label=name)
 ax.set_xticks(pos, [str(b) for b in batch_sizes])
 ax.set(xlabel="batch size", ylabel="microseconds per example",

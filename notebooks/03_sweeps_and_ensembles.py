@@ -40,13 +40,16 @@ from jaxmlp.runs import fit, prepare
 notebook_start = time.perf_counter()
 
 try:
-    data = jaxmlp.load_dataset()  # $JAXMLP_DATA_DIR, else jaxmlp's cache (downloaded there on first use)
-except DataError as err:  # offline with nothing cached: say what to do instead of a traceback
-    raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding MNIST's four IDX files, "
-                     "or fetch them once with `jaxmlp download --mirror URL`, then run this notebook again.") from None
+    # $JAXMLP_DATA_DIR, else jaxmlp's cache (downloaded there on first use)
+    data = jaxmlp.load_dataset()
+except DataError as err:  # offline, nothing cached: say what to do, not a traceback
+    raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding "
+                     "MNIST's four IDX files, or fetch them once with `jaxmlp download "
+                     "--mirror URL`, then run this notebook again.") from None
 n_train = 10_000
 small = data._replace(x_train=data.x_train[:n_train], y_train=data.y_train[:n_train])
-print("training on", small.x_train.shape, "| testing on", small.x_test.shape, "|", jax.default_backend())
+print("training on", small.x_train.shape, "| testing on", small.x_test.shape, "|",
+      jax.default_backend())
 
 # %% [markdown]
 # ## 1. Grid search
@@ -62,12 +65,14 @@ print("training on", small.x_train.shape, "| testing on", small.x_test.shape, "|
 base = TrainConfig(epochs=2, batch_size=32, init="he", seed=0)
 lrs, hiddens = [0.003, 0.01, 0.03, 0.1, 0.3], [(128, 64), (256, 128)]
 configs = sweep.grid(base, lr=lrs, hidden=hiddens)
-print(len(configs), "configurations, e.g.", {k: getattr(configs[0], k) for k in sweep.SWEEP_AXES})
+print(len(configs), "configurations, e.g.",
+      {k: getattr(configs[0], k) for k in sweep.SWEEP_AXES})
 
 groups = sweep.group_by_shape(configs, n_train)
 for g, group in enumerate(groups):
     shape = "-".join(map(str, configs[group[0]].hidden))
-    print(f"program {g}: hidden {shape}, batch 32, {len(group)} models, lr", [configs[i].lr for i in group])
+    print(f"program {g}: hidden {shape}, batch 32, {len(group)} models, lr",
+          [configs[i].lr for i in group])
 
 with_seeds = sweep.grid(base, lr=lrs, hidden=hiddens, seed=[0, 1, 2])
 print(f"adding seed=[0, 1, 2]: {len(with_seeds)} configurations, still "
@@ -87,15 +92,17 @@ print(f"adding seed=[0, 1, 2]: {len(with_seeds)} configurations, still "
 result = sweep.run_sweep(configs, small)
 print(sweep.format_table(result.runs))
 for g, info in enumerate(result.groups):
-    print(f"program {g}: {len(info.members)} models, compiled in {info.compile_seconds:.1f} s, "
+    print(f"program {g}: {len(info.members)} models, "
+          f"compiled in {info.compile_seconds:.1f} s, "
           f"trained in {info.train_seconds:.1f} s")
 
 # %%
 fig, ax = plt.subplots(figsize=(6.5, 4))
 for hidden in hiddens:
-    runs = sorted((r for r in result.runs if r.config.hidden == hidden), key=lambda r: r.config.lr)
-    ax.plot([r.config.lr for r in runs], [r.test_accuracy * 100 for r in runs], marker="o",
-            label="-".join(map(str, hidden)))
+    runs = sorted((r for r in result.runs if r.config.hidden == hidden),
+                  key=lambda r: r.config.lr)
+    ax.plot([r.config.lr for r in runs], [r.test_accuracy * 100 for r in runs],
+            marker="o", label="-".join(map(str, hidden)))
 ax.set(xscale="log", xlabel="learning rate (SGD, batch 32)", ylabel="test accuracy (%)",
        title="Grid search: 2 epochs on 10,000 images, seed 0")
 ax.legend(title="hidden sizes")
@@ -120,10 +127,12 @@ plt.show()
 # axes from the lists given. The draws depend only on `seed`, so a search can be repeated.
 
 # %%
-drawn = sweep.random_search(base, 6, seed=0, lr_range=(0.003, 0.5), hidden=[(128, 64), (256, 128)])
+drawn = sweep.random_search(base, 6, seed=0, lr_range=(0.003, 0.5),
+                            hidden=[(128, 64), (256, 128)])
 for c in drawn:
     print(f"lr {c.lr:.4f}  hidden {'-'.join(map(str, c.hidden))}")
-print("programs:", [len(members) for members in sweep.group_by_shape(drawn, n_train)], "models")
+print("programs:", [len(members) for members in sweep.group_by_shape(drawn, n_train)],
+      "models")
 
 # %% [markdown]
 # They group and train exactly like the grid (`sweep.run_sweep(drawn, small)`); we skip the run
@@ -144,25 +153,28 @@ print(f"one 128-64 model, fit:      {per_single:.3f} s per model-epoch")
 for g, info in enumerate(result.groups):
     per_model = info.train_seconds / (len(info.members) * base.epochs)
     shape = "-".join(map(str, configs[info.members[0]].hidden))
-    print(f"program {g} ({len(info.members)} x {shape}): {per_model:.3f} s per model-epoch")
-print(f"compiling: {single.compile_seconds:.1f} s for one model, {result.groups[0].compile_seconds:.1f} s "
+    print(f"program {g} ({len(info.members)} x {shape}): "
+          f"{per_model:.3f} s per model-epoch")
+print(f"compiling: {single.compile_seconds:.1f} s for one model, "
+      f"{result.groups[0].compile_seconds:.1f} s "
       f"for the program of {len(result.groups[0].members)}")
 
-twin = next(r for r in result.runs if (r.config.lr, r.config.hidden, r.config.seed) == (0.1, (128, 64), 0))
-print(f"the same configuration, alone / in its group: test accuracy {single.test_accuracy:.2%} / "
-      f"{twin.test_accuracy:.2%}")
+twin = next(r for r in result.runs
+            if (r.config.lr, r.config.hidden, r.config.seed) == (0.1, (128, 64), 0))
+print(f"the same configuration, alone / in its group: test accuracy "
+      f"{single.test_accuracy:.2%} / {twin.test_accuracy:.2%}")
 
 # %% [markdown]
-# On the busy 2-core CPU that saved this notebook, grouping did not make a model-epoch cheaper:
-# one 128-64 network at batch 32 already keeps both cores occupied, so K networks cost at least
-# K times one, and timings there swing with whatever else the machine runs. What a group saves on
-# such a CPU is compiling and dispatching every model on its own. The per-model gain needs idle
-# hardware: more cores, or a GPU, where one network this small uses a sliver of the device and the
-# group's K models fill it. The numbers depend
-# on the machine; `jaxmlp bench` is the benchmark (NumPy, jitted steps, fused epochs, a
-# vmapped learning-rate sweep and large batches on the same data, with repeats). The last line
-# above checks that grouping changes nothing but speed: the sweep member and the lone run of the
-# same configuration reach the same test accuracy (float32 round-off could move the last digit).
+# On a CPU with few cores, grouping does not make a model-epoch cheaper: one 128-64 network at
+# batch 32 already keeps two cores occupied, so K networks cost at least K times one, and the
+# timings move with whatever else the machine runs. What a group saves on such a CPU is
+# compiling and dispatching every model on its own. The per-model gain needs idle hardware: more
+# cores, or a GPU, where one network this small uses a sliver of the device and the group's K
+# models fill it. The numbers above are those of the machine that runs the cell; run it again to
+# see yours. `jaxmlp bench` is the benchmark (NumPy, jitted steps, fused epochs, a vmapped
+# learning-rate sweep and large batches on the same data, with repeats). The last line above
+# checks that grouping changes nothing but speed: the sweep member and the lone run of the same
+# configuration reach the same test accuracy (float32 round-off could move the last digit).
 #
 # ## 4. Ensembles
 #
@@ -175,14 +187,17 @@ print(f"the same configuration, alone / in its group: test accuracy {single.test
 ens_config = dataclasses.replace(base, lr=0.1, hidden=(128, 64))
 ens = sweep.fit_ensemble(ens_config, small, members=5)
 for m in ens.members:
-    print(f"member seed {m.config.seed}: test accuracy {m.test_accuracy:.2%}, test loss {m.test_loss:.4f}")
+    print(f"member seed {m.config.seed}: test accuracy {m.test_accuracy:.2%}, "
+          f"test loss {m.test_loss:.4f}")
 member_accs = np.array([m.test_accuracy for m in ens.members])
 print(f"mean of the members:          {member_accs.mean():.2%}, test loss "
       f"{np.mean([m.test_loss for m in ens.members]):.4f}")
-print(f"ensemble of 5 (mean probs):   {ens.ensemble_accuracy:.2%}, test loss {ens.ensemble_loss:.4f}")
-print(f"members the ensemble beats: {int(np.sum(member_accs < ens.ensemble_accuracy))} of {len(member_accs)}")
-print(f"training: {ens.train_seconds / (5 * ens_config.epochs):.3f} s per model-epoch, each member with its "
-      f"own shuffle (alone: {per_single:.3f} s)")
+print(f"ensemble of 5 (mean probs):   {ens.ensemble_accuracy:.2%}, "
+      f"test loss {ens.ensemble_loss:.4f}")
+print(f"members the ensemble beats: "
+      f"{int(np.sum(member_accs < ens.ensemble_accuracy))} of {len(member_accs)}")
+print(f"training: {ens.train_seconds / (5 * ens_config.epochs):.3f} s per model-epoch, "
+      f"each member with its own shuffle (alone: {per_single:.3f} s)")
 
 # %% [markdown]
 # `ensemble_probs` gives each member's class probabilities, `(K, N, C)`, and `ensemble_accuracy`
@@ -191,11 +206,12 @@ print(f"training: {ens.train_seconds / (5 * ens_config.epochs):.3f} s per model-
 
 # %%
 x_test = prepare(data.x_test, jnp.float32)
-model = jaxmlp.models.from_config(ens_config)                       # the members' model, one value
+model = jaxmlp.models.from_config(ens_config)   # the members' model, one value
 probs = np.asarray(members.ensemble_probs(model, ens.params, x_test))  # (5, 10000, 10)
-print("ensemble_accuracy(probs, labels):", f"{members.ensemble_accuracy(probs, data.y_test):.2%}")
+print("ensemble_accuracy(probs, labels):",
+      f"{members.ensemble_accuracy(probs, data.y_test):.2%}")
 
-votes = probs.argmax(axis=-1)                                     # (5, 10000) each member's label
+votes = probs.argmax(axis=-1)                   # (5, 10000) each member's label
 disputed = np.any(votes != votes[0], axis=0)
 avg_right = probs.mean(axis=0).argmax(axis=-1) == data.y_test
 members_right = (votes == data.y_test).mean(axis=0)
@@ -203,7 +219,8 @@ print(f"images where the members disagree: {disputed.sum()} of {len(disputed)}")
 print(f"on those, a member is right {members_right[disputed].mean():.1%} of the time, "
       f"the averaged probabilities {avg_right[disputed].mean():.1%}")
 for k in range(1, len(probs) + 1):
-    print(f"average of the first {k} members: {members.ensemble_accuracy(probs[:k], data.y_test):.2%}")
+    print(f"average of the first {k} members: "
+          f"{members.ensemble_accuracy(probs[:k], data.y_test):.2%}")
 
 # %% [markdown]
 # On the images every member gets right or every member gets wrong, averaging changes nothing;
@@ -219,7 +236,7 @@ for k in range(1, len(probs) + 1):
 #
 # ```
 # jaxmlp sweep --lr 0.001 0.01 0.1 --hidden 128,64 256,128 --batch-size 32 128
-# jaxmlp sweep --random 20 --lr 0.001 1 --hidden 128,64 256,128   # lr log-uniform in [0.001, 1]
+# jaxmlp sweep --random 20 --lr 0.001 1 --hidden 128,64 256,128  # lr log-uniform
 # jaxmlp train --ensemble 5
 # ```
 #

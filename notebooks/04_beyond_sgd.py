@@ -34,11 +34,14 @@ from jaxmlp.data import DataError
 notebook_start = time.perf_counter()
 
 try:
-    data = jaxmlp.load_dataset()  # $JAXMLP_DATA_DIR, else jaxmlp's cache (downloaded there on first use)
-except DataError as err:  # offline with nothing cached: say what to do instead of a traceback
-    raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding MNIST's four IDX files, "
-                     "or fetch them once with `jaxmlp download --mirror URL`, then run this notebook again.") from None
-x_test = jaxmlp.normalize(jaxmlp.flatten(data.x_test))  # all 10,000 test images, float32
+    # $JAXMLP_DATA_DIR, else jaxmlp's cache (downloaded there on first use)
+    data = jaxmlp.load_dataset()
+except DataError as err:  # offline, nothing cached: say what to do, not a traceback
+    raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding "
+                     "MNIST's four IDX files, or fetch them once with `jaxmlp download "
+                     "--mirror URL`, then run this notebook again.") from None
+# all 10,000 test images, float32:
+x_test = jaxmlp.normalize(jaxmlp.flatten(data.x_test))
 y_test = jnp.asarray(data.y_test, jnp.int32)
 print("train", data.x_train.shape, "test", data.x_test.shape)
 
@@ -64,29 +67,33 @@ class Run(NamedTuple):
 
 
 def train(runs, x, y, *, epochs, key, batch_size=32):
-    """Train every Run of the dict `runs` side by side, one step each on every minibatch.
-    Returns ({name: params}, {name: per-step losses (steps,)}). The images left over when
-    batch_size doesn't divide len(x) sit out that epoch."""
+    """Train every Run of the dict `runs` side by side, one step each on every
+    minibatch. Returns ({name: params}, {name: per-step losses (steps,)}). The images
+    left over when batch_size doesn't divide len(x) sit out that epoch."""
     @jax.jit
     def one_epoch(params, states, key, x, y):
         shuffle_key, dropout_key = jax.random.split(key)
         n = x.shape[0] // batch_size * batch_size
-        batches = jax.random.permutation(shuffle_key, x.shape[0])[:n].reshape(-1, batch_size)
+        order = jax.random.permutation(shuffle_key, x.shape[0])
+        batches = order[:n].reshape(-1, batch_size)
         step_keys = jax.random.split(dropout_key, batches.shape[0])
 
         def step(carry, inputs):
             (params, states), (idx, step_key) = carry, inputs
             new_params, new_states, losses = {}, {}, {}
             for name, run in runs.items():
-                def loss(p, dropout=run.dropout):  # bound now: the loop moves on to the next run
+                # dropout bound now: the loop moves on to the next run
+                def loss(p, dropout=run.dropout):
                     logits = jaxmlp.forward(p, x[idx], key=step_key, dropout=dropout)
                     return jaxmlp.cross_entropy(logits, y[idx])
                 losses[name], grads = jax.value_and_grad(loss)(params[name])
-                updates, new_states[name] = run.optimizer.update(grads, states[name], params[name])
+                updates, new_states[name] = run.optimizer.update(grads, states[name],
+                                                                 params[name])
                 new_params[name] = optim.apply_updates(params[name], updates)
             return (new_params, new_states), losses
 
-        (params, states), losses = jax.lax.scan(step, (params, states), (batches, step_keys))
+        (params, states), losses = jax.lax.scan(step, (params, states),
+                                                (batches, step_keys))
         return params, states, losses
 
     params = {name: run.params for name, run in runs.items()}
@@ -110,10 +117,12 @@ x_small = jaxmlp.normalize(jaxmlp.flatten(data.x_train[:12800]))
 y_small = jnp.asarray(data.y_train[:12800], jnp.int32)
 sizes = [784, 128, 64, 10]
 init = jaxmlp.init_params(jax.random.PRNGKey(0), sizes, scheme="notebook")
-mlp = jaxmlp.MLP(hidden=(128, 64))  # the model these params belong to: evaluate scores them through it
+# the model these params belong to: evaluate scores them through it
+mlp = jaxmlp.MLP(hidden=(128, 64))
 
-settings = {"sgd": "lr 0.1", "momentum": "lr 0.01, beta 0.9", "nesterov": "lr 0.01, beta 0.9",
-            "adam": "lr 1e-3", "adamw": "lr 1e-3, weight decay 0.01"}
+settings = {"sgd": "lr 0.1", "momentum": "lr 0.01, beta 0.9",
+            "nesterov": "lr 0.01, beta 0.9", "adam": "lr 1e-3",
+            "adamw": "lr 1e-3, weight decay 0.01"}
 runs = {
     "sgd": Run(optim.sgd(0.1), init),
     "momentum": Run(optim.momentum(0.01, momentum=0.9), init),
@@ -122,11 +131,12 @@ runs = {
     "adamw": Run(optim.adamw(1e-3, weight_decay=0.01), init),
 }
 trained, curves = train(runs, x_small, y_small, epochs=2, key=jax.random.PRNGKey(1))
-print(f"{'optimizer':10s} {'settings':27s} {'loss, first 100 steps':>21s} {'last 100':>9s} {'test accuracy':>14s}")
+print(f"{'optimizer':10s} {'settings':27s} {'loss, first 100 steps':>21s} "
+      f"{'last 100':>9s} {'test accuracy':>14s}")
 for name in runs:
     _, acc = jaxmlp.evaluate(mlp, trained[name], x_test, y_test)
-    print(f"{name:10s} {settings[name]:27s} {curves[name][:100].mean():21.3f} {curves[name][-100:].mean():9.3f} "
-          f"{acc:13.2%}")
+    print(f"{name:10s} {settings[name]:27s} {curves[name][:100].mean():21.3f} "
+          f"{curves[name][-100:].mean():9.3f} {acc:13.2%}")
 
 # %%
 window = 25
@@ -135,8 +145,8 @@ for name, curve in curves.items():
     smooth = np.convolve(curve, np.ones(window) / window, mode="valid")
     ax.plot(np.arange(window, len(curve) + 1), smooth, label=name, lw=1.4,
             ls="--" if name == "adamw" else "-")  # adamw lies on top of adam
-ax.set(xlabel="step (minibatch of 32)", ylabel="training loss (mean of 25 steps)", yscale="log",
-       title="Five optimizers, same network, same data")
+ax.set(xlabel="step (minibatch of 32)", ylabel="training loss (mean of 25 steps)",
+       yscale="log", title="Five optimizers, same network, same data")
 ax.legend()
 plt.show()
 
@@ -171,7 +181,8 @@ ax.set(xlabel="step", ylabel="learning rate", title="Learning-rate schedules, pe
 ax.legend()
 plt.show()
 for label, schedule in schedules.items():
-    print(f"{label:22s}", "  ".join(f"step {s:3d}: {float(schedule(s)):.4f}" for s in (0, 49, 500, 999)))
+    print(f"{label:22s}", "  ".join(f"step {s:3d}: {float(schedule(s)):.4f}"
+                                    for s in (0, 49, 500, 999)))
 
 # %% [markdown]
 # Decaying the rate lets the last epochs settle into a minimum instead of bouncing around it;
@@ -193,11 +204,15 @@ same = jnp.array_equal(jaxmlp.forward(params, x_test[:256], key=key, dropout=0.0
                        jaxmlp.forward(params, x_test[:256]))
 print("rate 0 gives the forward pass without dropout:", bool(same))
 
-hidden = model.relu(x_test[:64] @ params[0]["W"] + params[0]["b"])  # first hidden layer (64, 128)
-draws = jax.vmap(lambda k: model.inverted_dropout(k, hidden, 0.5))(jax.random.split(key, 1000))
+# the first hidden layer, (64, 128):
+hidden = model.relu(x_test[:64] @ params[0]["W"] + params[0]["b"])
+draws = jax.vmap(lambda k: model.inverted_dropout(k, hidden, 0.5))(
+    jax.random.split(key, 1000))
 active = hidden > 0  # units that ReLU already set to 0 stay 0 either way
-print(f"fraction of active units dropped at rate 0.5: {float(jnp.mean(draws[:, active] == 0)):.3f}")
-print(f"mean activation over 1000 dropout masks / without dropout: {float(draws.mean() / hidden.mean()):.4f}")
+print(f"fraction of active units dropped at rate 0.5: "
+      f"{float(jnp.mean(draws[:, active] == 0)):.3f}")
+print(f"mean activation over 1000 dropout masks / without dropout: "
+      f"{float(draws.mean() / hidden.mean()):.4f}")
 
 # %% [markdown]
 # Dropout is a regularizer: it makes memorising the training set harder. To see it work we need a
@@ -245,7 +260,8 @@ warped = jax.jit(augment.random_affine)(jax.random.PRNGKey(6), copies)
 wobbly = jax.jit(augment.random_elastic)(jax.random.PRNGKey(7), copies)
 
 fig, axes = plt.subplots(3, 9, figsize=(9, 3.6))
-rows = (("random_shift", shifted), ("random_affine", warped), ("random_elastic", wobbly))
+rows = (("random_shift", shifted), ("random_affine", warped),
+        ("random_elastic", wobbly))
 for row, (label, images) in enumerate(rows):
     axes[row, 0].imshow(np.asarray(digit).reshape(28, 28), cmap="gray_r")
     axes[row, 0].set_title("original", fontsize=8)
@@ -258,7 +274,8 @@ for ax in axes.flat:  # keep the frame: it shows where the image edges are
 fig.tight_layout()
 plt.show()
 print("augmented pixels stay in [0, 1]:",
-      bool(all(jnp.all((images >= 0) & (images <= 1)) for images in (shifted, warped, wobbly))),
+      bool(all(jnp.all((images >= 0) & (images <= 1))
+               for images in (shifted, warped, wobbly))),
       "| shapes kept:", shifted.shape, warped.shape, wobbly.shape)
 
 # %% [markdown]
@@ -280,7 +297,8 @@ shrunk = optim.apply_updates(params, updates)
 ratio = shrunk[0]["W"] / params[0]["W"]
 print(f"W1 after / before: {float(ratio.min()):.7f} to {float(ratio.max()):.7f}"
       f"  (1 - lr * weight_decay = {1 - 1e-3 * 0.01:.7f})")
-print(f"l2_penalty after section 1: adam {float(optim.l2_penalty(trained['adam'])):.2f}, "
+print(f"l2_penalty after section 1: "
+      f"adam {float(optim.l2_penalty(trained['adam'])):.2f}, "
       f"adamw {float(optim.l2_penalty(trained['adamw'])):.2f}")
 
 # %% [markdown]
@@ -300,7 +318,8 @@ for i, layer in enumerate(shapes):
         kind = "conv 3x3 + relu + maxpool 2x2"
     else:
         kind = "dense + relu" if i < len(shapes) - 1 else "dense (logits)"
-    print(f"layer {i}: W {str(layer['W'].shape):18s} b {str(layer['b'].shape):8s} {kind}")
+    print(f"layer {i}: W {str(layer['W'].shape):18s} b {str(layer['b'].shape):8s} "
+          f"{kind}")
 print(f"{sum(leaf.size for leaf in jax.tree_util.tree_leaves(shapes)):,} parameters "
       f"(the MLP has {sum(leaf.size for leaf in jax.tree_util.tree_leaves(init)):,})")
 
@@ -318,20 +337,26 @@ cnn_opt = optim.adam(1e-3)
 @jax.jit
 def cnn_step(params, state, xb, yb):
     loss, grads = jax.value_and_grad(
-        lambda p: jaxmlp.cross_entropy(cnn.cnn_forward(p, xb, conv_impl="xla"), yb))(params)
+        lambda p: jaxmlp.cross_entropy(cnn.cnn_forward(p, xb, conv_impl="xla"), yb)
+    )(params)
     updates, state = cnn_opt.update(grads, state, params)
     params = optim.apply_updates(params, updates)
     return params, state, loss
 
-predict = jax.jit(lambda params, x: jnp.argmax(cnn.cnn_forward(params, x, conv_impl="xla"), axis=-1))
+predict = jax.jit(lambda params, x: jnp.argmax(
+    cnn.cnn_forward(params, x, conv_impl="xla"), axis=-1))
 
 t0 = time.perf_counter()
 params, state = small_cnn, cnn_opt.init(small_cnn)
-for i in range(0, x_small.shape[0], 32):  # one epoch, in order (the images are not sorted by label)
-    params, state, loss = cnn_step(params, state, x_small[i:i + 32], y_small[i:i + 32])
-preds = np.concatenate([predict(params, x_test[i:i + 2000]) for i in range(0, 10000, 2000)])
+# one epoch, in order (the images are not sorted by label)
+for i in range(0, x_small.shape[0], 32):
+    params, state, loss = cnn_step(params, state, x_small[i:i + 32],
+                                   y_small[i:i + 32])
+preds = np.concatenate([predict(params, x_test[i:i + 2000])
+                        for i in range(0, 10000, 2000)])
 cnn_acc = np.mean(preds == data.y_test)
-print(f"{sum(leaf.size for leaf in jax.tree_util.tree_leaves(small_cnn)):,} parameters, one epoch on 12,800 images "
+n_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(small_cnn))
+print(f"{n_params:,} parameters, one epoch on 12,800 images "
       f"in {time.perf_counter() - t0:.0f} s (compilation included)")
 print(f"CNN test accuracy: {cnn_acc:.2%}")
 
@@ -352,7 +377,8 @@ print(f"CNN test accuracy: {cnn_acc:.2%}")
 def digits(images, labels, classes, limit=None):
     """Inputs and labels 0..len(classes)-1 of the images whose label is in classes."""
     keep = np.flatnonzero(np.isin(labels, classes))[:limit]
-    return jaxmlp.normalize(jaxmlp.flatten(images[keep])), jnp.asarray(labels[keep] - classes[0], jnp.int32)
+    return (jaxmlp.normalize(jaxmlp.flatten(images[keep])),
+            jnp.asarray(labels[keep] - classes[0], jnp.int32))
 
 x_04, y_04 = digits(data.x_train, data.y_train, [0, 1, 2, 3, 4], 6400)
 x_04_test, y_04_test = digits(data.x_test, data.y_test, [0, 1, 2, 3, 4])
@@ -360,12 +386,14 @@ x_59, y_59 = digits(data.x_train, data.y_train, [5, 6, 7, 8, 9], 320)
 x_59_test, y_59_test = digits(data.x_test, data.y_test, [5, 6, 7, 8, 9])
 
 fresh = jaxmlp.init_params(jax.random.PRNGKey(9), [784, 128, 64, 5], scheme="he")
-pretrained = train({"0-4": Run(optim.adam(1e-3), fresh)}, x_04, y_04, epochs=2, key=jax.random.PRNGKey(10))[0]["0-4"]
+pretrained = train({"0-4": Run(optim.adam(1e-3), fresh)}, x_04, y_04, epochs=2,
+                   key=jax.random.PRNGKey(10))[0]["0-4"]
 base_accuracy = jaxmlp.evaluate(mlp, pretrained, x_04_test, y_04_test)[1]
 print(f"trained on 6,400 images of 0-4: test accuracy on 0-4 {base_accuracy:.2%}")
 
 new_head = transfer.replace_head(jax.random.PRNGKey(11), pretrained, num_classes=5)
-mask = transfer.trainable_mask(new_head, freeze=[0, 1])  # False for every leaf of layers 0 and 1
+# False for every leaf of layers 0 and 1:
+mask = transfer.trainable_mask(new_head, freeze=[0, 1])
 print("trainable:", mask)
 
 # %% [markdown]
@@ -381,13 +409,15 @@ runs = {
 finetuned, _ = train(runs, x_59, y_59, epochs=10, key=jax.random.PRNGKey(12))
 for label in runs:
     params = finetuned[label]
-    print(f"{label:30s} test accuracy on 5-9: {jaxmlp.evaluate(mlp, params, x_59_test, y_59_test)[1]:.2%}")
+    accuracy = jaxmlp.evaluate(mlp, params, x_59_test, y_59_test)[1]
+    print(f"{label:30s} test accuracy on 5-9: {accuracy:.2%}")
 
 head_only = finetuned["frozen body, new head only"]
 frozen_same = all(bool(jnp.array_equal(head_only[i][name], pretrained[i][name]))
                   for i in (0, 1) for name in ("W", "b"))
 head_moved = not bool(jnp.array_equal(head_only[2]["W"], new_head[2]["W"]))
-print("frozen layers bit-identical after fine-tuning:", frozen_same, "| head changed:", head_moved)
+print("frozen layers bit-identical after fine-tuning:", frozen_same,
+      "| head changed:", head_moved)
 
 # %% [markdown]
 # Freezing is cheap (only the head's 325 parameters learn) and cannot damage the body, but the

@@ -36,10 +36,11 @@ from jaxmlp import optim
 from jaxmlp.data import DataError
 
 try:
-    data = jaxmlp.load_dataset()  # $JAXMLP_DATA_DIR, else the cache (downloaded on first use)
-except DataError as err:  # offline and nothing cached: say what to do instead of a traceback
-    raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding the four MNIST files, "
-                     "or run `jaxmlp download --mirror URL` once.") from None
+    data = jaxmlp.load_dataset()  # $JAXMLP_DATA_DIR, else the cache (downloaded once)
+except DataError as err:  # offline, nothing cached: say what to do, not a traceback
+    raise SystemExit(f"MNIST not found: {err}\nSet JAXMLP_DATA_DIR to a folder holding "
+                     "the four MNIST files, or run `jaxmlp download --mirror URL` once."
+                     ) from None
 x = jaxmlp.normalize(jaxmlp.flatten(data.x_train[:20000]))
 y = jnp.asarray(data.y_train[:20000].astype(np.int32))
 x_test = jaxmlp.normalize(jaxmlp.flatten(data.x_test))
@@ -55,14 +56,17 @@ print(x.shape, y.shape, x_test.shape)
 
 # %%
 def init_resnet(key, width=128, blocks=2, num_classes=10):
-    """{"embed", "blocks": [{"W1", "W2"}...], "head"} for 784 -> width -> ... -> num_classes."""
+    """{"embed", "blocks": [{"W1", "W2"}...], "head"} for
+    784 -> width -> ... -> num_classes."""
     keys = jax.random.split(key, 2 + 2 * blocks)
     glorot = jax.nn.initializers.glorot_normal()
     return {
         "embed": {"W": glorot(keys[0], (784, width)), "b": jnp.zeros(width)},
         "blocks": [{"W1": glorot(keys[2 + 2 * i], (width, width)),
-                    "W2": 0.1 * glorot(keys[3 + 2 * i], (width, width))} for i in range(blocks)],
-        "head": {"W": glorot(keys[1], (width, num_classes)), "b": jnp.zeros(num_classes)},
+                    "W2": 0.1 * glorot(keys[3 + 2 * i], (width, width))}
+                   for i in range(blocks)],
+        "head": {"W": glorot(keys[1], (width, num_classes)),
+                 "b": jnp.zeros(num_classes)},
     }
 
 
@@ -89,7 +93,8 @@ def smoothed_loss(params, x, y, key):
     del key  # no dropout here; the engine passes each step its own key
     logits = resnet(params, x)
     targets = 0.9 * jax.nn.one_hot(y, 10) + 0.01
-    return jaxmlp.cross_entropy(logits, targets), {"accuracy": jaxmlp.accuracy(logits, y)}
+    return (jaxmlp.cross_entropy(logits, targets),
+            {"accuracy": jaxmlp.accuracy(logits, y)})
 
 # %% [markdown]
 # ## 3. A chained optimizer
@@ -101,7 +106,8 @@ def smoothed_loss(params, x, y, key):
 # %%
 epochs, batch_size = 3, 128
 steps = epochs * -(-x.shape[0] // batch_size)
-opt = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(optim.cosine(3e-3, steps), weight_decay=1e-4))
+opt = optim.chain(optim.clip_by_global_norm(1.0),
+                  optim.adamw(optim.cosine(3e-3, steps), weight_decay=1e-4))
 
 # %% [markdown]
 # ## 4. Train, stop, resume
@@ -114,20 +120,25 @@ opt = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(optim.cosine(3e-3,
 folder = Path(tempfile.mkdtemp())
 key = jax.random.PRNGKey(1)
 t0 = time.perf_counter()
-first = jaxmlp.train(smoothed_loss, params, opt, (x, y), epochs=1, batch_size=batch_size, key=key, has_aux=True,
-                     progress=True, checkpoint=str(folder / "resnet.npz"))
-resumed = jaxmlp.train(smoothed_loss, params, opt, (x, y), epochs=epochs, batch_size=batch_size, key=key,
-                       has_aux=True, progress=True, resume=str(folder / "resnet.npz"))
+first = jaxmlp.train(smoothed_loss, params, opt, (x, y), epochs=1, batch_size=batch_size,
+                     key=key, has_aux=True, progress=True,
+                     checkpoint=str(folder / "resnet.npz"))
+resumed = jaxmlp.train(smoothed_loss, params, opt, (x, y), epochs=epochs,
+                       batch_size=batch_size, key=key, has_aux=True, progress=True,
+                       resume=str(folder / "resnet.npz"))
 print(f"trained in {time.perf_counter() - t0:.1f} s")
 for record in resumed.history:
-    print(f"epoch {record['epoch']}: loss {record['loss']:.4f}, train accuracy {record['accuracy']:.2%}")
+    print(f"epoch {record['epoch']}: loss {record['loss']:.4f}, "
+          f"train accuracy {record['accuracy']:.2%}")
 
-whole = jaxmlp.train(smoothed_loss, params, opt, (x, y), epochs=epochs, batch_size=batch_size, key=key,
-                     has_aux=True)
-same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(whole.params),
-                                                   jax.tree_util.tree_leaves(resumed.params)))
+whole = jaxmlp.train(smoothed_loss, params, opt, (x, y), epochs=epochs,
+                     batch_size=batch_size, key=key, has_aux=True)
+same = all(np.array_equal(a, b)
+           for a, b in zip(jax.tree_util.tree_leaves(whole.params),
+                           jax.tree_util.tree_leaves(resumed.params)))
 print("resumed run equals the uninterrupted one bit for bit:", same)
-print(f"test accuracy: {float(jaxmlp.accuracy(resnet(resumed.params, x_test), y_test)):.2%}")
+print(f"test accuracy: "
+      f"{float(jaxmlp.accuracy(resnet(resumed.params, x_test), y_test)):.2%}")
 
 # %% [markdown]
 # The history holds the aux metric beside the loss, epoch by epoch, across the stop and the resume.
@@ -137,7 +148,8 @@ fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
 epoch_axis = [r["epoch"] for r in resumed.history]
 left.plot(epoch_axis, [r["loss"] for r in resumed.history], marker="o")
 left.set(xlabel="epoch", ylabel="label-smoothed loss", xticks=epoch_axis)
-right.plot(epoch_axis, [100 * r["accuracy"] for r in resumed.history], marker="o", color="tab:green")
+right.plot(epoch_axis, [100 * r["accuracy"] for r in resumed.history], marker="o",
+           color="tab:green")
 right.set(xlabel="epoch", ylabel="train accuracy (%)", xticks=epoch_axis)
 fig.tight_layout()
 plt.show()
@@ -153,8 +165,10 @@ plt.show()
 
 # %%
 with jax.enable_x64(True):
-    features = jax.nn.relu(jnp.asarray(x[:64], jnp.float64) @ jnp.asarray(resumed.params["embed"]["W"], jnp.float64))
-    head = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), resumed.params["head"])
+    features = jax.nn.relu(jnp.asarray(x[:64], jnp.float64)
+                           @ jnp.asarray(resumed.params["embed"]["W"], jnp.float64))
+    head = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64),
+                                  resumed.params["head"])
 
     def head_loss(head, h, y):
         return jaxmlp.cross_entropy(h @ head["W"] + head["b"], y)
@@ -164,8 +178,10 @@ with jax.enable_x64(True):
         return {"W": h.T @ delta / h.shape[0], "b": jnp.mean(delta, axis=0)}
 
     report = jaxmlp.gradcheck(head_loss, head, features, y[:64], grad_fn=head_grad)
-print(f"gradient check passed: {report.passed} ({report.checked} coordinates compared with finite differences, "
-      f"{report.restepped} re-stepped, {report.skipped} skipped)")
+print(f"gradient check passed: {report.passed} ({report.checked} coordinates compared "
+      f"with finite differences, {report.restepped} re-stepped, "
+      f"{report.skipped} skipped)")
 for row in report.rows:
-    print(f"{row.name:6} {str(row.shape):10} hand-written vs jax.grad {row.manual_vs_autodiff:.1e}, "
+    print(f"{row.name:6} {str(row.shape):10} "
+          f"hand-written vs jax.grad {row.manual_vs_autodiff:.1e}, "
           f"vs finite differences {row.manual_vs_fd:.1e}")

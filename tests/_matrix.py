@@ -125,7 +125,7 @@ TRAIN_VALUES = {
     "--preset": [v("fast-97")],
     "--arch": [v("cnn", drop=["--hidden"]), v("cnn", expect=REFUSED)],  # with --hidden: the CNN's layers are fixed
     "--hidden": [v(8, 8, 8)],
-    "--init": [v("he")],
+    "--init": [v("notebook")],
     "--activation": [v("tanh")],
     "--dtype": [v("float64"), v("bfloat16"), v("bfloat16", ctx={"--grad": ["manual"]}, expect=REFUSED)],
     "--matmul-precision": [v("highest"), v("highest", ctx={"--dtype": ["float64"]}, expect=REFUSED),
@@ -219,7 +219,7 @@ for _mode in ("notebook-exact", "ensemble", "resume"):
 SWEEP_VALUES = {
     "--data-dir": [v("@OTHER")], "--dataset": [v("fashion-mnist")],
     "--lr": [v(0.3), v(0.1, 200, ctx=ONE_SEED)],  # a member that diverges is reported, the other goes on
-    "--hidden": [v(8, 8, 8)], "--batch-size": [v(1), v(128)], "--seed": [v(1, 2)], "--init": [v("he")],
+    "--hidden": [v(8, 8, 8)], "--batch-size": [v(1), v(128)], "--seed": [v(1, 2)], "--init": [v("notebook")],
     "--random": [v(3)], "--search-seed": [v(1)],
     "--epochs": [v(2)], "--optimizer": [v("adam")],
     "--momentum": [v(0.5, ctx=OPT_CTX), v(0.5, expect=REFUSED)],
@@ -504,7 +504,7 @@ class observe:
         wrap(jaxmlp.engine.Loop, "advance", before=count("chunks"))
         wrap(jaxmlp.runs, "_save", before=count("saves"))
         wrap(jaxmlp.backprop, "manual_grad", before=lambda *a, **k: seen["traced"].append("manual_grad"))
-        wrap(jaxmlp.handlers, "default_checks", before=lambda rule=True: seen["rules"].append(rule))
+        wrap(jaxmlp.handlers, "default_checks", before=lambda divergence=True: seen["rules"].append(divergence))
         wrap(jaxmlp.members, "diverged_members", before=lambda *a, **k: seen["rules"].append(a[3] if len(a) > 3 else
                                                                                           k.get("rule", True)))
         wrap(jaxmlp.notebook, "_check_divergence", before=lambda *a: seen["rules"].append(a[3]))

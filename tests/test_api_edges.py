@@ -174,9 +174,9 @@ def test_fit_refuses_a_state_of_another_model():
     key = jax.random.PRNGKey(0)
     opt = make_optimizer(spec_for(other, 32), jaxmlp.config.hparams(other))
     state = jaxmlp.engine.init_state(init_model(other, key, D, C), opt, key)
-    raises_here(fit, CONFIG, dataset(), resume={"state": state}, match=r"^resume: the state")
+    raises_here(fit, CONFIG, dataset(), resume=state, match=r"^resume: the state")
     wrong_dtype = jax.tree_util.tree_map(lambda a: a.astype(jnp.float16) if a.dtype == jnp.float32 else a, state)
-    raises_here(fit, dataclasses.replace(CONFIG, hidden=(8, 8)), dataset(), resume={"state": wrong_dtype},
+    raises_here(fit, dataclasses.replace(CONFIG, hidden=(8, 8)), dataset(), resume=wrong_dtype,
                 match=r"^resume: the state's .* is float16")
 
 
@@ -239,7 +239,7 @@ UNUSED = {  # settings a run would not use: refused rather than recorded as if t
     "hidden with the CNN": dict(arch="cnn", hidden=(16,)), "init with the CNN": dict(arch="cnn", init="glorot"),
     "activation with the CNN": dict(arch="cnn", activation="tanh"),
     "matmul precision in float64": dict(dtype="float64", matmul_precision="highest"),
-    "init of a fine-tuned model": dict(finetune="ck.npz", init="he"),
+    "init of a fine-tuned model": dict(finetune="ck.npz", init="glorot"),
     "manual gradients of the CNN": dict(arch="cnn", grad="manual"),
 }
 

@@ -87,8 +87,8 @@ def test_unused_settings_of_each_combination():
     assert "elastic_sigma" not in unused_settings({"augment": "elastic"})
     cnn = unused_settings({"arch": "cnn"})
     why = "the CNN's layers are fixed (conv32-conv64-dense128, He init, ReLU); TrainConfig.arch is cnn"
-    assert cnn["hidden"] == cnn["activation"] == cnn["init"] == why
-    assert "init" not in unused_settings({"arch": "cnn", "init": "he"})
+    assert cnn["hidden"] == cnn["activation"] == unused_settings({"arch": "cnn", "init": "glorot"})["init"] == why
+    assert "init" not in cnn  # the default init is He's, the CNN's own
     assert unused_settings({"finetune": "ck.npz"})["init"] == (
         "the params come from TrainConfig.finetune; only a new head (TrainConfig.new_head) is drawn")
     assert "init" not in unused_settings({"finetune": "ck.npz", "new_head": True})

@@ -15,8 +15,8 @@ from jaxmlp import handlers, optim
 from jaxmlp.checkpoint import read_meta
 from jaxmlp.divergence import HEALTHY, NON_FINITE_LOSS, NON_FINITE_PARAMS, ROSE, diverged, reference_loss
 from jaxmlp.engine import DivergenceError, Event, TrainState
-from jaxmlp.notebook import _check_divergence
 from jaxmlp.members import diverged_members
+from jaxmlp.notebook import _check_divergence
 
 # (losses of a 2-step chunk, reference, params finite, the verdict)
 CASES = [

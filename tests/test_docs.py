@@ -18,6 +18,7 @@
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import inspect
@@ -25,6 +26,7 @@ import os
 import re
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
 import jax
@@ -139,6 +141,61 @@ def test_cli_examples_parse(path):
             pytest.fail(f"{_id(path)}: `{line}` does not parse: {err}")
 
 
+# What a code cell of the built site shows without scrolling sideways at 1280 px; the library's own lines
+# may be longer (ruff's line-length).
+CODE_WIDTH = 88
+NOTEBOOK_CELL = re.compile(r"^# %%(?: \[(markdown)\])?$")
+
+
+def markdown_code_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of each line of a Markdown text's fenced code blocks; MyST directives
+    (``{toctree}``, ``{include}``, ...) other than ``{code-block}`` hold no code and are left out."""
+    lines = []
+    for m in FENCE.finditer(text):
+        lang = m.group("lang")
+        if lang.startswith("{") and lang not in ("{code-block}", "{code-cell}", "{code}"):
+            continue
+        first = text.count("\n", 0, m.start("body")) + 1
+        lines += [(first + i, line) for i, line in enumerate(m.group("body").splitlines())]
+    return lines
+
+
+def notebook_code_lines(script: str) -> list[tuple[int, str]]:
+    """(line number, line) of a percent-format notebook script's code: its code cells, and the fenced
+    blocks inside its markdown cells (without the ``# `` that starts each markdown line)."""
+    lines, kind, fenced = [], None, False
+    for n, line in enumerate(script.splitlines(), start=1):
+        cell = NOTEBOOK_CELL.match(line)
+        if cell:
+            kind, fenced = ("markdown" if cell.group(1) else "code"), False
+        elif kind == "code":
+            lines.append((n, line))
+        elif kind == "markdown":
+            text = line[2:]
+            if text.lstrip().startswith("```"):
+                fenced = not fenced
+            elif fenced:
+                lines.append((n, text))
+    return lines
+
+
+def test_the_code_line_readers():
+    text = "a\n```python\nx = 1\n```\n```{toctree}\nlong\n```\n```bash\nls\n```\n"
+    assert markdown_code_lines(text) == [(3, "x = 1"), (9, "ls")]
+    script = "# %% [markdown]\n# prose\n# ```\n# jaxmlp train\n# ```\n\n# %%\nx = 1\n"
+    assert notebook_code_lines(script) == [(4, "jaxmlp train"), (8, "x = 1")]
+
+
+def test_code_fits_the_page():
+    """Every code line of the docs' code blocks and of the notebooks (code cells, and code blocks in
+    their markdown) is at most CODE_WIDTH columns, so the built pages show it without scrolling."""
+    sources = [(f, markdown_code_lines(f.read_text())) for f in markdown_files() if f.name != "README.md"]
+    sources += [(f, notebook_code_lines(f.read_text())) for f in sorted((REPO / "notebooks").glob("[0-9]*.py"))]
+    long = [f"{_id(f)}:{n}: {len(line)} columns" for f, lines in sources for n, line in lines
+            if len(line) > CODE_WIDTH]
+    assert not long, f"{len(long)} code lines over {CODE_WIDTH} columns:\n" + "\n".join(long)
+
+
 MACHINE_PATH = re.compile(r"(?<![\w.])(/home/|/Users/|/root/|/work/|/private/|[A-Za-z]:\\[\w])")
 DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b")
 
@@ -229,6 +286,157 @@ def test_the_docstring_rule():
 def test_public_callables_document_their_parameters(name):
     problems = _module_problems(name)
     assert not problems, f"{len(problems)} public callables of {name}:\n" + "\n".join(problems)
+
+
+# The top-level names are held to napoleon's Google-style sections: "Args:" with an entry per parameter
+# and "Returns:" (or "Yields:") when something comes back, so that their API entries show both.
+SECTION_HEADER = re.compile(r"^(\w[\w ]*):[ \t]*$")
+ENTRY = re.compile(r"\s*(?P<names>[^:(]+?)\s*(\([^)]*\))?\s*:")
+NO_RESULT = {"None", "NoReturn", "Never"}
+
+
+def doc_sections(doc: str) -> dict[str, str]:
+    """{header: body} of a docstring's Google-style sections: a header alone on an unindented line
+    ("Args:"), its body the indented lines below it."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in inspect.cleandoc(doc).splitlines():
+        if SECTION_HEADER.match(line):
+            current = SECTION_HEADER.match(line).group(1)
+            sections[current] = []
+        elif current is not None and line.strip() and not line[0].isspace():
+            current = None
+        elif current is not None:
+            sections[current].append(line)
+    return {name: "\n".join(body) for name, body in sections.items()}
+
+
+def entry_names(body: str) -> set[str]:
+    """The names a section's entries document: ``name: ...``, ``name (type): ...``, ``a, b: ...`` at
+    the section's first indentation (``*args`` as ``args``)."""
+    lines = [line for line in body.splitlines() if line.strip()]
+    if not lines:
+        return set()
+    indent = min(len(line) - len(line.lstrip()) for line in lines)
+    names: set[str] = set()
+    for line in lines:
+        entry = ENTRY.match(line) if len(line) - len(line.lstrip()) == indent else None
+        if entry:
+            names |= {name.strip().lstrip("*") for name in entry.group("names").split(",")}
+    return names
+
+
+def returns_something(fn) -> bool:
+    """Whether ``fn`` returns a value: by its return annotation, else by a ``return VALUE`` or a
+    ``yield`` in its source."""
+    try:
+        annotation = inspect.signature(fn).return_annotation
+    except (TypeError, ValueError):
+        return False
+    if annotation is inspect.Signature.empty:
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(fn))))
+        except (OSError, TypeError, SyntaxError):
+            return True
+        return any(isinstance(node, (ast.Yield, ast.YieldFrom)) or (
+            isinstance(node, ast.Return) and node.value is not None
+            and not (isinstance(node.value, ast.Constant) and node.value.value is None))
+            for node in ast.walk(tree.body[0]))
+    return annotation is not None and str(getattr(annotation, "__name__", annotation)) not in NO_RESULT
+
+
+def section_problems(qualname: str, obj) -> list[str]:
+    """What napoleon would not show for ``obj``: a function's missing "Args:" entries and "Returns:"; a
+    class's missing "Args:"/"Attributes:" entries for its constructor's parameters (an exception's own
+    ``__init__`` only; ``help``-carrying dataclass fields exempt), and the same for its public methods."""
+    doc = _own_doc(obj)
+    if doc is None:
+        return [f"{qualname}: no docstring"]
+    sections = doc_sections(doc)
+    if inspect.isclass(obj):
+        own_init = not issubclass(obj, BaseException) or "__init__" in vars(obj)
+        helped = {f.name for f in dataclasses.fields(obj) if f.metadata.get("help")} \
+            if dataclasses.is_dataclass(obj) else set()
+        params = [p for p in (_parameters(obj) if own_init else []) if p not in helped]
+        named = entry_names(sections.get("Args", "")) | entry_names(sections.get("Attributes", ""))
+        missing = [p for p in params if p not in named]
+        problems = [f"{qualname}: no Args: or Attributes: entry for {', '.join(missing)}"] if missing else []
+        for name, member in vars(obj).items():
+            member = member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
+            if not name.startswith("_") and inspect.isfunction(member):
+                problems += section_problems(f"{qualname}.{name}", member)
+        return problems
+    problems = []
+    missing = [p for p in _parameters(obj) if p not in entry_names(sections.get("Args", ""))]
+    if missing:
+        problems.append(f"{qualname}: no Args: entry for {', '.join(missing)}")
+    if returns_something(obj) and not {"Returns", "Yields"} & sections.keys():
+        problems.append(f"{qualname}: no Returns: section")
+    return problems
+
+
+def test_the_section_rule():
+    def good(params, x, *args, key=None, **kwargs) -> float:
+        """Loss of params on x.
+
+        Args:
+            params, x: the model's.
+            key (jax.Array): dropout.
+
+        Returns:
+            The loss.
+        """
+
+    def bad(params, lr):
+        """Loss of params; lr is named but has no entry.
+
+        Args:
+            params: the model's.
+        """
+        return params
+
+    def quiet(path) -> None:
+        """Writes nothing back.
+
+        Args:
+            path: where.
+        """
+
+    class Pair:
+        """Two numbers.
+
+        Attributes:
+            a: the first.
+        """
+
+        def __init__(self, a, b):
+            self.a, self.b = a, b
+
+        def total(self):
+            """Their sum."""
+            return self.a + self.b
+
+    assert section_problems("good", good) == []
+    assert section_problems("quiet", quiet) == []
+    assert section_problems("bad", bad) == ["bad: no Args: entry for lr", "bad: no Returns: section"]
+    assert section_problems("Pair", Pair) == ["Pair: no Args: or Attributes: entry for b",
+                                              "Pair.total: no Returns: section"]
+
+
+def _top_level_callables() -> list:
+    import jaxmlp
+
+    return [name for name in jaxmlp.__all__ if is_api_callable(getattr(jaxmlp, name))]
+
+
+@pytest.mark.parametrize("name", _top_level_callables())
+def test_top_level_callables_have_args_and_returns_sections(name):
+    """Each callable of ``jaxmlp.__all__`` (a class: its docstring and its public methods) has an
+    "Args:" entry per parameter and a "Returns:" section when it returns something."""
+    import jaxmlp
+
+    problems = section_problems(f"jaxmlp.{name}", getattr(jaxmlp, name))
+    assert not problems, "\n".join(problems)
 
 
 def _modules_with_a_page() -> set[str]:

@@ -197,21 +197,31 @@ def test_each_activation_matches_a_numpy_reference(activation):
     logits = forward(params, jnp.asarray(x), activation=act)
     assert logits.dtype == jnp.float64
     np.testing.assert_allclose(logits, want, rtol=1e-13, atol=1e-15)
-    np.testing.assert_allclose(forward_intermediates(params, jnp.asarray(x), act)["Z2"], want, rtol=1e-13, atol=1e-15)
-    np.testing.assert_array_equal(predict(params, jnp.asarray(x), act), np.argmax(want, axis=1))
+    cache = forward_intermediates(params, jnp.asarray(x), activation=act)
+    np.testing.assert_allclose(cache["Z2"], want, rtol=1e-13, atol=1e-15)
+    np.testing.assert_array_equal(predict(params, jnp.asarray(x), activation=act), np.argmax(want, axis=1))
 
 
 def test_one_init_default_everywhere():
-    """init_layer and init_params both default to the notebook's scheme (training's default too)."""
+    """One default init, He's (``model.DEFAULT_INIT``): init_layer, init_params, the MLP value, training's
+    config and the sweep and gradcheck commands all draw with it unless told otherwise."""
     import inspect
 
+    import jaxmlp
+    from jaxmlp.cli import build_parser
     from jaxmlp.config import TrainConfig
+    from jaxmlp.model import DEFAULT_INIT
 
-    assert inspect.signature(init_layer).parameters["scheme"].default == "notebook"
-    assert inspect.signature(init_params).parameters["scheme"].default == "notebook"
-    assert TrainConfig().init == "notebook"
+    assert DEFAULT_INIT == "he"
+    assert inspect.signature(init_layer).parameters["scheme"].default == DEFAULT_INIT
+    assert inspect.signature(init_params).parameters["scheme"].default == DEFAULT_INIT
+    assert inspect.signature(jaxmlp.MLP.init).parameters["scheme"].default == DEFAULT_INIT
+    assert TrainConfig().init == DEFAULT_INIT
+    parser = build_parser()
+    assert parser.parse_args(["sweep"]).init == [DEFAULT_INIT]
+    assert parser.parse_args(["gradcheck"]).init == DEFAULT_INIT
     key = jax.random.PRNGKey(0)
-    np.testing.assert_array_equal(init_layer(key, 4, 3)["W"], init_layer(key, 4, 3, "notebook")["W"])
+    np.testing.assert_array_equal(init_layer(key, 4, 3)["W"], init_layer(key, 4, 3, "he")["W"])
 
 
 @pytest.mark.parametrize("how, message", [

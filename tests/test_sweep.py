@@ -118,7 +118,7 @@ def test_shared_order_members_differ_only_in_their_params(data):
         first_key = members.member_state(configs[0], 784, 10, spec)[0].key
         starts = [members.member_state(c, 784, 10, spec)[0]._replace(key=first_key) for c in configs]
     for config, run, start in zip(configs, result.runs, starts):
-        expected = runs.fit(config, data, resume={"state": start}, divergence_rule=False)
+        expected = runs.fit(config, data, resume=start, divergence=False)
         np.testing.assert_allclose(run.history, [h["loss"] for h in expected.history], rtol=1e-10)
         np.testing.assert_allclose(run.test_loss, expected.test_loss, rtol=1e-10)
     own = runs.fit(configs[2], data, divergence_rule=False)  # seed 6, lr 0.5, its own shuffle

@@ -214,9 +214,9 @@ def _interrupt(data, path, steps, signum=signal.SIGINT, resume=None):
     with pytest.raises(Interrupted) as stop:
         fit(CFG, data, handlers=hs, resume=resume, chunk_steps=1)
     assert stop.value.signum == signum
-    _, state, config, meta = runs.load_run(path)
-    assert int(state.epoch) * 16 + int(state.step) == steps
-    return {"state": state, "history": meta["history"], "partial": meta["partial"]}
+    loaded = runs.load_run(path)
+    assert int(loaded.state.epoch) * 16 + int(loaded.state.step) == steps
+    return loaded
 
 
 @pytest.mark.parametrize("steps", [1, 7, 15, 16], ids=["first-step", "mid-epoch", "last-of-epoch", "epoch-boundary"])
@@ -230,6 +230,26 @@ def test_a_signal_stops_at_the_step_and_the_resumed_run_is_bit_exact(tmp_path, u
     assert _identical(done.state, full.state)
     assert [h["loss"] for h in done.history] == [h["loss"] for h in full.history]
     assert done.test_accuracy == full.test_accuracy
+
+
+def test_fit_resumes_from_a_path_or_an_interrupted_and_refuses_other_settings(tmp_path, uninterrupted):
+    """``fit(resume=...)`` takes what ``train(resume=...)`` takes: the checkpoint's path, or the
+    ``Interrupted`` itself (its state, history and partial epoch); both finish bit for bit as the
+    uninterrupted run. A config that differs from the checkpoint's in anything but epochs is refused."""
+    data, full = uninterrupted
+    path = tmp_path / "ck.npz"
+    with pytest.raises(Interrupted) as stop:
+        fit(CFG, data, handlers=[SignalAt(7), handlers.Checkpointer(path), handlers.SignalStop()], chunk_steps=1)
+    assert len(stop.value.partial) and stop.value.partial["loss_sum"] > 0
+    for resume in (path, str(path), stop.value):
+        done = fit(CFG, data, resume=resume, chunk_steps=3)
+        assert _identical(done.state, full.state), type(resume)
+        assert [h["loss"] for h in done.history] == [h["loss"] for h in full.history]
+    with pytest.raises(ValueError, match=r"^resume: the checkpoint was trained with TrainConfig.lr 0.001, config "
+                                         r"has 0.002 \(only TrainConfig.epochs may change\)$"):
+        fit(dataclasses.replace(CFG, lr=2e-3), data, resume=path)
+    with pytest.raises(ValueError, match="^resume: expected a checkpoint path"):
+        fit(CFG, data, resume={"state": full.state})
 
 
 def test_sigterm_and_a_resumed_run_resumed_again(tmp_path, uninterrupted):

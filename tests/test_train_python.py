@@ -175,6 +175,20 @@ def test_an_error_inside_train_puts_the_signal_handlers_back(tmp_path, default_s
         os.kill(os.getpid(), signal.SIGINT)
 
 
+def test_an_error_inside_fit_puts_the_signal_handlers_back(default_sigint, synthetic):
+    """``fit`` with the command line's ``SignalStop`` and a handler that raises: the engine's loop gives
+    every handler its "end" event on any error, so the process's SIGINT handler is back."""
+    from jaxmlp.config import TrainConfig
+    from jaxmlp.handlers import SignalStop
+
+    original = signal.getsignal(signal.SIGINT)
+    with pytest.raises(RuntimeError, match="a broken handler"):
+        jaxmlp.fit(TrainConfig(hidden=(8,), epochs=1, batch_size=128), synthetic, handlers=[SignalStop(), _raise])
+    assert signal.getsignal(signal.SIGINT) is original
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_signals_false_leaves_the_process_handlers_alone(default_sigint):
     """With signals=False the run never installs its own handlers: during it SIGINT is still the
     process's (KeyboardInterrupt)."""

@@ -1,7 +1,7 @@
 """``jaxmlp download``, ``presets`` and ``gradcheck``."""
 from __future__ import annotations
 
-from jaxmlp.config import INIT_SCHEMES, hidden_sizes, nonneg_float, positive_float, positive_int, seed_int
+from jaxmlp.config import DEFAULT_INIT, INIT_SCHEMES, hidden_sizes, nonneg_float, positive_float, positive_int, seed_int
 
 from .common import add_data_flags, hidden_token, say, subcommand
 
@@ -51,8 +51,9 @@ def add_gradcheck(sub) -> None:
     p.add_argument("--hidden", type=hidden_token, nargs="+", default=["128", "64"], metavar="N",
                    help="hidden layer sizes (default: 128 64)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="examples in the batch (default: 32)")
-    p.add_argument("--init", choices=INIT_SCHEMES, default="he",
-                   help="weight init (default: he, whose gradients are of a checkable size in every layer)")
+    p.add_argument("--init", choices=INIT_SCHEMES, default=DEFAULT_INIT,
+                   help=f"weight init (default: {DEFAULT_INIT}, whose gradients are of a checkable size in every "
+                        f"layer)")
     p.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="hidden activation (default: relu)")
     p.add_argument("--l2", type=nonneg_float, default=0.0, help="L2 penalty weight in the loss (default: 0)")
     p.add_argument("--seed", type=seed_int, default=0, help="PRNG seed (default: 0)")

@@ -24,8 +24,8 @@ def add(sub) -> None:
     g.add_argument("--batch-size", type=cfg.positive_int, nargs="+", default=[32], metavar="B",
                    help="minibatch sizes (default: 32)")
     g.add_argument("--seed", type=cfg.seed_int, nargs="+", default=[42], metavar="S", help="PRNG seeds (default: 42)")
-    g.add_argument("--init", choices=cfg.INIT_SCHEMES, nargs="+", default=["notebook"],
-                   help="weight init schemes (default: notebook)")
+    g.add_argument("--init", choices=cfg.INIT_SCHEMES, nargs="+", default=[cfg.DEFAULT_INIT],
+                   help=f"weight init schemes (default: {cfg.DEFAULT_INIT})")
     g.add_argument("--random", type=cfg.positive_int, default=None, metavar="N",
                    help="random search: N configurations drawn from the values above instead of the full grid")
     g.add_argument("--search-seed", type=cfg.seed_int, default=None,

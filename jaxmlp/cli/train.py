@@ -124,11 +124,12 @@ def config_from_args(args) -> cfg.TrainConfig:
     return config
 
 
-def resume_from(args) -> tuple[cfg.TrainConfig, dict]:
-    """(config, fit's resume) from --resume: the saved run, --epochs extended; other flags must agree."""
+def resume_from(args) -> tuple[cfg.TrainConfig, Any]:
+    """(config, the loaded run) from --resume: the saved run, --epochs extended; other flags must agree."""
     from jaxmlp.runs import load_run
 
-    _, state, config, meta = load_run(args.resume)
+    loaded = load_run(args.resume)
+    _, state, config, meta = loaded
     given = explicit_values(args)
     epochs = given.pop("epochs", config.epochs)
     if given.get("dataset") == "mnist" and args.dataset == "mnist":
@@ -144,7 +145,7 @@ def resume_from(args) -> tuple[cfg.TrainConfig, dict]:
         raise CLIError(f"--resume: {args.resume} already reached epoch {int(state.epoch)}; pass --epochs > "
                        f"{int(state.epoch)}")
     config = dataclasses.replace(config, epochs=epochs)
-    return config, {"state": state, "history": meta.get("history", []), "partial": meta.get("partial", {})}
+    return config, loaded
 
 
 def _handlers(args) -> tuple[list, Any]:
@@ -172,7 +173,7 @@ def _describe(config: cfg.TrainConfig) -> str:
 
 def run(args) -> int:
     """Train the MLP (or CNN) in compiled chunks of steps. Defaults: the notebook's 784-128-64-10 network and its best
-    experiment (SGD lr 0.1, batch 32, 10 epochs, seed 42). Ctrl-C or SIGTERM stops at the next chunk (within
+    experiment (SGD lr 0.1, batch 32, 10 epochs, seed 42), with He init. Ctrl-C or SIGTERM stops at the next chunk (within
     about a second), saving that step with --save.
     """
     if args.notebook_exact or args.replay_notebook_step:
@@ -210,7 +211,7 @@ def _train(args, config, data, resume, mesh, started) -> int:
     with precision(config.dtype, config.matmul_precision):
         try:
             result = fit(config, data, handlers=handlers, resume=resume, mesh=mesh, chunk_steps=args.chunk_steps,
-                         divergence_rule=not args.no_divergence_check)
+                         divergence=not args.no_divergence_check)
         except Interrupted as stop:
             epoch, step = int(stop.state.epoch), int(stop.state.step)
             where = f"after epoch {epoch}" if step == 0 else f"in epoch {epoch + 1} after step {step}"
@@ -243,7 +244,7 @@ def _report(args, config, data, result, resume, mesh, started) -> None:
         "test_accuracy": result.test_accuracy, "train_seconds": result.train_seconds,
         "compile_seconds": result.compile_seconds, "wall_seconds": time.perf_counter() - started,
         "stopped_early": result.stopped_early, "devices": device_count(mesh),
-        "resumed_from_epoch": len(resume["history"]) if resume else None})
+        "resumed_from_epoch": len(resume.meta.get("history", [])) if resume else None})
     params = to_host(result.params)  # every process: the params may span them
     if args.plot_dir and is_primary():
         _plots(args, config, data, params, result.history, result.test_loss)

@@ -89,11 +89,21 @@ def load_dataset(data_dir: str | os.PathLike | None = None, num_classes: int | N
     folder is found as the CLI finds it (see jaxmlp.data): ``data_dir``, else
     ``$JAXMLP_DATA_DIR`` (its ``DATASET/`` subfolder if present), else the cache, downloaded there on
     first use unless ``download=False``; ``dataset`` defaults to "mnist" and a folder holding another
-    registered dataset's files is refused. num_classes defaults to the dataset's (10). mirrors (base
-    URLs) replace the registry's for that download; progress draws its bar on a terminal's stderr.
+    registered dataset's files is refused.
 
-    Returns uint8 images (N, rows, cols) and labels (N,) in [0, num_classes). DataError/IDXError
-    (ValueErrors, one line) name the folder or file for anything missing, malformed or inconsistent.
+    Args:
+        data_dir: the folder to load; None (or "") finds it as the CLI does.
+        num_classes: labels must lie in ``[0, num_classes)``; None: the dataset's (10).
+        dataset: a registered dataset's name ("mnist", "fashion-mnist", "kmnist"); None loads
+            ``data_dir`` as it is, or "mnist" when no folder is given.
+        download: whether a missing or stale cache may be filled from the mirrors.
+        mirrors: base URLs that replace the registry's for that download.
+        progress: draw the download's progress bar on a terminal's stderr.
+
+    Returns:
+        A ``Dataset`` of uint8 images (N, rows, cols) and labels (N,) in ``[0, num_classes)``.
+        DataError/IDXError (ValueErrors, one line) name the folder or file for anything missing,
+        malformed or inconsistent.
     """
     if data_dir is not None and os.fspath(data_dir) != "" and dataset is None:
         paths = find_all(Path(data_dir).expanduser())

@@ -12,8 +12,14 @@ import numpy as np
 
 
 class Dataset(NamedTuple):
-    """A train/test split as uint8 arrays: x_train (N, rows, cols) images with y_train (N,) labels, and
-    x_test (M, rows, cols) images with y_test (M,) labels."""
+    """A train/test split as uint8 arrays.
+
+    Attributes:
+        x_train: (N, rows, cols) uint8 training images.
+        y_train: (N,) uint8 training labels.
+        x_test: (M, rows, cols) uint8 test images.
+        y_test: (M,) uint8 test labels.
+    """
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
@@ -87,8 +93,13 @@ def select_classes(data: Dataset, classes: Sequence[int]) -> Dataset:
 def flatten(images) -> jnp.ndarray:
     """images (N, H, W) or (N, H, W, C) -> (N, H*W*C), same dtype, row-major (the notebook's reshape).
 
-    ValueError for any other rank: one image needs a batch axis first (``images[None]``), and an (N, D)
-    array is already flat."""
+    Args:
+        images: (N, H, W) or (N, H, W, C) array of any dtype.
+
+    Returns:
+        The (N, H*W*C) array. ValueError for any other rank: one image needs a batch axis first
+        (``images[None]``), and an (N, D) array is already flat.
+    """
     shape = np.shape(images)
     if len(shape) not in (3, 4):
         raise ValueError(f"flatten: expected a batch of images (N, H, W) or (N, H, W, C), got shape {shape}; "
@@ -106,7 +117,15 @@ _PIXEL_VALUES = np.arange(256, dtype=np.float32) / np.float32(255.0)
 def normalize(images, dtype=jnp.float32) -> jnp.ndarray:
     """uint8 images, any shape -> values in [0, 1], same shape: exactly the notebook's
     ``astype(float32) / 255.0``, then cast to dtype (so float64 gives the notebook-exact mode the seed's
-    very values). ValueError for images of another dtype."""
+    very values).
+
+    Args:
+        images: uint8 pixels, any shape (a NumPy or JAX array).
+        dtype: the result's dtype.
+
+    Returns:
+        The pixels divided by 255, same shape, in ``dtype``. ValueError for images of another dtype.
+    """
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
             raise ValueError(f"normalize expects uint8 pixels, got {images.dtype}")
@@ -122,7 +141,15 @@ def normalize(images, dtype=jnp.float32) -> jnp.ndarray:
 
 
 def one_hot(labels, num_classes: int = 10, dtype=jnp.float32) -> jnp.ndarray:
-    """(N,) integer labels -> (N, num_classes) rows of dtype; a label outside [0, num_classes) gives a
-    zero row."""
+    """(N,) integer labels -> (N, num_classes) rows of dtype.
+
+    Args:
+        labels: (N,) integer class indices.
+        num_classes: the rows' width.
+        dtype: the rows' dtype.
+
+    Returns:
+        (N, num_classes) one-hot rows; a label outside ``[0, num_classes)`` gives a zero row.
+    """
     labels = jnp.asarray(labels)
     return (labels[..., None] == jnp.arange(num_classes)).astype(dtype)

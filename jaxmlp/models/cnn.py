@@ -61,13 +61,31 @@ class CNN:
 
     @classmethod
     def from_config(cls, config: Any) -> CNN:
-        """The CNN of a ``TrainConfig``: the fixed layers, with its dropout."""
+        """The CNN of a ``TrainConfig``: the fixed layers, with its dropout.
+
+        Args:
+            config: a ``TrainConfig`` (or anything with its ``dropout``).
+
+        Returns:
+            The ``CNN`` value.
+        """
         return cls(dropout=float(config.dropout))
 
     def init(self, key: jax.Array, input_shape, num_classes: int, *, scheme: str = "he",
              dtype=jnp.float32) -> Params:
-        """He-normal params (``jaxmlp.cnn.init_cnn_params``) for images of ``input_shape`` ((H, W, C),
-        (H, W), or a flat width of square one-channel images) and ``num_classes`` outputs."""
+        """He-normal params (``jaxmlp.cnn.init_cnn_params``) drawn from ``key``.
+
+        Args:
+            key: PRNG key.
+            input_shape: one image's shape, (H, W, C) or (H, W), or a flat width of square one-channel
+                images (784).
+            num_classes: the output layer's width.
+            scheme: the weights' init; only "he".
+            dtype: the leaves' dtype.
+
+        Returns:
+            The params, a PyTree of the conv and dense layers' weights and biases.
+        """
         if scheme != "he":
             raise ValueError(f"scheme: the CNN's init is He's; got {scheme!r}")
         return init_cnn_params(key, in_shape=_in_shape(input_shape), channels=self.channels, hidden=self.hidden,
@@ -75,20 +93,56 @@ class CNN:
 
     def apply(self, params: Params, x: jax.Array, *, key: jax.Array | None = None,
               train: bool = False) -> jax.Array:
-        """Logits (N, C) for images x (N, H*W*C) or (N, H, W[, C]); dropout only when ``train`` with a key."""
+        """Logits (N, C) for images x; dropout only when ``train`` with a key.
+
+        Args:
+            params: the params ``init`` returns.
+            x: (N, H*W*C) or (N, H, W[, C]) images.
+            key: PRNG key of the dropout mask.
+            train: apply dropout (with ``key``).
+
+        Returns:
+            (N, C) logits.
+        """
         return cnn_forward(params, x, key=key if train else None, dropout=self.dropout, conv_impl=self.conv_impl)
 
     def layer_key(self) -> tuple:
+        """What fixes the params' shapes (besides the input and output widths).
+
+        Returns:
+            ``(channels, hidden)``: two models with equal keys have params of the same shapes.
+        """
         return self.channels, self.hidden
 
     def layer_mismatch(self, wanted: CNN) -> str:
+        """Why params of this model do not fit ``wanted`` (called when their ``layer_key`` differ).
+
+        Args:
+            wanted: the model a run asks for.
+
+        Returns:
+            A phrase that names both models' channels and hidden width.
+        """
         return (f"has channels {list(self.channels)} and hidden {self.hidden}, the run asks for "
                 f"{list(wanted.channels)} and {wanted.hidden}")
 
     def units(self, input_dim: int, num_classes: int) -> int:
-        """Activations kept per example (the first block's, three copies: conv, relu, im2col)."""
+        """Activations kept per example (the first block's, three copies: conv, relu, im2col).
+
+        Args:
+            input_dim: pixels per image.
+            num_classes: the output layer's width (unused: the first block dominates).
+
+        Returns:
+            The number of activations.
+        """
         del num_classes
         return self.channels[0] * input_dim * 3
 
     def describe(self) -> str:
+        """One line for progress output.
+
+        Returns:
+            "cnn".
+        """
         return "cnn"

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import activations
-from ..model import INIT_SCHEMES, Params, forward, init_params
+from ..model import DEFAULT_INIT, INIT_SCHEMES, Params, forward, init_params
 
 
 def _input_dim(input_shape) -> int:
@@ -53,10 +53,17 @@ class MLP:
 
     @classmethod
     def from_config(cls, config: Any) -> MLP:
-        """The MLP of a ``TrainConfig``: its hidden sizes, activation and dropout."""
+        """The MLP of a ``TrainConfig``: its hidden sizes, activation and dropout.
+
+        Args:
+            config: a ``TrainConfig`` (or anything with its ``hidden``, ``activation`` and ``dropout``).
+
+        Returns:
+            The ``MLP`` value.
+        """
         return cls(hidden=tuple(config.hidden), activation=config.activation, dropout=float(config.dropout))
 
-    def init(self, key: jax.Array, input_shape, num_classes: int, *, scheme: str = "notebook",
+    def init(self, key: jax.Array, input_shape, num_classes: int, *, scheme: str = DEFAULT_INIT,
              dtype=jnp.float32) -> Params:
         """Fresh params ``[{"W": (fan_in, fan_out), "b": (fan_out,)}, ...]`` drawn from ``key``.
 
@@ -66,34 +73,82 @@ class MLP:
             num_classes: the output layer's width.
             scheme: the weights' init, one of ``model.INIT_SCHEMES``.
             dtype: the leaves' dtype.
+
+        Returns:
+            The params: a list of one ``{"W", "b"}`` dict per layer.
         """
         return init_params(key, [_input_dim(input_shape), *self.hidden, int(num_classes)], scheme=scheme,
                            dtype=dtype)
 
     def apply(self, params: Params, x: jax.Array, *, key: jax.Array | None = None,
               train: bool = False) -> jax.Array:
-        """Logits (N, C) for inputs x (N, D); dropout only when ``train`` and a ``key`` is given."""
+        """Logits (N, C) for inputs x (N, D); dropout only when ``train`` and a ``key`` is given.
+
+        Args:
+            params: the params ``init`` returns.
+            x: (N, D) inputs.
+            key: PRNG key of the dropout masks.
+            train: apply dropout (with ``key``).
+
+        Returns:
+            (N, C) logits.
+        """
         return forward(params, x, key=key if train else None, dropout=self.dropout, activation=self.activation)
 
     def manual_grad(self, params: Params, x: jax.Array, y: jax.Array, *, key: jax.Array | None = None,
                     l2=0.0) -> Params:
         """The notebook's hand-derived gradient of the cross-entropy (plus ``l2 * l2_penalty``) of one
-        minibatch x (N, D), y (N,); dropout's masks drawn from ``key`` as ``apply(train=True)`` draws them."""
+        minibatch (``jaxmlp.backprop.manual_grad``).
+
+        Args:
+            params: the params ``init`` returns.
+            x: (N, D) inputs.
+            y: (N,) integer labels.
+            key: PRNG key of the dropout masks, drawn as ``apply(train=True)`` draws them.
+            l2: the L2 penalty's weight.
+
+        Returns:
+            The gradient, a PyTree shaped like ``params``.
+        """
         from ..backprop import manual_grad
 
         return manual_grad(params, x, y, activation=self.activation, l2=l2, dropout=self.dropout, key=key)
 
     def layer_key(self) -> tuple:
-        """What fixes the params' shapes (besides the input and output widths)."""
+        """What fixes the params' shapes (besides the input and output widths).
+
+        Returns:
+            The hidden sizes: two models with equal keys have params of the same shapes.
+        """
         return self.hidden
 
     def layer_mismatch(self, wanted: MLP) -> str:
+        """Why params of this model do not fit ``wanted`` (called when their ``layer_key`` differ).
+
+        Args:
+            wanted: the model a run asks for.
+
+        Returns:
+            A phrase such as "has hidden sizes [128, 64], the run asks for [256, 128]".
+        """
         return f"has hidden sizes {list(self.hidden)}, the run asks for {list(wanted.hidden)}"
 
     def units(self, input_dim: int, num_classes: int) -> int:
-        """Activations kept per example in a forward pass (the memory estimate's batch term)."""
+        """Activations kept per example in a forward pass (the memory estimate's batch term).
+
+        Args:
+            input_dim: features per example.
+            num_classes: the output layer's width.
+
+        Returns:
+            The number of activations.
+        """
         return sum(self.hidden) + num_classes + input_dim
 
     def describe(self) -> str:
-        """One line for progress output: ``mlp in-128-64-out (relu)``."""
+        """One line for progress output.
+
+        Returns:
+            ``mlp in-128-64-out (relu)`` for the notebook's network.
+        """
         return "mlp " + "-".join(map(str, ("in", *self.hidden, "out"))) + f" ({self.activation})"
