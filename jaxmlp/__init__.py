@@ -19,9 +19,8 @@ and the engine, for any pure loss, params PyTree and optimizer (``init``/``updat
 ``jaxmlp.__all__`` is the front door a notebook needs; everything else stays in its module
 (``jaxmlp.sweep``, ``jaxmlp.handlers``, ``jaxmlp.checkpoint``, ...).
 """
-from importlib.metadata import PackageNotFoundError as _NotFound, version as _version
-
 from . import optim
+from ._version import __version__ as __version__
 from .backprop import gradcheck, manual_grad, max_relative_error
 from .checkpoint import load_params
 from .config import TrainConfig
@@ -33,11 +32,6 @@ from .losses import accuracy, cross_entropy, loss
 from .model import forward, init_params
 from .models import CNN, MLP
 from .runs import fit, load_model
-
-try:
-    __version__ = _version("jaxmlp")
-except _NotFound:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     # data

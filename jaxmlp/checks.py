@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["check_labels", "check_dataset", "check_inputs", "check_state", "check_split", "check_count",
+__all__ = ["check_labels", "check_dataset", "check_inputs", "check_state", "check_count",
            "check_params", "check_loss_fn"]
 
 
@@ -135,26 +135,6 @@ def check_state(state: Any, template: Any, name: str = "resume") -> None:
     extra = sorted(set(have) - set(want))
     if extra:
         raise ValueError(f"{name}: the state has {extra[0]}, which the configured model has not")
-
-
-def check_split(num_examples: int, val_split: float) -> tuple[int, int]:
-    """(examples trained on, examples held out) of a ``val_split`` of ``num_examples``; a split that
-    leaves either side empty is refused (``config.ConfigError`` naming ``TrainConfig.val_split``).
-
-    Args:
-        num_examples: the size of the training set before the split.
-        val_split: the fraction held out for validation (0: none).
-    """
-    from .config import ConfigError
-
-    held = int(round(val_split * num_examples))
-    if val_split and held == 0:
-        raise ConfigError(f"TrainConfig.val_split {val_split:g} of {num_examples} training examples holds out none; "
-                          f"use at least {1 / num_examples:.2g}")
-    if held >= num_examples:
-        raise ConfigError(f"TrainConfig.val_split {val_split:g} of {num_examples} training examples leaves none to "
-                          f"train on")
-    return num_examples - held, held
 
 
 def check_count(value: Any, name: str) -> int:

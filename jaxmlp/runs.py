@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import models
-from .config import TrainConfig, hparams
+from .config import ConfigError, TrainConfig, hparams
 from .engine import (
     DivergenceError,
     EndPartial,
@@ -76,6 +76,24 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(fraction * n))
     return np.sort(order[: n - n_val]), np.sort(order[n - n_val:])
+
+
+def check_split(num_examples: int, val_split: float) -> tuple[int, int]:
+    """(examples trained on, examples held out) of a ``val_split`` of ``num_examples``; a split that
+    leaves either side empty is refused (``config.ConfigError`` naming ``TrainConfig.val_split``).
+
+    Args:
+        num_examples: the size of the training set before the split.
+        val_split: the fraction held out for validation (0: none).
+    """
+    held = int(round(val_split * num_examples))
+    if val_split and held == 0:
+        raise ConfigError(f"TrainConfig.val_split {val_split:g} of {num_examples} training examples holds out none; "
+                          f"use at least {1 / num_examples:.2g}")
+    if held >= num_examples:
+        raise ConfigError(f"TrainConfig.val_split {val_split:g} of {num_examples} training examples leaves none to "
+                          f"train on")
+    return num_examples - held, held
 
 
 def init_scheme(config: TrainConfig) -> str:
@@ -170,7 +188,7 @@ def setup(config: TrainConfig, data, state: TrainState | None = None,
         state: a ``TrainState`` to resume from (None: fresh or, with ``config.finetune``, fine-tuned params).
         mesh: None, or a ``jax.sharding.Mesh`` to split every minibatch over its devices.
     """
-    from .checks import check_dataset, check_split, check_state
+    from .checks import check_dataset, check_state
 
     data = check_dataset(data)  # values, on the host, before any work
     if config.classes is not None:

@@ -35,8 +35,13 @@ jax.config.update("jax_enable_x64", True)
 import jaxmlp
 from jaxmlp import plots, steps
 from jaxmlp.data import DataError
-from jaxmlp.engine import (epoch_loss, epoch_order, init_state, run_chunk,
-                           steps_per_epoch)
+from jaxmlp.engine import (
+    epoch_loss,
+    epoch_order,
+    init_state,
+    run_chunk,
+    steps_per_epoch,
+)
 from jaxmlp.evaluation import predict_labels
 from jaxmlp.runs import TrainSpec, make_optimizer
 

@@ -120,8 +120,8 @@ opt = optim.chain(optim.clip_by_global_norm(1.0),
 folder = Path(tempfile.mkdtemp())
 key = jax.random.PRNGKey(1)
 t0 = time.perf_counter()
-first = jaxmlp.train(smoothed_loss, params, opt, (x, y), epochs=1, batch_size=batch_size,
-                     key=key, has_aux=True, progress=True,
+first = jaxmlp.train(smoothed_loss, params, opt, (x, y), epochs=1,
+                     batch_size=batch_size, key=key, has_aux=True, progress=True,
                      checkpoint=str(folder / "resnet.npz"))
 resumed = jaxmlp.train(smoothed_loss, params, opt, (x, y), epochs=epochs,
                        batch_size=batch_size, key=key, has_aux=True, progress=True,

@@ -45,7 +45,7 @@ def _on_sigterm(signum, frame):
 
 
 def build_parser() -> Parser:
-    from jaxmlp import __version__
+    from jaxmlp._version import __version__
 
     parser = Parser(prog="jaxmlp", description="Train and study the MNIST MLP with JAX.", epilog=EXAMPLES,
                     formatter_class=argparse.RawDescriptionHelpFormatter)

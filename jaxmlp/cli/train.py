@@ -173,8 +173,8 @@ def _describe(config: cfg.TrainConfig) -> str:
 
 def run(args) -> int:
     """Train the MLP (or CNN) in compiled chunks of steps. Defaults: the notebook's 784-128-64-10 network and its best
-    experiment (SGD lr 0.1, batch 32, 10 epochs, seed 42), with He init. Ctrl-C or SIGTERM stops at the next chunk (within
-    about a second), saving that step with --save.
+    experiment (SGD lr 0.1, batch 32, 10 epochs, seed 42), with He init. Ctrl-C or SIGTERM stops at the next chunk
+    (within about a second), saving that step with --save.
     """
     if args.notebook_exact or args.replay_notebook_step:
         return run_notebook(args)
@@ -357,7 +357,7 @@ def run_ensemble(args) -> int:
 
 def _note_batch(args, config: cfg.TrainConfig, data) -> None:
     """Say (unless --quiet) when --batch-size exceeds the examples trained on: each epoch is then one batch."""
-    from jaxmlp.checks import check_split
+    from jaxmlp.runs import check_split
 
     n = check_split(len(data.y_train), config.val_split)[0] if config.classes is None else None
     if n is not None and config.batch_size > n and not args.quiet:
