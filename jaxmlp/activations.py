@@ -29,14 +29,28 @@ class Activation(NamedTuple):
 
 
 def relu(z: jax.Array) -> jax.Array:
-    """``max(z, 0)`` elementwise, with derivative 0 at exactly 0."""
+    """``max(z, 0)`` elementwise, with derivative 0 at exactly 0.
+
+    Args:
+        z: pre-activations, any shape.
+
+    Returns:
+        An array of z's shape and dtype.
+    """
     # jnp.where rather than jnp.maximum: its derivative at exactly 0 is 0, the notebook's ``Z > 0`` mask
     # (jnp.maximum's gradient splits the tie and gives 0.5 there).
     return jnp.where(z > 0, z, jnp.zeros_like(z))
 
 
 def gelu(z: jax.Array) -> jax.Array:
-    """Exact GELU ``z * Phi(z)`` elementwise, Phi the standard normal CDF (not the tanh approximation)."""
+    """Exact GELU ``z * Phi(z)`` elementwise, Phi the standard normal CDF (not the tanh approximation).
+
+    Args:
+        z: pre-activations, any shape.
+
+    Returns:
+        An array of z's shape and dtype.
+    """
     return jax.nn.gelu(z, approximate=False)
 
 
@@ -72,6 +86,9 @@ def get(name: str) -> Activation:
 
     Args:
         name: one of ``NAMES``.
+
+    Returns:
+        The registry's ``Activation``: its function and its hand-derived derivative.
     """
     if isinstance(name, str) and name in REGISTRY:
         return REGISTRY[name]

@@ -118,8 +118,15 @@ def manual_grad(params: Params, x: jax.Array, y: jax.Array, *, activation: str =
 def autodiff_grad(params: Params, x: jax.Array, y: jax.Array, **loss_kwargs) -> Params:
     """``jax.grad(loss)(params, x, y, **loss_kwargs)``: the same gradient by reverse-mode autodiff.
 
-    ``params``, ``x`` (m, D), ``y`` (m,) or (m, C) and ``loss_kwargs`` (activation, l2, dropout, key) are
-    ``losses.loss``'s."""
+    Args:
+        params: a list of ``{"W", "b"}`` layers.
+        x: (m, D) inputs.
+        y: (m,) integer labels or (m, C) one-hot rows.
+        **loss_kwargs: ``losses.loss``'s keywords (activation, l2, dropout, key).
+
+    Returns:
+        The gradient, shaped like ``params``.
+    """
     return jax.grad(loss)(params, x, y, **loss_kwargs)
 
 
@@ -181,15 +188,18 @@ def finite_difference_grad(f: Callable[[Params], jax.Array], params: Params, eps
     """Central differences ``(f(p + h e_i) - f(p - h e_i)) / (2 h)`` of the scalar ``f`` at ``params``.
 
     Args:
-        f: params -> scalar loss; params: any PyTree of float arrays (use float64: in float32 the
-            differences are dominated by round-off).
+        f: params -> scalar loss.
+        params: any PyTree of float arrays (use float64: in float32 the differences are dominated by
+            round-off).
         eps: the step h; a coordinate whose step crosses a kink (a ReLU input crossing 0) is re-stepped
             with eps/10, eps/100, and left out when every step crosses one.
         max_coords: at most this many coordinates per leaf, picked at random (``seed``); None: all.
         seed: seed of that pick.
 
-    Returns ``(estimates, mask)`` PyTrees shaped like params; ``mask`` is True where a coordinate was
-    estimated (elsewhere the estimate is 0). ``gradcheck`` also reports the re-stepped and skipped ones.
+    Returns:
+        ``(estimates, mask)``, PyTrees shaped like params; ``mask`` is True where a coordinate was
+        estimated (elsewhere the estimate is 0). ``gradcheck`` also reports the re-stepped and skipped
+        ones.
     """
     estimates, steps, _ = _fd_leaves(f, params, eps, max_coords, seed)
     treedef = jax.tree_util.tree_structure(params)
@@ -252,13 +262,16 @@ def max_relative_error(a, b, mask=None, floor: float = 1e-12) -> float:
 class GradCheckRow(NamedTuple):
     """One params leaf's line of a gradient check; "manual" is ``grad_fn``'s gradient.
 
-    Fields: ``name`` ("W1", "b1", ... for a list of layers, else the leaf's key path such as
-    ``['net']['W']``) and ``shape``; ``manual_vs_autodiff``: max ``|diff|`` relative to the leaf's largest
-    entry (None without grad_fn); ``manual_vs_fd`` (None without grad_fn) and ``autodiff_vs_fd``: the max
-    over the checked coordinates of ``|g - fd| / max(|g|, |fd|, floor)``, the floor the step's round-off over
-    FD_RTOL; ``checked``: coordinates compared with finite differences; ``restepped``: of those, how many
-    were estimated with eps/10 or eps/100 (a kink inside eps); ``skipped``: coordinates left out, a kink
-    inside every step tried.
+    Attributes:
+        name: "W1", "b1", ... for a list of layers, else the leaf's key path such as ``['net']['W']``.
+        shape: the leaf's shape.
+        manual_vs_autodiff: max ``|diff|`` relative to the leaf's largest entry (None without grad_fn).
+        manual_vs_fd: as ``autodiff_vs_fd``, for ``grad_fn``'s gradient (None without grad_fn).
+        autodiff_vs_fd: the max over the checked coordinates of ``|g - fd| / max(|g|, |fd|, floor)``, the
+            floor the step's round-off over FD_RTOL.
+        checked: coordinates compared with finite differences.
+        restepped: of those, how many were estimated with eps/10 or eps/100 (a kink inside eps).
+        skipped: coordinates left out, a kink inside every step tried.
     """
 
     name: str
@@ -272,9 +285,16 @@ class GradCheckRow(NamedTuple):
 
 
 class GradCheckResult(NamedTuple):
-    """``gradcheck``'s report: per-leaf ``rows`` (``GradCheckRow``), the totals ``checked``, ``restepped``
-    and ``skipped`` over them, and ``passed``: every error within its tolerance (AGREE_RTOL between the
-    analytic gradients, FD_RTOL against finite differences) and at least one coordinate checked."""
+    """``gradcheck``'s report.
+
+    Attributes:
+        rows: one ``GradCheckRow`` per params leaf.
+        checked: the rows' ``checked``, summed.
+        restepped: the rows' ``restepped``, summed.
+        skipped: the rows' ``skipped``, summed.
+        passed: every error within its tolerance (AGREE_RTOL between the analytic gradients, FD_RTOL
+            against finite differences) and at least one coordinate checked.
+    """
 
     rows: list
     checked: int
@@ -374,9 +394,13 @@ def gradcheck_mlp(params: Params, x: jax.Array, y: jax.Array, *, activation: str
 
     Args:
         params: float64 list of ``{"W", "b"}`` layers; rows are named W1, b1, W2, ...
-        x: inputs (m, D) float64; y: int labels (m,) or one-hot (m, C).
+        x: inputs (m, D) float64.
+        y: int labels (m,) or one-hot (m, C).
         activation, l2, dropout, key: ``losses.loss``'s (dropout uses the same masks in all three).
         eps, max_coords, seed: ``gradcheck``'s.
+
+    Returns:
+        A ``GradCheckResult``, its rows named W1, b1, W2, ...
     """
     kwargs = {"activation": activation, "l2": l2, "dropout": dropout, "key": key}
     return gradcheck(functools.partial(loss, **kwargs), params, x, y, eps=eps, max_coords=max_coords, seed=seed,

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import handlers as h
+from ._compat import enable_x64
 from .checkpoint import describe_tree
 from .checks import check_count, check_loss_fn, check_params
 from .chunks import (  # the compiled side, re-exported: jaxmlp.engine keeps every name it had
@@ -197,7 +198,7 @@ def compile_aside(fn, static: dict, *args) -> concurrent.futures.Future:
     matmul = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]
 
     def work():
-        with jax.enable_x64(x64), jax.default_matmul_precision(matmul):
+        with enable_x64(x64), jax.default_matmul_precision(matmul):
             return compile_program(fn, static, *args)
 
     pool = concurrent.futures.ThreadPoolExecutor(1)

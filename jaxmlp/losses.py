@@ -17,8 +17,14 @@ from .model import Params, check_inputs, forward, log_softmax, softmax
 
 
 def check_labels(labels: jax.Array, rows: int, against: str = "x") -> None:
-    """One ValueError naming ``labels`` unless they are (N,) or (N, C) with N = ``rows``, the row count of
-    ``against`` (the inputs or logits they label). Shapes only, so free under jit."""
+    """One ValueError naming ``labels`` unless they are (N,) or (N, C) with N = ``rows``. Shapes only, so
+    free under jit.
+
+    Args:
+        labels: the labels to check.
+        rows: the row count of what they label.
+        against: the name of what they label (the inputs or logits), for the message.
+    """
     shape = jnp.shape(labels)
     if len(shape) not in (1, 2):
         raise ValueError(f"labels: expected int (N,) or one-hot (N, C), got shape {shape}")
@@ -86,13 +92,31 @@ def _is_zero(l2) -> bool:
 
 
 def notebook_cross_entropy(probs: jax.Array, labels: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """The seed's loss on ``probs`` (N, C) against ``labels`` (N,) or (N, C): ``-sum(Y * log(p + eps)) / m``."""
+    """The seed's loss: ``-sum(Y * log(p + eps)) / m``.
+
+    Args:
+        probs: (N, C) softmax probabilities.
+        labels: (N,) integer classes or (N, C) one-hot rows.
+        eps: added to the probabilities before the log, as the seed does.
+
+    Returns:
+        A scalar of the probabilities' dtype.
+    """
     targets = _as_one_hot(labels, probs.shape[-1], probs.dtype)
     return -jnp.sum(targets * jnp.log(probs + eps)) / probs.shape[0]
 
 
 def notebook_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
-    """The notebook's ``compute_loss(Y, forward_propagation(X)[-1])`` of ``params`` on x (N, D), y (N,) or (N, C)."""
+    """The notebook's ``compute_loss(Y, forward_propagation(X)[-1])`` of ``params``.
+
+    Args:
+        params: a list of ``{"W", "b"}`` layers.
+        x: (N, D) inputs.
+        y: (N,) integer labels or (N, C) one-hot rows.
+
+    Returns:
+        A scalar of the params' dtype.
+    """
     check_labels(y, jnp.shape(x)[0])
     return notebook_cross_entropy(softmax(forward(params, x)), y)
 
@@ -118,6 +142,9 @@ def l2_penalty(params: Params) -> jax.Array:
     Args:
         params: a list of ``{"W", "b"}`` layers. Biases are left out on purpose: they only shift
             activations and don't grow the function's sensitivity to its input (Krogh & Hertz).
+
+    Returns:
+        A scalar of the weights' dtype.
     """
     weights = [layer["W"] for layer in params]
     if not weights:

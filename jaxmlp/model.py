@@ -67,6 +67,9 @@ def init_layer(key: jax.Array, fan_in: int, fan_out: int, scheme: str = DEFAULT_
         scheme: he (``DEFAULT_INIT``, the default everywhere): N(0, 2 / fan_in), suited to ReLU;
             notebook: N(0, 1) * 0.01 as in the seed; glorot: U(-a, a) with a = sqrt(6 / (fan_in + fan_out)).
         dtype: the leaves' dtype (float64 needs x64 enabled).
+
+    Returns:
+        ``{"W": (fan_in, fan_out), "b": (fan_out,)}``.
     """
     _check_scheme(scheme)
     draw = _standard_draws(key[None], fan_in * fan_out, scheme, dtype, [_glorot_limit(fan_in, fan_out)])[0]
@@ -111,10 +114,17 @@ def init_params_numpy(seed, layer_sizes: Sequence[int], dtype=np.float64) -> Par
     """The notebook's exact initialisation: ``np.random.seed(seed)``, then W1, W2, ... drawn in order
     with ``np.random.randn(fan_in, fan_out) * 0.01`` and zero biases.
 
-    ``seed`` is an int or a ``np.random.RandomState`` to draw from (advanced in place: the notebook's
-    per-epoch permutations continue its stream). NumPy's legacy global RNG is a RandomState, so
-    ``RandomState(seed)`` draws exactly what ``np.random.seed(seed)`` would, without touching it.
-    ``layer_sizes`` is as in ``init_params``; ``dtype`` the leaves' dtype (float64, the notebook's).
+    NumPy's legacy global RNG is a RandomState, so ``RandomState(seed)`` draws exactly what
+    ``np.random.seed(seed)`` would, without touching it.
+
+    Args:
+        seed: an int, or a ``np.random.RandomState`` to draw from (advanced in place: the notebook's
+            per-epoch permutations continue its stream).
+        layer_sizes: as in ``init_params``.
+        dtype: the leaves' dtype (float64, the notebook's).
+
+    Returns:
+        A list of one ``{"W", "b"}`` dict of jax arrays per layer.
     """
     rng = seed if isinstance(seed, np.random.RandomState) else np.random.RandomState(seed)
     params = []
@@ -125,13 +135,24 @@ def init_params_numpy(seed, layer_sizes: Sequence[int], dtype=np.float64) -> Par
 
 
 def layer_sizes(params: Params) -> list[int]:
-    """``[fan_in of layer 0, fan_out of each layer...]`` of ``params``, a list of ``{"W", "b"}`` layers."""
+    """The layer sizes of ``params``.
+
+    Args:
+        params: a list of ``{"W", "b"}`` layers.
+
+    Returns:
+        ``[fan_in of layer 0, fan_out of each layer...]``, as ``init_params`` takes them.
+    """
     return [int(params[0]["W"].shape[0])] + [int(p["W"].shape[1]) for p in params]
 
 
 def check_params(params: Params) -> None:
     """Raise one ValueError naming ``params`` unless it is a non-empty list of ``{"W": (fan_in, fan_out),
-    "b": (fan_out,)}`` layers whose widths chain. Reads shapes only, so it costs nothing under jit."""
+    "b": (fan_out,)}`` layers whose widths chain. Reads shapes only, so it costs nothing under jit.
+
+    Args:
+        params: the params to check.
+    """
     if isinstance(params, dict):
         raise ValueError("params: expected a list of layers [{'W': ..., 'b': ...}, ...], got a single layer "
                          "dict; wrap it in a list")
@@ -151,7 +172,10 @@ def check_params(params: Params) -> None:
 def check_inputs(params: Params, x: jax.Array) -> None:
     """``check_params(params)``, then one ValueError naming ``x`` unless x (N, D) has D = the first fan_in.
 
-    A single example ``(D,)`` passes too (``jax.vmap`` over rows sees those)."""
+    Args:
+        params: the params to check.
+        x: (N, D) inputs; a single example ``(D,)`` passes too (``jax.vmap`` over rows sees those).
+    """
     check_params(params)
     fan_in = jnp.shape(params[0]["W"])[0]
     shape = jnp.shape(x)
@@ -161,7 +185,14 @@ def check_inputs(params: Params, x: jax.Array) -> None:
 
 
 def activation_fn(activation: str | Callable) -> Callable:
-    """The elementwise function for ``activation``: a name from ``ACTIVATIONS`` or a callable (returned as is)."""
+    """The elementwise function for ``activation``.
+
+    Args:
+        activation: a name from ``ACTIVATIONS``, or a callable.
+
+    Returns:
+        The function (a callable is returned as is); ValueError for an unknown name.
+    """
     if callable(activation):
         return activation
     if isinstance(activation, str) and activation in activations.REGISTRY:
@@ -170,7 +201,15 @@ def activation_fn(activation: str | Callable) -> Callable:
 
 
 def softmax(logits: jax.Array, axis: int = -1) -> jax.Array:
-    """Stable softmax of ``logits`` along ``axis``: subtracting the row max keeps exp from overflowing."""
+    """Stable softmax of ``logits`` along ``axis``: subtracting the row max keeps exp from overflowing.
+
+    Args:
+        logits: scores, any shape.
+        axis: the axis that sums to 1.
+
+    Returns:
+        Probabilities of the logits' shape and dtype.
+    """
     z = logits - jax.lax.stop_gradient(jnp.max(logits, axis=axis, keepdims=True))
     e = jnp.exp(z)
     return e / jnp.sum(e, axis=axis, keepdims=True)
@@ -178,19 +217,45 @@ def softmax(logits: jax.Array, axis: int = -1) -> jax.Array:
 
 def log_softmax(logits: jax.Array, axis: int = -1) -> jax.Array:
     """Stable log-softmax of ``logits`` along ``axis``: ``z - max - log(sum(exp(z - max)))``, finite even
-    when softmax underflows."""
+    when softmax underflows.
+
+    Args:
+        logits: scores, any shape.
+        axis: the axis normalised over.
+
+    Returns:
+        Log-probabilities of the logits' shape and dtype.
+    """
     z = logits - jax.lax.stop_gradient(jnp.max(logits, axis=axis, keepdims=True))
     return z - jnp.log(jnp.sum(jnp.exp(z), axis=axis, keepdims=True))
 
 
 def dropout_mask(key: jax.Array, shape: tuple, rate: float) -> jax.Array:
-    """The bool mask of units ``inverted_dropout(key, x, rate)`` keeps, for ``x`` of ``shape``."""
+    """The bool mask of units ``inverted_dropout(key, x, rate)`` keeps, for ``x`` of ``shape``.
+
+    Args:
+        key: PRNG key of the draw.
+        shape: the units' shape.
+        rate: the probability of dropping a unit.
+
+    Returns:
+        A bool array of ``shape``, True where a unit is kept.
+    """
     return jax.random.bernoulli(key, 1.0 - rate, shape)
 
 
 def inverted_dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
-    """Inverted dropout of ``x`` (any shape): zero each unit with probability ``rate`` (drawn from ``key``)
-    and scale survivors by 1/(1-rate), so the expectation is unchanged and evaluation needs no rescaling."""
+    """Inverted dropout of ``x``: zero each unit with probability ``rate`` and scale survivors by
+    1/(1-rate), so the expectation is unchanged and evaluation needs no rescaling.
+
+    Args:
+        key: PRNG key of the mask (``dropout_mask``'s).
+        x: activations, any shape.
+        rate: the probability of dropping a unit, in [0, 1).
+
+    Returns:
+        ``x`` with the dropped units zeroed and the kept ones scaled, same shape and dtype.
+    """
     keep = dropout_mask(key, x.shape, rate)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
@@ -224,9 +289,14 @@ def forward(params: Params, x: jax.Array, *, key: jax.Array | None = None, dropo
 def forward_intermediates(params: Params, x: jax.Array, *, activation: str | Callable = "relu") -> dict:
     """The notebook's forward pass of ``params`` on ``x`` (N, D) with everything it keeps for backprop.
 
-    Returns ``{"Z1": ..., "A1": ..., ..., "ZL": logits, "AL": softmax probs}`` with L = len(params);
-    ``A0`` is the input. Hidden A's are ``activation(Z)`` (a name from ``ACTIVATIONS`` or a callable),
-    the last A is softmax(Z). No dropout.
+    Args:
+        params: a list of ``{"W", "b"}`` layers.
+        x: (N, D) inputs.
+        activation: the hidden layers' activation, a name from ``ACTIVATIONS`` or a callable.
+
+    Returns:
+        ``{"A0": x, "Z1": ..., "A1": ..., ..., "ZL": logits, "AL": softmax probs}`` with
+        L = len(params). Hidden A's are ``activation(Z)``, the last A is softmax(Z). No dropout.
     """
     check_inputs(params, x)
     act = activation_fn(activation)
@@ -241,6 +311,14 @@ def forward_intermediates(params: Params, x: jax.Array, *, activation: str | Cal
 
 
 def predict(params: Params, x: jax.Array, *, activation: str | Callable = "relu") -> jax.Array:
-    """Predicted class ``(N,)`` int32 of the MLP ``params`` on ``x`` (N, D): argmax of the logits of
-    ``forward(params, x, activation=activation)``."""
+    """Predicted classes of the MLP ``params``: argmax of ``forward(params, x, activation=activation)``.
+
+    Args:
+        params: a list of ``{"W", "b"}`` layers.
+        x: (N, D) inputs.
+        activation: as in ``forward``.
+
+    Returns:
+        (N,) int32 class indices.
+    """
     return jnp.argmax(forward(params, x, activation=activation), axis=-1)
