@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._compat import enable_x64
 from .fileio import atomic_write
 
 FORMAT = "jaxmlp-checkpoint/2"
@@ -163,7 +164,7 @@ def load_state(path: str | os.PathLike, template: Any) -> Any:
         _check_format(zf, path)
         _check_members(zf, path, names)
         arrays = [_read_leaf(zf, path, name, spec) for name, spec in zip(names, specs)]
-    with jax.enable_x64(True):  # so 64-bit leaves keep their dtype; narrower ones are unaffected
+    with enable_x64(True):  # so 64-bit leaves keep their dtype; narrower ones are unaffected
         return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in arrays])
 
 
@@ -230,7 +231,7 @@ def load_params(path: str | os.PathLike, *, max_bytes: int = 1 << 32) -> Any:
             fits = functools.partial(_fits, left=left)
             arrays.append(_read_npy(zf, path, name, fits, left, f"an array of numbers within max_bytes {max_bytes}"))
             left -= arrays[-1].nbytes
-    with jax.enable_x64(True):  # 64-bit leaves keep their dtype
+    with enable_x64(True):  # 64-bit leaves keep their dtype
         return _rebuild(path, list(zip(steps, [jnp.asarray(a) for a in arrays])))
 
 

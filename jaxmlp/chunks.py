@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ._compat import enable_x64
 from .backend import matmul_precision
 from .optim import apply_updates
 
@@ -34,7 +35,7 @@ def precision(dtype: str, matmul: str = "default"):
     """A context in which ``dtype`` ("float32"/"float64") arrays can exist and float32 matmuls run at
     ``matmul`` (``backend.matmul_precision``; "default" changes nothing). float64 needs JAX's x64 mode,
     switched on for the block only, so nothing outside it changes. Both settings are per thread."""
-    with jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext(), matmul_precision(matmul):
+    with enable_x64(True) if dtype == "float64" else contextlib.nullcontext(), matmul_precision(matmul):
         yield
 
 

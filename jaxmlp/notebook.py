@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._compat import enable_x64
 from .backprop import manual_grad
 from .divergence import diverged, message, reference_loss
 from .events import DivergenceError, StopRun
@@ -204,7 +205,7 @@ def fit_notebook_group(data, lrs: Sequence[float], *, batch_size: int = 32, epoc
     lrs = [float(lr) for lr in lrs]
     from .data import normalize
 
-    with jax.enable_x64(True):
+    with enable_x64(True):
         as_x = lambda a: normalize(np.asarray(a).reshape(len(a), -1), jnp.float64)  # noqa: E731
         x, y = as_x(data.x_train), jnp.asarray(np.asarray(data.y_train, np.int32))
         rng = np.random.RandomState(seed)

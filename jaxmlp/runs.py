@@ -266,6 +266,9 @@ def _checked_meta(path, meta: dict) -> tuple[TrainConfig, Any, dict]:
     its config describes), which must be the one its config trains."""
     from .checkpoint import CheckpointError
 
+    if "config" not in meta and "history" in meta:  # what jaxmlp.train writes: any params, no TrainConfig
+        raise CheckpointError(f"{path}: a checkpoint of jaxmlp.train holds no TrainConfig; read its params with "
+                              f"jaxmlp.load_params(path)")
     try:
         config = TrainConfig.from_dict(meta.get("config"), where=f"{path}: config")  # type: ignore[arg-type]
         model = models.from_config(config)

@@ -89,7 +89,9 @@ def x64():
     builds float64 arrays opens its own ``with jax.enable_x64(True):``. Hypothesis tests may use it:
     the context spans all of a test's examples.
     """
-    with jax.enable_x64(True):
+    from jaxmlp._compat import enable_x64  # jax.enable_x64 on jax >= 0.8
+
+    with enable_x64(True):
         yield
 
 

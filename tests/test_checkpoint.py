@@ -21,6 +21,7 @@ import pytest
 from conftest import reset_peak_rss
 
 from jaxmlp import bench, checkpoint as checkpoint_module
+from jaxmlp._compat import enable_x64
 from jaxmlp.checkpoint import FORMAT, MAX_MEMBERS, CheckpointError, load_state, read_meta, save_checkpoint
 from jaxmlp.optim import AdamState, adam
 
@@ -164,13 +165,13 @@ def gib_of_zeros():
 def test_round_trip_is_bit_exact(tmp_path, dtype):
     """State (params, AdamState, raw key, int32 counters) and meta come back bit-exact, as jax arrays
     of the saved dtypes; float64 keeps its dtype even when loaded with x64 off."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         state = make_state(jnp.dtype(dtype))
         template = template_of(state)
     path = tmp_path / "run.ckpt"
     assert save_checkpoint(path, state, META) == path
     assert sorted(os.listdir(tmp_path)) == ["run.ckpt"]  # the exact name, no ".npz" added, no temp left
-    with jax.enable_x64(False):
+    with enable_x64(False):
         out = load_state(path, template)
     assert isinstance(out, TrainState) and isinstance(out.opt_state, AdamState)
     assert isinstance(out.params, list) and set(out.params[0]) == {"W", "b"}
@@ -296,7 +297,7 @@ def test_interrupt_midway_leaves_old_file_and_no_temp(saved, monkeypatch):
 ])
 def test_template_mismatch_names_the_member(saved, sizes, dtype, member):
     path = saved[0]
-    with jax.enable_x64(True):
+    with enable_x64(True):
         template = template_of(make_state(jnp.dtype(dtype), sizes))
     refused(lambda: load_state(path, template), path, member)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxmlp import cnn
+from jaxmlp._compat import enable_x64
 
 # float64 references throughout (see conftest's x64 fixture).
 pytestmark = pytest.mark.usefixtures("x64")
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("x64")
 @pytest.fixture(scope="module")
 def small_f64():
     """Tiny float64 CNN on 7x7 inputs: blocks 7->3->1 exercise odd-size (VALID) pooling."""
-    with jax.enable_x64(True):  # module-scoped: built before the tests' own x64 fixture opens
+    with enable_x64(True):  # module-scoped: built before the tests' own x64 fixture opens
         return cnn.init_cnn_params(jax.random.PRNGKey(3), in_shape=(7, 7, 1), channels=(3, 4), hidden=16,
                                    num_classes=3, dtype=jnp.float64)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxmlp import config as cfg
+from jaxmlp._compat import enable_x64
 from jaxmlp.config import ConfigError, TrainConfig, hparam_names, hparams, unused_settings
 
 
@@ -111,11 +112,11 @@ def test_hparams_are_the_traced_fields():
     assert set(hp) == set(names) and all(v.dtype == jnp.float32 and v.shape == () for v in hp.values())
     assert float(hp["lr"]) == pytest.approx(0.1) and float(hp["weight_decay"]) == 0.0
     assert float(hparams(TrainConfig(optimizer="adamw"))["weight_decay"]) == pytest.approx(0.01)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         custom = hparams(TrainConfig(lr=0.5), jnp.float64, momentum=0.7, beta1=None)
     assert custom["lr"].dtype == np.float64 and float(custom["lr"]) == 0.5
     assert float(custom["momentum"]) == pytest.approx(0.7) and float(custom["beta1"]) == pytest.approx(0.9)
-    with jax.enable_x64(True):  # float32 asked for stays float32 where Python floats would be float64
+    with enable_x64(True):  # float32 asked for stays float32 where Python floats would be float64
         assert {v.dtype for v in hparams(TrainConfig(), jnp.float32).values()} == {np.dtype(np.float32)}
     with pytest.raises(ValueError) as err:
         hparams(lr=0.1, speed=2, colour=1)

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from jaxmlp import data
+from jaxmlp._compat import enable_x64
 from jaxmlp.data import load, locate, verify
 
 # The six IDX types, by their on-disk (big-endian) dtype and type code: written out here by hand
@@ -353,7 +354,7 @@ def test_normalize_matches_notebook_exactly():
     got32 = np.asarray(data.normalize(pixels))
     assert got32.dtype == np.float32 and np.array_equal(got32, notebook)
     assert got32.min() == 0.0 and got32.max() == 1.0
-    with jax.enable_x64(True):  # float64 only where asked for
+    with enable_x64(True):  # float64 only where asked for
         got64 = np.asarray(data.normalize(pixels, dtype=jnp.float64))
     assert got64.dtype == np.float64 and np.array_equal(got64, notebook.astype(np.float64))
     jitted = jax.jit(data.normalize, static_argnames="dtype")(jnp.asarray(pixels), dtype=jnp.float32)
@@ -407,7 +408,7 @@ def test_one_hot_matches_notebook_eye():
     """one_hot(y) equals the notebook's np.eye(num_classes)[y] (float64 there), shape (N, C), with the
     requested dtype; also under jit."""
     labels = np.array([7, 0, 9, 3, 3, 1], np.uint8)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         got = np.asarray(data.one_hot(labels, dtype=jnp.float64))
     assert got.shape == (6, 10) and np.array_equal(got, np.eye(10)[labels])
     assert np.asarray(data.one_hot(labels)).dtype == np.float32

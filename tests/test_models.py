@@ -152,3 +152,24 @@ def test_config_is_frozen_and_hashable():
     assert dataclasses.replace(config, epochs=3).epochs == 3
     with pytest.raises(ConfigError, match="^TrainConfig.epochs: expected a positive integer"):
         dataclasses.replace(config, epochs=0)
+
+
+def test_the_front_door_is_small_and_speaks_one_language():
+    """``jaxmlp.__all__`` holds what a notebook researcher uses (handlers' Event and StopRun included);
+    one keyword for one idea across it (``divergence``, ``resume``, ``key``, keyword-only
+    ``activation``); checkpoints come back as named tuples with the model first."""
+    import inspect
+
+    from jaxmlp.model import forward_intermediates, predict
+    from jaxmlp.runs import LoadedModel, LoadedRun
+
+    assert len(jaxmlp.__all__) <= 30 and len(set(jaxmlp.__all__)) == len(jaxmlp.__all__)
+    assert {"Event", "StopRun", "MLP", "CNN", "train", "evaluate", "load_model"} <= set(jaxmlp.__all__)
+    assert all(hasattr(jaxmlp, name) for name in jaxmlp.__all__)
+    train, fit = inspect.signature(jaxmlp.train).parameters, inspect.signature(jaxmlp.fit).parameters
+    assert {"divergence", "resume"} <= set(train) & set(fit) and "divergence_rule" not in fit
+    assert "key" in train and "seed" not in train
+    for fn in (jaxmlp.forward, forward_intermediates, predict):
+        assert inspect.signature(fn).parameters["activation"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert LoadedModel._fields[:2] == ("model", "params") and LoadedRun._fields[:2] == ("model", "state")
+    assert jaxmlp.evaluate.__annotations__["return"] in ("Evaluation", jaxmlp.evaluation.Evaluation)

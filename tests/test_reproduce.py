@@ -76,10 +76,11 @@ def test_the_group_program_keeps_the_plain_vmaps_bits(small):
     import jax
     import jax.numpy as jnp
 
+    from jaxmlp._compat import enable_x64
     from jaxmlp.model import init_params_numpy
     from jaxmlp.notebook import _full_batches, _group_batches
 
-    with jax.enable_x64(True):
+    with enable_x64(True):
         x = jnp.asarray(np.asarray(small.x_train, np.float64).reshape(200, -1) / 255.0)
         y = jnp.asarray(small.y_train.astype(np.int32))
         one = init_params_numpy(np.random.RandomState(3), [x.shape[1], 16, 8, 10])

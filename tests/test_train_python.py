@@ -15,6 +15,7 @@ from conftest import make_synthetic_dataset
 
 import jaxmlp
 from jaxmlp import engine, optim, runs
+from jaxmlp._compat import enable_x64
 from jaxmlp.checkpoint import load_params, read_meta, save_checkpoint
 from jaxmlp.config import TrainConfig
 
@@ -345,11 +346,25 @@ def test_bfloat16_inputs_keep_float32_losses_and_float64_stays_float64():
     want = float(loss_fn(linear_params(), xb, y, None))
     assert res.history[0]["loss"] == pytest.approx(want, rel=1e-6)
     assert float(jnp.asarray(want, jnp.bfloat16)) != pytest.approx(want, rel=1e-3)  # bfloat16 would round it
-    with jax.enable_x64(True):
+    with enable_x64(True):
         spec = engine.FunctionTask(linear_loss, optim.sgd(0.1), batch_size=16)
         params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), linear_params())
         state = engine.init_state(params, spec.optimizer, jax.random.PRNGKey(0))
         order = engine.epoch_order(state.key, state.epoch, 32)
         _, losses = engine.run_chunk(state, order, x.astype(jnp.float64), y, {}, jnp.int32(2), spec=spec, capacity=2)
         assert losses.dtype == jnp.float64
+
+
+def test_load_model_of_a_train_checkpoint_points_to_load_params(tmp_path):
+    """A ``jaxmlp.train`` checkpoint has no TrainConfig: ``load_model`` says to use ``load_params``,
+    which gives the params back."""
+    from jaxmlp.checkpoint import CheckpointError
+
+    path = tmp_path / "ck.npz"
+    res = jaxmlp.train(linear_loss, linear_params(), optim.sgd(0.1), linear_data(), batch_size=32, checkpoint=path)
+    with pytest.raises(CheckpointError, match=r"holds no TrainConfig; read its params with jaxmlp.load_params"):
+        jaxmlp.load_model(path)
+    loaded = jaxmlp.load_params(path)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(loaded),
+                                                    jax.tree_util.tree_leaves(res.params)))
 

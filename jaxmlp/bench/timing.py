@@ -9,6 +9,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .._compat import unregister_event_duration_listener
+
 # A program built by XLA, or loaded from the persistent compilation cache (the CLI turns that on):
 # either way the in-memory jit cache missed.
 PROGRAM_BUILD_EVENTS = ("/jax/core/compile/backend_compile_duration", "/jax/compilation_cache/cache_retrieval_time_sec")
@@ -81,4 +83,4 @@ class CompileCounter:
         return self
 
     def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._listener)
+        unregister_event_duration_listener(self._listener)

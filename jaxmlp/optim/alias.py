@@ -73,6 +73,9 @@ def sgd(learning_rate: LR, weight_decay=0.0) -> Optimizer:
     Args:
         learning_rate: a number, a traced scalar or a schedule ``step -> lr``.
         weight_decay: coupled L2 coefficient added to the gradient.
+
+    Returns:
+        The ``Optimizer``; its state is an ``SgdState``.
     """
     return _descent(learning_rate, _count(), coupled=weight_decay)
 
@@ -85,6 +88,9 @@ def momentum(learning_rate: LR, momentum=0.9, weight_decay=0.0) -> Optimizer:
         learning_rate: learning rate or schedule.
         momentum: the momentum coefficient (optax's name).
         weight_decay: coupled L2 coefficient.
+
+    Returns:
+        The ``Optimizer``; its state is a ``MomentumState``.
     """
     return _descent(learning_rate, _scale_by_momentum(momentum, nesterov=False), coupled=weight_decay)
 
@@ -97,6 +103,9 @@ def nesterov(learning_rate: LR, momentum=0.9, weight_decay=0.0) -> Optimizer:
         learning_rate: learning rate or schedule.
         momentum: the momentum coefficient.
         weight_decay: coupled L2 coefficient.
+
+    Returns:
+        The ``Optimizer``; its state is a ``MomentumState``.
     """
     return _descent(learning_rate, _scale_by_momentum(momentum, nesterov=True), coupled=weight_decay)
 
@@ -112,6 +121,9 @@ def adam(learning_rate: LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0) -> Opt
         b2: second-moment decay.
         eps: added to the root of the second moment.
         weight_decay: coupled L2 (added to g), as in PyTorch's Adam; prefer :func:`adamw`.
+
+    Returns:
+        The ``Optimizer``; its state is an ``AdamState``.
     """
     return _descent(learning_rate, scale_by_adam(b1, b2, eps), coupled=weight_decay)
 
@@ -129,5 +141,8 @@ def adamw(learning_rate: LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2) -> O
         eps: added to the root of the second moment.
         weight_decay: decoupled decay coefficient (scaled by the learning rate). PyTorch's default,
             0.01 (optax's is 1e-4).
+
+    Returns:
+        The ``Optimizer``; its state is an ``AdamState``.
     """
     return _descent(learning_rate, scale_by_adam(b1, b2, eps), decoupled=weight_decay)

@@ -26,8 +26,12 @@ __all__ = [
 
 
 class GradientTransformation(NamedTuple):
-    """A pair of pure functions: ``init(params) -> state`` and
-    ``update(grads, state, params=None) -> (updates, new_state)``; optax's protocol."""
+    """A pair of pure functions, optax's protocol.
+
+    Attributes:
+        init: ``init(params) -> state``.
+        update: ``update(grads, state, params=None) -> (updates, new_state)``.
+    """
 
     init: Callable[[PyTree], PyTree]
     update: Callable[..., tuple[PyTree, PyTree]]
@@ -145,12 +149,24 @@ def _descend(direction: PyTree, lr_t) -> PyTree:
 # ----------------------------------------------------------------------------- the protocol's tools
 
 def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
-    """``params + updates`` leaf by leaf, each result in its param's dtype."""
+    """``params + updates`` leaf by leaf, each result in its param's dtype.
+
+    Args:
+        params: any PyTree of arrays.
+        updates: a PyTree of the same structure (an optimizer's ``update`` output).
+
+    Returns:
+        The new params.
+    """
     return jax.tree_util.tree_map(lambda p, u: jnp.asarray(p + u).astype(jnp.result_type(p)), params, updates)
 
 
 def identity() -> GradientTransformation:
-    """Updates pass through unchanged."""
+    """Updates pass through unchanged.
+
+    Returns:
+        A stateless ``GradientTransformation`` (its state is an ``EmptyState``).
+    """
     return GradientTransformation(lambda params: EmptyState(), lambda updates, state, params=None: (updates, state))
 
 
@@ -159,6 +175,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
     Args:
         *transforms: objects with ``init``/``update`` (this module's or optax's).
+
+    Returns:
+        The composed ``GradientTransformation``.
     """
 
     def init(params):

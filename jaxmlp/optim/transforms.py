@@ -35,14 +35,28 @@ __all__ = [
 
 
 def global_norm(tree: PyTree) -> jax.Array:
-    """The L2 norm of all leaves of ``tree`` together (a scalar)."""
+    """The L2 norm of all leaves of ``tree`` together.
+
+    Args:
+        tree: any PyTree of arrays (gradients, updates, params).
+
+    Returns:
+        A scalar.
+    """
     return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
 # ----------------------------------------------------------------------------- directions and scales
 
 def scale(step_size) -> GradientTransformation:
-    """Multiply every update by ``step_size`` (a number or traced scalar)."""
+    """Multiply every update by ``step_size``.
+
+    Args:
+        step_size: a number or a traced scalar.
+
+    Returns:
+        A stateless ``GradientTransformation``.
+    """
     return _stateless(lambda u, p: jax.tree_util.tree_map(lambda x: _as(step_size, x) * x, u))
 
 
@@ -52,6 +66,9 @@ def scale_by_learning_rate(learning_rate: LR) -> GradientTransformation:
 
     Args:
         learning_rate: a number, a traced scalar or a schedule ``step -> lr``.
+
+    Returns:
+        A ``GradientTransformation`` whose state is an ``SgdState``.
     """
 
     def update(updates, state, params=None):
@@ -106,6 +123,9 @@ def scale_by_adam(b1=0.9, b2=0.999, eps=1e-8) -> GradientTransformation:
         b1: first-moment decay.
         b2: second-moment decay.
         eps: added to the root of the second moment.
+
+    Returns:
+        A ``GradientTransformation`` whose state is an ``AdamState``.
     """
 
     def init(params):
@@ -126,6 +146,9 @@ def add_decayed_weights(weight_decay, mask: PyTree | None = None) -> GradientTra
     Args:
         weight_decay: the coefficient.
         mask: optional PyTree of bools like params: decay only where True (e.g. weights, not biases).
+
+    Returns:
+        A stateless ``GradientTransformation``.
     """
 
     def fn(updates, params):
@@ -141,6 +164,9 @@ def clip_by_global_norm(max_norm) -> GradientTransformation:
 
     Args:
         max_norm: the largest allowed global norm (positive).
+
+    Returns:
+        A stateless ``GradientTransformation``.
     """
 
     def fn(updates, params):
@@ -162,6 +188,9 @@ def max_norm(limit, axis: int = 0) -> GradientTransformation:
     Args:
         limit: the largest allowed norm of a unit's incoming weights.
         axis: the axis summed over (0: fan_in for this library's (fan_in, fan_out) ``W``).
+
+    Returns:
+        A stateless ``GradientTransformation`` that reads the params.
     """
 
     def fn(updates, params):
@@ -219,8 +248,10 @@ def freeze(optimizer: GradientTransformation, mask: PyTree) -> GradientTransform
         optimizer: the optimizer of the trainable leaves.
         mask: params' structure with bool leaves (e.g. :func:`jaxmlp.transfer.trainable_mask`).
 
-    Frozen leaves get zero grads (so moment EMAs see nothing) and zero updates (so not even weight
-    decay touches them); their params-shaped state is kept as it was.
+    Returns:
+        The wrapped ``GradientTransformation``, with ``optimizer``'s state. Frozen leaves get zero
+        grads (so moment EMAs see nothing) and zero updates (so not even weight decay touches them);
+        their params-shaped state is kept as it was.
     """
     check, mask_def = _mask_checker(mask), jax.tree_util.tree_structure(mask)
 
@@ -253,6 +284,9 @@ def masked(inner: GradientTransformation, mask: PyTree) -> GradientTransformatio
         inner: the transformation to apply to the selected leaves.
         mask: params' structure with Python bool leaves (which leaves are masked is fixed when the
             transform is built).
+
+    Returns:
+        The wrapped ``GradientTransformation``; its state is ``inner``'s, of the masked leaves.
     """
     check = _mask_checker(mask)
 
@@ -278,6 +312,9 @@ def accumulate(optimizer: GradientTransformation, every: int) -> GradientTransfo
     Args:
         optimizer: the wrapped optimizer.
         every: micro-steps per real step (a positive int): the effective batch is ``every`` x the batch.
+
+    Returns:
+        The wrapped ``GradientTransformation``; its state is an ``AccumulateState``.
     """
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise ValueError(f"accumulate: every must be a positive integer, got {every!r}")
