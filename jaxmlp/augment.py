@@ -47,8 +47,15 @@ def random_shift(key: jax.Array, images: jax.Array, max_shift: int = 2, *,
     """Shift each image by integers ``(dy, dx)`` drawn uniformly from
     ``[-max_shift, max_shift]`` (positive = down/right) from ``key``, zero fill.
 
-    images: (N, H, W) or (N, side*side), float. ``max_shift`` is a python int (it fixes the
-    padding shape). Returns the same shape and dtype."""
+    Args:
+        key: the PRNG key of the shifts.
+        images: (N, H, W) or (N, side*side), float.
+        max_shift: the largest shift in pixels, a python int (it fixes the padding shape).
+        side: the image side of flattened input (default: isqrt(D)).
+
+    Returns:
+        The shifted images, same shape and dtype.
+    """
     if not isinstance(max_shift, int) or max_shift < 0:
         raise ValueError(f"max_shift must be a non-negative int, got {max_shift!r}")
     x, shape = _as_images(images, side)
@@ -73,10 +80,21 @@ def random_affine(key: jax.Array, images: jax.Array, max_rotation_deg: float = 1
     Per image: angle ~ U(-max_rotation_deg, max_rotation_deg) degrees about the image
     centre, scale ~ U(1 - max_scale, 1 + max_scale), shift (dy, dx) ~ U(-max_shift,
     max_shift) pixels (continuous). Each output pixel samples the input at the inverse-mapped
-    location; outside the image reads 0. images: (N, H, W) or (N, side*side), float;
-    returns the same shape and dtype. The result is clipped to the hull of 0 and the input's
-    range, removing the few-ulp overshoot of bilinear weights (a convex combination can't
-    leave it mathematically)."""
+    location; outside the image reads 0.
+
+    Args:
+        key: the PRNG key of the draws.
+        images: (N, H, W) or (N, side*side), float.
+        max_rotation_deg: the largest rotation, in degrees.
+        max_shift: the largest translation, in pixels.
+        max_scale: the largest relative change of scale.
+        side: the image side of flattened input (default: isqrt(D)).
+
+    Returns:
+        The warped images, same shape and dtype, clipped to the hull of 0 and the input's range
+        (removing the few-ulp overshoot of bilinear weights; a convex combination can't leave it
+        mathematically).
+    """
     x, shape = _as_images(images, side)
     n, h, w = x.shape
     k_rot, k_scale, k_shift = jax.random.split(key, 3)
@@ -110,6 +128,9 @@ def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
     Args:
         sigma: the standard deviation in pixels, a positive python number (it fixes the kernel's length).
         truncate: the kernel's half-width in standard deviations.
+
+    Returns:
+        (2r + 1,) float64 weights summing to 1.
     """
     if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not 0 < sigma < math.inf:
         raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
@@ -122,8 +143,7 @@ def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
 def elastic_field(key: jax.Array, n: int, side: int, sigma: float = 4.0, alpha: float = 34.0,
                   dtype=jnp.float32) -> jax.Array:
     """Simard et al.'s (2003) displacement fields: per-pixel draws U(-1, 1), smoothed by a Gaussian of
-    standard deviation ``sigma``, scaled by ``alpha``. Returns (n, 2, side, side) of ``dtype``: the
-    (dy, dx) displacement, in pixels, of every pixel of ``n`` images.
+    standard deviation ``sigma``, scaled by ``alpha``.
 
     The noise is drawn on a grid ``r`` pixels wider on every side (``r``: the kernel's radius) and the
     separable smoothing keeps only the fully covered part, so every pixel's displacement has the same
@@ -139,6 +159,10 @@ def elastic_field(key: jax.Array, n: int, side: int, sigma: float = 4.0, alpha: 
         sigma: the Gaussian's standard deviation in pixels, a python number (static: it sets the kernel).
         alpha: the scale, a number or a traced scalar (0: no displacement).
         dtype: a float dtype.
+
+    Returns:
+        (n, 2, side, side) of ``dtype``: the (dy, dx) displacement, in pixels, of every pixel of ``n``
+        images.
     """
     k = gaussian_kernel(sigma)
     wide = side + len(k) - 1
@@ -174,7 +198,9 @@ def random_elastic(key: jax.Array, images: jax.Array, sigma: float = 4.0, alpha:
         alpha: the displacement scale in pixels (a number or a traced scalar).
         side: the image side of flattened input (default: isqrt(D)).
 
-    Returns the same shape and dtype, clipped, as ``random_affine``, to the hull of 0 and the input's range.
+    Returns:
+        The distorted images, same shape and dtype, clipped, as ``random_affine``, to the hull of 0 and
+        the input's range.
     """
     x, shape = _as_images(images, side)
     n, h, w = x.shape

@@ -82,12 +82,17 @@ def _named_leaves(path: Path, tree: Any) -> tuple[list[str], list[Any], Any]:
 
 
 def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict) -> Path:
-    """Atomically write ``state`` and ``meta`` to exactly ``path`` (no suffix added); return the path.
+    """Atomically write ``state`` and ``meta`` to exactly ``path`` (no suffix added).
 
-    state: a PyTree of arrays (bool/int/uint/float/complex; a typed PRNG key must be unwrapped with
-    ``jax.random.key_data``). If it has a ``params`` attribute, floating leaves there must be finite.
-    meta: a JSON-serialisable dict (NumPy/JAX scalars become numbers).
-    Raises CheckpointError, with nothing written, when either cannot be stored.
+    Args:
+        path: the file to write.
+        state: a PyTree of arrays (bool/int/uint/float/complex; a typed PRNG key must be unwrapped with
+            ``jax.random.key_data``). If it has a ``params`` attribute, floating leaves there must be
+            finite.
+        meta: a JSON-serialisable dict (NumPy/JAX scalars become numbers).
+
+    Returns:
+        The path written. Raises CheckpointError, with nothing written, when either cannot be stored.
     """
     path = Path(path)
     if path.is_dir():
@@ -134,7 +139,14 @@ def _meta_bytes(path: Path, meta: dict) -> np.ndarray:
 
 
 def read_meta(path: str | os.PathLike) -> dict:
-    """The ``meta`` dict of the checkpoint at ``path``; only its ``format`` and ``meta`` members are read."""
+    """The ``meta`` dict of a checkpoint; only its ``format`` and ``meta`` members are read.
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        The meta dict, as ``save_checkpoint`` was given it.
+    """
     path = Path(path)
     with _archive(path) as zf:
         _check_format(zf, path)
@@ -152,10 +164,15 @@ def read_meta(path: str | os.PathLike) -> dict:
 def load_state(path: str | os.PathLike, template: Any) -> Any:
     """The state saved in ``path``, as a PyTree of ``template``'s type with jax arrays as leaves.
 
-    template: a PyTree whose leaves are arrays or ``jax.ShapeDtypeStruct``; every leaf must be saved
-    with exactly its shape and dtype, and the file may hold no other state. Float64/int64 leaves come
-    back as 64-bit jax arrays whatever ``jax_enable_x64`` says (arithmetic on them outside an x64
-    scope still rounds to 32 bits). Raises CheckpointError naming the file and the member.
+    Args:
+        path: the checkpoint file.
+        template: a PyTree whose leaves are arrays or ``jax.ShapeDtypeStruct``; every leaf must be saved
+            with exactly its shape and dtype, and the file may hold no other state.
+
+    Returns:
+        The state. Float64/int64 leaves come back as 64-bit jax arrays whatever ``jax_enable_x64`` says
+        (arithmetic on them outside an x64 scope still rounds to 32 bits). Raises CheckpointError naming
+        the file and the member.
     """
     path = Path(path)
     names, leaves, treedef = _named_leaves(path, template)
@@ -175,12 +192,15 @@ _STEP_KINDS = {jax.tree_util.DictKey: "key", jax.tree_util.SequenceKey: "index",
 
 
 def describe_tree(tree: Any) -> list | None:
-    """The structure of ``tree`` as JSON for a checkpoint's meta (``load_params`` rebuilds it): one list
-    of ``[kind, key]`` steps per leaf, kind "key" (a dict key, str or int), "index" (a list or tuple
-    position) or "attr" (a NamedTuple field or attribute). None when a node is of another kind.
+    """The structure of ``tree`` as JSON for a checkpoint's meta (``load_params`` rebuilds it).
 
     Args:
         tree: a PyTree (a params dict, list, NamedTuple...).
+
+    Returns:
+        One list of ``[kind, key]`` steps per leaf, kind "key" (a dict key, str or int), "index" (a list
+        or tuple position) or "attr" (a NamedTuple field or attribute); None when a node is of another
+        kind.
     """
     paths = []
     for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:

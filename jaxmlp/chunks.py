@@ -32,9 +32,17 @@ __all__ = ["TrainState", "FunctionTask", "init_state", "chunk", "fused_epoch", "
 
 @contextlib.contextmanager
 def precision(dtype: str, matmul: str = "default"):
-    """A context in which ``dtype`` ("float32"/"float64") arrays can exist and float32 matmuls run at
-    ``matmul`` (``backend.matmul_precision``; "default" changes nothing). float64 needs JAX's x64 mode,
-    switched on for the block only, so nothing outside it changes. Both settings are per thread."""
+    """A context in which ``dtype`` arrays can exist and float32 matmuls run at ``matmul``. float64
+    needs JAX's x64 mode, switched on for the block only, so nothing outside it changes. Both settings
+    are per thread.
+
+    Args:
+        dtype: "float32", "bfloat16" or "float64".
+        matmul: ``backend.matmul_precision``'s setting; "default" changes nothing.
+
+    Yields:
+        Nothing: the block runs with the settings.
+    """
     with enable_x64(True) if dtype == "float64" else contextlib.nullcontext(), matmul_precision(matmul):
         yield
 
@@ -115,6 +123,18 @@ class FunctionTask:
         return not any(isinstance(k, _ById) for k in self._key())
 
     def value_and_grad(self, params, x, y, key, hparams):
+        """The loss, its aux and its gradient on one minibatch.
+
+        Args:
+            params: the params.
+            x: the minibatch's inputs.
+            y: the minibatch's targets.
+            key: the step's PRNG key, passed to ``loss_fn``.
+            hparams: unused (a ``FunctionTask`` has no traced hyperparameters).
+
+        Returns:
+            ``((loss, aux dict), grads)``, as ``jax.value_and_grad(..., has_aux=True)`` gives them.
+        """
         del hparams
         return jax.value_and_grad(self._checked_loss, has_aux=True)(params, x, y, key)
 
@@ -137,10 +157,27 @@ class FunctionTask:
         return value, aux if isinstance(aux, dict) else {"aux": aux}
 
     def optimizer_for(self, hparams):
+        """The optimizer a step applies.
+
+        Args:
+            hparams: unused (the user's optimizer carries its own numbers).
+
+        Returns:
+            ``optimizer``.
+        """
         del hparams
         return self.optimizer
 
     def augment_batch(self, key, x):
+        """One minibatch's inputs after ``augment_fn``.
+
+        Args:
+            key: the step's augmentation key.
+            x: the minibatch's inputs.
+
+        Returns:
+            ``augment_fn(key, x)``, or ``x`` without one.
+        """
         return x if self.augment_fn is None else self.augment_fn(key, x)
 
 
@@ -167,7 +204,16 @@ class TrainState(NamedTuple):
 
 
 def init_state(params: Any, opt: Any, key: jax.Array) -> TrainState:
-    """A fresh run: ``opt.init(params)``, epoch and step 0. key: the run's PRNG key (raw (2,) or typed)."""
+    """A fresh run: ``opt.init(params)``, epoch and step 0.
+
+    Args:
+        params: any PyTree of arrays.
+        opt: the optimizer (``init``/``update``).
+        key: the run's PRNG key (raw (2,) or typed).
+
+    Returns:
+        The ``TrainState``.
+    """
     return TrainState(params, opt.init(params), key, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
 
@@ -179,12 +225,29 @@ def _epoch_keys(key: jax.Array, epoch: jax.Array) -> tuple[jax.Array, jax.Array]
 
 @functools.partial(jax.jit, static_argnames=("num_examples",))
 def epoch_order(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
-    """The order (num_examples,) int32 in which epoch ``epoch`` visits the examples of run ``key``."""
+    """The order in which an epoch visits the examples.
+
+    Args:
+        key: the run's PRNG key.
+        epoch: the epoch's number (0 for the first), an int32 scalar.
+        num_examples: N, static.
+
+    Returns:
+        (N,) int32: a permutation of the example indices, a pure function of ``key`` and ``epoch``.
+    """
     return jax.random.permutation(_epoch_keys(key, epoch)[0], num_examples).astype(jnp.int32)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Minibatches of ``batch_size`` in one epoch of ``num_examples``, the last one short when needed."""
+    """Minibatches in one epoch, the last one short when needed.
+
+    Args:
+        num_examples: N.
+        batch_size: examples per step.
+
+    Returns:
+        ``ceil(N / batch_size)``.
+    """
     return -(-num_examples // batch_size)
 
 
@@ -240,9 +303,10 @@ def chunk(state: TrainState, order: jax.Array, x: jax.Array, y: jax.Array, hpara
         spec: what a step computes (static).
         capacity: the most steps a call runs (static): the length of the losses buffer.
 
-    Returns the new state (the epoch counter moves on when its last step is done) and the steps'
-    losses in a (capacity,) buffer, zero past ``num_steps``; with aux, ``(losses, aux sums)``. Pure;
-    vmap it over models with ``epoch``/``step`` unbatched.
+    Returns:
+        ``(new state, losses)``: the epoch counter moves on when its last step is done; the steps'
+        losses are a (capacity,) buffer, zero past ``num_steps``, and with aux ``(losses, aux sums)``.
+        Pure; vmap it over models with ``epoch``/``step`` unbatched.
     """
     step = _step_fn(spec, hparams, x, y, order, _epoch_keys(state.key, state.epoch)[1])
     aux0 = _aux_zeros(spec, hparams, state, x, y) if getattr(spec, "has_aux", False) else {}
@@ -275,6 +339,9 @@ def fused_epoch(state: TrainState, x: jax.Array, y: jax.Array, hparams: Any, *,
         y: (N, ...) training targets.
         hparams: the traced numbers ``spec`` reads.
         spec: what a step computes (static).
+
+    Returns:
+        ``(state after the epoch, the (steps,) losses of its steps)``.
     """
     n = x.shape[0]
     order = jax.random.permutation(_epoch_keys(state.key, state.epoch)[0], n).astype(jnp.int32)

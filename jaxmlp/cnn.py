@@ -42,11 +42,21 @@ def init_cnn_params(key: jax.Array, in_shape: tuple[int, int, int] = (28, 28, 1)
                     num_classes: int = 10, dtype=jnp.float32, kernel_size: int = 3) -> list[dict]:
     """He-normal init (std sqrt(2/fan_in), fan_in = kh*kw*c_in for convs), zero biases, drawn from ``key``.
 
-    in_shape: (H, W, C) of one image. channels: the conv blocks' output channels. Each block is a
-    ``kernel_size`` x ``kernel_size`` SAME convolution and a 2x2 max-pool that halves H and W (floor),
-    so the dense layer's fan_in is ``(H >> k) * (W >> k) * channels[-1]`` for k blocks. hidden: the
-    dense layer's width; num_classes: the outputs. Returns a list of ``len(channels) + 2`` layer dicts
-    in ``dtype``."""
+    Each block is a ``kernel_size`` x ``kernel_size`` SAME convolution and a 2x2 max-pool that halves H
+    and W (floor), so the dense layer's fan_in is ``(H >> k) * (W >> k) * channels[-1]`` for k blocks.
+
+    Args:
+        key: PRNG key.
+        in_shape: (H, W, C) of one image.
+        channels: the conv blocks' output channels.
+        hidden: the dense layer's width.
+        num_classes: the outputs.
+        dtype: the leaves' dtype.
+        kernel_size: the convolutions' side.
+
+    Returns:
+        A list of ``len(channels) + 2`` ``{"W", "b"}`` layer dicts in ``dtype``.
+    """
     h, w, c = in_shape
     if len(channels) == 0 or min(channels) <= 0 or hidden <= 0 or num_classes <= 0:
         raise ValueError(f"channels/hidden/num_classes must be positive, got {channels}, {hidden}, {num_classes}")
@@ -108,12 +118,20 @@ def _to_nhwc(x: jax.Array, c_in: int) -> jax.Array:
 
 def cnn_forward(params: list[dict], x: jax.Array, *, key: jax.Array | None = None,
                 dropout: float = 0.0, conv_impl: str = "auto") -> jax.Array:
-    """Logits (N, num_classes) for images x in [0, 1] shaped (N, 784), (N, 28, 28) or
-    (N, 28, 28, 1) (any square side / channel count matching the params).
+    """Logits (N, num_classes) of the CNN ``params``.
 
-    Inverted dropout with rate ``dropout`` (a python float) is applied after every hidden
-    dense layer only when ``key`` is given and ``dropout > 0``; with ``key=None`` (eval) the
-    forward pass is deterministic. ``conv_impl``: "auto", "xla" or "im2col" (module docstring)."""
+    Args:
+        params: ``init_cnn_params``' layers.
+        x: images in [0, 1] shaped (N, 784), (N, 28, 28) or (N, 28, 28, 1) (any square side / channel
+            count matching the params).
+        key: PRNG key of the dropout masks; None (eval) makes the forward pass deterministic.
+        dropout: inverted dropout's rate (a python float), after every hidden dense layer, only with a
+            ``key``.
+        conv_impl: "auto", "xla" or "im2col" (module docstring).
+
+    Returns:
+        (N, num_classes) logits.
+    """
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"cnn_forward: dropout must be in [0, 1), got {dropout}")
     if conv_impl not in CONV_IMPLS:

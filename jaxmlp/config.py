@@ -47,12 +47,19 @@ class ConfigError(ValueError):
     message with the command line's flags (``--name``)."""
 
     def flags(self) -> str:
-        """The message with every ``TrainConfig.field_name`` written as its flag ``--field-name``."""
+        """The message in the command line's words.
+
+        Returns:
+            The message with every ``TrainConfig.field_name`` written as its flag ``--field-name``.
+        """
         return re.sub(r"TrainConfig\.(\w+)", lambda m: _flag(m[1]), str(self))
 
     def fields(self) -> str:
-        """The message with every ``TrainConfig.field_name`` written as the bare ``field_name`` (for a
-        checkpoint's saved settings, which are keyed by field)."""
+        """The message in a checkpoint's words (its saved settings are keyed by field).
+
+        Returns:
+            The message with every ``TrainConfig.field_name`` written as the bare ``field_name``.
+        """
         return re.sub(r"TrainConfig\.(\w+)", lambda m: m[1], str(self))
 
 
@@ -74,7 +81,9 @@ def _number(parse: Callable, accept: Callable, what: str) -> Callable:
         return number
 
     convert.__name__ = what  # argparse names the type in some messages
-    convert.__doc__ = f"``value`` as {what}; ``argparse.ArgumentTypeError`` otherwise."
+    convert.__doc__ = (f"``value`` as {what}.\n\n"
+                       "Args:\n    value: a number or its text (a bool or None is refused).\n\n"
+                       f"Returns:\n    The {parse.__name__}; ``argparse.ArgumentTypeError`` otherwise.")
     return convert
 
 
@@ -94,7 +103,14 @@ def _text(value) -> str:
 
 
 def hidden_sizes(values) -> tuple:
-    """Layer sizes from ``values``: ``[256, 128]``, ``["256", "128"]`` or ``["256,128"]`` -> (256, 128)."""
+    """Layer sizes from the ways a user writes them.
+
+    Args:
+        values: ``[256, 128]``, ``["256", "128"]``, ``["256,128"]``, "256,128" or one int.
+
+    Returns:
+        The sizes as a tuple of positive ints, ``(256, 128)``; ``argparse.ArgumentTypeError`` otherwise.
+    """
     if isinstance(values, (str, int)):
         values = [values]
     tokens = [t for v in values for t in str(v).split(",") if t.strip()]
@@ -254,6 +270,9 @@ def unused_settings(config: TrainConfig | dict) -> dict[str, str]:
 
     Args:
         config: a ``TrainConfig`` or a dict of its field values.
+
+    Returns:
+        ``{field: reason}`` for every setting the config would not use.
     """
     get = (lambda n: config.get(n, _default(n))) if isinstance(config, dict) else (  # noqa: E731
         lambda n: getattr(config, n))
@@ -329,12 +348,25 @@ def _cross_checks(c: TrainConfig) -> None:
 
 
 def hparam_names() -> tuple[str, ...]:
-    """The names of the ``hparam`` fields of ``TrainConfig`` (the traced numbers), in field order."""
+    """The traced numbers of a run.
+
+    Returns:
+        The names of the ``hparam`` fields of ``TrainConfig``, in field order.
+    """
     return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["hparam"])
 
 
 def hparams(config: TrainConfig | None = None, dtype=jnp.float32, **overrides) -> dict:
-    """The traced numeric hyperparameters of ``config`` (defaults when None), as 0-d arrays of ``dtype``."""
+    """The traced numeric hyperparameters of ``config``.
+
+    Args:
+        config: a ``TrainConfig``; None: the defaults.
+        dtype: the arrays' dtype.
+        **overrides: values that replace the config's, by name (``hparam_names``); None leaves one.
+
+    Returns:
+        ``{name: 0-d array of dtype}``, ``weight_decay`` resolved to the optimizer's default when unset.
+    """
     config = config or TrainConfig()
     unknown = set(overrides) - set(hparam_names())
     if unknown:

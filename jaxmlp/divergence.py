@@ -30,6 +30,9 @@ def reference_loss(first_loss, floor: float = 0.0) -> np.ndarray:
     Args:
         first_loss: () or (K,): the run's (or each member's) first recorded loss.
         floor: the least reference: chance level ``ln C`` for a C-class cross-entropy, 0.0 when unknown.
+
+    Returns:
+        A float64 array of ``first_loss``'s shape.
     """
     return np.maximum(np.asarray(first_loss, np.float64), floor)
 
@@ -45,8 +48,9 @@ def diverged(losses, reference, factor: float = DIVERGENCE_FACTOR, *, rule: bool
         rule: apply the factor rule (False: only non-finite losses or params count).
         params_finite: () or (K,) bool: the params after the chunk are all finite.
 
-    Returns a () or (K,) array of str: ``HEALTHY`` (""), ``NON_FINITE_LOSS``, ``NON_FINITE_PARAMS`` or
-    ``ROSE`` (the mean loss passed ``factor`` x ``reference``), checked in that order.
+    Returns:
+        A () or (K,) array of str: ``HEALTHY`` (""), ``NON_FINITE_LOSS``, ``NON_FINITE_PARAMS`` or
+        ``ROSE`` (the mean loss passed ``factor`` x ``reference``), checked in that order.
     """
     losses = np.asarray(losses, np.float64)
     reference = np.asarray(reference, np.float64)
@@ -66,6 +70,9 @@ def message(reason: str, where: str, mean: float = float("nan"), reference: floa
         mean: the chunk's mean loss (``ROSE``).
         reference: the run's reference loss (``ROSE``).
         factor: the factor rule's multiple (``ROSE``).
+
+    Returns:
+        The message, one line.
     """
     if reason == NON_FINITE_LOSS:
         return f"the loss became non-finite {where}; training stopped (try a lower --lr)"

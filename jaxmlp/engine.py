@@ -128,6 +128,9 @@ def compile_program(fn, static: dict, *args) -> tuple[Callable, float]:
         fn: a function or its ``jax.jit`` wrapper (only its static arguments are used, as keywords).
         static: its static keyword arguments.
         *args: arrays or ``jax.ShapeDtypeStruct`` s of its positional arguments.
+
+    Returns:
+        ``(program, seconds)``: the compiled callable, and the lowering and compile time.
     """
     seen = _seen_key(fn, static, args)
     with _COMPILED_LOCK:
@@ -224,6 +227,9 @@ def build_run(spec, state: TrainState, x, y, epochs: int, hparams: Any = None, *
         compiled: ``(program, seconds)`` already compiled for these shapes on one device
             (``compile_aside`` of ``run_chunk``), or None to compile here.
         **extra: other ``Run`` fields (``loss_floor``, ``validate``, ``save``, ``config``).
+
+    Returns:
+        ``(run, state)``: the ``Run`` and the state placed on its devices.
     """
     hparams = {} if hparams is None else hparams
     n = x.shape[0]

@@ -22,7 +22,15 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?:tmp|part)$")
 
 
 def temp_path(path: Path, suffix: str = "tmp") -> Path:
-    """A fresh temporary name beside ``path``: ``.NAME.PID.RANDOM.SUFFIX``, ``suffix`` "tmp" by default."""
+    """A fresh temporary name beside ``path``.
+
+    Args:
+        path: the file the temporary stands in for.
+        suffix: the name's ending.
+
+    Returns:
+        ``.NAME.PID.RANDOM.SUFFIX`` in ``path``'s folder.
+    """
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{suffix}")
 
 
@@ -39,9 +47,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
-    """Delete our temporaries in ``folder`` (for target ``name``, or any) whose writing process is gone.
+    """Delete our temporaries in ``folder`` whose writing process is gone. Files that do not match our
+    naming pattern are never touched.
 
-    Returns the paths removed. Files that do not match our naming pattern are never touched.
+    Args:
+        folder: the folder to clean.
+        name: only the temporaries of this target file; None: any.
+
+    Returns:
+        The paths removed.
     """
     removed: list[Path] = []
     try:
@@ -59,7 +73,11 @@ def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
 
 
 def fsync_dir(folder: Path) -> None:
-    """Make a rename inside ``folder`` durable; not every OS or file system lets a directory be opened."""
+    """Make a rename inside ``folder`` durable; not every OS or file system lets a directory be opened.
+
+    Args:
+        folder: the folder of the renamed file.
+    """
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -80,6 +98,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = "tmp") 
     anything is written; stale temporaries of earlier crashed writers of ``path`` are removed. The
     file is opened in ``mode`` under a temporary name ending in ``suffix`` (see :func:`temp_path`), and
     keeps the permissions of the one it replaces (0644 for a new file).
+
+    Args:
+        path: the file to write.
+        mode: "wb" or "w".
+        suffix: the temporary name's ending.
+
+    Yields:
+        The open temporary file; it takes ``path``'s name when the block ends without an error.
     """
     path = Path(path)
     if path.is_dir():
@@ -106,15 +132,31 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = "tmp") 
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "wb") -> Path:
-    """Call ``write(f)`` on a temporary file opened in ``mode`` ("wb" or "w") and rename it over ``path``
-    (see :func:`atomic_open`)."""
+    """Call ``write(f)`` on a temporary file and rename it over ``path`` (see :func:`atomic_open`).
+
+    Args:
+        path: the file to write.
+        write: called with the open temporary file.
+        mode: "wb" or "w".
+
+    Returns:
+        ``path``, as a ``Path``.
+    """
     with atomic_open(path, mode) as f:
         write(f)
     return Path(path)
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
-    """Atomically write ``obj`` to ``path`` as indented JSON plus a newline."""
+    """Atomically write ``obj`` to ``path`` as indented JSON plus a newline.
+
+    Args:
+        path: the file to write.
+        obj: a JSON-serialisable value.
+
+    Returns:
+        ``path``, as a ``Path``.
+    """
     def dump(f):
         json.dump(obj, f, indent=2)
         f.write("\n")
@@ -123,11 +165,16 @@ def write_json(path: str | os.PathLike, obj) -> Path:
 
 
 def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) -> None:
-    """ValueError naming ``what`` (a flag) unless ``path`` can be written as a file (or a folder).
+    """ValueError naming ``what`` unless ``path`` can be written as a file (or a folder).
 
     Checked before any work: the parent folder exists or can be made, is a folder, and is writable
     (a file is created in it, or in its nearest existing ancestor, and removed again); the path itself
     is not a folder (for a file) or not a file (for a folder).
+
+    Args:
+        path: the file or folder to be written.
+        what: the argument's name (a flag), named in the error.
+        folder: ``path`` is to be a folder.
     """
     path = Path(path)
     if folder:

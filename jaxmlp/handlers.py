@@ -45,7 +45,11 @@ def _where(event: Event, reason: str) -> str:
 
 def check_finite(event: Event) -> None:
     """DivergenceError when the losses of the chunk that ``event`` reports, or the params it produced,
-    are not finite (``divergence.diverged`` without its factor rule)."""
+    are not finite (``divergence.diverged`` without its factor rule).
+
+    Args:
+        event: any ``Event``; only "chunk" events are checked.
+    """
     if event.kind != "chunk":
         return
     finite = bool(_all_finite(event.state.params)) if np.all(np.isfinite(event.losses)) else True
@@ -61,6 +65,9 @@ def run_start(event: Event) -> float:
         event: a "chunk" event. Its ``partial["first_loss"]`` (the loss of the run's first step, which the
             engine records and checkpoints keep), else its history's first epoch loss (a run resumed from
             a bare state), else its own first loss.
+
+    Returns:
+        That loss, a Python float.
     """
     if event.partial.get("first_loss") is not None:
         return float(event.partial["first_loss"])
@@ -71,8 +78,11 @@ def run_start(event: Event) -> float:
 
 class DivergenceRule:
     """DivergenceError when a chunk's mean loss passes ``factor`` x max(the run's first recorded loss,
-    ``run.loss_floor``) (``divergence.diverged``; ``run_start`` says which loss); the default factor is
-    DIVERGENCE_FACTOR (10)."""
+    ``run.loss_floor``) (``divergence.diverged``; ``run_start`` says which loss).
+
+    Args:
+        factor: the multiple of the start that counts as divergence; DIVERGENCE_FACTOR (10) by default.
+    """
 
     def __init__(self, factor: float = DIVERGENCE_FACTOR):
         self.factor = factor
@@ -90,13 +100,23 @@ class DivergenceRule:
 
 
 def default_checks(divergence: bool = True) -> list:
-    """The checks every run makes: ``check_finite``, and a fresh ``DivergenceRule`` unless
-    ``divergence`` is False."""
+    """The checks every run makes.
+
+    Args:
+        divergence: include the factor rule.
+
+    Returns:
+        ``[check_finite, DivergenceRule()]``, or ``[check_finite]`` when ``divergence`` is False.
+    """
     return [check_finite, DivergenceRule()] if divergence else [check_finite]
 
 
 class EarlyStopping:
-    """Stop after ``patience`` epochs without a better validation accuracy; keep the best params."""
+    """Stop after ``patience`` epochs without a better validation accuracy; keep the best params.
+
+    Args:
+        patience: epochs without improvement before the stop; 0 never stops.
+    """
 
     def __init__(self, patience: int):
         self.patience, self.best, self.best_epoch = patience, -1.0, 0
@@ -144,6 +164,11 @@ class SignalStop:
 class Checkpointer:
     """Save the run to ``path`` after every epoch, every ``every_seconds`` / ``every_steps``, and at
     the exact step where a signal stopped it. ``saved`` is the last (epoch, step) written.
+
+    Args:
+        path: the checkpoint file.
+        every_seconds: also save when this many seconds passed since the last save (None: not by time).
+        every_steps: also save every this many steps (None: not by steps).
 
     With ``best`` (an ``EarlyStopping``, set by ``keep_best``) a run that ends reporting its best
     validation epoch's params, when they are not the final state's, also writes them beside the
@@ -200,6 +225,9 @@ def keep_best(early: EarlyStopping, chain: Sequence[Callable]) -> list:
     Args:
         early: the run's ``EarlyStopping``.
         chain: the handlers that follow it.
+
+    Returns:
+        The handler list ``[early, *chain]``.
     """
     for handler in chain:
         if isinstance(handler, Checkpointer):
@@ -212,6 +240,9 @@ def best_path(path) -> Path:
 
     Args:
         path: the checkpoint file.
+
+    Returns:
+        The best params' file beside it.
     """
     path = Path(path)
     return path.with_name(f"{path.stem}.best{path.suffix}")
@@ -226,7 +257,9 @@ def best_params(path, meta: dict, params: Any) -> Any:
         meta: its meta (``checkpoint.read_meta``).
         params: its state's params, the template the best ones must match exactly (shapes, dtypes).
 
-    Raises ``checkpoint.CheckpointError`` naming the file when they are named but cannot be read.
+    Returns:
+        The params. Raises ``checkpoint.CheckpointError`` naming the file when they are named but
+        cannot be read.
     """
     best = (meta.get("partial") or {}).get("best")
     if best is None:
@@ -241,7 +274,11 @@ def best_params(path, meta: dict, params: Any) -> Any:
 
 
 class JsonlLog:
-    """Append one JSON line per epoch to ``path`` (live monitoring: ``tail -f``)."""
+    """Append one JSON line per epoch to ``path`` (live monitoring: ``tail -f``).
+
+    Args:
+        path: the log file, opened for appending when the run starts.
+    """
 
     def __init__(self, path):
         self.path, self.file = path, None
@@ -260,9 +297,13 @@ class JsonlLog:
 
 
 class ProgressReport:
-    """On stderr: a line when training starts, a bar that moves inside epochs (steps/s, ETA), a line
-    per epoch, written to ``stream`` (default: stderr). ``bar`` draws only on a terminal; the lines are
-    written unless ``quiet``."""
+    """A line when training starts, a bar that moves inside epochs (steps/s, ETA) and a line per
+    epoch. The bar draws only on a terminal.
+
+    Args:
+        quiet: write no lines.
+        stream: where to write (None: stderr).
+    """
 
     def __init__(self, quiet: bool = False, stream=None):
         self.quiet, self.stream = quiet, stream or sys.stderr

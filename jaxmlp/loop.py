@@ -120,10 +120,11 @@ def advance(run: Run, state: TrainState, handlers: Sequence[Callable], *, histor
         chunk_steps: a fixed chunk size (None: sized to take ``chunk_seconds``).
         chunk_seconds: target wall time of a chunk (None: ``backend.choices()``).
 
-    Returns (final state, history, reason). A handler's ``StopRun`` ends the run at that boundary once
-    every handler saw the event; errors propagate after the "end" event (reason "diverged" for
-    ``DivergenceError``, "error" for any other). Events' ``partial`` carries the loss of the run's
-    first step, ``first_loss``.
+    Returns:
+        ``(final state, history, reason)``. A handler's ``StopRun`` ends the run at that boundary once
+        every handler saw the event; errors propagate after the "end" event (reason "diverged" for
+        ``DivergenceError``, "error" for any other). Events' ``partial`` carries the loss of the run's
+        first step, ``first_loss``.
     """
     from .backend import choices
 

@@ -44,6 +44,9 @@ def params_sha256(params: Any) -> str:
 
     Args:
         params: any PyTree of arrays (jax or NumPy).
+
+    Returns:
+        The hex digest.
     """
     from .parallel import to_host
 
@@ -73,7 +76,13 @@ class EpochRecorder:
         self.difference: tuple[dict, dict] | None = None
 
     def add(self, epoch: int, params: Any, loss: float) -> None:
-        """Record epoch ``epoch`` (its params after it, its mean training loss); StopRun at a difference."""
+        """Record an epoch; StopRun at a difference from ``expected``.
+
+        Args:
+            epoch: the epoch's number (1 for the first).
+            params: its params after it.
+            loss: its mean training loss.
+        """
         record = {"epoch": int(epoch), "params_sha256": params_sha256(params), "loss": float(loss)}
         self.epochs.append(record)
         if self.on_record is not None:
@@ -89,8 +98,12 @@ class EpochRecorder:
 
 
 def environment() -> dict:
-    """What can change a run's bits: versions, backend, device kind, CPU model, XLA flags and the JAX_*
-    variables (``bench.machine_info`` plus the flags)."""
+    """What can change a run's bits.
+
+    Returns:
+        The versions, backend, device kind, CPU model, XLA flags and the JAX_* variables
+        (``bench.machine_info`` plus the flags), as a JSON-ready dict.
+    """
     from ._version import __version__
     from .bench import machine_info
 
@@ -108,8 +121,9 @@ def data_record(data_dir: str | os.PathLike | None, dataset: str = "mnist") -> d
         data_dir: the folder given (None: as ``jaxmlp.data`` says).
         dataset: a registered dataset name.
 
-    Returns ``{"dataset", "files": [{"name", "sha256", "content_sha256"}, ...]}`` (``content_sha256``: of
-    the decompressed bytes; the folder's path is not recorded).
+    Returns:
+        ``{"dataset", "files": [{"name", "sha256", "content_sha256"}, ...]}`` (``content_sha256``: of the
+        decompressed bytes; the folder's path is not recorded).
     """
     from .data.locate import find_all, locate
     from .data.verify import cached_digests
@@ -142,11 +156,14 @@ def input_paths(source: str | os.PathLike) -> list[Path]:
 
 
 def input_records(config: dict) -> list[dict]:
-    """``[{"path", "sha256"}, ...]`` of the checkpoints a train config reads (its ``finetune`` source and
-    that source's best params; ``input_paths``); [] for a run that reads none.
+    """The checkpoints a train config reads: its ``finetune`` source and that source's best params
+    (``input_paths``).
 
     Args:
         config: a ``TrainConfig.to_dict()``; a relative ``finetune`` is taken from the working folder.
+
+    Returns:
+        ``[{"path", "sha256"}, ...]``; [] for a run that reads none.
     """
     source = config.get("finetune")
     if not source:
@@ -174,6 +191,9 @@ def build_manifest(kind: str, config: dict, seed: int, data: dict, epochs: Seque
         epochs: ``EpochRecorder.epochs``.
         result: test loss and accuracy, times.
         **extra: other top-level entries (``divergence_rule``, ``devices``, ``group``).
+
+    Returns:
+        The manifest, with this process's ``environment()``.
     """
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
@@ -190,6 +210,9 @@ def write_manifest(path: str | os.PathLike, manifest: dict) -> Path:
     Args:
         path: the JSON file.
         manifest: from ``build_manifest``.
+
+    Returns:
+        The path written.
     """
     from .fileio import write_json
 
@@ -197,11 +220,14 @@ def write_manifest(path: str | os.PathLike, manifest: dict) -> Path:
 
 
 def environment_differences(recorded: dict, now: dict | None = None) -> list[str]:
-    """``"name: recorded -> now"`` for every environment entry that differs.
+    """The environment entries that differ between a manifest and now.
 
     Args:
         recorded: a manifest's ``environment``.
         now: this process's (default: ``environment()``).
+
+    Returns:
+        ``"name: recorded -> now"`` for every entry that differs, sorted by name.
     """
     now = environment() if now is None else now
     return [f"{k}: {recorded.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(recorded) | set(now))
@@ -245,11 +271,12 @@ def _check_inputs(path, inputs: list, source: str | None) -> None:
 class VerifyReport(NamedTuple):
     """What ``verify`` found.
 
-    identical: every epoch of the manifest was rerun and its params hash matched.
-    checked: epoch records of the rerun that matched the manifest.
-    difference: None, or ``(manifest's record, rerun's record)`` of the first epoch that differs (the
-    rerun's record is None when the rerun ended before that epoch).
-    environment: ``environment_differences`` between the manifest and this process.
+    Attributes:
+        identical: every epoch of the manifest was rerun and its params hash matched.
+        checked: epoch records of the rerun that matched the manifest.
+        difference: None, or ``(manifest's record, rerun's record)`` of the first epoch that differs (the
+            rerun's record is None when the rerun ended before that epoch).
+        environment: ``environment_differences`` between the manifest and this process.
     """
 
     identical: bool
@@ -267,9 +294,11 @@ def verify(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
         data_dir: the data folder (None: found as usual); its files must hash as the manifest says.
         on_record: called with each rerun epoch's record.
 
-    The rerun stops at the first epoch that differs. ValueError (one line, naming ``path``) for a file that
-    is not a manifest (``read_manifest``), data or a fine-tune source that differ from the manifest's or
-    are missing (checked before the rerun), or epochs that end before the rerun's do.
+    Returns:
+        A ``VerifyReport``. The rerun stops at the first epoch that differs. ValueError (one line, naming
+        ``path``) for a file that is not a manifest (``read_manifest``), data or a fine-tune source that
+        differ from the manifest's or are missing (checked before the rerun), or epochs that end before
+        the rerun's do.
     """
     m = read_manifest(path)
     if m["kind"] == "train":

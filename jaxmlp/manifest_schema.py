@@ -199,6 +199,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
 
     Args:
         path: the JSON file ``write_manifest`` wrote.
+
+    Returns:
+        The manifest dict.
     """
     try:
         with open(path, "rb") as f:

@@ -34,9 +34,14 @@ REPLAY_LR, REPLAY_IMAGES = 0.01, 5  # the notebook's one test update before its 
 
 
 class NotebookResult(NamedTuple):
-    """What ``fit_notebook`` returns: the trained ``params``, the ``history`` of epoch losses (the
-    notebook's formula), the ``test_loss`` (the epsilon cross-entropy) and the ``test_accuracy`` (a
-    fraction)."""
+    """What ``fit_notebook`` returns.
+
+    Attributes:
+        params: the trained params, a list of float64 ``{"W", "b"}`` layers.
+        history: the epoch losses (the notebook's formula).
+        test_loss: the test set's epsilon cross-entropy.
+        test_accuracy: the test accuracy, a fraction.
+    """
 
     params: Params
     history: list          # [{"epoch", "loss"}], the notebook's epoch-loss formula
@@ -127,6 +132,9 @@ def fit_notebook(data, *, lr: float = 0.1, batch_size: int = 32, epochs: int = 1
         on_epoch: ``on_epoch(record)`` after every epoch; raising ``events.StopRun`` ends the run there.
         divergence: raise ``DivergenceError`` when an epoch's cross-entropy passes 10x its start (as
             the engine's rule); a non-finite loss stops the run either way.
+
+    Returns:
+        A ``NotebookResult``.
     """
     each = None if on_epoch is None else (lambda epoch, params, records: on_epoch(records[0]))
     return fit_notebook_group(data, [lr], batch_size=batch_size, epochs=epochs, seed=seed, hidden=hidden,
@@ -197,6 +205,9 @@ def fit_notebook_group(data, lrs: Sequence[float], *, batch_size: int = 32, epoc
             ``{"epoch", "loss"}`` records); raising ``events.StopRun`` ends the runs there.
         divergence: ``fit_notebook``'s rule (an epoch's cross-entropy past 10x its start raises
             ``DivergenceError``, naming the member's lr); a non-finite loss raises either way.
+
+    Returns:
+        One ``NotebookResult`` per learning rate, in the order of ``lrs``.
     """
     if not len(lrs):
         raise ValueError("lrs: expected at least one learning rate")

@@ -51,20 +51,40 @@ __all__ = ["fit", "FitResult", "setup", "load_run", "load_model",
 
 
 def param_dtype(name: str):
-    """The params' and inputs' dtype of a run whose ``TrainConfig.dtype`` is ``name``: ``jnp.float64``
-    for "float64", else ``jnp.float32`` (bfloat16 runs keep float32 params: only their forward pass is
-    bfloat16)."""
+    """The params' and inputs' dtype of a run.
+
+    Args:
+        name: the run's ``TrainConfig.dtype``.
+
+    Returns:
+        ``jnp.float64`` for "float64", else ``jnp.float32`` (bfloat16 runs keep float32 params: only
+        their forward pass is bfloat16).
+    """
     return jnp.float64 if name == "float64" else jnp.float32
 
 
 def dtype_of(config: TrainConfig):
-    """The float dtype of ``config``'s params and inputs (``param_dtype(config.dtype)``)."""
+    """The float dtype of ``config``'s params and inputs.
+
+    Args:
+        config: a ``TrainConfig``.
+
+    Returns:
+        ``param_dtype(config.dtype)``.
+    """
     return param_dtype(config.dtype)
 
 
 def prepare(images: np.ndarray, dtype) -> jax.Array:
-    """uint8 images (N, H, W) -> float inputs (N, H*W) of ``dtype`` in [0, 1] on the device (the CNN
-    reshapes its inputs itself)."""
+    """Images as a model's inputs (the CNN reshapes its inputs itself).
+
+    Args:
+        images: (N, H, W) uint8.
+        dtype: the inputs' float dtype.
+
+    Returns:
+        (N, H*W) float inputs of ``dtype`` in [0, 1], on the device.
+    """
     from .data import normalize
 
     images = np.asarray(images)
@@ -97,22 +117,45 @@ def check_split(num_examples: int, val_split: float) -> tuple[int, int]:
 
 
 def init_scheme(config: TrainConfig) -> str:
-    """The init scheme ``config``'s model draws with: ``config.init`` where the model offers a choice,
-    else the model's own (the CNN's is He's)."""
+    """The init scheme ``config``'s model draws with.
+
+    Args:
+        config: a ``TrainConfig``.
+
+    Returns:
+        ``config.init`` where the model offers a choice, else the model's own (the CNN's is He's).
+    """
     schemes = models.model_class(config.arch).init_schemes
     return config.init if config.init in schemes else schemes[0]
 
 
 def init_model(config: TrainConfig, key: jax.Array, input_dim: int, num_classes: int) -> Params:
-    """Fresh params of ``config``'s model (``models.from_config``) for ``input_dim`` features (square
-    images for the CNN) and ``num_classes`` outputs, drawn from ``key``."""
+    """Fresh params of ``config``'s model (``models.from_config``).
+
+    Args:
+        config: the run's ``TrainConfig``.
+        key: PRNG key of the draw.
+        input_dim: features per example (square images for the CNN).
+        num_classes: the outputs.
+
+    Returns:
+        The params, in ``dtype_of(config)``.
+    """
     return models.from_config(config).init(key, input_dim, num_classes, scheme=init_scheme(config),
                                            dtype=dtype_of(config))
 
 
 def state_template(config: TrainConfig, input_dim: int, num_classes: int) -> TrainState:
-    """The shapes and dtypes (``jax.ShapeDtypeStruct``) of the state of a run of ``config`` on
-    ``input_dim`` inputs and ``num_classes`` classes: what its checkpoint must hold."""
+    """What the checkpoint of a run must hold.
+
+    Args:
+        config: the run's ``TrainConfig``.
+        input_dim: features per example.
+        num_classes: the outputs.
+
+    Returns:
+        A ``TrainState`` of ``jax.ShapeDtypeStruct`` leaves: the shapes and dtypes of the run's state.
+    """
     spec = spec_for(config, 1)
 
     def build(key):
@@ -187,6 +230,10 @@ def setup(config: TrainConfig, data, state: TrainState | None = None,
         data: a ``data.Dataset`` of uint8 images and integer labels.
         state: a ``TrainState`` to resume from (None: fresh or, with ``config.finetune``, fine-tuned params).
         mesh: None, or a ``jax.sharding.Mesh`` to split every minibatch over its devices.
+
+    Returns:
+        ``(run, state, test)``: the ``Run``, the starting state placed for it, and the ``Prepared`` test
+        arrays.
     """
     from .checks import check_dataset, check_state
 

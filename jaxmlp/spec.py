@@ -67,22 +67,56 @@ class TrainSpec:
     has_aux = False  # the built-in loss reports no aux
 
     def value_and_grad(self, params, x, y, key, hparams):
-        """((loss, {}), grads) of one minibatch: the engine's step protocol (see ``engine``)."""
+        """The loss and gradient of one minibatch: the engine's step protocol (see ``engine``).
+
+        Args:
+            params: the model's params.
+            x: the minibatch's inputs.
+            y: the minibatch's integer labels.
+            key: the step's PRNG key (dropout).
+            hparams: the traced hyperparameters (``config.hparams``).
+
+        Returns:
+            ``((loss, {}), grads)``.
+        """
         value, grads = value_and_grad_fn(self)(params, x, y, key, hparams)
         return (value, {}), grads
 
     def optimizer_for(self, hparams: dict) -> optim.Optimizer:
-        """The optimizer, its numbers taken from the traced ``hparams``."""
+        """The optimizer, its numbers taken from the traced ``hparams``.
+
+        Args:
+            hparams: the traced hyperparameters (``config.hparams``).
+
+        Returns:
+            ``make_optimizer(self, hparams)``.
+        """
         return make_optimizer(self, hparams)
 
     def augment_batch(self, key: jax.Array, x: jax.Array) -> jax.Array:
-        """The minibatch x (B, D), augmented with ``key`` when the spec asks for it."""
+        """The minibatch, augmented when the spec asks for it.
+
+        Args:
+            key: the step's augmentation key.
+            x: (B, D) inputs.
+
+        Returns:
+            (B, D) inputs, distorted and input-dropped as the spec says.
+        """
         return _augment(self, key, x)
 
 
 def spec_for(config: TrainConfig, num_examples: int, image_side: int = 28) -> TrainSpec:
-    """The ``TrainSpec`` of ``config`` for a training set of ``num_examples`` images of side
-    ``image_side`` pixels."""
+    """The static part of a run.
+
+    Args:
+        config: the run's ``TrainConfig``.
+        num_examples: the training set's size (it fixes a schedule's length).
+        image_side: the images' side in pixels.
+
+    Returns:
+        The ``TrainSpec``.
+    """
     steps_per_epoch = -(-num_examples // config.batch_size)
     scheduled = config.schedule != "constant"  # without a schedule, runs of any length share a program
     return TrainSpec(
@@ -105,7 +139,15 @@ def _elastic_and_max_norm(config: TrainConfig) -> dict:
 
 
 def make_optimizer(spec: TrainSpec, hparams: dict) -> optim.Optimizer:
-    """The optimizer named by ``spec``, its lr (or lr schedule) and constants taken from ``hparams``."""
+    """The optimizer named by ``spec``, its lr (or lr schedule) and constants taken from ``hparams``.
+
+    Args:
+        spec: the run's ``TrainSpec``.
+        hparams: the traced hyperparameters (``config.hparams``).
+
+    Returns:
+        The ``Optimizer``, with max-norm and frozen layers when the spec asks for them.
+    """
     lr = hparams["lr"]
     if spec.schedule != "constant":
         lr = optim.schedule_by_name(spec.schedule, lr, total_steps=max(spec.total_steps, 2),
@@ -125,7 +167,14 @@ def make_optimizer(spec: TrainSpec, hparams: dict) -> optim.Optimizer:
 
 
 def value_and_grad_fn(spec: TrainSpec) -> Callable:
-    """``(params, x, y, key, hparams) -> (loss, grads)`` for the spec's gradient method."""
+    """The loss-and-gradient function of the spec's gradient method ("autodiff" or "manual").
+
+    Args:
+        spec: the run's ``TrainSpec``.
+
+    Returns:
+        ``(params, x, y, key, hparams) -> (loss, grads)``.
+    """
     model = spec.model
     if spec.grad == "manual":
         def manual(params, x, y, key, hparams):

@@ -16,9 +16,16 @@ __all__ = ["sgd_step", "train_epoch_loop"]
 
 @jax.jit
 def sgd_step(params: Params, x: jax.Array, y: jax.Array, lr: float) -> tuple[Params, jax.Array]:
-    """One minibatch SGD update with ``jax.grad`` at learning rate ``lr``: x (B, D), y int (B,) or one-hot (B, C).
+    """One minibatch SGD update with ``jax.grad`` at learning rate ``lr``.
 
-    Returns the new params and the batch's loss (before the update).
+    Args:
+        params: a list of ``{"W", "b"}`` layers.
+        x: (B, D) inputs.
+        y: (B,) integer labels or (B, C) one-hot rows.
+        lr: the learning rate.
+
+    Returns:
+        ``(new params, the batch's loss before the update)``.
     """
     value, grads = jax.value_and_grad(loss)(params, x, y)
     new_params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
@@ -27,10 +34,18 @@ def sgd_step(params: Params, x: jax.Array, y: jax.Array, lr: float) -> tuple[Par
 
 def train_epoch_loop(params: Params, x: jax.Array, y: jax.Array, key: jax.Array, lr: float,
                      batch_size: int) -> tuple[Params, jax.Array]:
-    """One epoch over x (N, D), y (N,) as a Python loop over ``sgd_step`` (the notebook's loop, jitted step
-    by step) at learning rate ``lr``, in minibatches of ``batch_size``.
+    """One epoch as a Python loop over ``sgd_step`` (the notebook's loop, jitted step by step).
 
-    The permutation comes from ``key``; returns params and per-batch losses (num_batches,).
+    Args:
+        params: a list of ``{"W", "b"}`` layers.
+        x: (N, D) inputs.
+        y: (N,) integer labels.
+        key: PRNG key of the epoch's permutation.
+        lr: the learning rate.
+        batch_size: examples per step, a positive int.
+
+    Returns:
+        ``(params, per-batch losses (num_batches,))``.
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")

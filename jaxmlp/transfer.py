@@ -20,10 +20,18 @@ __all__ = ["replace_head", "trainable_mask"]
 
 
 def replace_head(key: jax.Array, params: list[dict], num_classes: int, scheme: str = "he") -> list[dict]:
-    """A new params list whose last layer is freshly initialised with ``num_classes`` outputs
-    and the old head's fan_in and dtype (``scheme``: "he", "glorot" or "notebook", see
-    :func:`jaxmlp.model.init_layer`), drawn from ``key``. The other layers are the *same* objects,
-    untouched."""
+    """A new params list whose last layer is freshly initialised with ``num_classes`` outputs and the
+    old head's fan_in and dtype.
+
+    Args:
+        key: PRNG key of the new head's weights.
+        params: a list of dense ``{"W", "b"}`` layers.
+        num_classes: the new head's width.
+        scheme: "he", "glorot" or "notebook" (see :func:`jaxmlp.model.init_layer`).
+
+    Returns:
+        The new list; the other layers are the *same* objects, untouched.
+    """
     if not params:
         raise ValueError("replace_head: params has no layers")
     if int(num_classes) <= 0:
@@ -36,9 +44,16 @@ def replace_head(key: jax.Array, params: list[dict], num_classes: int, scheme: s
 
 
 def trainable_mask(params: list[dict], freeze: Sequence[int] = ()) -> list[dict]:
-    """A PyTree of python bools matching ``params``: False for every leaf of the layers listed in
-    ``freeze`` (indices, negative allowed: -1 is the head), True elsewhere. For
-    :func:`jaxmlp.optim.freeze`. Raises ValueError for an out-of-range index."""
+    """Which leaves of ``params`` train, for :func:`jaxmlp.optim.freeze`.
+
+    Args:
+        params: a list of layers.
+        freeze: indices of the layers to freeze, negative allowed (-1 is the head).
+
+    Returns:
+        A PyTree of Python bools matching ``params``: False for every leaf of the frozen layers, True
+        elsewhere. Raises ValueError for an out-of-range index.
+    """
     n = len(params)
     frozen = set()
     for i in freeze:

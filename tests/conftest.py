@@ -12,7 +12,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import jax
 import pytest
 
 # In-process CLI calls would otherwise switch on the on-disk compilation cache for the whole session.
@@ -86,10 +85,11 @@ def x64():
     """jax's 64-bit types on for one test (float64 arrays stay float64), off again afterwards.
 
     ``jax.enable_x64`` is a context, so nothing leaks into the next test. A module-scoped fixture that
-    builds float64 arrays opens its own ``with jax.enable_x64(True):``. Hypothesis tests may use it:
-    the context spans all of a test's examples.
+    builds float64 arrays opens its own ``with enable_x64(True):`` (``jaxmlp._compat``'s: JAX's own
+    on jax >= 0.8, its older name below). Hypothesis tests may use it: the context spans all of a
+    test's examples.
     """
-    from jaxmlp._compat import enable_x64  # jax.enable_x64 on jax >= 0.8
+    from jaxmlp._compat import enable_x64
 
     with enable_x64(True):
         yield

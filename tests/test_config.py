@@ -4,7 +4,6 @@ found unpinned (docs/mutation.md): the messages and rules were reached only thro
 import argparse
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -439,6 +439,21 @@ def test_top_level_callables_have_args_and_returns_sections(name):
     assert not problems, "\n".join(problems)
 
 
+# The API pages whose docstrings do not have their sections yet: they are held to the parameter rule above
+# only. Take a module out of this set once its public callables have "Args:" and "Returns:".
+SECTIONS_PENDING = {"jaxmlp.members", "jaxmlp.sweep", "jaxmlp.parallel"}
+
+
+@pytest.mark.parametrize("name", [m for m in API_MODULES if m not in SECTIONS_PENDING])
+def test_api_pages_have_args_and_returns_sections(name):
+    """The public callables documented on the module's API page follow the top-level names' rule."""
+    module = importlib.import_module(name)
+    problems = [p for attr in public_names(module) if home_of(attr, getattr(module, attr)) in (name, None)
+                and is_api_callable(getattr(module, attr))
+                for p in section_problems(f"{name}.{attr}", getattr(module, attr))]
+    assert not problems, f"{len(problems)} problems in {name}:\n" + "\n".join(problems)
+
+
 def _modules_with_a_page() -> set[str]:
     found = set()
     for page in (DOCS / "api").glob("*.md"):

@@ -101,11 +101,18 @@ def _fetch_verified(spec: RemoteFile, dest: Path, bases: Sequence[str], timeout:
 def download(dataset: str = "mnist", data_dir: str | os.PathLike | None = None,
              mirrors: Sequence[str] | None = None, progress: bool = False,
              timeout: float = 30.0) -> Path:
-    """Download and verify the four files of ``dataset`` (a registry name) into a folder; return the folder.
+    """Download and verify the four files of ``dataset`` into a folder.
 
-    The folder is data_dir if given, else as resolve_data_dir finds it ($JAXMLP_DATA_DIR, else the cache).
-    mirrors (base URLs) replace the built-in list; each file is tried on each mirror in order, waiting
-    at most timeout seconds for each; progress draws a bar on a terminal's stderr.
+    Args:
+        dataset: a registry name ("mnist", "fashion-mnist", "kmnist").
+        data_dir: the folder; None: as resolve_data_dir finds it ($JAXMLP_DATA_DIR, else the cache).
+        mirrors: base URLs that replace the built-in list; each file is tried on each mirror in order.
+        progress: draw a bar on a terminal's stderr.
+        timeout: the most seconds to wait for each mirror's answer.
+
+    Returns:
+        The folder.
+
     Files already present and verified are kept. A file appears under its own name only once its
     checksum is verified; temporary files are removed whatever fails, and those of dead earlier
     downloads are removed first. A folder holding another registered dataset's files is refused rather

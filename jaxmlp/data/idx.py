@@ -160,16 +160,29 @@ def open_file(path: str | os.PathLike, error: type[DataError]) -> tuple[io.Buffe
 
 
 def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
-    """The array in raw, the bytes of an IDX file (gzip or raw), native-endian; IDXError naming ``name``
-    (what the message calls the bytes) if they are malformed."""
+    """The array in the bytes of an IDX file (gzip or raw), native-endian.
+
+    Args:
+        raw: the file's bytes.
+        name: what the message calls the bytes.
+
+    Returns:
+        The array; IDXError naming ``name`` if the bytes are malformed.
+    """
     return read_idx_from(io.BytesIO(raw), name, len(raw))
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read the IDX file at path, gzip (detected by its magic bytes) or raw, as a native-endian array.
 
-    Streams from the file with bounded memory (see MAX_ARRAY_BYTES). Raises IDXError (a ValueError)
-    naming the file for anything malformed, oversized, unreadable or not a regular file.
+    Streams from the file with bounded memory (see MAX_ARRAY_BYTES).
+
+    Args:
+        path: the file.
+
+    Returns:
+        The array. Raises IDXError (a ValueError) naming the file for anything malformed, oversized,
+        unreadable or not a regular file.
     """
     f, size = open_file(path, IDXError)
     with f:
@@ -177,9 +190,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_idx(path: str | os.PathLike, array) -> None:
-    """Write array (1 to 255 dims, one of the six IDX dtypes) to path as IDX; gzip if path ends in .gz.
+    """Write an array to path as IDX; gzip if path ends in .gz.
 
-    ValueError naming path for a dtype, rank or dimension IDX cannot store."""
+    Args:
+        path: the file to write.
+        array: 1 to 255 dims, one of the six IDX dtypes; ValueError naming path for a dtype, rank or
+            dimension IDX cannot store.
+    """
     array = np.asarray(array)
     codes = {dt.newbyteorder("="): code for code, dt in IDX_DTYPES.items()}
     dtype = array.dtype.newbyteorder("=")

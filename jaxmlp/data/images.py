@@ -73,12 +73,18 @@ def _as_pixels(images: np.ndarray, name: str) -> tuple[np.ndarray, str]:
 
 
 def read_images(path: str | os.PathLike) -> tuple[np.ndarray, str]:
-    """Images from the IDX (gzip or raw) or .npy file at path as ``(array (N, F), kind)``.
+    """Images from the IDX (gzip or raw) or .npy file at path.
 
-    kind "pixels": uint8 values 0..255 (integer inputs); kind "unit": float values in [0, 1] (pixel / 255),
-    dtype as stored. Accepts (N, rows, cols) and (N, F) arrays. Reads are bounded (MAX_ARRAY_BYTES, the
-    file's size; pickled .npy arrays and non-regular files are refused). DataError (a ValueError)
-    naming the file for anything else.
+    Accepts (N, rows, cols) and (N, F) arrays. Reads are bounded (MAX_ARRAY_BYTES, the file's size;
+    pickled .npy arrays and non-regular files are refused).
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``(array (N, F), kind)``: kind "pixels" for uint8 values 0..255 (integer inputs), kind "unit"
+        for float values in [0, 1] (pixel / 255), dtype as stored. DataError (a ValueError) naming the
+        file for anything else.
     """
     name = os.fspath(path)
     f, size = open_file(path, DataError)

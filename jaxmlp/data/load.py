@@ -117,9 +117,18 @@ def ensure_dataset(data_dir: str | os.PathLike | None, dataset: str = "mnist",
     """Find the folder of ``dataset`` (data_dir, else as jaxmlp.data says), check it, and load it.
 
     Only the default cache is downloaded into (first use, or a file there that no longer matches the
-    registry's SHA-256), and only if download is true; mirrors and progress as for load_dataset. An
-    explicit folder (data_dir or $JAXMLP_DATA_DIR) is never written to (its hash stamp lives in the
-    cache): if it lacks files, or holds another registered dataset's, a one-line DataError says what
-    to do.
+    registry's SHA-256). An explicit folder (data_dir or $JAXMLP_DATA_DIR) is never written to (its
+    hash stamp lives in the cache): if it lacks files, or holds another registered dataset's, a
+    one-line DataError says what to do.
+
+    Args:
+        data_dir: the folder, or None to find it.
+        dataset: a registry name.
+        mirrors: as for ``load_dataset``.
+        progress: as for ``load_dataset``.
+        download: whether the cache may be filled from the mirrors.
+
+    Returns:
+        The ``Dataset``.
     """
     return _ensure(data_dir, dataset, None, download, mirrors, progress)

@@ -39,9 +39,16 @@ def cache_root() -> Path:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None, dataset: str = "mnist") -> Path:
-    """The data folder for ``dataset``: data_dir if given, else $JAXMLP_DATA_DIR (its subfolder named
-    ``dataset`` when that exists, else the variable's folder), else the cache
-    ($XDG_CACHE_HOME or ~/.cache)/jaxmlp/<dataset>."""
+    """The data folder for ``dataset``.
+
+    Args:
+        data_dir: the folder, if given.
+        dataset: a registry name.
+
+    Returns:
+        ``data_dir`` if given, else $JAXMLP_DATA_DIR (its subfolder named ``dataset`` when that exists,
+        else the variable's folder), else the cache ($XDG_CACHE_HOME or ~/.cache)/jaxmlp/<dataset>.
+    """
     return locate(data_dir, dataset)[0]
 
 

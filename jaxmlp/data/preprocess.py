@@ -30,8 +30,15 @@ class Dataset(NamedTuple):
 
 
 def check_classes(classes: Sequence[int], *, what: str = "classes") -> list[int]:
-    """classes as a list of ints; ValueError naming ``what`` (the caller's name for the argument, e.g.
-    ``TrainConfig.classes``) unless two or more distinct integer labels >= 0."""
+    """Check a list of class labels.
+
+    Args:
+        classes: the labels, two or more distinct integers >= 0.
+        what: the caller's name for the argument (e.g. ``TrainConfig.classes``), named in the error.
+
+    Returns:
+        The labels as a list of ints; ValueError naming ``what`` for anything else.
+    """
     try:
         ints = [int(c) for c in classes]
         integral = all(i == c for i, c in zip(ints, classes))
@@ -65,8 +72,15 @@ def select_classes(data: Dataset, classes: Sequence[int]) -> Dataset:
     """The examples of data labelled one of classes, relabelled by position: with classes (5, 6, 7, 8, 9)
     a 5 becomes 0 and a 9 becomes 4. A smaller task, e.g. for fine-tuning a model on a digit subset.
 
-    ValueError (one line naming the argument) for a bad classes list, a class no training example has,
-    or labels that are not one non-negative integer per image."""
+    Args:
+        data: a ``Dataset``.
+        classes: the labels to keep, in the order that numbers them.
+
+    Returns:
+        A ``Dataset`` of the kept examples with labels ``0..len(classes)-1``. ValueError (one line naming
+        the argument) for a bad classes list, a class no training example has, or labels that are not
+        one non-negative integer per image.
+    """
     classes = check_classes(classes, what="select_classes: classes")
     if not all(hasattr(data, field) for field in Dataset._fields):
         raise ValueError(f"select_classes: data must be a Dataset (x_train, y_train, x_test, y_test), "

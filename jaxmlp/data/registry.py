@@ -7,12 +7,15 @@ from .errors import DataError
 
 
 class RemoteFile(NamedTuple):
-    """One file as the mirrors serve it, and how to check it.
+    """One file as the mirrors serve it, and how to check it. At least one checksum is set; every one
+    set is checked.
 
-    name: the file name on the mirrors (``train-images-idx3-ubyte.gz``). content_sha256: SHA-256 of
-    the decompressed IDX bytes (mirrors may re-compress, so the .gz bytes can differ between them).
-    gzip_sha256: SHA-256 of the .gz bytes as served, for datasets whose decompressed contents have no
-    established checksum. At least one is set; every one set is checked.
+    Attributes:
+        name: the file name on the mirrors (``train-images-idx3-ubyte.gz``).
+        content_sha256: SHA-256 of the decompressed IDX bytes (mirrors may re-compress, so the .gz
+            bytes can differ between them).
+        gzip_sha256: SHA-256 of the .gz bytes as served, for datasets whose decompressed contents have
+            no established checksum.
     """
     name: str
     content_sha256: str | None = None
@@ -20,8 +23,17 @@ class RemoteFile(NamedTuple):
 
 
 class DatasetInfo(NamedTuple):
-    """A known dataset: its name, files (train images, train labels, test images, test labels), mirrors
-    (base URLs tried in order), num_classes, class_names, homepage and license."""
+    """A known dataset.
+
+    Attributes:
+        name: the dataset's name (``--dataset``).
+        files: the four ``RemoteFile`` s: train images, train labels, test images, test labels.
+        mirrors: base URLs, tried in order; a file's URL is ``base + "/" + name``.
+        num_classes: the number of labels.
+        class_names: one name per label.
+        homepage: where the dataset is described.
+        license: its license.
+    """
     name: str
     files: tuple[RemoteFile, RemoteFile, RemoteFile, RemoteFile]  # train images, train labels, test images, test labels
     mirrors: tuple[str, ...]  # base URLs, tried in order; file URL = base + "/" + file name

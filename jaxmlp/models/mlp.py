@@ -26,7 +26,8 @@ def _checked_rate(dropout) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class MLP:
-    """Dense layers ``input -> hidden... -> num_classes``; the hidden ones use ``activation``.
+    """Dense layers from the input through the ``hidden`` widths to ``num_classes``; the hidden ones
+    use ``activation``.
 
     Args:
         hidden: the hidden layers' widths, e.g. ``(128, 64)`` (the notebook's).

@@ -50,7 +50,14 @@ OPTIMIZERS = tuple(REGISTRY)
 
 
 def readers(hparam: str) -> tuple[str, ...]:
-    """The names of the optimizers that read the ``TrainConfig`` hyperparameter ``hparam``, in table order."""
+    """The optimizers that read a ``TrainConfig`` hyperparameter.
+
+    Args:
+        hparam: the field's name, such as "momentum".
+
+    Returns:
+        The names of the optimizers that read it, in table order.
+    """
     return tuple(name for name, entry in REGISTRY.items() if hparam in entry.reads)
 
 
@@ -68,7 +75,9 @@ def by_name(name: str, lr: LR, *, momentum=None, beta1=None, beta2=None, eps=Non
         weight_decay: None means the optimizer's default.
 
     Hyperparameters the chosen optimizer does not read are ignored; None is the constructor's default.
-    ValueError for an unknown name.
+
+    Returns:
+        The ``Optimizer``. ValueError for an unknown name.
     """
     entry = REGISTRY.get(name.strip().lower()) if isinstance(name, str) else None
     if entry is None:

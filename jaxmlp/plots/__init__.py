@@ -57,10 +57,21 @@ def save_training_plots(plot_dir: str | os.PathLike, *, history: Sequence[dict],
                         test_loss: float | None = None) -> list[Path]:
     """Write curves.png, confusion.png, misclassified.png and first_layer.png into plot_dir.
 
-    params: the list of {"W", "b"} dicts (first layer W is (784, H), or a CNN's (3, 3, 1, F));
-    x_test_images (N, 784) or (N, 28, 28); y_test, preds: (N,) ints; history: the epoch records (see
-    plot_curves); class_names: the classes' names in the pictures (default: the indices). The curves
-    show the final test accuracy (from y_test and preds) and test_loss, when given, at the last epoch.
+    The curves show the final test accuracy (from y_test and preds) and test_loss, when given, at the
+    last epoch.
+
+    Args:
+        plot_dir: the folder to write into.
+        history: the epoch records (see plot_curves).
+        params: the list of {"W", "b"} dicts (first layer W is (784, H), or a CNN's (3, 3, 1, F)).
+        x_test_images: (N, 784) or (N, 28, 28).
+        y_test: (N,) int labels.
+        preds: (N,) int predictions.
+        class_names: the classes' names in the pictures (default: the indices).
+        test_loss: the run's test loss, if known.
+
+    Returns:
+        The paths of the four PNGs.
     """
     plot_dir = Path(plot_dir)
     plot_dir.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,16 @@ def _integer_epochs(ax: Axes, epochs: list[float]) -> None:
 
 def curves_figure(history: Sequence[dict], *, test_loss: float | None = None,
                   test_accuracy: float | None = None) -> Figure:
-    """The matplotlib Figure that plot_curves saves for ``history``, ``test_loss`` and ``test_accuracy``
-    (see there); tests inspect its axes."""
+    """The figure that plot_curves saves; tests inspect its axes.
+
+    Args:
+        history: as for plot_curves.
+        test_loss: as for plot_curves.
+        test_accuracy: as for plot_curves.
+
+    Returns:
+        The matplotlib Figure.
+    """
     if not history:
         raise ValueError("plot_curves: history is empty")
     if any("epoch" not in h or "loss" not in h for h in history):
@@ -93,10 +101,15 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike, *, test_loss: 
                 test_accuracy: float | None = None) -> Path:
     """Loss against epoch, beside accuracy against epoch when there is any; whole-epoch ticks.
 
-    history: one dict per epoch with "epoch" and "loss" (the mean training loss over that epoch's
-    minibatches), optionally "val_loss", "test_loss", "val_accuracy", "test_accuracy",
-    "train_accuracy" (fractions); keys missing from some epochs are simply not drawn there.
-    test_loss, test_accuracy: the run's final test numbers (e.g. FitResult's), drawn as one star at
-    the last epoch unless the history already has that series. Returns the PNG's path.
+    Args:
+        history: one dict per epoch with "epoch" and "loss" (the mean training loss over that epoch's
+            minibatches), optionally "val_loss", "test_loss", "val_accuracy", "test_accuracy",
+            "train_accuracy" (fractions); keys missing from some epochs are simply not drawn there.
+        path: the PNG to write.
+        test_loss, test_accuracy: the run's final test numbers (e.g. FitResult's), drawn as one star
+            at the last epoch unless the history already has that series.
+
+    Returns:
+        The PNG's path.
     """
     return _save(curves_figure(history, test_loss=test_loss, test_accuracy=test_accuracy), path)

@@ -22,8 +22,16 @@ if TYPE_CHECKING:
 
 
 def confusion_matrix(labels: ArrayLike, preds: ArrayLike, num_classes: int) -> np.ndarray:
-    """Counts (num_classes, num_classes) int64 of true ``labels`` (N,) against predictions ``preds`` (N,):
-    entry [t, p] = how many of class t were predicted p."""
+    """True labels against predictions.
+
+    Args:
+        labels: (N,) int true classes.
+        preds: (N,) int predicted classes.
+        num_classes: the matrix's side.
+
+    Returns:
+        (num_classes, num_classes) int64 counts: entry [t, p] = how many of class t were predicted p.
+    """
     labels = np.asarray(labels).reshape(-1)
     preds = np.asarray(preds).reshape(-1)
     if labels.shape != preds.shape:
@@ -46,10 +54,20 @@ def _num_classes(class_names: Sequence[str] | None, *arrays: np.ndarray) -> int:
 
 def plot_confusion(labels: ArrayLike, preds: ArrayLike, path: str | os.PathLike,
                    class_names: Sequence[str] | None = None, *, num_classes: int | None = None) -> Path:
-    """Confusion matrix of ``labels`` against ``preds`` (both (N,) ints; rows true class, columns
-    predicted) with every count written in its cell, saved as a PNG at ``path``. ``class_names`` label
-    the axes (default: the class indices); ``num_classes`` defaults to their count, else to the largest
-    label or prediction + 1."""
+    """Confusion matrix of ``labels`` against ``preds`` (rows true class, columns predicted) with every
+    count written in its cell.
+
+    Args:
+        labels: (N,) int true classes.
+        preds: (N,) int predicted classes.
+        path: the PNG to write.
+        class_names: the axes' labels (default: the class indices).
+        num_classes: the matrix's side; None: the count of ``class_names``, else the largest label or
+            prediction + 1.
+
+    Returns:
+        The PNG's path.
+    """
     labels, preds = np.asarray(labels), np.asarray(preds)
     if num_classes is None:
         num_classes = _num_classes(class_names, labels, preds)
@@ -97,7 +115,16 @@ def _as_images(images: ArrayLike) -> np.ndarray:
 
 
 def misclassified_indices(labels: ArrayLike, preds: ArrayLike, max_images: int | None = None) -> np.ndarray:
-    """Indices (in order) where preds != labels, at most max_images of them."""
+    """Where the predictions are wrong.
+
+    Args:
+        labels: (N,) int true classes.
+        preds: (N,) int predicted classes.
+        max_images: the most indices returned (None: all).
+
+    Returns:
+        The indices, in order, where preds != labels.
+    """
     labels, preds = np.asarray(labels).reshape(-1), np.asarray(preds).reshape(-1)
     if labels.shape != preds.shape:
         raise ValueError(f"{labels.size} labels but {preds.size} predictions")
@@ -141,9 +168,16 @@ def plot_misclassified(images: ArrayLike, labels: ArrayLike, preds: ArrayLike, p
                        max_images: int = 36, class_names: Sequence[str] | None = None) -> Path:
     """Grid of the first max_images misclassified digits, each titled "pred P / true T".
 
-    images: (N, 784) or (N, 28, 28) in any value range (each is scaled to its own min..max);
-    labels, preds: (N,) ints; class_names: the names used in the titles (default: the indices). The
-    PNG is saved at ``path``; with nothing misclassified it says so instead.
+    Args:
+        images: (N, 784) or (N, 28, 28) in any value range (each is scaled to its own min..max).
+        labels: (N,) int true classes.
+        preds: (N,) int predicted classes.
+        path: the PNG to write; with nothing misclassified it says so instead.
+        max_images: the most digits drawn.
+        class_names: the names used in the titles (default: the indices).
+
+    Returns:
+        The PNG's path.
     """
     images = _as_images(images)
     labels, preds = np.asarray(labels).reshape(-1), np.asarray(preds).reshape(-1)
@@ -179,10 +213,17 @@ def plot_misclassified(images: ArrayLike, labels: ArrayLike, preds: ArrayLike, p
 
 
 def plot_first_layer(W1: ArrayLike, path: str | os.PathLike, max_units: int = 64) -> Path:
-    """First-layer weights W1 (784, H) as one 28x28 picture per hidden unit (first max_units units), or a
-    CNN's first convolution (kh, kw, 1, F) as one kh x kw picture per filter. Written to path.
+    """First-layer weights as one picture per unit. Each unit is scaled by its own largest absolute
+    weight: red positive, blue negative, white zero.
 
-    Each unit is scaled by its own largest absolute weight: red positive, blue negative, white zero.
+    Args:
+        W1: an MLP's (784, H) first layer (one 28x28 picture per hidden unit), or a CNN's first
+            convolution (kh, kw, 1, F) (one kh x kw picture per filter).
+        path: the PNG to write.
+        max_units: the most units drawn (the first ones).
+
+    Returns:
+        The PNG's path.
     """
     W1 = np.asarray(W1, dtype=np.float64)
     what = "hidden units"
@@ -219,6 +260,9 @@ def augmentation_figure(image: ArrayLike, rows: Sequence[tuple[str, ArrayLike]])
     Args:
         image: one image, (H, W) or (H*W,) with a square pixel count, values in [0, 1].
         rows: (name, variants) pairs; variants (K, H, W) or (K, H*W), the same K in every row.
+
+    Returns:
+        The matplotlib Figure.
     """
     original = _as_images(np.asarray(image, np.float64).reshape(1, -1))[0]
     named = [(name, _as_images(np.asarray(v, np.float64).reshape(len(v), -1))) for name, v in rows]  # type: ignore[arg-type]
@@ -253,6 +297,9 @@ def plot_augmentations(image: ArrayLike, path: str | os.PathLike, *, copies: int
         seed: the PRNG seed of the draws.
         elastic_sigma: the elastic fields' smoothing in pixels.
         elastic_alpha: the elastic fields' scale in pixels.
+
+    Returns:
+        The PNG's path.
     """
     import jax
     import jax.numpy as jnp

@@ -31,7 +31,11 @@ def _is_number(v: Any) -> bool:
 def varying_hyperparameters(runs: Sequence[dict]) -> list[str]:
     """Config keys whose value differs between runs, most informative x-axis candidate first.
 
-    Numeric keys with more distinct values come first; "seed" last (repeats, not a knob).
+    Args:
+        runs: ``[{"config": {...}, ...}, ...]``.
+
+    Returns:
+        The keys: numeric keys with more distinct values first; "seed" last (repeats, not a knob).
     """
     keys: list[str] = []
     for run in runs:
@@ -123,7 +127,14 @@ def _draw_sweep_axis(ax: Axes, runs: Sequence[dict], acc: np.ndarray, xkey: str,
 
 
 def sweep_figure(runs: Sequence[dict]) -> Figure:
-    """The matplotlib Figure that plot_sweep saves for ``runs`` (see there); tests inspect its axes."""
+    """The figure that plot_sweep saves; tests inspect its axes.
+
+    Args:
+        runs: as for plot_sweep.
+
+    Returns:
+        The matplotlib Figure.
+    """
     runs = [r for r in runs if r.get("test_accuracy") is not None]
     if not runs:
         raise ValueError("plot_sweep: no runs with a test_accuracy")
@@ -162,12 +173,19 @@ def sweep_figure(runs: Sequence[dict]) -> Figure:
 
 
 def plot_sweep(runs: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Test accuracy against each swept hyperparameter; returns the PNG's path.
+    """Test accuracy against each swept hyperparameter.
 
-    runs: [{"config": {...}, "test_accuracy": float}, ...]. One varying key: the mean test accuracy
-    of the runs at each value as a line, every run as a dot. Two: one such line per value of the
-    second key. More: one panel per key, each line pooling all runs with that value. A varying
-    "seed" is averaged over when other keys vary too. Learning rates use a log x-axis; non-numeric
-    values are categories. The title says what the lines are and how many runs each point averages.
+    One varying key: the mean test accuracy of the runs at each value as a line, every run as a dot.
+    Two: one such line per value of the second key. More: one panel per key, each line pooling all
+    runs with that value. A varying "seed" is averaged over when other keys vary too. Learning rates
+    use a log x-axis; non-numeric values are categories. The title says what the lines are and how
+    many runs each point averages.
+
+    Args:
+        runs: ``[{"config": {...}, "test_accuracy": float}, ...]``.
+        path: the PNG to write.
+
+    Returns:
+        The PNG's path.
     """
     return _save(sweep_figure(runs), path)

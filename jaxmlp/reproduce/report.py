@@ -18,6 +18,9 @@ def markdown_table(table: Table, records: Sequence[dict]) -> str:
     Args:
         table: the ``Table`` the records belong to.
         records: ``run_table`` records.
+
+    Returns:
+        The Markdown text: a heading line, the table and a footer with the total time and the machine.
     """
     if table.metric == "accuracy":
         head = "| experiment | notebook | jaxmlp | same digits | time |\n| --- | ---: | ---: | :---: | ---: |"
@@ -52,6 +55,9 @@ def list_tables(name: str | None = None) -> str:
 
     Args:
         name: one table, or None for all.
+
+    Returns:
+        The text, one line per table and per row.
     """
     lines = []
     for table in [table_by_name(name)] if name else TABLES.values():

@@ -36,8 +36,9 @@ def run_table(table: Table, rows: Sequence[Row], data, *, data_dir: str | os.Pat
             finished there earlier with the same recipe is not trained again.
         say: progress lines (a line per row, one per epoch).
 
-    Returns the records of ``rows``, in table order: ``{"id", "name", "paper", "jaxmlp", "meets",
-    "seconds", "trained_with", "recipe", "notes", ...}``.
+    Returns:
+        The records of ``rows``, in table order: ``{"id", "name", "paper", "jaxmlp", "meets", "seconds",
+        "trained_with", "recipe", "notes", ...}``.
     """
     say = _whole_lines(say or (lambda text: None))  # units in threads say their epochs too
     out = None if out is None else Path(out)

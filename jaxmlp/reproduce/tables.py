@@ -21,8 +21,15 @@ __all__ = ["NotebookRecipe", "Row", "Table", "TABLES", "table_by_name", "select_
 
 class NotebookRecipe(NamedTuple):
     """The seed notebook's own float64 run (``--notebook-exact``): SGD with its manual backprop, its init
-    and its minibatch order. lr: learning rate; batch_size: examples per step; hidden: hidden sizes;
-    epochs: passes; seed: the notebook's ``np.random`` seed."""
+    and its minibatch order.
+
+    Attributes:
+        lr: learning rate.
+        batch_size: examples per step.
+        hidden: hidden sizes.
+        epochs: passes over the training set.
+        seed: the notebook's ``np.random`` seed.
+    """
 
     lr: float
     batch_size: int = 32
@@ -31,22 +38,34 @@ class NotebookRecipe(NamedTuple):
     seed: int = 42
 
     def settings(self) -> dict:
-        """JSON-ready settings, as a notebook manifest's config records them."""
+        """The recipe's settings.
+
+        Returns:
+            JSON-ready settings, as a notebook manifest's config records them.
+        """
         return {"lr": self.lr, "batch_size": self.batch_size, "hidden": list(self.hidden), "epochs": self.epochs,
                 "seed": self.seed, "dataset": "mnist", "replay_step": False}
 
     def shape(self) -> tuple:
-        """What rows must share to train together: everything but the lr."""
+        """What rows must share to train together.
+
+        Returns:
+            ``(batch_size, hidden, epochs, seed)``: everything but the lr.
+        """
         return (self.batch_size, tuple(self.hidden), self.epochs, self.seed)
 
 
 class Row(NamedTuple):
     """One published number and how this library reproduces it.
 
-    id: the row's short name (``--rows``); name: the paper's wording; paper: the published number (an
-    error in % for the papers, the notebook's printed accuracy in % for ``seed``); recipe: a
-    ``TrainConfig`` (``runs.fit``) or a ``NotebookRecipe``; minutes: the expected wall time on a 2-core
-    CPU (an estimate); notes: where the recipe differs from the paper.
+    Attributes:
+        id: the row's short name (``--rows``).
+        name: the paper's wording.
+        paper: the published number (an error in % for the papers, the notebook's printed accuracy in %
+            for ``seed``).
+        recipe: a ``TrainConfig`` (``runs.fit``) or a ``NotebookRecipe``.
+        minutes: the expected wall time on a 2-core CPU (an estimate).
+        notes: where the recipe differs from the paper.
     """
 
     id: str
@@ -58,9 +77,17 @@ class Row(NamedTuple):
 
 
 class Table(NamedTuple):
-    """A published table. name: ``jaxmlp reproduce NAME``; title and source: what and whence; metric:
-    "error" (goal: at or below the paper's) or "accuracy" (goal: the notebook's printed digits);
-    rows: its ``Row`` s; notes: what every row shares."""
+    """A published table.
+
+    Attributes:
+        name: its name in ``jaxmlp reproduce NAME``.
+        title: what it measures.
+        source: the paper (or notebook) it comes from.
+        metric: "error" (goal: at or below the paper's) or "accuracy" (goal: the notebook's printed
+            digits).
+        rows: its ``Row`` s.
+        notes: what every row shares.
+    """
 
     name: str
     title: str
@@ -161,6 +188,9 @@ def table_by_name(name: str) -> Table:
 
     Args:
         name: one of ``TABLES``.
+
+    Returns:
+        The ``Table``.
     """
     if name not in TABLES:
         raise ValueError(f"unknown table {name!r}; choose one of {', '.join(TABLES)} (see --list)")
@@ -173,6 +203,9 @@ def select_rows(table: Table, ids: Sequence[str] | None = None) -> list[Row]:
     Args:
         table: a ``Table``.
         ids: row ids; ValueError naming the first unknown one and the choices.
+
+    Returns:
+        The ``Row`` s.
     """
     known = [r.id for r in table.rows]
     for i in ids or ():
