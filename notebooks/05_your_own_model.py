@@ -164,7 +164,7 @@ plt.show()
 # re-stepped or skipped, and counted, rather than reported as a wrong gradient.
 
 # %%
-with jax.enable_x64(True):
+with jaxmlp.engine.precision("float64"):
     features = jax.nn.relu(jnp.asarray(x[:64], jnp.float64)
                            @ jnp.asarray(resumed.params["embed"]["W"], jnp.float64))
     head = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64),

@@ -14,11 +14,11 @@ ROOT = Path(jaxmlp.__file__).parent
 
 # From the bottom up. A module may import its own layer and the layers below it, never one above.
 LAYERS = [
-    ("utilities", ["_version", "backend", "fileio", "progress", "events", "divergence", "parallel"]),
+    ("utilities", ["_version", "_compat", "backend", "fileio", "progress", "events", "divergence", "parallel"]),
     ("core", ["activations", "model", "cnn", "models", "losses", "backprop", "augment", "transfer", "data"]),
     ("optim", ["optim"]),
     ("engine", ["chunks", "checkpoint", "checks", "handlers", "resume", "loop", "engine", "evaluation", "steps"]),
-    ("experiments", ["config", "presets", "memory", "spec", "runs", "members", "sweep", "notebook", "plots", "bench",
+    ("experiments", ["config", "presets", "memory", "spec", "run_state", "runs", "members", "sweep", "notebook", "plots", "bench",
                      "manifest_schema", "manifest", "reproduce"]),
     ("cli", ["cli", "__main__"]),
 ]

@@ -87,11 +87,12 @@ def run_gradcheck(args) -> int:
     import jax
     import jax.numpy as jnp
 
+    from jaxmlp._compat import enable_x64
     from jaxmlp.backprop import AGREE_RTOL, FD_RTOL, gradcheck_mlp
     from jaxmlp.model import init_params
 
     hidden = hidden_sizes(args.hidden)
-    with jax.enable_x64(True):  # the comparison is only meaningful in float64
+    with enable_x64(True):  # the comparison is only meaningful in float64
         key, data_key = jax.random.split(jax.random.PRNGKey(args.seed))
         x, y, source = _batch(args, data_key)
         params = init_params(key, [x.shape[1], *hidden, 10], scheme=args.init, dtype=jnp.float64)
