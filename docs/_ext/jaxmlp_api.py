@@ -11,11 +11,11 @@ import inspect
 # ``jaxmlp.__all__`` links to the first of these that lists it (the module that defines it first).
 API_MODULES = [
     "jaxmlp.model", "jaxmlp.models", "jaxmlp.activations", "jaxmlp.losses", "jaxmlp.backprop", "jaxmlp.optim",
-    "jaxmlp.optim.schedules", "jaxmlp.optim.registry", "jaxmlp.engine", "jaxmlp.events", "jaxmlp.spec", "jaxmlp.run_state", "jaxmlp.runs",
-    "jaxmlp.evaluation", "jaxmlp.handlers", "jaxmlp.divergence", "jaxmlp.config", "jaxmlp.data", "jaxmlp.members",
-    "jaxmlp.sweep", "jaxmlp.checkpoint",
-    "jaxmlp.fileio", "jaxmlp.parallel", "jaxmlp.plots", "jaxmlp.notebook", "jaxmlp.transfer", "jaxmlp.augment",
-    "jaxmlp.cnn", "jaxmlp.steps", "jaxmlp.reproduce", "jaxmlp.manifest",
+    "jaxmlp.optim.schedules", "jaxmlp.optim.registry", "jaxmlp.engine", "jaxmlp.events", "jaxmlp.spec",
+    "jaxmlp.run_state", "jaxmlp.runs", "jaxmlp.evaluation", "jaxmlp.handlers", "jaxmlp.divergence", "jaxmlp.config",
+    "jaxmlp.data", "jaxmlp.members", "jaxmlp.sweep", "jaxmlp.checkpoint", "jaxmlp.fileio", "jaxmlp.parallel",
+    "jaxmlp.plots", "jaxmlp.notebook", "jaxmlp.transfer", "jaxmlp.augment", "jaxmlp.cnn", "jaxmlp.steps",
+    "jaxmlp.reproduce", "jaxmlp.manifest",
 ]
 
 
