@@ -22,6 +22,15 @@ import jax.monitoring
 enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else importlib.import_module("jax.experimental").enable_x64
 
 
+def shard_map(f: Callable, *, mesh, in_specs, out_specs) -> Callable:
+    """``f`` run on every device of ``mesh`` on its part of each argument (``in_specs``), the parts of its
+    results joined as ``out_specs`` say; replication is not checked (``f`` keeps shared values shared)."""
+    if hasattr(jax, "shard_map"):  # jax >= 0.7.0
+        return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    legacy = importlib.import_module("jax.experimental.shard_map").shard_map  # the same, check_rep before
+    return legacy(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+
+
 def unregister_event_duration_listener(callback: Callable[..., None]) -> None:
     """Remove ``callback``, added by ``jax.monitoring.register_event_duration_secs_listener``."""
     if hasattr(jax.monitoring, "unregister_event_duration_listener"):  # jax >= 0.8.1

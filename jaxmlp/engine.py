@@ -116,7 +116,7 @@ def _keep(cache: dict, key, value) -> None:
         del cache[next(iter(cache))]
 
 
-def compile_program(fn, static: dict, *args) -> tuple[Callable, float]:
+def compile_program(fn, static: dict, *args, options: dict | None = None) -> tuple[Callable, float]:
     """The ahead-of-time compiled ``fn(*args, **static)`` and the seconds spent lowering and compiling
     it (0.0 when this process compiled the same program before: runs never recompile).
 
@@ -128,11 +128,15 @@ def compile_program(fn, static: dict, *args) -> tuple[Callable, float]:
         fn: a function or its ``jax.jit`` wrapper (only its static arguments are used, as keywords).
         static: its static keyword arguments.
         *args: arrays or ``jax.ShapeDtypeStruct`` s of its positional arguments.
+        options: XLA compiler options for this program (``Lowered.compile``'s), part of what
+            identifies it; None: XLA's defaults.
 
     Returns:
         ``(program, seconds)``: the compiled callable, and the lowering and compile time.
     """
+    chosen = tuple(sorted((options or {}).items()))
     seen = _seen_key(fn, static, args)
+    seen = None if seen is None else (seen, chosen)
     with _COMPILED_LOCK:
         key = _BUILT.get(seen) if seen is not None else None
         if key is not None and key in _COMPILED:
@@ -143,6 +147,7 @@ def compile_program(fn, static: dict, *args) -> tuple[Callable, float]:
     # so a run's new optimizer or loss leaves nothing behind but the bounded caches' entries.
     lowered = jax.jit(functools.partial(getattr(fn, "__wrapped__", fn), **static)).lower(*args)
     key = _program_key(lowered, jax.tree_util.tree_leaves(args))
+    key = None if key is None else (key, chosen)
     with _COMPILED_LOCK:
         hit = _COMPILED.get(key) if key is not None else None
         if hit is not None:
@@ -150,7 +155,7 @@ def compile_program(fn, static: dict, *args) -> tuple[Callable, float]:
             if seen is not None:
                 _keep(_BUILT, seen, key)
             return hit[0], 0.0
-    program = lowered.compile()
+    program = lowered.compile(dict(chosen) if chosen else None)
     seconds = time.perf_counter() - t0
     if key is not None:
         with _COMPILED_LOCK:
@@ -183,8 +188,8 @@ class TrainResult(NamedTuple):
     compile_seconds: float
 
 
-def compile_aside(fn, static: dict, *args) -> concurrent.futures.Future:
-    """``compile_program(fn, static, *args)`` on a second thread; the future's result is its
+def compile_aside(fn, static: dict, *args, options: dict | None = None) -> concurrent.futures.Future:
+    """``compile_program(fn, static, *args, options=options)`` on a second thread; the future's result is its
     ``(program, seconds)``. XLA compiles without the GIL, so what the caller does meanwhile (drawing
     params, copying data to the device) overlaps the compile. The thread inherits this thread's x64
     mode and matmul precision (JAX keeps both per thread).
@@ -193,6 +198,7 @@ def compile_aside(fn, static: dict, *args) -> concurrent.futures.Future:
         fn: as ``compile_program``'s.
         static: its static keyword arguments.
         *args: arrays or ``jax.ShapeDtypeStruct`` s of its positional arguments.
+        options: XLA compiler options, as ``compile_program``'s.
 
     Returns:
         A ``concurrent.futures.Future`` of ``(program, seconds)``.
@@ -202,7 +208,7 @@ def compile_aside(fn, static: dict, *args) -> concurrent.futures.Future:
 
     def work():
         with enable_x64(x64), jax.default_matmul_precision(matmul):
-            return compile_program(fn, static, *args)
+            return compile_program(fn, static, *args, options=options)
 
     pool = concurrent.futures.ThreadPoolExecutor(1)
     try:

@@ -6,13 +6,10 @@ A *group* is configurations whose compiled programs would be identical (``group_
 state and hyperparameters carry a leading member axis K while the dataset and the step counters are
 shared. ``jaxmlp.sweep`` builds groups from a grid or a random search and ensembles from seeds.
 
-Given a mesh whose axis is ``"members"`` (``parallel.make_mesh(n, axis=parallel.MEMBER_AXIS)``, one
-process or several), the member axis is split over its devices: still one compiled program, in which
-each device runs ``group_chunk`` on its slice of the members (``jax.shard_map``) on the shared,
-replicated minibatches. Nothing crosses devices, and a member's arithmetic does not depend on how
-many members share its device, so every device count gives every member the same bits. A group
-whose size the device count does not divide is padded with copies of its last member, which are
-trained and dropped: nothing returned counts them.
+On a mesh with a ``"members"`` axis (``parallel.make_mesh(n, axis=parallel.MEMBER_AXIS)``, one process
+or several) each device runs ``group_chunk`` on its slice of the members, the data replicated, in one
+program. Nothing crosses devices and a member's arithmetic does not depend on how many share its
+device: every device count gives every member the same bits (padding copies are in no result).
 """
 from __future__ import annotations
 
@@ -29,6 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from . import engine, models, parallel, runs
+from ._compat import shard_map
 from .config import TrainConfig, hparam_names, hparams
 from .divergence import reference_loss
 from .model import INIT_SCHEMES, log_softmax
@@ -155,7 +153,7 @@ def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: in
         spec: the group's ``TrainSpec``.
         shared_key: every member trains on the first one's run key (one seed, or ``share_order``).
         mesh: None, or a mesh with a ``"members"`` axis whose size divides K: the members are built on
-            this process's first device, then placed split over the mesh (``place_members``).
+            this process's first device, then placed on it as ``member_specs`` says.
 
     Returns (state, hparams): params, optimizer state and hparams with a leading model axis K; the run
     keys (K, 2), or one (2,) key when ``shared_key``; ``epoch``/``step`` unbatched (the members move in
@@ -166,7 +164,7 @@ def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: in
     if mesh is None:
         return state, hp
     _check_mesh(mesh, len(configs))
-    return place_members(state, mesh, shared_key), parallel.place(hp, mesh, PartitionSpec(parallel.MEMBER_AXIS))
+    return parallel.place((state, hp), mesh, (member_specs(shared_key), PartitionSpec(parallel.MEMBER_AXIS)))
 
 
 def member_axes(shared_key: bool) -> engine.TrainState:
@@ -177,33 +175,43 @@ def member_axes(shared_key: bool) -> engine.TrainState:
 
 
 def member_specs(shared_key: bool) -> engine.TrainState:
-    """Where a group's ``TrainState`` lives on a members mesh, as ``member_axes`` batches it: the
-    batched parts split over the ``"members"`` axis, the step counters (and a shared key) whole on
-    every device. A ``TrainState`` of ``PartitionSpec`` s."""
+    """Where a group's ``TrainState`` lives on a members mesh (``parallel.place``'s specs): what
+    ``member_axes(shared_key)`` batches split over the ``"members"`` axis, the rest whole everywhere."""
     split, whole = PartitionSpec(parallel.MEMBER_AXIS), PartitionSpec()
     return engine.TrainState._make([whole if axis is None else split for axis in member_axes(shared_key)])
-
-
-def place_members(state: engine.TrainState, mesh: Mesh, shared_key: bool = False) -> engine.TrainState:
-    """``state`` (stacked, K members, K a multiple of the mesh's size) placed on ``mesh`` as
-    ``member_specs`` says. With several processes every process passes the whole state (checked)."""
-    return parallel.place(state, mesh, member_specs(shared_key))
 
 
 def _check_mesh(mesh: Mesh, num_members: int) -> None:
     """ValueError unless ``mesh`` has the ``"members"`` axis and its size divides ``num_members``."""
     if parallel.MEMBER_AXIS not in mesh.axis_names:
-        raise ValueError(f"mesh: a sweep's mesh needs an axis named {parallel.MEMBER_AXIS!r}, got "
-                         f"{mesh.axis_names} (make it with parallel.make_mesh(n, axis=parallel.MEMBER_AXIS))")
+        raise ValueError(f"mesh: a sweep's mesh needs an axis named 'members', got {mesh.axis_names} "
+                         f"(parallel.make_mesh(n, axis=parallel.MEMBER_AXIS))")
     if num_members % mesh.devices.size:
-        raise ValueError(f"mesh: {num_members} members do not split over {mesh.devices.size} devices "
-                         f"(train_group pads them; init_members needs a multiple)")
+        raise ValueError(f"mesh: {num_members} members do not split over {mesh.devices.size} devices")
 
 
 def padded(configs: Sequence[TrainConfig], num_devices: int) -> list[TrainConfig]:
-    """``configs`` and copies of its last one, to a multiple of ``num_devices`` members (the copies are
-    trained like any member and dropped from every result)."""
-    return [*configs, *[configs[-1]] * (-len(configs) % num_devices)]
+    """``configs`` and copies of its last one, to a multiple of ``num_devices`` members, at least two a
+    device when there are several (see ``group_chunk``); the copies train like any member."""
+    per_device = max(-(-len(configs) // num_devices), 2 if len(configs) > 1 else 1)
+    return [*configs, *[configs[-1]] * (per_device * num_devices - len(configs))]
+
+
+@functools.cache
+def group_options(backend: str) -> dict | None:
+    """The XLA compiler options of a group's program on ``backend`` (``jax.default_backend()``).
+
+    On a CPU, YNNPACK for the matrix products only: XLA hands it large reductions, summed in another
+    order than small ones (a member's bias gradients would depend on how many share its chain or
+    device), and XLA's own products split sums by a device's threads. None elsewhere, or unknown."""
+    if backend != "cpu":
+        return None
+    options: dict = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+    try:
+        jax.jit(lambda a: a + 1).lower(np.float32(0)).compile(options)
+    except Exception:  # noqa: BLE001  (an unknown option: XLA's own error type, which differs by version)
+        return None
+    return options
 
 
 def group_chunk(state: engine.TrainState, order: jax.Array, x: jax.Array, y: jax.Array, hparams: dict,
@@ -215,32 +223,40 @@ def group_chunk(state: engine.TrainState, order: jax.Array, x: jax.Array, y: jax
     ``shared_key``, else (K, N)); hparams: stacked; num_steps: int32 scalar, the steps to run (shared);
     spec: the group's ``TrainSpec`` (static). Returns the new state and losses (K, capacity).
 
-    ``chains`` > 1 cuts the members into that many independent vmapped chunks inside the one program.
-    XLA's CPU runtime runs independent operations concurrently, so the chains spread over the cores
-    where one chain of small matmuls keeps a core waiting; the math per member is unchanged.
+    ``chains`` > 1 cuts the members into that many independent vmapped chunks, of at least two members
+    each, inside the one program. XLA's CPU runtime runs independent operations concurrently, so the
+    chains spread over the cores where one chain of small matmuls keeps a core waiting; compiled with
+    ``group_options``, the math per member is unchanged (a one-member chain would not be: XLA drops
+    its member axis and may then order a product's sums otherwise).
 
-    ``mesh``: a mesh with a ``"members"`` axis (static). Each device runs this function, chains and
-    all, on its own slice of the members (``jax.shard_map``): the members' parts of state, order and
-    hparams placed as ``member_specs`` says, x, y and num_steps whole on every device.
+    On a CPU, members that share an order (``shared_key``) each gather their own copy of a minibatch:
+    given one shared operand XLA folds them into one product as wide as their count, whose sums are
+    blocked by its width. Elsewhere they share one operand (bits may then move with the count).
+
+    ``mesh``: a members mesh (static): each device runs this function, chains and all, on its slice of
+    the members (``shard_map``; state, order, hparams placed as ``member_specs`` says, the rest whole).
     """
     if mesh is not None:
         specs = member_specs(shared_key)
         split, whole = PartitionSpec(parallel.MEMBER_AXIS), PartitionSpec()
         local = functools.partial(group_chunk, spec=spec, capacity=capacity, shared_key=shared_key, chains=chains)
-        return jax.shard_map(local, mesh=mesh, in_specs=(specs, specs.key, whole, whole, split, whole),
-                             out_specs=(specs, split), check_vma=False)(state, order, x, y, hparams, num_steps)
+        return shard_map(local, mesh=mesh, in_specs=(specs, specs.key, whole, whole, split, whole),
+                         out_specs=(specs, split))(state, order, x, y, hparams, num_steps)
     k = jax.tree_util.tree_leaves(state.params)[0].shape[0]
-    bounds = np.linspace(0, k, max(1, min(int(chains), k)) + 1).astype(int)
+    bounds = np.linspace(0, k, max(1, min(int(chains), k // 2)) + 1).astype(int)  # chains of 2 or more
     axes, key_axis = member_axes(shared_key), None if shared_key else 0
+    order_axis = key_axis
+    if shared_key and jax.default_backend() == "cpu":  # each member its own copy of the shared rows
+        order, order_axis = jnp.broadcast_to(order, (k, *order.shape)), 0
     run = jax.vmap(functools.partial(engine.chunk, spec=spec, capacity=capacity),
-                   in_axes=(axes, key_axis, None, None, 0, None), out_axes=(axes, 0))
+                   in_axes=(axes, order_axis, None, None, 0, None), out_axes=(axes, 0))
     if len(bounds) == 2:
         return run(state, order, x, y, hparams, num_steps)
     part = lambda tree, a, b, axis=0: tree if axis is None else jax.tree_util.tree_map(  # noqa: E731
         lambda leaf: leaf[a:b], tree)
     outs = [run(engine.TrainState(part(state.params, a, b), part(state.opt_state, a, b),
                                  part(state.key, a, b, key_axis), state.epoch, state.step),
-                part(order, a, b, key_axis), x, y, part(hparams, a, b), num_steps)
+                part(order, a, b, order_axis), x, y, part(hparams, a, b), num_steps)
             for a, b in zip(bounds[:-1], bounds[1:])]
     join = lambda *trees: jax.tree_util.tree_map(lambda *leaves: jnp.concatenate(leaves), *trees)  # noqa: E731
     new = [o[0] for o in outs]
@@ -341,44 +357,31 @@ def _start_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num
     hp, count = args[1], jax.ShapeDtypeStruct((), jnp.int32)
     if mesh is not None:
         specs = member_specs(shared)
-        shapes, order, count = _shapes_on((shapes, order, count), mesh, (specs, specs.key, PartitionSpec()))
+        shapes, order, count = parallel.place((shapes, order, count), mesh, (specs, specs.key, PartitionSpec()))
         hp = parallel.place(hp, mesh, PartitionSpec(parallel.MEMBER_AXIS))
     pending = engine.compile_aside(run_group_chunk, {"spec": spec, "capacity": steps, "shared_key": shared,
-                                                      "chains": chains, "mesh": mesh}, shapes, order, x, y, hp, count)
+                                                      "chains": chains, "mesh": mesh}, shapes, order, x, y, hp, count,
+                                   options=group_options(jax.default_backend()))
     state = build(*args, **statics)
     if mesh is not None:
-        state = place_members(state, mesh, shared)
+        state = parallel.place(state, mesh, member_specs(shared))
     group_order(state.key, state.epoch, n, shared)  # compiled here, not in the first epoch's time
     program, seconds = pending.result()
     return state, hp, program, seconds
 
 
-def _shapes_on(tree: Any, mesh: Mesh, specs: Any) -> Any:
-    """``tree``'s ``jax.ShapeDtypeStruct`` s given the shardings on ``mesh`` that ``specs`` (a prefix tree of
-    ``PartitionSpec`` s) says: what ``engine.compile_aside`` compiles a sharded program from."""
-    def on(spec, sub):
-        sharding = jax.sharding.NamedSharding(mesh, spec)
-        return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), sub)
-
-    return jax.tree_util.tree_map(on, specs, tree, is_leaf=lambda s: isinstance(s, PartitionSpec))
-
-
 def _gathered(state: engine.TrainState, num_members: int, shared: bool) -> engine.TrainState:
-    """A members mesh's final ``state``, gathered from every device (and process: a collective, so every
-    process calls it), its first ``num_members`` members kept (the padding dropped), on this process's
-    first device."""
-    host = parallel.to_host(state)
-
-    def cut(axis, sub):
-        return sub if axis is None else jax.tree_util.tree_map(lambda leaf: leaf[:num_members], sub)
-
-    return jax.device_put(jax.tree_util.tree_map(cut, member_axes(shared), host, is_leaf=lambda a: a is None))
+    """A members mesh's ``state`` gathered from every device and process (a collective: every process
+    calls it), its first ``num_members`` members (no padding) on this process's first device."""
+    cut = lambda axis, sub: sub if axis is None else jax.tree_util.tree_map(lambda a: a[:num_members], sub)  # noqa: E731
+    host = jax.tree_util.tree_map(cut, member_axes(shared), parallel.to_host(state), is_leaf=lambda a: a is None)
+    return jax.device_put(host)
 
 
 def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int = 10, *,
                 image_side: int = 28, chains: int | None = None, share_order: bool = False,
                 on_epoch: Callable[[int, np.ndarray], None] | None = None,
-                divergence_rule: bool = True, mesh: Mesh | None = None) -> GroupResult:
+                divergence: bool = True, mesh: Mesh | None = None) -> GroupResult:
     """Train ``configs`` (K configurations that share a ``group_key``) together, all epochs, one
     compiled program.
 
@@ -388,15 +391,14 @@ def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_
     ``default_chains``, per device). ``share_order``: every member uses the first one's run key (see the
     module docstring); members of one seed share it anyway. ``on_epoch(epoch, losses (K,))`` after each
     epoch. A member diverges as a single run does (a non-finite loss or params, or with
-    ``divergence_rule`` a chunk's mean loss past 10x max(its first loss, ln C)); it does not stop the
+    ``divergence`` a chunk's mean loss past 10x max(its first loss, ln C)); it does not stop the
     others: its losses become NaN from that epoch on and ``diverged`` marks it. When all diverged, the
     remaining epochs are skipped.
 
-    ``mesh``: None (one device), or a mesh with a ``"members"`` axis, which may span processes (every
-    process then calls ``train_group`` with the same arguments). The members are split over its devices,
-    x and y replicated on them, padded to a multiple of its size with copies of the last member; each
-    member gets the bits it gets on one device. The result holds the K members only, gathered onto this
-    process's first device in every process.
+    ``mesh``: None (one device), or a mesh with a ``"members"`` axis, which may span processes (each
+    then calls ``train_group`` alike): the members (``padded``) split over its devices, x and y
+    replicated, each member the bits it has on one device. The result holds the K members only, on
+    this process's first device, in every process.
     """
     keys = {group_key(c, x.shape[0], image_side) for c in configs}
     if len(keys) != 1:
@@ -426,7 +428,7 @@ def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_
         train_seconds += time.perf_counter() - t0
         start = reference_loss(losses[:, 0], math.log(num_classes)) if start is None else start
         finite = np.asarray(parallel.to_host(_members_finite(state.params)))[:k]
-        dead |= diverged_members(losses, start, finite, divergence_rule)
+        dead |= diverged_members(losses, start, finite, divergence)
         history[:, e] = [np.nan if d else engine.epoch_loss(row, n, spec.batch_size) for row, d in zip(losses, dead)]
         if on_epoch is not None:
             on_epoch(e + 1, history[:, e])

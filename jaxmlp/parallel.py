@@ -146,6 +146,26 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     except ValueError:  # auto-detection found no cluster
         raise ValueError("initialize: no cluster launcher detected (SLURM, Open MPI, ...); give coordinator "
                          "(HOST:PORT), num_processes and process_id") from None
+    if jax.process_count() > 1:
+        _connect_quietly()
+
+
+def _connect_quietly() -> None:
+    """Connect the processes' collectives now, with anything written to the standard output meanwhile
+    sent to the standard error: gloo announces its connection there ("[Gloo] Rank 0 is connected to
+    ..."), which would otherwise land in the middle of a command's results."""
+    import sys
+
+    from jax.experimental import multihost_utils
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        multihost_utils.sync_global_devices("jaxmlp: processes joined")
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def is_primary() -> bool:
@@ -241,30 +261,33 @@ def _check_same_everywhere(leaves: list) -> None:
                          f"(run every process with the same data, TrainConfig.seed and other settings)")
 
 
-def place(tree: Any, mesh: Mesh, specs: Any = PartitionSpec()) -> Any:
+def place(tree: Any, mesh: Mesh, specs: Any = None) -> Any:
     """Every array leaf of ``tree`` placed on ``mesh`` as ``specs`` says: one ``PartitionSpec`` for
-    every leaf, or a tree of them that is a prefix of ``tree`` (``PartitionSpec()``: whole on every
-    device; ``PartitionSpec("members")``: the leading axis split over the mesh's ``"members"`` axis).
+    every leaf, or a tree of them that is a prefix of ``tree`` (``PartitionSpec()``, the default: whole
+    on every device; ``PartitionSpec("members")``: the leading axis split over the mesh's ``"members"``
+    axis).
 
     Every process passes the whole value of every leaf. With several processes each one builds its
     own devices' parts of one *global* array from it (``jax.make_array_from_process_local_data``), so
     every process must pass the same values (same data, config and seed); this is checked (ValueError
-    when they differ).
+    when they differ). A ``jax.ShapeDtypeStruct`` leaf comes back as one with the sharding: what a
+    program for the placed arrays compiles from.
     """
-    def sharding(spec):
-        return NamedSharding(mesh, spec)
-
-    shardings = jax.tree_util.tree_map(sharding, specs, is_leaf=lambda s: isinstance(s, PartitionSpec))
+    is_spec, is_sharding = (lambda s: isinstance(s, PartitionSpec)), (lambda s: isinstance(s, NamedSharding))
+    specs = PartitionSpec() if specs is None else specs
+    shardings = jax.tree_util.tree_map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=is_spec)
+    per_leaf = jax.tree_util.tree_map(lambda s, sub: jax.tree_util.tree_map(lambda _: s, sub), shardings, tree,
+                                      is_leaf=is_sharding)
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    where = jax.tree_util.tree_leaves(per_leaf, is_leaf=is_sharding)
+    if all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves):
+        placed = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s) for a, s in zip(leaves, where)]
+        return jax.tree_util.tree_unflatten(treedef, placed)
     if jax.process_count() == 1:
         return jax.device_put(tree, shardings)
-    per_leaf = jax.tree_util.tree_map(lambda s, sub: jax.tree_util.tree_map(lambda _: s, sub), shardings, tree,
-                                      is_leaf=lambda s: isinstance(s, NamedSharding))
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
     host = [np.asarray(leaf) for leaf in leaves]
     _check_same_everywhere(host)
-    placed = [jax.make_array_from_process_local_data(s, h, h.shape)
-              for s, h in zip(jax.tree_util.tree_leaves(per_leaf, is_leaf=lambda s: isinstance(s, NamedSharding)),
-                              host)]
+    placed = [jax.make_array_from_process_local_data(s, h, h.shape) for s, h in zip(where, host)]
     return jax.tree_util.tree_unflatten(treedef, placed)
 
 

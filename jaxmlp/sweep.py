@@ -243,7 +243,7 @@ class EnsembleResult(NamedTuple):
 
 def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool = False,
                  on_epoch: Callable[[int, np.ndarray], None] | None = None,
-                 divergence_rule: bool = True, mesh: Mesh | None = None) -> EnsembleResult:
+                 divergence: bool = True, mesh: Mesh | None = None) -> EnsembleResult:
     """Train ``members`` copies of ``config`` with seeds ``seed, seed + 1, ...`` together (one vmapped
     program) and test each member and their averaged-probability ensemble.
 
@@ -253,7 +253,7 @@ def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool =
         members: K, the number of members.
         share_order: all members see seed ``seed``'s minibatches (see ``train_group``).
         on_epoch: ``on_epoch(epoch, losses (K,))`` after each epoch.
-        divergence_rule: judge divergence by the 10x rule too (see ``train_group``).
+        divergence: judge divergence by the 10x rule too (see ``train_group``).
         mesh: None, or a mesh with a ``"members"`` axis to split the members over (see ``train_group``:
             a count its size does not divide is padded, and the padding is in no result).
 
@@ -268,7 +268,7 @@ def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool =
     with engine.precision(config.dtype, config.matmul_precision):
         x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
         res = train_group(configs, x, y, num_classes, image_side=side, share_order=share_order, on_epoch=on_epoch,
-                          divergence_rule=divergence_rule, mesh=mesh)
+                          divergence=divergence, mesh=mesh)
         model = models.from_config(config)
         losses, accs, ens_loss, ens_acc = evaluate_members(model, res.params, x_test, y_test)
         alive = np.flatnonzero(~res.diverged)
@@ -316,18 +316,30 @@ def sorted_runs(runs: Sequence[RunResult]) -> list[RunResult]:
     return sorted(runs, key=lambda r: (r.diverged, -(r.test_accuracy if np.isfinite(r.test_accuracy) else -1)))
 
 
+def varying_axes(configs: Sequence[TrainConfig]) -> list[str]:
+    """The sweepable fields (``SWEEP_AXES``) that differ between ``configs``, else ``["lr"]``."""
+    return [a for a in SWEEP_AXES if len({str(getattr(c, a)) for c in configs}) > 1] or ["lr"]
+
+
+def _cell(config: TrainConfig, axis: str) -> str:
+    v = getattr(config, axis)
+    return "-".join(str(h) for h in v) if axis == "hidden" else f"{v:g}" if axis == "lr" else str(v)
+
+
+def member_name(config: TrainConfig, varying: Sequence[str]) -> str:
+    """``config`` named by its ``varying`` fields, as the table writes them: ``"lr 0.3, seed 2"``."""
+    return ", ".join(f"{a.replace('_', ' ')} {_cell(config, a)}" for a in varying)
+
+
 def format_table(runs: Sequence[RunResult], varying: Sequence[str] | None = None) -> str:
     """A text table of runs sorted by test accuracy; ``varying`` picks the config columns (default: the
     sweepable fields that differ between runs, else lr)."""
     if varying is None:
-        varying = [a for a in SWEEP_AXES if len({str(getattr(r.config, a)) for r in runs}) > 1] or ["lr"]
+        varying = varying_axes([r.config for r in runs])
     header = ["rank", *varying, "final loss", "test acc"]
     rows = []
     for rank, r in enumerate(sorted_runs(runs), start=1):
-        cells = [str(rank)]
-        for a in varying:
-            v = getattr(r.config, a)
-            cells.append("-".join(str(h) for h in v) if a == "hidden" else f"{v:g}" if a == "lr" else str(v))
+        cells = [str(rank), *(_cell(r.config, a) for a in varying)]
         loss = r.history[-1] if r.history else float("nan")
         cells.append("diverged" if r.diverged else f"{loss:.4f}")
         cells.append("-" if r.diverged else f"{r.test_accuracy * 100:.2f}%")

@@ -103,7 +103,8 @@ def test_bench_json_has_every_row_and_field(capsys):
     assert names == ["numpy notebook", "jit step, Python loop", "fused epoch (lax.scan)", "its matmuls alone",
                      "chunked engine, 4 chunks/epoch", "chunked engine, 1 chunk/epoch",
                      "jaxmlp.train, a user's loss, 1 chunk/epoch", "vmapped sweep, 2 lrs",
-                     "sweep, one wide first layer", "fused epoch, large batch", "the large batch's matmuls alone"]
+                     f"sharded sweep, 2 lrs, {jax.local_device_count()} device(s)", "sweep, one wide first layer",
+                     "fused epoch, large batch", "the large batch's matmuls alone"]
     for row in report["rows"]:
         for field in ("seconds_per_epoch", "samples_per_second", "gflops", "fraction_of_peak"):
             assert row[field] > 0

@@ -324,3 +324,23 @@ def test_mesh_for_one_process():
         assert parallel.device_count(parallel.mesh_for(jax.device_count())) == jax.device_count()
     with pytest.raises(ValueError, match="^make_mesh: num_devices="):
         parallel.mesh_for(jax.device_count() + 1)
+
+
+def test_place_puts_arrays_and_shapes_where_their_specs_say():
+    """``place`` follows a prefix tree of PartitionSpecs: arrays land with those shardings, abstract
+    ShapeDtypeStructs come back carrying them (what a sharded program compiles from); a mesh for a
+    sweep's models has the axis "members"."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = parallel.make_mesh(1, axis=parallel.MEMBER_AXIS)
+    assert mesh.axis_names == ("members",) and parallel.make_mesh(1).axis_names == ("data",)
+    tree = {"w": jax.numpy.ones((2, 3)), "step": jax.numpy.zeros((), jax.numpy.int32)}
+    specs = {"w": PartitionSpec("members"), "step": PartitionSpec()}
+    placed = parallel.place(tree, mesh, specs)
+    assert placed["w"].sharding == NamedSharding(mesh, PartitionSpec("members"))
+    assert placed["step"].sharding == NamedSharding(mesh, PartitionSpec())
+    assert np.array_equal(placed["w"], tree["w"])
+    shapes = parallel.place(jax.eval_shape(lambda: tree), mesh, specs)
+    assert isinstance(shapes["w"], jax.ShapeDtypeStruct) and shapes["w"].shape == (2, 3)
+    assert shapes["w"].sharding == placed["w"].sharding
+    assert parallel.replicate(tree, mesh)["w"].sharding == NamedSharding(mesh, PartitionSpec())

@@ -96,7 +96,7 @@ def test_sweep_members_equal_single_runs(data, seeds, optimizer):
     result = sweep.run_sweep(configs, data)
     assert len(result.groups) == 1 and result.groups[0].shared_key == (len(seeds) == 1)
     for config, run in zip(configs, result.runs):
-        single = runs.fit(config, data, chunk_steps=3, divergence_rule=False)  # chunks of 3, 3, 2 steps
+        single = runs.fit(config, data, chunk_steps=3, divergence=False)  # chunks of 3, 3, 2 steps
         # float64 throughout; vmap only reorders sums inside batched matmuls, so agreement is to ~1e-15
         # relative per step, amplified over 16 SGD steps: 1e-10 leaves ample margin and still fails on
         # any real difference (a wrong key, lr or init changes the loss in the 3rd-4th digit).
@@ -110,7 +110,7 @@ def test_shared_order_members_differ_only_in_their_params(data):
     """share_order: members of different seeds train on the first member's minibatches. Each equals
     runs.fit of its own config resumed from its own initial params with the first member's run key,
     and (for the second seed) not its own single run: the order really is the first seed's."""
-    configs = sweep.grid(BASE, lr=[0.5, 0.05], seed=SEEDS_PER_MEMBER)
+    configs = sweep.grid(BASE, lr=[0.2, 0.05], seed=SEEDS_PER_MEMBER)  # (He init: lr 0.5 blows up here)
     result = sweep.run_sweep(configs, data, share_order=True)
     assert len(result.groups) == 1 and result.groups[0].shared_key
     spec = runs.spec_for(BASE, len(data.y_train))
@@ -121,7 +121,7 @@ def test_shared_order_members_differ_only_in_their_params(data):
         expected = runs.fit(config, data, resume=start, divergence=False)
         np.testing.assert_allclose(run.history, [h["loss"] for h in expected.history], rtol=1e-10)
         np.testing.assert_allclose(run.test_loss, expected.test_loss, rtol=1e-10)
-    own = runs.fit(configs[2], data, divergence_rule=False)  # seed 6, lr 0.5, its own shuffle
+    own = runs.fit(configs[2], data, divergence=False)  # seed 6, lr 0.2, its own shuffle
     assert abs(own.history[-1]["loss"] - result.runs[2].history[-1]) > 1e-6
 
 
@@ -327,3 +327,12 @@ def test_chains_split_members_without_changing_them(data, x64, shared):
         # Each member's arithmetic is identical; only XLA's scheduling differs, so allow round-off.
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-15)
     assert members.default_chains(1) == 1 and 1 <= members.default_chains(16) <= 16
+
+
+def test_cli_sweep_too_many_devices_is_one_line_error(capsys):
+    """`jaxmlp sweep --devices N` beyond what exists fails before any data is read, in one line naming
+    --devices."""
+    rc = cli.main(["sweep", "--devices", str(jax.device_count() + 3), "--data-dir", "/nonexistent"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--devices" in err[0]

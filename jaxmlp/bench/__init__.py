@@ -5,10 +5,12 @@ forward / backward / update functions); the notebook's loop calling the jitted `
 host minibatches instead; the pre-chunk fused epoch (``engine.fused_epoch``: one ``lax.scan``
 program per epoch) and its matmuls alone (how much of the epoch its 32-row products are); the
 engine ``runs.fit`` runs (``engine.chunk``, in 4 chunks an epoch and in one) beside it; a vmapped
-learning-rate sweep (``members.run_group_chunk``: the same chunk under ``vmap``) and a prototype of
-the same sweep with the members' first layers as one wide product on the shared minibatch
-(``wide_sweep_steps``: plain SGD only, not the engine; measured so that a machine shows whether
-that layout would pay off there); a large-batch fused run and that run's matmuls alone, so the
+learning-rate sweep (``members.run_group_chunk``: the same chunk under ``vmap``), the same sweep with
+its members split over this process's devices (a ``"members"`` mesh, ``jaxmlp sweep --devices``;
+``scaling`` times it at several device counts) and a prototype of the same sweep with the members'
+first layers as one wide product on the shared minibatch (``wide_sweep_steps``: plain SGD only,
+not the engine; measured so that a machine shows whether that layout would pay off there); a
+large-batch fused run and that run's matmuls alone, so the
 distance between an epoch and its dots shows. Every timing is steady state: programs are compiled
 (and the compile time reported) and run once before the clock starts; the best of the repeats is
 kept, as ``timeit`` does, because on a shared machine noise only ever adds time. The report names
@@ -35,6 +37,7 @@ from .jax_rows import (
     time_fused,
     time_jit_loop,
     time_matmuls,
+    time_sharded_sweep,
     time_sweep,
     time_user_loss,
     time_wide_sweep,
@@ -51,6 +54,6 @@ __all__ = [
     "CompileCounter", "LARGE_DOTS", "PROGRAM_BUILD_EVENTS", "SMALL_DOTS", "TABLE_HEADER", "USER_LOSS", "WIDE_SWEEP",
     "format_markdown", "format_report", "jax_rows", "load_bench_data", "machine", "machine_info", "matmul_peak",
     "mlp_flops_per_example", "numpy_params", "numpy_rows", "numpy_step", "peak_rss_mb", "report", "run_bench",
-    "suite", "time_chunked", "time_fused", "time_jit_loop", "time_matmuls", "time_numpy", "time_sweep",
-    "time_user_loss", "time_wide_sweep", "timing", "wide_params", "wide_sweep_steps",
+    "suite", "time_chunked", "time_fused", "time_jit_loop", "time_matmuls", "time_numpy", "time_sharded_sweep",
+    "time_sweep", "time_user_loss", "time_wide_sweep", "timing", "wide_params", "wide_sweep_steps",
 ]

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import engine, members, runs, steps as teaching
+from .. import engine, members, parallel, runs, steps as teaching
 from ..config import TrainConfig
 from ..losses import cross_entropy
 from ..model import forward, relu
@@ -118,13 +118,41 @@ def _time_engine_epoch(spec, state, hp, x: jax.Array, y: jax.Array, chunks: int,
     return best, compile_s, recompiles
 
 
-def _lr_sweep_members(layer_sizes, batch_size: int, num_examples: int, lrs) -> tuple:
+def _lr_sweep_members(layer_sizes, batch_size: int, num_examples: int, lrs, mesh=None) -> tuple:
     """(spec, stacked state, stacked hparams, epoch 0's shared order) of the bench's lr sweep: the
-    bench run's config at each lr, one seed, so one key and one shuffle for every member."""
+    bench run's config at each lr, one seed, so one key and one shuffle for every member. On a members
+    ``mesh``, padded as ``members.train_group`` pads them and placed on it."""
     config, spec, _, _ = _setup(layer_sizes, batch_size, num_examples, float(lrs[0]))
     configs = [dataclasses.replace(config, lr=float(lr)) for lr in lrs]
-    state, hp = members.init_members(configs, int(layer_sizes[0]), int(layer_sizes[-1]), spec, shared_key=True)
+    if mesh is not None:
+        configs = members.padded(configs, parallel.device_count(mesh))
+    state, hp = members.init_members(configs, int(layer_sizes[0]), int(layer_sizes[-1]), spec, shared_key=True,
+                                     mesh=mesh)
     return spec, state, hp, members.group_order(state.key, state.epoch, num_examples, True)
+
+
+def _sweep_program(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lrs, mesh=None) -> tuple:
+    """(epoch, compile seconds, the compiled program) of the bench's lr sweep as ``members.train_group``
+    compiles it (``members.default_chains`` chains a device, ``members.group_options``), on ``mesh``
+    (None: one device); ``epoch()`` runs one whole epoch of every member."""
+    n = x.shape[0]
+    spec, state, hp, _ = _lr_sweep_members(layer_sizes, batch_size, n, lrs, mesh)
+    steps, count = engine.steps_per_epoch(n, batch_size), jnp.int32(engine.steps_per_epoch(n, batch_size))
+    if mesh is not None:
+        x, y, count = parallel.replicate((x, y, count), mesh)
+    local = 1 if mesh is None else len(mesh.local_devices)
+    k = jax.tree_util.tree_leaves(state.params)[0].shape[0]
+    statics = {"spec": spec, "capacity": steps, "shared_key": True,
+               "chains": members.default_chains(k // local, local), "mesh": mesh}
+    order = members.group_order(state.key, state.epoch, n, True)
+    program, compile_s = engine.compile_program(members.run_group_chunk, statics, state, order, x, y, hp, count,
+                                               options=members.group_options(jax.default_backend()))
+
+    def epoch():
+        return np.asarray(parallel.to_host(program(state, members.group_order(state.key, state.epoch, n, True),
+                                                   x, y, hp, count)[1]))
+
+    return epoch, compile_s, program
 
 
 def time_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lrs,
@@ -133,20 +161,34 @@ def time_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lrs,
     the lr sweep of ``jaxmlp sweep``: one seed (so one key, one shuffle), the group's order and one
     ``members.run_group_chunk`` (the vmapped engine chunk, ``members.default_chains`` chains) per epoch;
     best of ``repeats``. ``x`` (N, D), ``y`` (N,) int on the device; the MLP ``layer_sizes``, ``batch_size``."""
-    n = x.shape[0]
-    spec, state, hp, order = _lr_sweep_members(layer_sizes, batch_size, n, lrs)
-    steps = engine.steps_per_epoch(n, batch_size)
-    statics = {"spec": spec, "capacity": steps, "shared_key": True, "chains": members.default_chains(len(lrs))}
-    program, compile_s = engine.compile_program(members.run_group_chunk, statics, state, order, x, y, hp,
-                                               jnp.int32(steps))
-
-    def epoch():
-        return np.asarray(program(state, members.group_order(state.key, state.epoch, n, True), x, y, hp,
-                                  jnp.int32(steps))[1])
-
+    epoch, compile_s, _ = _sweep_program(x, y, layer_sizes, batch_size, lrs)
     epoch()
     best, recompiles = _timed(epoch, repeats)
     return best, compile_s, recompiles
+
+
+def program_bytes(program) -> int | None:
+    """Device memory one device needs for a compiled program: its arguments, results and scratch space
+    (``memory_analysis``; what is donated counted once), or None where the backend does not say."""
+    try:
+        m = program.memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+    except (AttributeError, NotImplementedError, TypeError, RuntimeError):
+        return None
+
+
+def time_sharded_sweep(x: jax.Array, y: jax.Array, layer_sizes, batch_size: int, lrs, num_devices: int,
+                       repeats: int = 2) -> tuple[float, float, int, int | None]:
+    """(seconds per epoch for all ``len(lrs)`` models, compile seconds, recompilations while timed, bytes
+    a device) of ``time_sweep``'s lr sweep with its members split over ``num_devices`` of this process's
+    devices (``jaxmlp sweep --devices N``: a ``"members"`` mesh, the data replicated, the members padded
+    to a multiple of the devices); best of ``repeats``. ``x`` (N, D), ``y`` (N,) int; the MLP
+    ``layer_sizes``, ``batch_size``."""
+    mesh = parallel.make_mesh(num_devices, jax.local_devices(), axis=parallel.MEMBER_AXIS)
+    epoch, compile_s, program = _sweep_program(x, y, layer_sizes, batch_size, lrs, mesh)
+    epoch()
+    best, recompiles = _timed(epoch, repeats)
+    return best, compile_s, recompiles, program_bytes(program)
 
 
 def wide_params(stacked: list) -> list:

@@ -8,7 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import runs
-from .jax_rows import time_chunked, time_fused, time_jit_loop, time_matmuls, time_sweep, time_user_loss, time_wide_sweep
+from .jax_rows import (
+    time_chunked,
+    time_fused,
+    time_jit_loop,
+    time_matmuls,
+    time_sharded_sweep,
+    time_sweep,
+    time_user_loss,
+    time_wide_sweep,
+)
 from .machine import machine_info, peak_rss_mb
 from .numpy_rows import time_numpy
 from .timing import matmul_peak, mlp_flops_per_example
@@ -113,6 +122,12 @@ def _device_rows(add: Callable, x: jax.Array, y: jax.Array, sizes: list, *, batc
     sweep_s, sweep_c, r5 = time_sweep(x, y, sizes, batch_size, lrs, max(2, repeats // 2))  # K epochs a repeat
     add(f"vmapped sweep, {sweep_size} lrs", batch_size, sweep_s, sweep_c, models=sweep_size,
         note="vmap of engine.chunk, one chunk/epoch")
+    devices = jax.local_device_count()
+    shard_s, shard_c, r11, per_device = time_sharded_sweep(x, y, sizes, batch_size, lrs, devices,
+                                                           max(2, repeats // 2))
+    memory = "" if per_device is None else f"; {per_device / 2**20:.0f} MiB a device"
+    add(f"sharded sweep, {sweep_size} lrs, {devices} device(s)", batch_size, shard_s, shard_c, models=sweep_size,
+        note=f"the vmapped sweep's members split over a 'members' mesh (jaxmlp sweep --devices){memory}")
     wide_s, wide_c, r9 = time_wide_sweep(x, y, sizes, batch_size, lrs, max(2, repeats // 2))
     add(WIDE_SWEEP, batch_size, wide_s, wide_c, models=sweep_size,
         note="prototype, not the engine: plain SGD, shared minibatch, the first layers as one wide product")
@@ -120,7 +135,7 @@ def _device_rows(add: Callable, x: jax.Array, y: jax.Array, sizes: list, *, batc
     add("fused epoch, large batch", large_batch, big_s, big_c)
     dots_s, dots_c, r7 = time_matmuls(x, sizes, large_batch, repeats)
     add(LARGE_DOTS, large_batch, dots_s, dots_c, note="forward + backward dots of the large-batch epoch")
-    return r2 + r3 + r4 + r5 + r6 + r7 + r8 + r9 + r10
+    return r2 + r3 + r4 + r5 + r6 + r7 + r8 + r9 + r10 + r11
 
 
 def run_bench(images: np.ndarray, labels: np.ndarray, *, hidden=(128, 64), batch_size: int = 32,

@@ -6,6 +6,7 @@ import argparse
 from jaxmlp import config as cfg
 
 from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, say, subcommand, write_metrics
+from .train import add_scale_flags, mesh_from_args
 
 SHARED = ("arch", "activation", "epochs", "optimizer", "momentum", "beta1", "beta2", "weight_decay", "l2", "schedule",
           "warmup_epochs", "dropout", "input_dropout", "augment", "dtype", "matmul_precision")
@@ -37,6 +38,7 @@ def add(sub) -> None:
     g.add_argument("--shared-order", action="store_true",
                    help="members with different --seed values draw their own params but all see the first seed's "
                         "minibatches (one shuffle; off by default: each seed shuffles as its single run does)")
+    add_scale_flags(g, "split every program's models over N devices (the same results as on one)")
     g = p.add_argument_group("output")
     add_metrics_flag(g, "JSON: runs (config, test_accuracy, history, ...) best first, and the programs,")
     g.add_argument("--top", type=cfg.positive_int, default=None, metavar="N", help="print only the N best runs")
@@ -81,10 +83,14 @@ def configs_from_args(args) -> list:
 
 
 class SweepProgress:
-    """Group and epoch lines on stderr (the table on stdout stays clean)."""
+    """Group and epoch lines on stderr (the table on stdout stays clean); a member that diverges is named
+    once, in the epoch it diverged."""
 
     def __init__(self, configs, groups, epochs: int, quiet: bool):
+        from jaxmlp.sweep import varying_axes
+
         self.configs, self.groups, self.epochs, self.quiet = configs, groups, epochs, quiet
+        self.varying, self.named = varying_axes(configs), set[int]()
 
     def on_group(self, g, members) -> None:
         if not self.quiet:
@@ -97,10 +103,16 @@ class SweepProgress:
     def on_epoch(self, g, epoch, losses) -> None:
         import numpy as np
 
+        from jaxmlp.sweep import member_name
+
         if not self.quiet:
             finite = losses[np.isfinite(losses)]
             best = f"{finite.min():.4f}" if len(finite) else "nan"
             say(f"  epoch {epoch}/{self.epochs}: best loss {best}, {len(losses) - len(finite)} diverged")
+            fresh = [i for i, v in zip(self.groups[g], losses) if not np.isfinite(v) and i not in self.named]
+            for i in fresh:
+                say(f"  diverged in epoch {epoch}: {member_name(self.configs[i], self.varying)}")
+            self.named.update(fresh)
 
 
 def run(args) -> int:
@@ -110,26 +122,33 @@ def run(args) -> int:
     repeat --hidden for several. Example: jaxmlp sweep --lr 0.001 0.01 0.1 --hidden 128 64 --hidden 256 128
     --batch-size 32 128. A configuration that diverges (as a single run would: a non-finite loss, or one past 10x
     its start) is reported as diverged and the others go on; when every one diverges the sweep fails (exit 1).
+    --devices N splits every program's models over N devices, and with --coordinator (or under SLURM) over the
+    processes' devices: the table is the one-device table, digit for digit, printed and written by process 0.
     """
     from jaxmlp.data import ensure_dataset
+    from jaxmlp.parallel import MEMBER_AXIS, device_count, is_primary
     from jaxmlp.sweep import format_table, group_by_shape, run_sweep, sorted_runs, sweep_record
 
     configs = configs_from_args(args)
+    mesh = mesh_from_args(args, MEMBER_AXIS)
     check_outputs(args)
-    data = ensure_dataset(args.data_dir, args.dataset, progress=not args.quiet)
+    quiet = args.quiet or not is_primary()  # process 0 reports for all
+    data = ensure_dataset(args.data_dir, args.dataset, progress=not quiet)
     groups = group_by_shape(configs, len(data.y_train), int(data.x_train.shape[1]), args.max_group)
-    if not args.quiet:
-        say(f"{len(configs)} configurations, {len(groups)} compiled program(s), {configs[0].epochs} epochs")
-    progress = SweepProgress(configs, groups, configs[0].epochs, args.quiet)
+    if not quiet:
+        on = f" over {device_count(mesh)} devices" if mesh is not None else ""
+        say(f"{len(configs)} configurations, {len(groups)} compiled program(s){on}, {configs[0].epochs} epochs")
+    progress = SweepProgress(configs, groups, configs[0].epochs, quiet)
     result = run_sweep(configs, data, max_group=args.max_group, share_order=args.shared_order,
-                       on_group=progress.on_group,
-                       on_epoch=progress.on_epoch)
+                       on_group=progress.on_group, on_epoch=progress.on_epoch, mesh=mesh)
+    if not is_primary():
+        return 1 if all(r.diverged for r in result.runs) else 0
     print(format_table(sorted_runs(result.runs)[: args.top] if args.top else result.runs))
     if not args.quiet:
         compile_s = sum(g.compile_seconds for g in result.groups)
         train_s = sum(g.train_seconds for g in result.groups)
         say(f"wall {result.wall_seconds:.1f} s (compile {compile_s:.1f} s, training {train_s:.1f} s)")
-    write_metrics(args.metrics_out, {**sweep_record(result), "dataset": args.dataset, "devices": 1})
+    write_metrics(args.metrics_out, {**sweep_record(result), "dataset": args.dataset, "devices": device_count(mesh)})
     if args.plot_dir:
         from pathlib import Path
 

@@ -72,13 +72,28 @@ def add(sub) -> None:
     g.add_argument("--shared-order", action="store_true",
                    help="with --ensemble: every member sees the first seed's minibatches, only the initial params "
                         "differ (default: each seed its own shuffle)")
+    add_scale_flags(g, "split each minibatch over N devices (with --ensemble: the members)")
+
+
+def add_scale_flags(g, what: str) -> None:
+    """--devices (``what`` says what it splits) and the multi-process flags, for train and sweep."""
     g.add_argument("--devices", type=cfg.positive_int, default=None, metavar="N",
-                   help="data parallelism: split each minibatch over N devices (default: 1, or every device of "
-                        "every process in a multi-process run)")
+                   help=f"{what} (default: 1, or every device of every process in a multi-process run)")
     g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
-                   help="multi-process training: process 0's address (with --num-processes, --process-id)")
+                   help="multi-process run: process 0's address (with --num-processes, --process-id; under SLURM "
+                        "or Open MPI, leave all three out)")
     g.add_argument("--num-processes", type=cfg.positive_int, default=None, metavar="N", help="processes in the run")
     g.add_argument("--process-id", type=cfg.nonneg_int, default=None, metavar="I", help="this process, 0..N-1")
+
+
+def mesh_from_args(args, axis: str):
+    """Join the multi-process run the flags (or a cluster launcher) describe, then the mesh --devices asks
+    for, its one axis named ``axis`` (None: one device). Before the data: a bad flag fails fast."""
+    from jaxmlp.parallel import initialize, mesh_for
+
+    if args.coordinator or args.num_processes is not None or args.process_id is not None:
+        initialize(args.coordinator, args.num_processes, args.process_id)
+    return mesh_for(args.devices, axis=axis)
 
 
 def given_flags(args) -> dict:
@@ -185,12 +200,10 @@ def run(args) -> int:
     if args.save_every and not args.save:
         raise CLIError("--save-every says how often to write the checkpoint; it needs --save PATH")
     from jaxmlp.data import ensure_dataset
-    from jaxmlp.parallel import initialize, mesh_for
+    from jaxmlp.parallel import DATA_AXIS
 
     started = time.perf_counter()
-    if args.coordinator or args.num_processes is not None or args.process_id is not None:
-        initialize(args.coordinator, args.num_processes, args.process_id)
-    mesh = mesh_for(args.devices)  # before the data: a bad --devices fails fast
+    mesh = mesh_from_args(args, DATA_AXIS)
     config, resume = resume_from(args) if args.resume else (config_from_args(args), None)
     check_outputs(args)
     if not args.quiet and sys.stderr.isatty():  # a person waiting sees at once what happens
@@ -316,30 +329,37 @@ def run_notebook(args) -> int:
 
 
 ENSEMBLE_FLAGS = tuple(n for n in (*MODEL, *OPTIMIZATION) if n not in ("val_split", "patience")) + (
-    "ensemble", "preset", "shared_order", "no_divergence_check")
+    "ensemble", "preset", "shared_order", "no_divergence_check", "devices", "coordinator", "num_processes",
+    "process_id")
 
 
 def run_ensemble(args) -> int:
-    """--ensemble K: K seeds in one vmapped program (jaxmlp.sweep.fit_ensemble). A member that diverges is
-    reported and left out of the ensemble; when every member diverged, the run fails as a single run does."""
+    """--ensemble K: K seeds in one vmapped program (jaxmlp.sweep.fit_ensemble), with --devices N split over N
+    devices (and processes). A member that diverges is reported and left out of the ensemble; when every member
+    diverged, the run fails as a single run does. Only process 0 prints and writes."""
     from jaxmlp.data import ensure_dataset
     from jaxmlp.engine import DivergenceError
+    from jaxmlp.parallel import MEMBER_AXIS, device_count, is_primary
     from jaxmlp.sweep import fit_ensemble, run_record
 
     _refuse(args, ENSEMBLE_FLAGS, "--ensemble")
-    check_outputs(args)
     started = time.perf_counter()
+    mesh = mesh_from_args(args, MEMBER_AXIS)
+    check_outputs(args)
     config = config_from_args(args)
-    data = ensure_dataset(args.data_dir, config.dataset, progress=not args.quiet)
+    quiet = args.quiet or not is_primary()
+    data = ensure_dataset(args.data_dir, config.dataset, progress=not quiet)
     _note_batch(args, config, data)
-    show = (lambda e, losses: None) if args.quiet else (  # noqa: E731
+    show = (lambda e, losses: None) if quiet else (  # noqa: E731
         lambda e, losses: say(f"Epoch {e}/{config.epochs} - Loss: " + " ".join(f"{v:.4f}" for v in losses)))
     res = fit_ensemble(config, data, args.ensemble, share_order=args.shared_order, on_epoch=show,
-                       divergence_rule=not args.no_divergence_check)
+                       divergence=not args.no_divergence_check, mesh=mesh)
+    dead = sum(m.diverged for m in res.members)
+    if not is_primary():  # process 0 reports for all
+        return 1 if dead == args.ensemble else 0
     for m in res.members:
         print(f"member seed {m.config.seed}: " + ("diverged" if m.diverged else
               f"Test Loss: {m.test_loss:.4f}  Test Accuracy: {m.test_accuracy * 100:.2f}%"))
-    dead = sum(m.diverged for m in res.members)
     if dead == args.ensemble:
         raise DivergenceError(f"every member of the ensemble diverged (seeds {config.seed}..{config.seed + dead - 1}); "
                               f"try a lower --lr")
@@ -351,7 +371,7 @@ def run_ensemble(args) -> int:
         "members": [run_record(m) for m in res.members], "diverged": dead,
         "test_loss": res.ensemble_loss, "test_accuracy": res.ensemble_accuracy,
         "compile_seconds": res.compile_seconds, "train_seconds": res.train_seconds,
-        "wall_seconds": time.perf_counter() - started, "devices": 1})
+        "wall_seconds": time.perf_counter() - started, "devices": device_count(mesh)})
     return 0
 
 
