@@ -197,6 +197,9 @@ MODE_VALUES = {
     ("finetune", "--arch"): [v("cnn")],
     ("finetune", "--plot-dir"): [v("plots")],
     ("finetune", "--input-dropout"): [v(0.5)],  # the checkpoint is an MLP's: no CNN cell here
+    ("finetune", "--optimizer"): [v("adam", ctx={"--lr": ["0.003"]})],  # Adam at SGD's lr 0.1 blows it up
+    ("finetune", "--beta1"): [v(0.5, ctx={**ADAM_CTX, "--lr": ["0.003"]}), v(0.5, expect=REFUSED)],
+    ("finetune", "--beta2"): [v(0.9, ctx={**ADAM_CTX, "--lr": ["0.003"]}), v(0.9, expect=REFUSED)],
     ("finetune", "--init"): [v("glorot", ctx={"--new-head": []}), v("he", expect=REFUSED)],  # only a new head is drawn
     ("finetune", "--classes"): [v(3, 5, expect=REFUSED), v(3, 5, ctx={"--new-head": []})],
     ("resume", "--resume"): [v("@CK2")],
@@ -232,11 +235,16 @@ SWEEP_VALUES = {
     "--matmul-precision": [v("highest")],
     "--activation": [v("tanh")],
     "--arch": [v("cnn", expect=REFUSED)],  # with --hidden: the CNN's layers are fixed (a CNN sweep compiles ~10 s)
+    "--devices": [v(2, expect=REFUSED)],  # one device in this process: test_sharded runs 4
+    "--coordinator": [v("127.0.0.1:1", expect=REFUSED)], "--num-processes": [v(1, expect=REFUSED)],
+    "--process-id": [v(0, expect=REFUSED)],
     "--max-group": [v(1)], "--shared-order": [v()], "--metrics-out": [v("other.json")], "--top": [v(1)],
     "--plot-dir": [v("plots")], "--quiet": [v()],
 }
 SWEEP_MODE_VALUES = {("sweep-grid", "--random"): [v(2)], ("sweep-random", "--random"): [v(1)],
-                     ("sweep-random", "--search-seed"): [v(2)]}
+                     ("sweep-random", "--search-seed"): [v(2)],
+                     # search seed 1 draws the range's 51st and 95th percentiles (log scale): lr 0.17 and 96
+                     ("sweep-random", "--lr"): [v(0.3), v(0.0001, 200, ctx=ONE_SEED)]}
 
 VALUES = {
     "train": TRAIN_VALUES,
@@ -555,7 +563,7 @@ def make_world(tmp_path_factory):
     mp.setenv("JAXMLP_DATA_DIR", str(root / "data"))
     _registry_patch(mp, root)
     import jaxmlp.members  # one chain per group program: half the compile time, the same math (test_sweep)
-    mp.setattr(jaxmlp.members, "default_chains", lambda num_models: 1)
+    mp.setattr(jaxmlp.members, "default_chains", lambda num_models, devices=1: 1)
     w.setup()
     yield w
     mp.undo()

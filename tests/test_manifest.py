@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import make_synthetic_dataset
 
-from jaxmlp import manifest
+from jaxmlp import manifest, manifest_schema
 from jaxmlp.cli import main
 from jaxmlp.data import write_idx
 from jaxmlp.runs import load_run
@@ -300,7 +300,7 @@ def test_every_read_error_names_the_file(name, tmp_path, data_dir, monkeypatch):
     """Binary, non-UTF-8, truncated, empty, deeply nested, oversized and repeated-key files and a folder:
     `jaxmlp verify` exits 1 with one line that names the file."""
     content, says = UNREADABLE[name]
-    monkeypatch.setattr(manifest, "MAX_MANIFEST_BYTES", 256)
+    monkeypatch.setattr(manifest_schema, "MAX_MANIFEST_BYTES", 256)
     path = tmp_path / "m.json"
     path.mkdir() if content is None else path.write_bytes(content)
     assert says in refused(path, data_dir)

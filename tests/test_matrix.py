@@ -126,7 +126,7 @@ def test_the_issue_cases_run_or_refuse_in_one_line(world):
 
 DEVICES_CELLS = [  # (extra flags, expectation)
     ([], CHANGES), (["--batch-size", "128"], CHANGES), (["--batch-size", "1"], REFUSED),
-    (["--batch-size", "33"], REFUSED), (["--val-split", "0.25"], CHANGES), (["--ensemble", "2"], REFUSED),
+    (["--batch-size", "33"], REFUSED), (["--val-split", "0.25"], CHANGES), (["--ensemble", "2"], CHANGES),
     (["--notebook-exact"], REFUSED),
     (["--val-split", "0.999999"], REFUSED),
 ]
@@ -147,7 +147,8 @@ _CHILD = textwrap.dedent("""
 
 def test_devices_mode(world):
     """--devices 2 on two forced CPU devices: batch sizes (1 and 33 do not split; 128 is one batch of all
-    64) and a validation split train; the modes that cannot split are refused."""
+    64), a validation split and an ensemble (its members over the devices) train; the modes that cannot
+    split are refused."""
     base = ["train", "--devices", "2", "--hidden", "8", "--epochs", "1", "--batch-size", "32", "--quiet"]
     argvs = [base + extra for extra, _ in DEVICES_CELLS] + [["train", "--hidden", "8", "--epochs", "1",
                                                              "--batch-size", "32", "--quiet"]]
