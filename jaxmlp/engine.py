@@ -301,6 +301,25 @@ class EndPartial:
             self.partial = dict(event.partial)
 
 
+def _start(loss_fn, params, optimizer, data, epochs, batch_size, key, has_aux, augment, resume, allow_changes,
+           loss_floor, mesh) -> tuple[Run, TrainState, dict, dict]:
+    """``train``'s (run, starting state, resumed meta, what its checkpoints keep): arguments checked, the
+    state fresh or resumed (refusing a changed batch size, data or key unless ``allow_changes``)."""
+    x, y = _as_arrays(data)
+    check_params(params)
+    check_loss_fn(loss_fn)
+    spec = FunctionTask(loss_fn, optimizer, batch_size, has_aux, augment)
+    seen_data = fingerprint(x, y)
+    state, meta = resume_from(resume, init_state(params, optimizer, jax.random.PRNGKey(0) if key is None else key))
+    if resume is not None:
+        state = check_unchanged(state, meta, batch_size=batch_size, data=seen_data, key=key,
+                                num_examples=x.shape[0], allow_changes=allow_changes)
+    kept = {"batch_size": batch_size, "data": seen_data, "params_tree": describe_tree(params)}
+    save = functools.partial(save_plain, kept=kept)
+    run, state = build_run(spec, state, x, y, epochs, mesh=mesh, loss_floor=loss_floor or 0.0, save=save)
+    return run, state, meta, kept
+
+
 def train(loss_fn: Callable, params: Any, optimizer: Any, data: Any, *, epochs: int = 1, batch_size: int = 32,
           key: jax.Array | None = None, has_aux: bool = False, augment: Callable | None = None,
           handlers: Sequence[Callable] = (), progress: bool = False, checkpoint: str | os.PathLike | None = None,
@@ -314,12 +333,11 @@ def train(loss_fn: Callable, params: Any, optimizer: Any, data: Any, *, epochs: 
             dict of scalars, averaged per epoch into the history); ``x`` (B, ...) and ``y`` (B, ...) are
             one minibatch, ``key`` that step's PRNG key (for dropout).
         params: any PyTree of arrays.
-        optimizer: anything with ``init(params)`` and ``update(grads, state, params)`` (``jaxmlp.optim``,
-            or optax); it need not be hashable.
+        optimizer: anything with ``init(params)`` and ``update(grads, state, params)`` (hashable or not).
         data: a pair of arrays ``(x, y)`` with the same number of rows N, or a ``Dataset`` (its
             training images, flattened and scaled to [0, 1], and labels).
         epochs: train until this many epochs are complete (a resumed run continues to it).
-        batch_size: examples per step; the last batch of an epoch is short when it doesn't divide N.
+        batch_size: examples per step (an epoch's last batch is short when it doesn't divide N).
         key: the run's PRNG key, raw (``PRNGKey``) or typed (``jax.random.key``); it shuffles and gives
             every step its key. Default ``PRNGKey(0)``; a resumed run keeps its own unless one is given.
         has_aux: ``loss_fn`` returns ``(loss, aux)``.
@@ -327,42 +345,26 @@ def train(loss_fn: Callable, params: Any, optimizer: Any, data: Any, *, epochs: 
         handlers: callables given each ``engine.Event`` between chunks (see ``jaxmlp.handlers``).
         progress: a progress bar and a line per epoch on stderr.
         checkpoint: a path saved after every epoch and where a signal stops the run.
-        resume: where an earlier ``train`` of the same setup stopped: its checkpoint path, the
-            ``Interrupted`` it raised, or a ``TrainState`` (which carries no history: the records of the
-            epochs before it, and the partial epoch's loss, are not known). A path or an ``Interrupted``
-            continues the history and the partial epoch exactly.
+        resume: where an earlier ``train`` of the same setup stopped: its checkpoint path or the
+            ``Interrupted`` it raised (history and partial epoch continue exactly), or a ``TrainState``.
         allow_changes: resume even though the batch size, the data or the key differ from the saved
             run's (refused with a ValueError naming both values otherwise).
-        divergence: stop with ``DivergenceError`` when a chunk's mean loss passes 10x the run's start, the
-            loss of its first step, kept across resume (and always on a non-finite loss or params).
-        loss_floor: the least start for that rule (e.g. ``log(num_classes)`` for a cross-entropy); None:
-            the run's first loss alone.
+        divergence: stop with ``DivergenceError`` when a chunk's mean loss passes 10x the run's first
+            loss (kept across resume), and always on a non-finite loss or params.
+        loss_floor: the least start for that rule (e.g. ``log(num_classes)``); None: the first loss.
         mesh: a ``jax.sharding.Mesh`` to split every minibatch over its devices.
-        chunk_steps: steps per compiled chunk, a positive integer (default: sized to take about a
-            quarter second).
-        signals: SIGINT/SIGTERM stop the run at the next chunk boundary (False: the process's handlers
-            are left alone). Whatever ends the run, the handlers it found are put back.
+        chunk_steps: steps per compiled chunk (default: sized to take about a quarter second).
+        signals: SIGINT/SIGTERM stop at the next chunk boundary (False: the process's handlers are left
+            alone); whatever ends the run, the handlers it found are put back.
 
     Returns:
-        A ``TrainResult``: the final params, optimizer state and ``TrainState``, the history, why the
-        run ended and the compile time. SIGINT/SIGTERM stop at the next chunk boundary: the checkpoint
-        (if any) holds that exact step and ``Interrupted`` is raised carrying the state, the history and
-        the partial epoch (``train(resume=interrupted)`` continues it).
+        A ``TrainResult``. A signal stop saves that exact step in the checkpoint (if any) and raises
+        ``Interrupted`` with the state, history and partial epoch (``train(resume=interrupted)``).
     """
     batch_size, epochs = check_count(batch_size, "batch_size"), check_count(epochs, "epochs")
     chunk_steps = None if chunk_steps is None else check_count(chunk_steps, "chunk_steps")
-    x, y = _as_arrays(data)
-    check_params(params)
-    check_loss_fn(loss_fn)
-    spec = FunctionTask(loss_fn, optimizer, batch_size, has_aux, augment)
-    seen_data = fingerprint(x, y)
-    state, meta = resume_from(resume, init_state(params, optimizer, jax.random.PRNGKey(0) if key is None else key))
-    if resume is not None:
-        state = check_unchanged(state, meta, batch_size=batch_size, data=seen_data, key=key,
-                                num_examples=x.shape[0], allow_changes=allow_changes)
-    kept = {"batch_size": batch_size, "data": seen_data, "params_tree": describe_tree(params)}
-    save = functools.partial(save_plain, kept=kept)
-    run, state = build_run(spec, state, x, y, epochs, mesh=mesh, loss_floor=loss_floor or 0.0, save=save)
+    run, state, meta, kept = _start(loss_fn, params, optimizer, data, epochs, batch_size, key, has_aux, augment,
+                                    resume, allow_changes, loss_floor, mesh)
     chain = [*h.default_checks(divergence), *handlers, h.ProgressReport(quiet=not progress)]
     if checkpoint is not None:
         chain.append(h.Checkpointer(checkpoint))

@@ -154,14 +154,9 @@ def advance(run: Run, state: TrainState, handlers: Sequence[Callable], *, histor
                 emit("epoch", state, state)
     except StopRun as stop:
         reason = stop.reason
-    except DivergenceError:
-        emit("end", good, good, reason="diverged")
-        raise
-    except BaseException:
-        # Any other error (a handler's, a failed write, Ctrl-C outside a SignalStop): the handlers still see
-        # "end", so signal handlers are put back and files closed; the original error is what propagates.
-        with contextlib.suppress(Exception):
-            emit("end", good, good, reason="error")
+    except BaseException as err:  # the handlers see "end" whatever stops the run: signals back, files closed
+        with contextlib.suppress(Exception) if not isinstance(err, DivergenceError) else contextlib.nullcontext():
+            emit("end", good, good, reason="diverged" if isinstance(err, DivergenceError) else "error")
         raise
     emit("end", state, state, reason=reason)
     return state, loop.history, reason

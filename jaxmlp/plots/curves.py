@@ -1,6 +1,7 @@
 """Learning curves: loss against epoch, beside accuracy against epoch."""
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,12 @@ def _integer_epochs(ax: Axes, epochs: list[float]) -> None:
     ax.set_xlabel("epoch")
 
 
+def _series(history: Sequence[dict], name: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of the records of ``history`` that have ``name``."""
+    pts = [(float(h["epoch"]), float(h[name])) for h in history if h.get(name) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
 def curves_figure(history: Sequence[dict], *, test_loss: float | None = None,
                   test_accuracy: float | None = None) -> Figure:
     """The figure that plot_curves saves; tests inspect its axes.
@@ -44,14 +51,11 @@ def curves_figure(history: Sequence[dict], *, test_loss: float | None = None,
     Returns:
         The matplotlib Figure.
     """
-    if not history:
-        raise ValueError("plot_curves: history is empty")
-    if any("epoch" not in h or "loss" not in h for h in history):
-        raise ValueError("plot_curves: every history entry needs 'epoch' and 'loss'")
+    if not history or any("epoch" not in h or "loss" not in h for h in history):
+        raise ValueError("plot_curves: history is empty" if not history else
+                         "plot_curves: every history entry needs 'epoch' and 'loss'")
 
-    def series(name: str) -> tuple[list[float], list[float]]:
-        pts = [(float(h["epoch"]), float(h[name])) for h in history if h.get(name) is not None]
-        return [p[0] for p in pts], [p[1] for p in pts]
+    series = functools.partial(_series, history)
 
     epochs = [float(h["epoch"]) for h in history]
     last = max(epochs)
