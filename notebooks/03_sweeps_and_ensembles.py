@@ -111,11 +111,11 @@ plt.show()
 
 # %% [markdown]
 # In two short epochs the learning rate matters far more than the width: accuracy climbs with the
-# rate up to the largest one tried, and the wider network is about a point ahead at the good
-# rates. With more epochs the small rates catch up and the best rate moves down (the notebook's
-# 10 full-data epochs favoured 0.1). One seed per configuration is not enough to trust a one-point
-# gap, though: section 4 trains the 128-64 network at lr 0.1 with five seeds, and they alone
-# spread over about three points. `seed=[0, 1, 2]` in the grid measures that spread for every
+# rate up to the largest one tried, and the two widths stay within a point of each other at every
+# rate. With more epochs the small rates catch up and the best rate moves down (the notebook's
+# 10 full-data epochs favoured 0.1). One seed per configuration is not enough to trust a gap that
+# small, though: section 4 trains the 128-64 network at lr 0.1 with five seeds, and they alone
+# spread over about a point. `seed=[0, 1, 2]` in the grid measures that spread for every
 # configuration. (`plots.plot_sweep` draws this kind of picture from `jaxmlp sweep --metrics-out`
 # records.)
 #
