@@ -75,8 +75,8 @@ def message(reason: str, where: str, mean: float = float("nan"), reference: floa
         The message, one line.
     """
     if reason == NON_FINITE_LOSS:
-        return f"the loss became non-finite {where}; training stopped (try a lower --lr)"
+        return f"the loss became non-finite {where}; training stopped (try a lower learning rate)"
     if reason == NON_FINITE_PARAMS:
-        return f"the parameters became non-finite {where}; training stopped (try a lower --lr)"
+        return f"the parameters became non-finite {where}; training stopped (try a lower learning rate)"
     return (f"the loss rose to {mean:.4g} {where}, over {factor:g}x its start ({reference:.4g}): the run diverged; "
-            f"training stopped (try a lower --lr, or --no-divergence-check)")
+            f"training stopped (try a lower learning rate, or divergence=False)")

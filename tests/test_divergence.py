@@ -148,6 +148,6 @@ def test_a_diverging_run_still_raises_fresh_or_resumed(halfway):
     """A huge lr passes 10x the recorded start whether the run is fresh or resumed from the checkpoint."""
     params, path = halfway
     for resume in (None, str(path)):
-        with pytest.raises(DivergenceError, match="diverged.*--no-divergence-check"):
+        with pytest.raises(DivergenceError, match="diverged.*divergence=False"):
             jaxmlp.train(_linear_loss, params, optim.sgd(1e3), _noisy_data(), epochs=14, batch_size=4,
                          chunk_steps=2, resume=resume)

@@ -21,6 +21,7 @@ FLAGS = {
     "schedule_by_name: name": "--schedule", "matmul_precision: setting": "--matmul-precision",
     "select_classes: classes": "--classes", "trainable_mask: freeze": "--freeze",
     "load_bench_data: train_size": "--train-size", "download: mirrors": "--mirror",
+    "a lower learning rate": "a lower --lr", "divergence=False": "--no-divergence-check",
 }
 # Not inside a word, a dotted name or (the bare names) a path; then an optional =value ('quoted' or up to
 # the next space).
