@@ -12,28 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import make_synthetic_dataset
+from test_engine import linear_data, linear_loss, linear_params  # the engine tests' tiny linear model
 
 import jaxmlp
 from jaxmlp import engine, optim, runs
 from jaxmlp._compat import enable_x64
 from jaxmlp.checkpoint import load_params, read_meta, save_checkpoint
 from jaxmlp.config import TrainConfig
-
-
-def linear_data(n=96, d=12, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n)
-    x = rng.standard_normal((n, d)).astype(np.float32) + np.eye(classes, d, dtype=np.float32)[y] * 2.0
-    return jnp.asarray(x), jnp.asarray(y.astype(np.int32))
-
-
-def linear_params(d=12, classes=3):
-    return {"w": jnp.zeros((d, classes), jnp.float32), "bias": jnp.zeros((classes,), jnp.float32)}
-
-
-def linear_loss(params, x, y, key):
-    del key
-    return jaxmlp.cross_entropy(x @ params["w"] + params["bias"], y)
 
 
 def leaves_equal(a, b) -> bool:
