@@ -7,13 +7,15 @@ both import it, and neither imports the other.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-__all__ = ["Run", "Event", "StopRun", "DivergenceError", "Interrupted"]
+__all__ = ["Run", "Event", "StopRun", "DivergenceError", "Interrupted", "CaughtSignals"]
 
 
 class DivergenceError(ArithmeticError):
@@ -45,6 +47,32 @@ class Interrupted(KeyboardInterrupt):
     def partial(self) -> dict:
         """The stopped epoch's loss sum and seconds so far."""
         return dict(self.meta.get("partial", {}))
+
+
+class CaughtSignals:
+    """SIGINT and SIGTERM noted instead of acted on, inside a ``with`` block: ``received`` is the first
+    one's number (0: none), for a loop to stop at its next safe point. Handlers are installed only in
+    the main thread (Python allows no other) and the previous ones are restored on leaving the block.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.previous: dict = {}
+
+    def _catch(self, signum, frame) -> None:
+        self.received = self.received or signum
+
+    def __enter__(self) -> CaughtSignals:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._catch) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
 
 
 class Run(NamedTuple):

@@ -26,6 +26,7 @@ import numpy as np
 
 from .divergence import DIVERGENCE_FACTOR, NON_FINITE_LOSS, diverged, message, reference_loss
 from .events import DivergenceError, Event, StopRun
+from .parallel import agreed
 from .progress import Progress
 
 
@@ -152,9 +153,12 @@ class SignalStop:
         main = threading.current_thread() is threading.main_thread()
         if event.kind == "start" and main:
             self.previous = {s: signal.signal(s, self._catch) for s in self.SIGNALS}
-        elif self.received and (event.kind == "epoch" or (event.kind == "chunk" and int(event.state.step))):
-            # At an epoch's end, stop after its "epoch" event, so logs and checkpoints record it.
-            raise StopRun(signal.Signals(self.received).name, self.received)
+        elif event.kind == "epoch" or (event.kind == "chunk" and int(event.state.step)):
+            # At an epoch's end, stop after its "epoch" event, so logs and checkpoints record it. With
+            # several processes, a signal that reached any one of them stops all at this chunk.
+            received = agreed(self.received or 0)
+            if received:
+                raise StopRun(signal.Signals(received).name, received)
         elif event.kind == "end":
             for s, handler in self.previous.items():
                 signal.signal(s, handler)

@@ -4,7 +4,8 @@ A *group* is configurations whose compiled programs would be identical (``group_
 ``TrainSpec``, the dtype, the epochs). It trains as ONE program on the training engine itself:
 ``engine.chunk`` under ``jax.vmap`` (``group_chunk``), over a ``TrainState`` whose params, optimizer
 state and hyperparameters carry a leading member axis K while the dataset and the step counters are
-shared. ``jaxmlp.sweep`` builds groups from a grid or a random search and ensembles from seeds.
+shared. ``jaxmlp.groups`` runs a group's epochs (``train_group``); ``jaxmlp.sweep`` builds groups
+from a grid or a random search and ensembles from seeds.
 
 On a mesh with a ``"members"`` axis (``parallel.make_mesh(n, axis=parallel.MEMBER_AXIS)``, one process
 or several) each device runs ``group_chunk`` on its slice of the members, the data replicated, in one
@@ -14,11 +15,9 @@ device: every device count gives every member the same bits (padding copies are 
 from __future__ import annotations
 
 import functools
-import math
 import os
-import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +27,6 @@ from jax.sharding import Mesh, PartitionSpec
 from . import engine, models, parallel, runs
 from ._compat import shard_map
 from .config import TrainConfig, hparam_names, hparams
-from .divergence import reference_loss
 from .model import INIT_SCHEMES, log_softmax
 
 
@@ -76,7 +74,7 @@ def member_state(config: TrainConfig, input_dim: int, num_classes: int,
     return engine.init_state(params, runs.make_optimizer(spec, hp), run_key), hp
 
 
-def _build_members(seeds: jax.Array, hp: dict, order: jax.Array | None, inverse: jax.Array | None, *,
+def build_members(seeds: jax.Array, hp: dict, order: jax.Array | None, inverse: jax.Array | None, *,
                    model: tuple, schemes: tuple, spec: runs.TrainSpec, shared_key: bool) -> engine.TrainState:
     """K members' stacked ``TrainState``, each as ``member_state`` builds it, under one ``vmap``.
 
@@ -109,7 +107,7 @@ def _build_members(seeds: jax.Array, hp: dict, order: jax.Array | None, inverse:
 # one program with the same bits. The CNN's init runs op by op in a single run; compiled, XLA would fold
 # its scale into the sampler's constants and change the last bits, so its members are built op by op
 # too (vmapped: a few dozen dispatches whatever K is).
-_build_members_jit = jax.jit(_build_members, static_argnames=("model", "schemes", "spec", "shared_key"))
+_build_members_jit = jax.jit(build_members, static_argnames=("model", "schemes", "spec", "shared_key"))
 
 
 def stacked_hparams(configs: Sequence[TrainConfig], dtype) -> dict:
@@ -122,9 +120,17 @@ def stacked_hparams(configs: Sequence[TrainConfig], dtype) -> dict:
     return jax.device_put(host)
 
 
-def _member_inputs(configs: Sequence[TrainConfig], input_dim: int, num_classes: int, spec: runs.TrainSpec,
+def member_inputs(configs: Sequence[TrainConfig], input_dim: int, num_classes: int, spec: runs.TrainSpec,
                    shared_key: bool) -> tuple[Callable, tuple, dict]:
-    """(build, args, statics): ``build(*args, **statics)`` is ``init_members``'s state; see there."""
+    """(build, args, statics): ``build(*args, **statics)`` is ``init_members``'s state.
+
+    Args:
+        configs: K configurations of one shape group.
+        input_dim: D, the width of a flattened input.
+        num_classes: C, the width of the output layer.
+        spec: the group's ``TrainSpec``.
+        shared_key: every member trains on the first one's run key.
+    """
     first = configs[0]
     hp = stacked_hparams(configs, runs.dtype_of(first))
     # As PRNGKey converts a Python int (int64; int32, wrapping, without x64), but on the host: nothing compiles.
@@ -137,7 +143,7 @@ def _member_inputs(configs: Sequence[TrainConfig], input_dim: int, num_classes: 
         inverse = np.argsort(order).astype(np.int32)
     statics = dict(model=(spec.model, first.dtype, int(input_dim), int(num_classes)),
                    schemes=tuple((s, inits.count(s)) for s in present), spec=spec, shared_key=bool(shared_key))
-    build = _build_members if getattr(spec.model, "eager_init", False) else _build_members_jit
+    build = build_members if getattr(spec.model, "eager_init", False) else _build_members_jit
     return build, (seeds, hp, order, inverse), statics
 
 
@@ -159,11 +165,11 @@ def init_members(configs: Sequence[TrainConfig], input_dim: int, num_classes: in
     keys (K, 2), or one (2,) key when ``shared_key``; ``epoch``/``step`` unbatched (the members move in
     step). Call inside ``engine.precision`` for float64.
     """
-    build, args, statics = _member_inputs(configs, input_dim, num_classes, spec, shared_key)
+    build, args, statics = member_inputs(configs, input_dim, num_classes, spec, shared_key)
     state, hp = build(*args, **statics), args[1]
     if mesh is None:
         return state, hp
-    _check_mesh(mesh, len(configs))
+    check_mesh(mesh, len(configs))
     return parallel.place((state, hp), mesh, (member_specs(shared_key), PartitionSpec(parallel.MEMBER_AXIS)))
 
 
@@ -181,7 +187,7 @@ def member_specs(shared_key: bool) -> engine.TrainState:
     return engine.TrainState._make([whole if axis is None else split for axis in member_axes(shared_key)])
 
 
-def _check_mesh(mesh: Mesh, num_members: int) -> None:
+def check_mesh(mesh: Mesh, num_members: int) -> None:
     """ValueError unless ``mesh`` has the ``"members"`` axis and its size divides ``num_members``."""
     if parallel.MEMBER_AXIS not in mesh.axis_names:
         raise ValueError(f"mesh: a sweep's mesh needs an axis named 'members', got {mesh.axis_names} "
@@ -297,32 +303,8 @@ def unstack(tree: Any, index: int) -> Any:
     return jax.tree_util.tree_map(lambda leaf: leaf[index], tree)
 
 
-class GroupResult(NamedTuple):
-    """What ``train_group`` returns.
-
-    Attributes:
-        params: the members' final params, stacked (leading axis K), on this process's first device.
-        opt_state: their optimizer states, stacked.
-        history: (K, epochs) float epoch losses, NaN from the epoch a member diverged in.
-        compile_seconds: the group program's compile time.
-        train_seconds: the epochs' time, compilation excluded.
-        shared_key: one run key for all members (one shuffle, the same minibatches).
-        state: the stacked final ``TrainState`` (see ``init_members``).
-        diverged: (K,) bool, which members diverged (``diverged_members``).
-    """
-
-    params: Any                 # stacked, leading axis K
-    opt_state: Any
-    history: np.ndarray         # (K, epochs) epoch losses (NaN from the epoch a member diverged in)
-    compile_seconds: float
-    train_seconds: float        # epochs only, compilation excluded
-    shared_key: bool            # one key for all members: one shuffle, the same minibatches
-    state: engine.TrainState     # the stacked final state (see init_members)
-    diverged: Any = None        # (K,) bool: the member diverged (``diverged_members``)
-
-
 @jax.jit
-def _members_finite(params: Any) -> jax.Array:
+def members_finite(params: Any) -> jax.Array:
     """(K,) bool: every leaf of member k's params is finite. params: stacked (leading axis K)."""
     leaves = jax.tree_util.tree_leaves(params)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1) for leaf in leaves]),
@@ -342,101 +324,6 @@ def diverged_members(losses: np.ndarray, start: np.ndarray, finite: np.ndarray, 
     from .divergence import HEALTHY, diverged
 
     return diverged(losses, start, rule=rule, params_finite=finite) != HEALTHY
-
-
-def _start_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int, spec: runs.TrainSpec,
-                 shared: bool, chains: int, mesh: Mesh | None) -> tuple[engine.TrainState, dict, Callable, float]:
-    """(state, hparams, the compiled group chunk, its compile seconds): the chunk compiles on a second
-    thread from the members' shapes (and, on a mesh, their shardings) while this one builds the members
-    (``engine.compile_aside``, as ``runs.setup`` overlaps a single run's). Arguments as ``train_group``'s;
-    on a mesh, x and y are already placed on it and K is a multiple of its size."""
-    build, args, statics = _member_inputs(configs, x.shape[1], num_classes, spec, shared)
-    shapes = jax.eval_shape(functools.partial(_build_members, **statics), *args)
-    n, steps = x.shape[0], engine.steps_per_epoch(x.shape[0], spec.batch_size)
-    order = jax.ShapeDtypeStruct((n,) if shared else (len(configs), n), jnp.int32)
-    hp, count = args[1], jax.ShapeDtypeStruct((), jnp.int32)
-    if mesh is not None:
-        specs = member_specs(shared)
-        shapes, order, count = parallel.place((shapes, order, count), mesh, (specs, specs.key, PartitionSpec()))
-        hp = parallel.place(hp, mesh, PartitionSpec(parallel.MEMBER_AXIS))
-    pending = engine.compile_aside(run_group_chunk, {"spec": spec, "capacity": steps, "shared_key": shared,
-                                                      "chains": chains, "mesh": mesh}, shapes, order, x, y, hp, count,
-                                   options=group_options(jax.default_backend()))
-    state = build(*args, **statics)
-    if mesh is not None:
-        state = parallel.place(state, mesh, member_specs(shared))
-    group_order(state.key, state.epoch, n, shared)  # compiled here, not in the first epoch's time
-    program, seconds = pending.result()
-    return state, hp, program, seconds
-
-
-def _gathered(state: engine.TrainState, num_members: int, shared: bool) -> engine.TrainState:
-    """A members mesh's ``state`` gathered from every device and process (a collective: every process
-    calls it), its first ``num_members`` members (no padding) on this process's first device."""
-    cut = lambda axis, sub: sub if axis is None else jax.tree_util.tree_map(lambda a: a[:num_members], sub)  # noqa: E731
-    host = jax.tree_util.tree_map(cut, member_axes(shared), parallel.to_host(state), is_leaf=lambda a: a is None)
-    return jax.device_put(host)
-
-
-def train_group(configs: Sequence[TrainConfig], x: jax.Array, y: jax.Array, num_classes: int = 10, *,
-                image_side: int = 28, chains: int | None = None, share_order: bool = False,
-                on_epoch: Callable[[int, np.ndarray], None] | None = None,
-                divergence: bool = True, mesh: Mesh | None = None) -> GroupResult:
-    """Train ``configs`` (K configurations that share a ``group_key``) together, all epochs, one
-    compiled program.
-
-    x (N, D) float, y (N,) int32, already on the device (call inside ``engine.precision`` for float64);
-    num_classes: C, the width of the output layer; image_side: the images' side in pixels.
-    Each epoch is one ``group_chunk`` of all its steps; ``chains``: see there (default:
-    ``default_chains``, per device). ``share_order``: every member uses the first one's run key (see the
-    module docstring); members of one seed share it anyway. ``on_epoch(epoch, losses (K,))`` after each
-    epoch. A member diverges as a single run does (a non-finite loss or params, or with
-    ``divergence`` a chunk's mean loss past 10x max(its first loss, ln C)); it does not stop the
-    others: its losses become NaN from that epoch on and ``diverged`` marks it. When all diverged, the
-    remaining epochs are skipped.
-
-    ``mesh``: None (one device), or a mesh with a ``"members"`` axis, which may span processes (each
-    then calls ``train_group`` alike): the members (``padded``) split over its devices, x and y
-    replicated, each member the bits it has on one device. The result holds the K members only, on
-    this process's first device, in every process.
-    """
-    keys = {group_key(c, x.shape[0], image_side) for c in configs}
-    if len(keys) != 1:
-        raise ValueError("train_group needs configurations of one shape group (see group_by_shape)")
-    for c in configs:
-        check_sweepable(c)
-    k, devices = len(configs), parallel.device_count(mesh)
-    if mesh is not None:
-        _check_mesh(mesh, devices)
-        x, y = parallel.replicate((x, y), mesh)
-    members = padded(configs, devices)
-    n, first = x.shape[0], configs[0]
-    spec = runs.spec_for(first, n, image_side)
-    shared = share_order or len({c.seed for c in configs}) == 1
-    steps = engine.steps_per_epoch(n, spec.batch_size)
-    if chains is None:
-        chains = default_chains(len(members) // devices, 1 if mesh is None else len(mesh.local_devices))
-    state, hp, program, compile_seconds = _start_group(members, x, y, num_classes, spec, shared, chains, mesh)
-    count = jnp.int32(steps) if mesh is None else parallel.replicate(jnp.int32(steps), mesh)
-    history = np.full((k, first.epochs), np.nan)
-    train_seconds, dead, start = 0.0, np.zeros(k, bool), None
-    for e in range(first.epochs):
-        t0 = time.perf_counter()
-        order = group_order(state.key, state.epoch, n, shared)
-        state, losses = program(state, order, x, y, hp, count)
-        losses = np.asarray(parallel.to_host(losses))[:k]  # waits for the devices
-        train_seconds += time.perf_counter() - t0
-        start = reference_loss(losses[:, 0], math.log(num_classes)) if start is None else start
-        finite = np.asarray(parallel.to_host(_members_finite(state.params)))[:k]
-        dead |= diverged_members(losses, start, finite, divergence)
-        history[:, e] = [np.nan if d else engine.epoch_loss(row, n, spec.batch_size) for row, d in zip(losses, dead)]
-        if on_epoch is not None:
-            on_epoch(e + 1, history[:, e])
-        if dead.all():
-            break
-    if mesh is not None:
-        state = _gathered(state, k, shared)
-    return GroupResult(state.params, state.opt_state, history, compile_seconds, train_seconds, shared, state, dead)
 
 
 # ---------------------------------------------------------------- evaluating many models

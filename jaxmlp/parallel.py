@@ -173,6 +173,24 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def agreed(value: int) -> int:
+    """The first non-zero ``value`` of the processes, in process order (0 when every one passed 0): the
+    same answer in every process. With several processes it is a collective (every one calls it at
+    the same point of its run); with one it is ``value``. How a signal that reached one process stops
+    them all at one step.
+
+    Args:
+        value: this process's integer (a signal's number, or 0).
+    """
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    every = np.asarray(multihost_utils.process_allgather(np.int32(value))).reshape(-1)
+    nonzero = every[every != 0]
+    return int(nonzero[0]) if nonzero.size else 0
+
+
 def process_info() -> dict:
     """``{"process_index", "process_count", "device_count" (all processes), "local_device_count"}``."""
     return {"process_index": jax.process_index(), "process_count": jax.process_count(),

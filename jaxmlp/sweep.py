@@ -23,10 +23,12 @@ member's data order (tested), not its own single run. Members of different shape
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -36,9 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from . import engine, models, runs
+from . import engine, models, parallel, runs, sweep_checkpoint
 from .config import TrainConfig
-from .members import check_sweepable, evaluate_members, group_key, train_group
+from .events import CaughtSignals, Interrupted
+from .groups import GroupStopped, train_group
+from .members import check_sweepable, evaluate_members, group_key
+from .resume import fingerprint
+from .sweep_checkpoint import SweepState
 
 SWEEP_AXES = ("lr", "batch_size", "hidden", "seed", "init")
 
@@ -183,17 +189,48 @@ def _prepared(data, configs):
     return x, y, x_test, y_test, num_classes, int(data.x_train.shape[1])
 
 
+class SweepInterrupted(Interrupted):
+    """A signal (SIGINT, SIGTERM; in any process) stopped ``run_sweep`` between two chunks, every
+    process at the same one.
+
+    Attributes:
+        signum: the signal's number.
+        state: the ``sweep_checkpoint.SweepState`` at the stop: ``run_sweep(configs, data, resume=err)``
+            (or ``resume=state``) continues from it exactly.
+        saved: the checkpoint written at the stop (``run_sweep``'s ``save``), or None.
+    """
+
+
 def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = None, share_order: bool = False,
               on_group: Callable[[int, list[int]], None] | None = None,
-              on_epoch: Callable[[int, int, np.ndarray], None] | None = None, mesh: Mesh | None = None) -> SweepResult:
+              on_epoch: Callable[[int, int, np.ndarray], None] | None = None, mesh: Mesh | None = None,
+              chunk_steps: int | None = None, save: str | os.PathLike | None = None, resume: Any = None,
+              signals: bool = True) -> SweepResult:
     """Train and test every configuration on ``data`` (a ``data.Dataset``), one program per shape group.
 
-    ``on_group(group_index, member_indices)`` before a group starts; ``on_epoch(group_index, epoch,
-    losses (K,))`` after each of its epochs. ``share_order``: see ``train_group``. ``max_group``: the
-    most members per program, larger groups are cut (None: uncut). ``mesh``: None, or a mesh with a
-    ``"members"`` axis (``parallel.make_mesh(n, axis=parallel.MEMBER_AXIS)``) that splits every group's
-    members over its devices and processes (see ``train_group``; every process calls ``run_sweep`` and
-    gets the whole result, the same bits as on one device). Returns results in the order of ``configs``.
+    Args:
+        configs: the configurations (``grid``, ``random_search``); they share dtype and matmul precision.
+        data: a ``data.Dataset``.
+        max_group: the most members per program, larger groups are cut (None: uncut).
+        share_order: see ``groups.train_group``.
+        on_group: ``on_group(group_index, member_indices)`` before a group starts (or resumes).
+        on_epoch: ``on_epoch(group_index, epoch, losses (K,))`` after each of its epochs.
+        mesh: None, or a mesh with a ``"members"`` axis (``parallel.make_mesh(n,
+            axis=parallel.MEMBER_AXIS)``) that splits every group's members over its devices and
+            processes (see ``groups.train_group``; every process calls ``run_sweep`` and gets the whole
+            result, the same bits as on one device).
+        chunk_steps: steps per compiled call, how soon a signal takes effect (None: a quarter epoch);
+            no result depends on it.
+        save: a checkpoint path (``sweep_checkpoint``), written by process 0 after every epoch and group
+            and where a signal stops the sweep.
+        resume: a checkpoint path, a ``SweepInterrupted`` or a ``SweepState`` of these configurations
+            (and ``max_group``, ``share_order`` and data): the sweep goes on from there, on any mesh.
+        signals: SIGINT and SIGTERM stop the sweep at the next chunk's end (agreed by every process)
+            and raise ``SweepInterrupted`` (False: Python's default handling).
+
+    Returns:
+        A ``SweepResult``, the runs in the order of ``configs``: an interrupted and resumed sweep's are
+        the unstopped sweep's, bit for bit.
     """
     if not configs:
         raise ValueError("a sweep needs at least one configuration")
@@ -202,23 +239,78 @@ def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = N
         check_sweepable(c)
     started = time.perf_counter()
     with engine.precision(configs[0].dtype, configs[0].matmul_precision):
-        x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
-        runs: list[RunResult | None] = [None] * len(configs)
-        groups = []
-        for g, members in enumerate(group_by_shape(configs, x.shape[0], side, max_group)):
-            if on_group is not None:
-                on_group(g, members)
-            cb = None if on_epoch is None else functools.partial(on_epoch, g)
-            res = train_group([configs[i] for i in members], x, y, num_classes, image_side=side,
-                              share_order=share_order, on_epoch=cb, mesh=mesh)
-            model = models.from_config(configs[members[0]])
-            losses, accs, _, _ = evaluate_members(model, res.params, x_test, y_test)
-            for k, i in enumerate(members):  # a diverged member has no test scores
-                dead = bool(res.diverged[k])
-                runs[i] = RunResult(configs[i], [float(v) for v in res.history[k]], math.nan if dead else
-                                    float(losses[k]), math.nan if dead else float(accs[k]), dead, g)
-            groups.append(GroupInfo(list(members), res.compile_seconds, res.train_seconds, res.shared_key))
-    return SweepResult(runs, groups, time.perf_counter() - started)
+        prepared = _prepared(data, configs)
+        x, y, _, _, num_classes, side = prepared
+        plan = group_by_shape(configs, x.shape[0], side, max_group)
+        settings = {"max_group": max_group, "share_order": bool(share_order), "data": fingerprint(x, y),
+                    "num_classes": num_classes, "image_side": side}
+        state = sweep_checkpoint.resume_state(resume, list(configs), settings, plan, (x.shape[0], x.shape[1]))
+        with contextlib.ExitStack() as stack:
+            caught = stack.enter_context(CaughtSignals()) if signals else None
+            stop = None if caught is None else (lambda: parallel.agreed(caught.received))
+            sweeper = _Sweeper(list(configs), prepared, plan, dict(share_order=share_order, mesh=mesh,
+                               chunk_steps=chunk_steps), save, on_group, on_epoch, stop)
+            while state.group < len(plan):
+                state = sweeper.run_group(state)
+                sweeper.save(state)
+                if stop is not None and state.group < len(plan):
+                    signum = stop()  # a collective with several processes: every one asks here
+                    if signum:
+                        raise sweeper.interrupted(signum, state)
+    return _result(state, plan, time.perf_counter() - started)
+
+
+def _result(state: SweepState, plan: list, wall_seconds: float) -> SweepResult:
+    """The ``SweepResult`` of a finished sweep's ``state``; plan: its groups' member indices."""
+    group_of = {i: g for g, members in enumerate(plan) for i in members}
+    history, test, dead = (state.results[k] for k in ("history", "test", "diverged"))
+    out = [RunResult(c, [float(v) for v in history[i]], float(test[i, 0]), float(test[i, 1]), bool(dead[i]),
+                     group_of[i]) for i, c in enumerate(state.configs)]
+    return SweepResult(out, [GroupInfo(**info) for info in state.groups], wall_seconds)
+
+
+class _Sweeper:
+    """``run_sweep``'s groups, one after another: each trained, tested and recorded in the state."""
+
+    def __init__(self, configs: list, prepared: tuple, plan: list, options: dict, save, on_group, on_epoch, stop):
+        self.configs, self.prepared, self.plan, self.options = configs, prepared, plan, options
+        self.path, self.on_group, self.on_epoch, self.stop = save, on_group, on_epoch, stop
+
+    def save(self, state: SweepState) -> None:
+        """Write ``state`` to the checkpoint (process 0; nothing without ``save``)."""
+        if self.path is not None and parallel.is_primary():
+            sweep_checkpoint.save_sweep(self.path, state)
+
+    def interrupted(self, signum: int, state: SweepState) -> SweepInterrupted:
+        """The exception a stop raises, its state saved first."""
+        self.save(state)
+        return SweepInterrupted(signum, state, self.path)
+
+    def run_group(self, state: SweepState) -> SweepState:
+        """``state`` after its group ``state.group`` trained (from its progress, if any) and was tested."""
+        x, y, x_test, y_test, num_classes, side = self.prepared
+        g, chosen = state.group, self.plan[state.group]
+        if self.on_group is not None:
+            self.on_group(g, chosen)
+        group_configs = [self.configs[i] for i in chosen]
+        chunk = self.options["chunk_steps"] or -(-engine.steps_per_epoch(x.shape[0], group_configs[0].batch_size) // 4)
+        keep = None if self.path is None else (lambda p: self.save(state._replace(progress=p)))
+        try:
+            res = train_group(group_configs, x, y, num_classes, image_side=side, chunk_steps=chunk,
+                              resume=state.progress, share_order=self.options["share_order"],
+                              mesh=self.options["mesh"], stop=self.stop, on_progress=keep,
+                              on_epoch=None if self.on_epoch is None else functools.partial(self.on_epoch, g))
+        except GroupStopped as err:
+            raise self.interrupted(err.signum, state._replace(progress=err.progress)) from None
+        losses, accs, _, _ = evaluate_members(models.from_config(group_configs[0]), res.params, x_test, y_test)
+        results = {k: v.copy() for k, v in state.results.items()}
+        for k, i in enumerate(chosen):  # a diverged member has no test scores
+            dead = bool(res.diverged[k])
+            results["history"][i] = res.history[k]
+            results["test"][i] = (math.nan, math.nan) if dead else (losses[k], accs[k])
+            results["diverged"][i] = dead
+        info = GroupInfo(list(chosen), res.compile_seconds, res.train_seconds, res.shared_key)
+        return state._replace(results=results, groups=[*state.groups, info._asdict()], group=g + 1, progress=None)
 
 
 class EnsembleResult(NamedTuple):

@@ -240,9 +240,13 @@ SWEEP_VALUES = {
     "--process-id": [v(0, expect=REFUSED)],
     "--max-group": [v(1)], "--shared-order": [v()], "--metrics-out": [v("other.json")], "--top": [v(1)],
     "--plot-dir": [v("plots")], "--quiet": [v()],
+    "--chunk-steps": [v(2)],  # the same results (test_sweep_resume) in other calls: 1 an epoch, not 2 of 1 step
+    "--save": [v("sweep.npz")],
+    "--resume": [v("@SWEEP")],  # the base sweep, saved finished: its table again, nothing trained
 }
 SWEEP_MODE_VALUES = {("sweep-grid", "--random"): [v(2)], ("sweep-random", "--random"): [v(1)],
                      ("sweep-random", "--search-seed"): [v(2)],
+                     ("sweep-random", "--resume"): [v("@SWEEP", expect=REFUSED)],  # the flags give another sweep
                      # search seed 1 draws the range's 51st and 95th percentiles (log scale): lr 0.17 and 96
                      ("sweep-random", "--lr"): [v(0.3), v(0.0001, 200, ctx=ONE_SEED)]}
 
@@ -386,6 +390,10 @@ class World:
                                path, "--quiet"], self.root)
             assert rc == 0, err
             self.subst[name] = str(path)
+        sweep = self.argv("sweep-grid", {k: x for k, x in MODES["sweep-grid"].base.items() if k != "--metrics-out"}, ())
+        rc, _, err = call([*sweep, "--save", self.root / "sweep.npz", "--quiet"], self.root)
+        assert rc == 0, err
+        self.subst["@SWEEP"] = str(self.root / "sweep.npz")
         rc, _, err = call(["train", "--hidden", 8, "--epochs", 1, "--batch-size", 32, "--manifest",
                            self.root / "manifest.json", "--quiet"], self.root)
         assert rc == 0, err
@@ -485,6 +493,7 @@ class observe:
         import jaxmlp.bench
         import jaxmlp.data
         import jaxmlp.engine
+        import jaxmlp.groups
         import jaxmlp.handlers
         import jaxmlp.members
         import jaxmlp.notebook
@@ -510,6 +519,7 @@ class observe:
             return lambda *a, **k: seen.__setitem__(key, seen[key] + 1)
 
         wrap(jaxmlp.engine.Loop, "advance", before=count("chunks"))
+        wrap(jaxmlp.groups._Loop, "chunk", before=count("chunks"))
         wrap(jaxmlp.runs, "_save", before=count("saves"))
         wrap(jaxmlp.backprop, "manual_grad", before=lambda *a, **k: seen["traced"].append("manual_grad"))
         wrap(jaxmlp.handlers, "default_checks", before=lambda divergence=True: seen["rules"].append(divergence))

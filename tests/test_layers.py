@@ -18,7 +18,8 @@ LAYERS = [
     ("core", ["activations", "model", "cnn", "models", "losses", "backprop", "augment", "transfer", "data"]),
     ("optim", ["optim"]),
     ("engine", ["chunks", "checkpoint", "checks", "handlers", "resume", "loop", "engine", "evaluation", "steps"]),
-    ("experiments", ["config", "presets", "memory", "spec", "run_state", "runs", "members", "sweep", "notebook",
+    ("experiments", ["config", "presets", "memory", "spec", "run_state", "runs", "members", "groups",
+                     "sweep_checkpoint", "sweep", "notebook",
                      "plots", "bench", "manifest_schema", "manifest", "reproduce"]),
     ("cli", ["cli", "__main__"]),
 ]

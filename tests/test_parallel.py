@@ -8,7 +8,6 @@ collectives), then once with two forced host devices, each under a timeout, and 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -21,6 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from _processes import free_port, run_together, worker_env
 
 from jaxmlp import cli, parallel, runs
 
@@ -154,43 +154,6 @@ WORKER = REPO / "tests" / "_mp_worker.py"
 WORKER_TIMEOUT_S = 120
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), **extra)
-    return env
-
-
-def _run_together(commands: list[list[str]], env: dict, folder: Path) -> None:
-    """Start every command at once, wait for all; on a failure or past WORKER_TIMEOUT_S kill them all
-    (a process left alone would wait for its peer in a collective) and fail with their logs."""
-    with contextlib.ExitStack() as stack:
-        logs = [stack.enter_context(open(folder / f"log{i}.txt", "w+")) for i in range(len(commands))]
-        procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-                 for cmd, log in zip(commands, logs)]
-        deadline = time.monotonic() + WORKER_TIMEOUT_S
-        try:
-            while any(p.poll() is None for p in procs):
-                if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
-                    break
-                time.sleep(0.1)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                p.wait()
-        failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
-        for log in logs:
-            log.seek(0)
-        report = "\n".join(f"--- worker {i} (rc {rc}):\n{logs[i].read()[-3000:]}" for i, rc in failed)
-    assert not failed, f"workers failed or timed out after {WORKER_TIMEOUT_S} s:\n{report}"
-
-
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     """The worker as two processes of one CPU device each (gloo over 127.0.0.1), then as one process
@@ -201,11 +164,11 @@ def two_processes(tmp_path_factory):
     data = make_synthetic_dataset(n_train=1024, n_test=1000, seed=1)
     np.savez(folder / "data.npz", **data._asdict())
     run = [sys.executable, str(WORKER), str(folder / "data.npz")]
-    coordinator = f"127.0.0.1:{_free_port()}"
-    _run_together([run + [str(folder / f"p{i}"), coordinator, "2", str(i)] for i in (0, 1)],
-                  _worker_env(), folder)
-    _run_together([run + [str(folder / "single")]],
-                  _worker_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), folder)
+    coordinator = f"127.0.0.1:{free_port()}"
+    run_together([run + [str(folder / f"p{i}"), coordinator, "2", str(i)] for i in (0, 1)], folder,
+                 timeout_s=WORKER_TIMEOUT_S)
+    run_together([run + [str(folder / "single")]], folder, timeout_s=WORKER_TIMEOUT_S,
+                 env=worker_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
 
     def load(name):
         with np.load(folder / f"{name}.npz") as f:
@@ -268,7 +231,7 @@ def test_initialize_flag_errors_are_one_line_value_errors():
 def test_initialize_unreachable_coordinator_times_out():
     """A process other than 0 whose coordinator never answers gives up after timeout_s with a
     ValueError naming coordinator (JAX alone would abort the whole process)."""
-    coordinator = f"127.0.0.1:{_free_port()}"
+    coordinator = f"127.0.0.1:{free_port()}"
     t0 = time.monotonic()
     with pytest.raises(ValueError, match=f"^initialize: coordinator='{coordinator}': no coordinator answered "
                                          f"within 1 s"):
@@ -291,14 +254,14 @@ def test_initialize_after_devices_are_in_use():
     """Called after JAX started its backend (too late), initialize says so in one line."""
     jax.devices()
     with pytest.raises(ValueError, match="^initialize: .*must be called before") as info:
-        parallel.initialize(f"127.0.0.1:{_free_port()}", 1, 0, timeout_s=1)
+        parallel.initialize(f"127.0.0.1:{free_port()}", 1, 0, timeout_s=1)
     assert "\n" not in str(info.value)
 
 
 def test_initialize_without_flags_outside_a_cluster():
     """No arguments and no cluster launcher to detect: a one-line error saying which arguments to give.
     (A fresh process: the suite's own has already started JAX.)"""
-    env = {k: v for k, v in _worker_env().items() if not k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_COORD"))}
+    env = {k: v for k, v in worker_env().items() if not k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_COORD"))}
     code = "from jaxmlp import parallel\ntry:\n    parallel.initialize()\nexcept ValueError as e:\n    print(e)\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
                           timeout=WORKER_TIMEOUT_S, check=False)

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _processes import free_port, run_together
 
-from jaxmlp import members, parallel
+from jaxmlp import groups, members, parallel
 from jaxmlp.config import TrainConfig
 from jaxmlp.data import write_idx
 
@@ -31,7 +30,7 @@ GRID = ["--lr", *LRS, "--seed", "1", "2", "3", "--epochs", "1", "--hidden", "16"
 PRELUDE = """
 import contextlib, dataclasses, io, json, re, sys
 import jax, jax.numpy as jnp, numpy as np
-from jaxmlp import cli, engine, members, parallel, runs
+from jaxmlp import cli, engine, groups, members, parallel, runs
 from jaxmlp.config import TrainConfig
 
 folder, grid = sys.argv[1], json.loads(sys.argv[2])
@@ -56,6 +55,23 @@ CLI_SCRIPT = PRELUDE + textwrap.dedent("""
     if out["device_count"] == 1:
         print("RESULT " + json.dumps(out))
         sys.exit(0)
+
+    # SIGTERM after epoch 1 on 4 devices (saved), resumed on 2: the table of an unstopped run on 1.
+    import os, signal
+    from jaxmlp.cli import sweep as cli_sweep
+    stopping = ["sweep", "--data-dir", folder, "--lr", "0.03", "0.3", "--seed", "1", "2", "3", "--epochs", "2",
+                "--hidden", "16", "--quiet"]
+    out["unstopped"] = printed(stopping + ["--devices", "1"])
+    on_epoch = cli_sweep.SweepProgress.on_epoch
+    def signalled(self, g, epoch, losses):
+        on_epoch(self, g, epoch, losses)
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+    cli_sweep.SweepProgress.on_epoch = signalled
+    out["stopped"] = printed(stopping + ["--devices", "4", "--chunk-steps", "5", "--save", f"{folder}/stop.npz"])
+    cli_sweep.SweepProgress.on_epoch = on_epoch
+    out["resumed"] = printed(["sweep", "--resume", f"{folder}/stop.npz", "--data-dir", folder, "--quiet",
+                              "--devices", "2"])
 
     # The program: each device holds 2 of the 8 members and nothing crosses devices.
     mesh = parallel.make_mesh(4, axis=parallel.MEMBER_AXIS)
@@ -89,7 +105,7 @@ LIBRARY_SCRIPT = PRELUDE + textwrap.dedent("""
         x, y = runs.prepare(images, np.float64), jnp.asarray(labels)
         for name, configs in groups.items():
             counts = (1, 2, 4) if name == "shared" else (1, 4)
-            results = {n: members.train_group(configs, x, y, mesh=None if n == 1 else
+            results = {n: groups.train_group(configs, x, y, mesh=None if n == 1 else
                                                parallel.make_mesh(n, axis=parallel.MEMBER_AXIS)) for n in counts}
             one = results[1]
             for n in counts[1:]:
@@ -167,6 +183,17 @@ def test_sweep_on_4_devices_prints_the_one_device_table(four_devices):
     assert one["runs"] == four["runs"] and four["num_configs"] == 12
 
 
+def test_a_sweep_stopped_on_4_devices_resumes_on_2_to_the_one_device_table(four_devices):
+    """SIGTERM after the first of 2 epochs stops a 6-member sweep on 4 devices (exit 143, nothing
+    printed, its checkpoint saved); `--resume` on 2 devices prints the table of the unstopped sweep on
+    one device, digit for digit."""
+    out = four_devices[0][4]
+    assert out["stopped"] == [128 + 15, ""]
+    rc, table = out["unstopped"]
+    assert rc == 0 and len(table.splitlines()) == 2 + 6
+    assert out["resumed"] == [0, table]
+
+
 def test_ensemble_of_5_over_2_devices_pads_and_reports_5(four_devices):
     """`jaxmlp train --ensemble 5 --devices 2` trains 6 members (3 a device, the last seed's twin as
     padding) and reports exactly the 5 of the plain one-device run: the same lines and JSON members."""
@@ -221,7 +248,7 @@ def test_a_sweep_mesh_needs_the_members_axis():
 
     x, y = jax.numpy.zeros((64, 784)), jax.numpy.zeros((64,), jax.numpy.int32)
     with pytest.raises(ValueError, match=r"^mesh: a sweep's mesh needs an axis named 'members'"):
-        members.train_group([TrainConfig(hidden=(4,), epochs=1)], x, y, mesh=parallel.make_mesh(1))
+        groups.train_group([TrainConfig(hidden=(4,), epochs=1)], x, y, mesh=parallel.make_mesh(1))
 
 
 def test_group_options_keep_ynnpack_to_products_on_cpu_only():
@@ -237,43 +264,6 @@ def test_group_options_keep_ynnpack_to_products_on_cpu_only():
 WORKER_TIMEOUT_S = 180
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_processes(commands: list[list[str]], folder: Path) -> list[tuple[str, str]]:
-    """Start every command at once (one CPU device each), wait for all; on a failure or past
-    WORKER_TIMEOUT_S kill them all (a process left alone would wait for its peer in a collective) and
-    fail with their logs. Returns each one's (stdout, stderr)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    files = [(open(folder / f"out{i}.txt", "w+"), open(folder / f"err{i}.txt", "w+")) for i in range(len(commands))]
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err)
-             for cmd, (out, err) in zip(commands, files)]
-    deadline = time.monotonic() + WORKER_TIMEOUT_S
-    try:
-        while any(p.poll() is None for p in procs):
-            if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
-                break
-            time.sleep(0.1)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    texts = []
-    for out, err in files:
-        out.seek(0), err.seek(0)
-        texts.append((out.read(), err.read()))
-        out.close(), err.close()
-    failed = [f"--- process {i} (rc {p.returncode}):\n{texts[i][1][-3000:]}"
-              for i, p in enumerate(procs) if p.returncode]
-    assert not failed, "\n".join(failed)
-    return texts
-
-
 @pytest.mark.slow
 def test_two_processes_print_the_one_device_table(tmp_path):
     """The same sweep (with a learning rate that diverges) as two processes of one CPU device each over
@@ -282,11 +272,11 @@ def test_two_processes_print_the_one_device_table(tmp_path):
     _write_dataset(tmp_path)
     sweep = [sys.executable, "-m", "jaxmlp", "sweep", "--data-dir", str(tmp_path), "--lr", *LRS, "30",
              *GRID[1 + len(LRS):]]
-    coordinator = f"127.0.0.1:{_free_port()}"
-    (out0, err0), (out1, err1) = _run_processes(
+    coordinator = f"127.0.0.1:{free_port()}"
+    (_, out0, err0), (_, out1, err1) = run_together(
         [[*sweep, "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i),
-          "--metrics-out", str(tmp_path / f"m{i}.json")] for i in (0, 1)], tmp_path)
-    ((alone, _),) = _run_processes([[*sweep, "--quiet"]], tmp_path)
+          "--metrics-out", str(tmp_path / f"m{i}.json")] for i in (0, 1)], tmp_path, timeout_s=WORKER_TIMEOUT_S)
+    ((_, alone, _),) = run_together([[*sweep, "--quiet"]], tmp_path, timeout_s=WORKER_TIMEOUT_S)
     assert alone.splitlines()[0].split() == ["rank", "lr", "seed", "final", "loss", "test", "acc"]
     assert out0 == alone and out1 == ""
     assert sum("diverged" in line for line in alone.splitlines()) == 3
@@ -296,3 +286,53 @@ def test_two_processes_print_the_one_device_table(tmp_path):
     metrics = json.loads((tmp_path / "m0.json").read_text())
     assert (metrics["devices"], metrics["process_count"], metrics["num_configs"]) == (2, 2, 15)
     assert not (tmp_path / "m1.json").exists()
+
+
+# Process 1 sends itself SIGTERM after epoch 1 (a sweep's, or a training run's), then runs the command.
+SIGTERM_ON_PROCESS_1 = textwrap.dedent("""
+    import os, signal, sys
+    from jaxmlp import cli, handlers
+    from jaxmlp.cli import sweep as cli_sweep
+
+    argv = sys.argv[1:]
+    def hit(epoch):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+    if argv[argv.index("--process-id") + 1] == "1":
+        on_epoch, report = cli_sweep.SweepProgress.on_epoch, handlers.ProgressReport.__call__
+        cli_sweep.SweepProgress.on_epoch = lambda self, g, e, losses: (on_epoch(self, g, e, losses), hit(e))
+        handlers.ProgressReport.__call__ = lambda self, event: (
+            report(self, event), event.kind == "epoch" and hit(int(event.state.epoch)))
+    sys.exit(cli.main(argv))
+""")
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_process_stops_both_at_one_step_and_the_sweep_resumes(tmp_path):
+    """SIGTERM reaching only process 1 of a 2-process sweep stops both after the same epoch (exit 143;
+    process 0 says where and saves); the checkpoint resumed by one process alone prints the unstopped
+    sweep's table, digit for digit. A 2-process training run stopped the same way ends both processes
+    at the same step too (each says where)."""
+    _write_dataset(tmp_path)
+    sweep = ["sweep", "--data-dir", str(tmp_path), "--lr", "0.03", "0.3", "--seed", "1", "2", "--epochs", "3",
+             "--hidden", "16", "--quiet"]
+    jaxmlp = [sys.executable, "-m", "jaxmlp"]
+    ((_, want, _),) = run_together([[*jaxmlp, *sweep]], tmp_path, timeout_s=WORKER_TIMEOUT_S)
+    for command in (sweep, ["train", "--data-dir", str(tmp_path), "--epochs", "3", "--hidden", "16", "--quiet"]):
+        coordinator = f"127.0.0.1:{free_port()}"
+        (rc0, out0, err0), (rc1, out1, err1) = run_together(
+            [[sys.executable, "-c", SIGTERM_ON_PROCESS_1, *command, "--save", str(tmp_path / f"{command[0]}.npz"),
+              "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i)] for i in (0, 1)],
+            tmp_path, timeout_s=WORKER_TIMEOUT_S, ok=(128 + 15,))
+        assert (rc0, rc1, out0, out1) == (143, 143, "", "")
+        said = [line for line in err0.splitlines() if line.startswith("jaxmlp: ")]
+        if command is sweep:
+            assert said == [f"jaxmlp: sweep interrupted by SIGTERM in group 1/1, after epoch 1; saved in "
+                            f"{tmp_path / 'sweep.npz'} (continue with --resume {tmp_path / 'sweep.npz'})"]
+        else:
+            assert said[0].startswith("jaxmlp: interrupted by SIGTERM after epoch 1; saved in")
+            assert [line for line in err1.splitlines() if line.startswith("jaxmlp: ")] == [
+                "jaxmlp: interrupted by SIGTERM after epoch 1"]
+    ((_, resumed, _),) = run_together([[*jaxmlp, "sweep", "--resume", str(tmp_path / "sweep.npz"), "--data-dir",
+                                        str(tmp_path), "--quiet"]], tmp_path, timeout_s=WORKER_TIMEOUT_S)
+    assert resumed == want and len(want.splitlines()) == 2 + 4

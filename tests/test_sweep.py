@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmlp import bench, cli, engine, members, runs, sweep
+from jaxmlp import bench, cli, engine, groups, members, runs, sweep
 from jaxmlp.config import TrainConfig
 from jaxmlp.data import Dataset, write_idx
 from jaxmlp.models import MLP
@@ -193,9 +193,9 @@ def test_second_group_call_does_not_recompile(data, x64):
     configs = sweep.grid(BASE, lr=[0.1, 0.2, 0.3, 0.4])
     x = runs.prepare(data.x_train, np.float64)
     y = jax.numpy.asarray(data.y_train, jax.numpy.int32)
-    members.train_group(configs, x, y)
+    groups.train_group(configs, x, y)
     with bench.CompileCounter() as built:
-        members.train_group([dataclasses.replace(c, lr=c.lr * 3, seed=9) for c in configs], x, y)
+        groups.train_group([dataclasses.replace(c, lr=c.lr * 3, seed=9) for c in configs], x, y)
     assert built.count == 0
 
 

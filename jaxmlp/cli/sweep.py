@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 from jaxmlp import config as cfg
 
@@ -10,6 +11,9 @@ from .train import add_scale_flags, mesh_from_args
 
 SHARED = ("arch", "activation", "epochs", "optimizer", "momentum", "beta1", "beta2", "weight_decay", "l2", "schedule",
           "warmup_epochs", "dropout", "input_dropout", "augment", "dtype", "matmul_precision")
+# What a sweep checkpoint fixes: --resume alone takes them from it.
+RESUMED = ("dataset", "lr", "hidden", "batch_size", "seed", "init", "random", "search_seed", *SHARED, "max_group",
+           "shared_order")
 
 
 def add(sub) -> None:
@@ -39,11 +43,21 @@ def add(sub) -> None:
                    help="members with different --seed values draw their own params but all see the first seed's "
                         "minibatches (one shuffle; off by default: each seed shuffles as its single run does)")
     add_scale_flags(g, "split every program's models over N devices (the same results as on one)")
+    g.add_argument("--chunk-steps", type=cfg.positive_int, default=None, metavar="S",
+                   help="steps per compiled call, how soon Ctrl-C or SIGTERM takes effect (default: a quarter "
+                        "epoch); no result depends on it")
+    g.add_argument("--save", metavar="PATH", default=None,
+                   help="sweep checkpoint (.npz) written atomically after every epoch and where a signal stops the "
+                        "sweep (process 0 writes it)")
+    g.add_argument("--resume", metavar="PATH", default=None,
+                   help="continue the sweep saved in PATH, bit-exactly, on any --devices or processes: alone it "
+                        "takes the saved configurations, with search or training flags they must give the same ones")
     g = p.add_argument_group("output")
     add_metrics_flag(g, "JSON: runs (config, test_accuracy, history, ...) best first, and the programs,")
     g.add_argument("--top", type=cfg.positive_int, default=None, metavar="N", help="print only the N best runs")
     g.add_argument("--plot-dir", metavar="DIR", default=None, help="write sweep.png: test accuracy per swept value")
     g.add_argument("--quiet", action="store_true", help="only the final table")
+    p.set_defaults(sweep_defaults={d: p.get_default(d) for d in RESUMED})
 
 
 def architectures(groups) -> list[tuple]:
@@ -80,6 +94,55 @@ def configs_from_args(args) -> list:
     if args.search_seed is not None:
         raise CLIError("--search-seed seeds the random search; it needs --random N")
     return grid(base, **axes)
+
+
+def sweep_from_args(args) -> tuple[list, int | None, bool]:
+    """(configurations, --max-group, --shared-order) of the sweep to run: from the flags, or with --resume
+    alone from its checkpoint (flags given with --resume must give the saved sweep: ``run_sweep`` checks)."""
+    if not args.resume:
+        return configs_from_args(args), args.max_group, args.shared_order
+    from pathlib import Path
+
+    from jaxmlp.parallel import agreed, process_info
+    from jaxmlp.sweep_checkpoint import check_same_configs, read_sweep
+
+    if agreed(0 if Path(args.resume).is_file() else 1):  # every process reads it: none may be left waiting
+        several = process_info()["process_count"] > 1
+        where = " on every process (they all read it: a shared file system)" if several else ""
+        raise CLIError(f"--resume: {args.resume} is not a file{where}")
+    meta, saved = read_sweep(args.resume)
+    given = {d for d in RESUMED if getattr(args, d) != args.sweep_defaults[d]}
+    configs = saved
+    if given - {"max_group", "shared_order"}:
+        configs = configs_from_args(args)
+        try:
+            check_same_configs(args.resume, saved, configs)
+        except ValueError as err:
+            raise CLIError(f"--resume: {err} (give the saved sweep's flags, or none)") from None
+    max_group = args.max_group if "max_group" in given else meta["settings"].get("max_group")
+    shared = args.shared_order if "shared_order" in given else meta["settings"].get("share_order", False)
+    return configs, max_group, bool(shared)
+
+
+def stopped_at(state, groups) -> str:
+    """Where a ``SweepState`` stopped, in words: "in group 2/3, epoch 4 after step 10", "in group 2/3, after
+    epoch 3", "after group 1/3"."""
+    p = state.progress
+    if p is None:
+        return f"after group {state.group}/{len(groups)}"
+    epoch, step = int(p.state.epoch), int(p.state.step)
+    where = f"after epoch {epoch}" if step == 0 else f"epoch {epoch + 1} after step {step}"
+    return f"in group {state.group + 1}/{len(groups)}, {where}"
+
+
+def interrupted(args, stop, groups) -> int:
+    """Say (process 0) where a ``SweepInterrupted`` stopped the sweep and how to go on; the exit code."""
+    from jaxmlp.parallel import is_primary
+
+    if is_primary():
+        kept = f"; saved in {args.save} (continue with --resume {args.save})" if args.save else ""
+        say(f"jaxmlp: sweep interrupted by {signal.Signals(stop.signum).name} {stopped_at(stop.state, groups)}{kept}")
+    return 128 + stop.signum
 
 
 class SweepProgress:
@@ -124,23 +187,29 @@ def run(args) -> int:
     its start) is reported as diverged and the others go on; when every one diverges the sweep fails (exit 1).
     --devices N splits every program's models over N devices, and with --coordinator (or under SLURM) over the
     processes' devices: the table is the one-device table, digit for digit, printed and written by process 0.
+    Ctrl-C or SIGTERM, on any process, stops every process after the same chunk (with --save, saved there);
+    --resume PATH continues to the table an unstopped sweep prints.
     """
     from jaxmlp.data import ensure_dataset
     from jaxmlp.parallel import MEMBER_AXIS, device_count, is_primary
-    from jaxmlp.sweep import format_table, group_by_shape, run_sweep, sorted_runs, sweep_record
+    from jaxmlp.sweep import SweepInterrupted, format_table, group_by_shape, run_sweep, sorted_runs, sweep_record
 
-    configs = configs_from_args(args)
     mesh = mesh_from_args(args, MEMBER_AXIS)
+    configs, max_group, shared_order = sweep_from_args(args)
     check_outputs(args)
     quiet = args.quiet or not is_primary()  # process 0 reports for all
-    data = ensure_dataset(args.data_dir, args.dataset, progress=not quiet)
-    groups = group_by_shape(configs, len(data.y_train), int(data.x_train.shape[1]), args.max_group)
+    data = ensure_dataset(args.data_dir, configs[0].dataset, progress=not quiet)
+    groups = group_by_shape(configs, len(data.y_train), int(data.x_train.shape[1]), max_group)
     if not quiet:
         on = f" over {device_count(mesh)} devices" if mesh is not None else ""
         say(f"{len(configs)} configurations, {len(groups)} compiled program(s){on}, {configs[0].epochs} epochs")
     progress = SweepProgress(configs, groups, configs[0].epochs, quiet)
-    result = run_sweep(configs, data, max_group=args.max_group, share_order=args.shared_order,
-                       on_group=progress.on_group, on_epoch=progress.on_epoch, mesh=mesh)
+    try:
+        result = run_sweep(configs, data, max_group=max_group, share_order=shared_order, on_group=progress.on_group,
+                           on_epoch=progress.on_epoch, mesh=mesh, chunk_steps=args.chunk_steps, save=args.save,
+                           resume=args.resume)
+    except SweepInterrupted as stop:
+        return interrupted(args, stop, groups)
     if not is_primary():
         return 1 if all(r.diverged for r in result.runs) else 0
     print(format_table(sorted_runs(result.runs)[: args.top] if args.top else result.runs))
@@ -148,7 +217,8 @@ def run(args) -> int:
         compile_s = sum(g.compile_seconds for g in result.groups)
         train_s = sum(g.train_seconds for g in result.groups)
         say(f"wall {result.wall_seconds:.1f} s (compile {compile_s:.1f} s, training {train_s:.1f} s)")
-    write_metrics(args.metrics_out, {**sweep_record(result), "dataset": args.dataset, "devices": device_count(mesh)})
+    write_metrics(args.metrics_out, {**sweep_record(result), "dataset": configs[0].dataset,
+                                     "devices": device_count(mesh)})
     if args.plot_dir:
         from pathlib import Path
 
