@@ -41,7 +41,7 @@ from jax.sharding import Mesh
 from . import engine, models, parallel, runs, sweep_checkpoint
 from .config import TrainConfig
 from .events import CaughtSignals, Interrupted
-from .groups import GroupStopped, train_group
+from .groups import GroupResult, GroupStopped, train_group
 from .members import check_sweepable, evaluate_members, group_key
 from .resume import fingerprint
 from .sweep_checkpoint import SweepState
@@ -246,17 +246,16 @@ def run_sweep(configs: Sequence[TrainConfig], data, *, max_group: int | None = N
                     "num_classes": num_classes, "image_side": side}
         state = sweep_checkpoint.resume_state(resume, list(configs), settings, plan, (x.shape[0], x.shape[1]))
         with contextlib.ExitStack() as stack:
-            caught = stack.enter_context(CaughtSignals()) if signals else None
-            stop = None if caught is None else (lambda: parallel.agreed(caught.received))
+            stop = _signals(stack, signals)
             sweeper = _Sweeper(list(configs), prepared, plan, dict(share_order=share_order, mesh=mesh,
                                chunk_steps=chunk_steps), save, on_group, on_epoch, stop)
             while state.group < len(plan):
                 state = sweeper.run_group(state)
-                sweeper.save(state)
+                _save(save, state)
                 if stop is not None and state.group < len(plan):
                     signum = stop()  # a collective with several processes: every one asks here
                     if signum:
-                        raise sweeper.interrupted(signum, state)
+                        raise _stopped(signum, state, save)
     return _result(state, plan, time.perf_counter() - started)
 
 
@@ -269,6 +268,42 @@ def _result(state: SweepState, plan: list, wall_seconds: float) -> SweepResult:
     return SweepResult(out, [GroupInfo(**info) for info in state.groups], wall_seconds)
 
 
+def _save(path, state: SweepState) -> None:
+    """Write ``state`` to the checkpoint ``path`` (process 0 only; nothing when ``path`` is None)."""
+    if path is not None and parallel.is_primary():
+        sweep_checkpoint.save_sweep(path, state)
+
+
+def _stopped(signum: int, state: SweepState, path) -> SweepInterrupted:
+    """The exception a stop raises, ``state`` saved to ``path`` first."""
+    _save(path, state)
+    return SweepInterrupted(signum, state, path)
+
+
+def _signals(stack: contextlib.ExitStack, signals: bool) -> Callable[[], int] | None:
+    """The ``stop`` of ``train_group``: the signal every process agrees on (None: ``signals`` off)."""
+    if not signals:
+        return None
+    caught = stack.enter_context(CaughtSignals())
+    return lambda: parallel.agreed(caught.received)
+
+
+def _train_saved(state: SweepState, chosen: list, prepared: tuple, options: dict, save, stop,
+                 on_epoch) -> GroupResult:
+    """``train_group`` of ``state``'s running group (the configurations ``chosen``), from its progress:
+    saved to ``save`` after every epoch, and a stop raised as ``SweepInterrupted`` with it saved."""
+    x, y, _, _, num_classes, side = prepared
+    chunk = options.get("chunk_steps") or -(-engine.steps_per_epoch(x.shape[0], chosen[0].batch_size) // 4)
+    keep = None if save is None else (lambda p: _save(save, state._replace(progress=p)))
+    try:
+        return train_group(chosen, x, y, num_classes, image_side=side, chunk_steps=chunk, resume=state.progress,
+                           share_order=options["share_order"], mesh=options["mesh"],
+                           divergence=options.get("divergence", True), stop=stop, on_progress=keep,
+                           on_epoch=on_epoch)
+    except GroupStopped as err:
+        raise _stopped(err.signum, state._replace(progress=err.progress), save) from None
+
+
 class _Sweeper:
     """``run_sweep``'s groups, one after another: each trained, tested and recorded in the state."""
 
@@ -276,32 +311,15 @@ class _Sweeper:
         self.configs, self.prepared, self.plan, self.options = configs, prepared, plan, options
         self.path, self.on_group, self.on_epoch, self.stop = save, on_group, on_epoch, stop
 
-    def save(self, state: SweepState) -> None:
-        """Write ``state`` to the checkpoint (process 0; nothing without ``save``)."""
-        if self.path is not None and parallel.is_primary():
-            sweep_checkpoint.save_sweep(self.path, state)
-
-    def interrupted(self, signum: int, state: SweepState) -> SweepInterrupted:
-        """The exception a stop raises, its state saved first."""
-        self.save(state)
-        return SweepInterrupted(signum, state, self.path)
-
     def run_group(self, state: SweepState) -> SweepState:
         """``state`` after its group ``state.group`` trained (from its progress, if any) and was tested."""
-        x, y, x_test, y_test, num_classes, side = self.prepared
+        x_test, y_test = self.prepared[2:4]
         g, chosen = state.group, self.plan[state.group]
         if self.on_group is not None:
             self.on_group(g, chosen)
         group_configs = [self.configs[i] for i in chosen]
-        chunk = self.options["chunk_steps"] or -(-engine.steps_per_epoch(x.shape[0], group_configs[0].batch_size) // 4)
-        keep = None if self.path is None else (lambda p: self.save(state._replace(progress=p)))
-        try:
-            res = train_group(group_configs, x, y, num_classes, image_side=side, chunk_steps=chunk,
-                              resume=state.progress, share_order=self.options["share_order"],
-                              mesh=self.options["mesh"], stop=self.stop, on_progress=keep,
-                              on_epoch=None if self.on_epoch is None else functools.partial(self.on_epoch, g))
-        except GroupStopped as err:
-            raise self.interrupted(err.signum, state._replace(progress=err.progress)) from None
+        res = _train_saved(state, group_configs, self.prepared, self.options, self.path, self.stop,
+                           None if self.on_epoch is None else functools.partial(self.on_epoch, g))
         losses, accs, _, _ = evaluate_members(models.from_config(group_configs[0]), res.params, x_test, y_test)
         results = {k: v.copy() for k, v in state.results.items()}
         for k, i in enumerate(chosen):  # a diverged member has no test scores
@@ -334,8 +352,9 @@ class EnsembleResult(NamedTuple):
 
 
 def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool = False,
-                 on_epoch: Callable[[int, np.ndarray], None] | None = None,
-                 divergence: bool = True, mesh: Mesh | None = None) -> EnsembleResult:
+                 on_epoch: Callable[[int, np.ndarray], None] | None = None, divergence: bool = True,
+                 mesh: Mesh | None = None, chunk_steps: int | None = None, save: str | os.PathLike | None = None,
+                 resume: Any = None, signals: bool = True) -> EnsembleResult:
     """Train ``members`` copies of ``config`` with seeds ``seed, seed + 1, ...`` together (one vmapped
     program) and test each member and their averaged-probability ensemble.
 
@@ -343,11 +362,17 @@ def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool =
         config: the members' configuration (their seeds count up from ``config.seed``).
         data: a ``data.Dataset``.
         members: K, the number of members.
-        share_order: all members see seed ``seed``'s minibatches (see ``train_group``).
+        share_order: all members see seed ``seed``'s minibatches (see ``groups.train_group``).
         on_epoch: ``on_epoch(epoch, losses (K,))`` after each epoch.
-        divergence: judge divergence by the 10x rule too (see ``train_group``).
-        mesh: None, or a mesh with a ``"members"`` axis to split the members over (see ``train_group``:
-            a count its size does not divide is padded, and the padding is in no result).
+        divergence: judge divergence by the 10x rule too (see ``groups.train_group``).
+        mesh: None, or a mesh with a ``"members"`` axis to split the members over (see
+            ``groups.train_group``: a count its size does not divide is padded, and the padding is in no
+            result).
+        chunk_steps: steps per compiled call (None: a quarter epoch), as ``run_sweep``'s.
+        save: a checkpoint path written after every epoch and at a stop (a sweep checkpoint of one group).
+        resume: that checkpoint's path, or the ``SweepInterrupted`` a stop raised: training goes on from it
+            (a finished one is only tested).
+        signals: SIGINT and SIGTERM stop training at the next chunk's end and raise ``SweepInterrupted``.
 
     A diverged member is reported (``RunResult.diverged``, NaN test scores) and left out of the
     ensemble, which averages the others; with every member diverged the ensemble's scores are NaN.
@@ -358,17 +383,27 @@ def fit_ensemble(config: TrainConfig, data, members: int, *, share_order: bool =
     check_sweepable(config)
     configs = [dataclasses.replace(config, seed=config.seed + i) for i in range(members)]
     with engine.precision(config.dtype, config.matmul_precision):
-        x, y, x_test, y_test, num_classes, side = _prepared(data, configs)
-        res = train_group(configs, x, y, num_classes, image_side=side, share_order=share_order, on_epoch=on_epoch,
-                          divergence=divergence, mesh=mesh)
-        model = models.from_config(config)
-        losses, accs, ens_loss, ens_acc = evaluate_members(model, res.params, x_test, y_test)
-        alive = np.flatnonzero(~res.diverged)
-        if len(alive) < members:  # the ensemble of the members that did not diverge
-            ens_loss = ens_acc = math.nan
-            if len(alive):
-                survivors = jax.tree_util.tree_map(lambda leaf: leaf[alive], res.params)
-                ens_loss, ens_acc = evaluate_members(model, survivors, x_test, y_test)[2:]
+        prepared = _prepared(data, configs)
+        x, y, x_test, y_test, num_classes, side = prepared
+        settings = {"max_group": None, "share_order": bool(share_order), "data": fingerprint(x, y),
+                    "num_classes": num_classes, "image_side": side, "ensemble": True, "divergence": bool(divergence)}
+        state = sweep_checkpoint.resume_state(resume, configs, settings, [list(range(members))], x.shape[:2])
+        with contextlib.ExitStack() as stack:
+            options = dict(share_order=share_order, mesh=mesh, chunk_steps=chunk_steps, divergence=divergence)
+            res = _train_saved(state, configs, prepared, options, save, _signals(stack, signals), on_epoch)
+        return _ensemble_result(configs, res, x_test, y_test)
+
+
+def _ensemble_result(configs: list, res: GroupResult, x_test, y_test) -> EnsembleResult:
+    """``fit_ensemble``'s result: the trained group ``res`` of ``configs`` tested on (x_test, y_test)."""
+    model, members = models.from_config(configs[0]), len(configs)
+    losses, accs, ens_loss, ens_acc = evaluate_members(model, res.params, x_test, y_test)
+    alive = np.flatnonzero(~res.diverged)
+    if len(alive) < members:  # the ensemble of the members that did not diverge
+        ens_loss = ens_acc = math.nan
+        if len(alive):
+            survivors = jax.tree_util.tree_map(lambda leaf: leaf[alive], res.params)
+            ens_loss, ens_acc = evaluate_members(model, survivors, x_test, y_test)[2:]
     runs = [RunResult(c, [float(v) for v in res.history[k]], math.nan if res.diverged[k] else float(losses[k]),
                       math.nan if res.diverged[k] else float(accs[k]), bool(res.diverged[k]), 0)
             for k, c in enumerate(configs)]

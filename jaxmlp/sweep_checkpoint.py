@@ -183,22 +183,22 @@ def check_same_configs(where: str | os.PathLike, saved: list, configs: list) -> 
         configs: the sweep's.
     """
     if len(saved) != len(configs):
-        raise ValueError(f"{where}: holds a sweep of {len(saved)} configurations, this one has {len(configs)}")
+        raise ValueError(f"{where}: holds {len(saved)} configurations, the given run {len(configs)}")
     for i, (a, b) in enumerate(zip(saved, configs)):
         was, now = a.to_dict(), b.to_dict()
         for name in now:
             if was.get(name) != now[name]:
-                raise ValueError(f"{where}: configuration {i} has {name} {was.get(name)!r}, this sweep's has "
-                                 f"{now[name]!r}; a resumed sweep must be the saved one")
+                raise ValueError(f"{where}: configuration {i} has {name} {was.get(name)!r}, the given one "
+                                 f"{now[name]!r}; a resumed run must be the saved one")
 
 
 def _check_same(where: str, saved: list, settings: dict, saved_settings: dict, configs: list) -> None:
     """ValueError naming the first difference between a saved sweep and this one."""
     check_same_configs(where, saved, configs)
-    for name in ("max_group", "share_order", "data"):
-        if saved_settings.get(name) != settings[name]:
-            raise ValueError(f"{where}: was saved with {name} {saved_settings.get(name)!r}, this sweep has "
-                             f"{settings[name]!r}; a resumed sweep must be the saved one")
+    for name in ("ensemble", "max_group", "share_order", "divergence", "data"):
+        if saved_settings.get(name) != settings.get(name):
+            raise ValueError(f"{where}: was saved with {name} {saved_settings.get(name)!r}, this run has "
+                             f"{settings.get(name)!r}; a resumed run must be the saved one")
 
 
 def _progress_shapes(partial: SweepState, plan: list, data_shape: tuple[int, int]):

@@ -81,7 +81,7 @@ MODES = {
                      frozenset(CONFIG_FLAGS - {"--val-split", "--patience", "--finetune", "--freeze",
                                                "--new-head", "--classes"})
                      | {"--data-dir", "--dataset", "--preset", "--metrics-out", "--quiet", "--shared-order",
-                        "--no-divergence-check", "--ensemble"}),
+                        "--no-divergence-check", "--ensemble", "--save", "--resume", "--chunk-steps"}),
     "finetune": Mode("train", {"--finetune": ["@CK"], "--epochs": ["1"], "--metrics-out": ["m.json"]},
                      TRAIN_ALL - NO_CLUSTER - {"--shared-order", "--replay-notebook-step", "--arch", "--hidden",
                                                "--resume", "--notebook-exact", "--ensemble"}),
@@ -184,6 +184,8 @@ MODE_VALUES = {
     ("ensemble", "--plot-dir"): [v("plots")],
     ("ensemble", "--arch"): [v("cnn", expect=REFUSED)],
     ("ensemble", "--ensemble"): [v(1)],  # one member: the single run
+    ("ensemble", "--resume"): [v("@ENS"), v("@CK2", expect=REFUSED)],  # the base ensemble saved: tested, not trained
+    ("ensemble", "--chunk-steps"): [v(2)],  # 1 call an epoch instead of 2
     ("ensemble", "--elastic-sigma"): [v(2, expect=REFUSED)],  # elastic fields compile slowly: train's cells show them
     ("ensemble", "--elastic-alpha"): [v(10, expect=REFUSED)],  # --hidden given: refused before a 10 s CNN compile
     ("notebook-exact", "--arch"): [v("cnn")],
@@ -394,6 +396,10 @@ class World:
         rc, _, err = call([*sweep, "--save", self.root / "sweep.npz", "--quiet"], self.root)
         assert rc == 0, err
         self.subst["@SWEEP"] = str(self.root / "sweep.npz")
+        ensemble = self.argv("ensemble", {k: x for k, x in MODES["ensemble"].base.items() if k != "--metrics-out"}, ())
+        rc, _, err = call([*ensemble, "--save", self.root / "ens.npz", "--quiet"], self.root)
+        assert rc == 0, err
+        self.subst["@ENS"] = str(self.root / "ens.npz")
         rc, _, err = call(["train", "--hidden", 8, "--epochs", 1, "--batch-size", 32, "--manifest",
                            self.root / "manifest.json", "--quiet"], self.root)
         assert rc == 0, err

@@ -74,10 +74,19 @@ SLOW = {
 }
 
 
+# Under `--dist loadscope` (pyproject) a module is one unit of work for a worker. The longest modules
+# go first, so that none of them starts last while the other worker has nothing left to do.
+LONGEST_FIRST = ("tests/test_roundtrip.py", "tests/test_notebooks.py", "tests/test_sharded.py", "tests/test_docs.py",
+                 "tests/test_reproduce.py", "tests/test_matrix.py", "tests/test_notebook_exact.py",
+                 "tests/test_matrix_groups.py", "tests/test_roundtrip_cnn.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(item.nodeid.startswith(prefix) for prefix in SLOW):
             item.add_marker(pytest.mark.slow)
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: each module keeps its order
 
 
 @pytest.fixture

@@ -96,14 +96,14 @@ LIBRARY_SCRIPT = PRELUDE + textwrap.dedent("""
     # float64, through train_group: a shared shuffle (3 lrs of one seed, momentum) on 1, 2 and 4 devices
     # (padded to 4 and 8), and per-member shuffles and init schemes (4 members) on 1 and 4 (padded to 8).
     base = TrainConfig(hidden=(16,), epochs=2, batch_size=32, dtype="float64")
-    groups = {"shared": [dataclasses.replace(base, optimizer="momentum", momentum=0.9, lr=lr, seed=5)
-                         for lr in (0.3, 0.1, 0.03)],
-              "own": [dataclasses.replace(base, lr=lr, seed=s, init=i)
-                      for lr, s, i in ((0.3, 5, "he"), (0.03, 6, "glorot"), (0.1, 7, "he"), (0.3, 8, "glorot"))]}
+    cases = {"shared": [dataclasses.replace(base, optimizer="momentum", momentum=0.9, lr=lr, seed=5)
+                        for lr in (0.3, 0.1, 0.03)],
+             "own": [dataclasses.replace(base, lr=lr, seed=s, init=i)
+                     for lr, s, i in ((0.3, 5, "he"), (0.03, 6, "glorot"), (0.1, 7, "he"), (0.3, 8, "glorot"))]}
     same = {}
     with engine.precision("float64"):
         x, y = runs.prepare(images, np.float64), jnp.asarray(labels)
-        for name, configs in groups.items():
+        for name, configs in cases.items():
             counts = (1, 2, 4) if name == "shared" else (1, 4)
             results = {n: groups.train_group(configs, x, y, mesh=None if n == 1 else
                                                parallel.make_mesh(n, axis=parallel.MEMBER_AXIS)) for n in counts}

@@ -116,9 +116,10 @@ def test_a_resumed_sweep_must_be_the_saved_one(tmp_path):
     path = tmp_path / "s.npz"
     sweep.run_sweep(configs, DATA, save=path)
     other = make_synthetic_dataset(n_train=200, n_test=100, seed=4)
-    for changed, kwargs, words in ((sweep.grid(configs[0], lr=[0.05, 0.3]), {}, "configuration 1 has lr 0.1"),
-                                   (configs, {"max_group": 1}, "max_group None, this sweep has 1"),
-                                   (configs, {"data": other}, "was saved with data")):
+    for changed, kwargs, words in (
+            (sweep.grid(configs[0], lr=[0.05, 0.3]), {}, "configuration 1 has lr 0.1, the given one 0.3"),
+            (configs, {"max_group": 1}, "max_group None, this run has 1"),
+            (configs, {"data": other}, "was saved with data")):
         with pytest.raises(ValueError, match=words):
             sweep.run_sweep(changed, kwargs.pop("data", DATA), resume=path, **kwargs)
     save_checkpoint(tmp_path / "run.npz", {"w": np.zeros(2)}, {"config": configs[0].to_dict()})
@@ -129,6 +130,36 @@ def test_a_resumed_sweep_must_be_the_saved_one(tmp_path):
                      "groups": [], "settings": {}})
     with pytest.raises(CheckpointError, match="bad.npz: meta 'group' must be a non-negative integer"):
         sweep_checkpoint.read_sweep(tmp_path / "bad.npz")
+
+
+def test_an_ensemble_stopped_by_a_signal_resumes_to_the_same_members_and_ensemble(tmp_path):
+    """fit_ensemble stopped by SIGTERM after epoch 1 of 2 (saved) resumes from its checkpoint to the
+    unstopped ensemble's params, member histories and scores and ensemble scores; the checkpoint of
+    the finished ensemble resumes to the same result without training, and a sweep's checkpoint is
+    refused."""
+    config = TrainConfig(hidden=(8,), epochs=2, lr=0.2)
+    want = sweep.fit_ensemble(config, DATA, 3)
+    path = tmp_path / "ensemble.npz"
+
+    def on_epoch(epoch, losses):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(sweep.SweepInterrupted) as stopped:
+        sweep.fit_ensemble(config, DATA, 3, save=path, on_epoch=on_epoch)
+    assert (stopped.value.signum, int(stopped.value.state.progress.state.epoch)) == (signal.SIGTERM, 1)
+    seen = []
+    got = sweep.fit_ensemble(config, DATA, 3, resume=path, save=path, on_epoch=lambda e, losses: seen.append(e))
+    again = sweep.fit_ensemble(config, DATA, 3, resume=path, on_epoch=lambda e, losses: seen.append(e))
+    assert seen == [2]  # the resumed run trained epoch 2; the finished one nothing
+    for result in (got, again):
+        assert _same_bits(result.params, want.params)
+        assert (result.ensemble_loss, result.ensemble_accuracy) == (want.ensemble_loss, want.ensemble_accuracy)
+        assert [(m.history, m.test_loss, m.test_accuracy) for m in result.members] == [
+            (m.history, m.test_loss, m.test_accuracy) for m in want.members]
+    sweep.run_sweep(sweep.grid(config, seed=[42, 43, 44]), DATA, save=tmp_path / "sweep.npz")
+    with pytest.raises(ValueError, match="was saved with ensemble None, this run has True"):
+        sweep.fit_ensemble(config, DATA, 3, resume=tmp_path / "sweep.npz")
 
 
 def _idx_folder(folder):
@@ -171,5 +202,5 @@ def test_cli_sweep_sigterm_then_resume_prints_the_unstopped_table(tmp_path, monk
     assert _main(["sweep", "--resume", str(path), "--data-dir", str(data), "--quiet"]) == (0, want, "")
     rc, out, err = _main([*grid[:4], "0.3", *grid[5:], "--resume", str(path)])
     assert (rc, out) == (1, "") and err.splitlines() == [
-        f"jaxmlp: error: --resume: {path}: configuration 0 has lr 0.05, this sweep's has 0.3; a resumed sweep must "
-        f"be the saved one (give the saved sweep's flags, or none)"]
+        f"jaxmlp: error: --resume: {path}: configuration 0 has lr 0.05, the given one 0.3; a resumed run must be "
+        f"the saved one (give the saved sweep's flags, or none)"]

@@ -330,17 +330,18 @@ def run_notebook(args) -> int:
 
 ENSEMBLE_FLAGS = tuple(n for n in (*MODEL, *OPTIMIZATION) if n not in ("val_split", "patience")) + (
     "ensemble", "preset", "shared_order", "no_divergence_check", "devices", "coordinator", "num_processes",
-    "process_id")
+    "process_id", "save", "resume", "chunk_steps")
 
 
 def run_ensemble(args) -> int:
     """--ensemble K: K seeds in one vmapped program (jaxmlp.sweep.fit_ensemble), with --devices N split over N
     devices (and processes). A member that diverges is reported and left out of the ensemble; when every member
-    diverged, the run fails as a single run does. Only process 0 prints and writes."""
+    diverged, the run fails as a single run does. Only process 0 prints and writes. --save keeps it after every
+    epoch and where a signal (on any process) stops it; the same command with --resume continues it."""
     from jaxmlp.data import ensure_dataset
     from jaxmlp.engine import DivergenceError
     from jaxmlp.parallel import MEMBER_AXIS, device_count, is_primary
-    from jaxmlp.sweep import fit_ensemble, run_record
+    from jaxmlp.sweep import SweepInterrupted, fit_ensemble, run_record
 
     _refuse(args, ENSEMBLE_FLAGS, "--ensemble")
     started = time.perf_counter()
@@ -352,8 +353,19 @@ def run_ensemble(args) -> int:
     _note_batch(args, config, data)
     show = (lambda e, losses: None) if quiet else (  # noqa: E731
         lambda e, losses: say(f"Epoch {e}/{config.epochs} - Loss: " + " ".join(f"{v:.4f}" for v in losses)))
-    res = fit_ensemble(config, data, args.ensemble, share_order=args.shared_order, on_epoch=show,
-                       divergence=not args.no_divergence_check, mesh=mesh)
+    try:
+        res = fit_ensemble(config, data, args.ensemble, share_order=args.shared_order, on_epoch=show,
+                           divergence=not args.no_divergence_check, mesh=mesh, chunk_steps=args.chunk_steps,
+                           save=args.save, resume=args.resume)
+    except SweepInterrupted as stop:
+        if is_primary():
+            p = stop.state.progress
+            where = (f"after epoch {int(p.state.epoch)}" if int(p.state.step) == 0 else
+                     f"in epoch {int(p.state.epoch) + 1} after step {int(p.state.step)}")
+            kept = f"; saved in {args.save} (continue with the same command and --resume {args.save})" if args.save \
+                else ""
+            say(f"jaxmlp: ensemble interrupted by {_signal_name(stop.signum)} {where}{kept}")
+        return 128 + stop.signum
     dead = sum(m.diverged for m in res.members)
     if not is_primary():  # process 0 reports for all
         return 1 if dead == args.ensemble else 0
