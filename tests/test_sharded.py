@@ -314,11 +314,11 @@ def test_sigterm_on_one_process_stops_both_at_one_step_and_the_sweep_resumes(tmp
     sweep's table, digit for digit. A 2-process training run stopped the same way ends both processes
     at the same step too (each says where)."""
     _write_dataset(tmp_path)
-    sweep = ["sweep", "--data-dir", str(tmp_path), "--lr", "0.03", "0.3", "--seed", "1", "2", "--epochs", "3",
+    sweep = ["sweep", "--data-dir", str(tmp_path), "--lr", "0.03", "0.3", "--seed", "1", "2", "--epochs", "2",
              "--hidden", "16", "--quiet"]
     jaxmlp = [sys.executable, "-m", "jaxmlp"]
     ((_, want, _),) = run_together([[*jaxmlp, *sweep]], tmp_path, timeout_s=WORKER_TIMEOUT_S)
-    for command in (sweep, ["train", "--data-dir", str(tmp_path), "--epochs", "3", "--hidden", "16", "--quiet"]):
+    for command in (sweep, ["train", "--data-dir", str(tmp_path), "--epochs", "2", "--hidden", "16", "--quiet"]):
         coordinator = f"127.0.0.1:{free_port()}"
         (rc0, out0, err0), (rc1, out1, err1) = run_together(
             [[sys.executable, "-c", SIGTERM_ON_PROCESS_1, *command, "--save", str(tmp_path / f"{command[0]}.npz"),

@@ -290,7 +290,7 @@ def test_cli_sweep_bad_hidden_is_one_line_error(capsys):
 
 def test_cli_train_ensemble(tmp_path, data, capsys):
     """`jaxmlp train --ensemble 8` reports each member and the ensemble, and writes them to JSON;
-    flags it cannot honour (--save) are refused."""
+    flags it cannot honour (--save-every, --classes) are refused."""
     folder = write_dataset_dir(tmp_path / "mnist", data)
     out = tmp_path / "ens.json"
     rc = cli.main(["train", "--data-dir", str(folder), "--ensemble", "8", "--hidden", "8", "--epochs", "2",
@@ -301,8 +301,9 @@ def test_cli_train_ensemble(tmp_path, data, capsys):
     report = json.loads(out.read_text())
     assert report["ensemble"] == 8 and len(report["members"]) == 8
     assert 0 <= report["test_accuracy"] <= 1  # the ensemble's
-    assert cli.main(["train", "--data-dir", str(folder), "--ensemble", "2", "--save", str(tmp_path / "c.npz")]) == 1
-    capsys.readouterr()
+    assert cli.main(["train", "--data-dir", str(folder), "--ensemble", "2", "--save", str(tmp_path / "c.npz"),
+                     "--save-every", "5"]) == 1
+    assert "--ensemble cannot be combined with --save-every" in capsys.readouterr().err
     # fine-tuning flags are not honoured by the vmapped ensemble: refused, not silently ignored
     assert cli.main(["train", "--data-dir", str(folder), "--ensemble", "2", "--classes", "1", "2"]) == 1
     assert "--ensemble cannot be combined with --classes" in capsys.readouterr().err
