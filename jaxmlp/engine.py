@@ -56,7 +56,7 @@ from .chunks import (  # the compiled side, re-exported: jaxmlp.engine keeps eve
     run_fused_epoch as run_fused_epoch,
     steps_per_epoch,
 )
-from .events import DivergenceError, Event, Interrupted, Run, StopRun
+from .events import CaughtSignals, DivergenceError, Event, Interrupted, Run, StopRun
 from .loop import Loop as Loop, advance, epoch_loss as epoch_loss, loss_sum as loss_sum  # re-exported
 from .resume import check_unchanged, fingerprint, resume_from, save_plain
 
@@ -281,7 +281,7 @@ def _installed_signals() -> dict:
     """The process's SIGINT/SIGTERM handlers, to put back whatever ends a run (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {s: signal.getsignal(s) for s in h.SignalStop.SIGNALS}
+    return {s: signal.getsignal(s) for s in CaughtSignals.SIGNALS}
 
 
 def _restore_signals(handlers: dict) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .divergence import DIVERGENCE_FACTOR, NON_FINITE_LOSS, diverged, message, reference_loss
-from .events import DivergenceError, Event, StopRun
+from .events import CaughtSignals, DivergenceError, Event, StopRun
 from .parallel import agreed
 from .progress import Progress
 
@@ -140,29 +139,25 @@ class SignalStop:
     final save is only counted: the save finishes (and writes are atomic in any case).
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self) -> None:
-        self.received: int | None = None
-        self.previous: dict = {}
+        self.caught = CaughtSignals()
 
-    def _catch(self, signum, frame) -> None:
-        self.received = self.received or signum
+    @property
+    def received(self) -> int:
+        """The first signal's number since the run started (0: none)."""
+        return self.caught.received
 
     def __call__(self, event: Event) -> None:
-        main = threading.current_thread() is threading.main_thread()
-        if event.kind == "start" and main:
-            self.previous = {s: signal.signal(s, self._catch) for s in self.SIGNALS}
+        if event.kind == "start":
+            self.caught.__enter__()
         elif event.kind == "epoch" or (event.kind == "chunk" and int(event.state.step)):
             # At an epoch's end, stop after its "epoch" event, so logs and checkpoints record it. With
             # several processes, a signal that reached any one of them stops all at this chunk.
-            received = agreed(self.received or 0)
+            received = agreed(self.caught.received)
             if received:
                 raise StopRun(signal.Signals(received).name, received)
         elif event.kind == "end":
-            for s, handler in self.previous.items():
-                signal.signal(s, handler)
-            self.previous = {}
+            self.caught.__exit__(None, None, None)
 
 
 class Checkpointer:

@@ -72,6 +72,11 @@ def hidden_token(value: str) -> str:
     return value
 
 
+def stopped_at(epoch: int, step: int) -> str:
+    """Where a stopped run's state stands, in words: "after epoch 3", "in epoch 4 after step 10"."""
+    return f"after epoch {epoch}" if step == 0 else f"in epoch {epoch + 1} after step {step}"
+
+
 def say(text: str) -> None:
     """Progress and diagnostics go to stderr, so stdout holds only results."""
     print(text, file=sys.stderr, flush=True)

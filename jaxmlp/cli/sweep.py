@@ -6,7 +6,16 @@ import signal
 
 from jaxmlp import config as cfg
 
-from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, say, subcommand, write_metrics
+from .common import (
+    CLIError,
+    add_data_flags,
+    add_metrics_flag,
+    check_outputs,
+    say,
+    stopped_at,
+    subcommand,
+    write_metrics,
+)
 from .train import add_scale_flags, mesh_from_args
 
 SHARED = ("arch", "activation", "epochs", "optimizer", "momentum", "beta1", "beta2", "weight_decay", "l2", "schedule",
@@ -124,15 +133,13 @@ def sweep_from_args(args) -> tuple[list, int | None, bool]:
     return configs, max_group, bool(shared)
 
 
-def stopped_at(state, groups) -> str:
-    """Where a ``SweepState`` stopped, in words: "in group 2/3, epoch 4 after step 10", "in group 2/3, after
-    epoch 3", "after group 1/3"."""
+def sweep_stopped_at(state, groups) -> str:
+    """Where a ``SweepState`` stopped, in words: "in group 2/3, in epoch 4 after step 10", "in group 2/3,
+    after epoch 3", "after group 1/3"."""
     p = state.progress
     if p is None:
         return f"after group {state.group}/{len(groups)}"
-    epoch, step = int(p.state.epoch), int(p.state.step)
-    where = f"after epoch {epoch}" if step == 0 else f"epoch {epoch + 1} after step {step}"
-    return f"in group {state.group + 1}/{len(groups)}, {where}"
+    return f"in group {state.group + 1}/{len(groups)}, {stopped_at(int(p.state.epoch), int(p.state.step))}"
 
 
 def interrupted(args, stop, groups) -> int:
@@ -141,7 +148,8 @@ def interrupted(args, stop, groups) -> int:
 
     if is_primary():
         kept = f"; saved in {args.save} (continue with --resume {args.save})" if args.save else ""
-        say(f"jaxmlp: sweep interrupted by {signal.Signals(stop.signum).name} {stopped_at(stop.state, groups)}{kept}")
+        where = sweep_stopped_at(stop.state, groups)
+        say(f"jaxmlp: sweep interrupted by {signal.Signals(stop.signum).name} {where}{kept}")
     return 128 + stop.signum
 
 

@@ -10,7 +10,16 @@ from typing import Any
 
 from jaxmlp import config as cfg
 
-from .common import CLIError, add_data_flags, add_metrics_flag, check_outputs, say, subcommand, write_metrics
+from .common import (
+    CLIError,
+    add_data_flags,
+    add_metrics_flag,
+    check_outputs,
+    say,
+    stopped_at,
+    subcommand,
+    write_metrics,
+)
 
 MODEL = ("arch", "hidden", "init", "activation", "dtype", "matmul_precision")
 OPTIMIZATION = ("epochs", "batch_size", "lr", "seed", "optimizer", "momentum", "beta1", "beta2", "weight_decay",
@@ -226,8 +235,7 @@ def _train(args, config, data, resume, mesh, started) -> int:
             result = fit(config, data, handlers=handlers, resume=resume, mesh=mesh, chunk_steps=args.chunk_steps,
                          divergence=not args.no_divergence_check)
         except Interrupted as stop:
-            epoch, step = int(stop.state.epoch), int(stop.state.step)
-            where = f"after epoch {epoch}" if step == 0 else f"in epoch {epoch + 1} after step {step}"
+            where = stopped_at(int(stop.state.epoch), int(stop.state.step))
             kept = f"; saved in {args.save} (continue with --resume {args.save})" if saver and saver.saved else ""
             say(f"jaxmlp: interrupted by {_signal_name(stop.signum)} {where}{kept}")
             return 128 + stop.signum
@@ -359,9 +367,8 @@ def run_ensemble(args) -> int:
                            save=args.save, resume=args.resume)
     except SweepInterrupted as stop:
         if is_primary():
-            p = stop.state.progress
-            where = (f"after epoch {int(p.state.epoch)}" if int(p.state.step) == 0 else
-                     f"in epoch {int(p.state.epoch) + 1} after step {int(p.state.step)}")
+            p = stop.state.progress.state
+            where = stopped_at(int(p.epoch), int(p.step))
             kept = f"; saved in {args.save} (continue with the same command and --resume {args.save})" if args.save \
                 else ""
             say(f"jaxmlp: ensemble interrupted by {_signal_name(stop.signum)} {where}{kept}")
