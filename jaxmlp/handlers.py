@@ -144,7 +144,7 @@ class SignalStop:
 
     @property
     def received(self) -> int:
-        """The first signal's number since the run started (0: none)."""
+        """The number of the first signal since the run started, or 0 for none."""
         return self.caught.received
 
     def __call__(self, event: Event) -> None:
