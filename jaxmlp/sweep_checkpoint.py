@@ -106,7 +106,25 @@ def read_sweep(path: str | os.PathLike) -> tuple[dict, list]:
             or not all(isinstance(v, int) and v >= 0 for v in position)):
         raise CheckpointError(f"{path}: meta 'group' must be a non-negative integer, 'groups' a list, 'settings' "
                               f"an object and 'position' two non-negative integers")
+    _check_fields(path, groups, settings)
     return meta, parsed
+
+
+GROUP_FIELDS: dict[str, Any] = {"members": list, "compile_seconds": (int, float), "train_seconds": (int, float),
+                                "shared_key": bool}
+SETTING_FIELDS: dict[str, type] = {"num_classes": int, "image_side": int, "share_order": bool, "data": dict}
+
+
+def _check_fields(path, groups: list, settings: dict) -> None:
+    """CheckpointError unless every finished group names exactly ``GROUP_FIELDS`` and the settings hold
+    ``SETTING_FIELDS``, each of its type."""
+    for i, info in enumerate(groups):
+        if not (isinstance(info, dict) and set(info) == set(GROUP_FIELDS)
+                and all(isinstance(info[k], t) for k, t in GROUP_FIELDS.items())):
+            raise CheckpointError(f"{path}: meta 'groups'[{i}] must be an object of {sorted(GROUP_FIELDS)}")
+    for name, kind in SETTING_FIELDS.items():
+        if not isinstance(settings.get(name), kind) or isinstance(settings.get(name), bool) is not (kind is bool):
+            raise CheckpointError(f"{path}: meta 'settings' needs {name} ({kind.__name__})")
 
 
 def load_sweep(path: str | os.PathLike,

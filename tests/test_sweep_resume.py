@@ -130,6 +130,14 @@ def test_a_resumed_sweep_must_be_the_saved_one(tmp_path):
                      "groups": [], "settings": {}})
     with pytest.raises(CheckpointError, match="bad.npz: meta 'group' must be a non-negative integer"):
         sweep_checkpoint.read_sweep(tmp_path / "bad.npz")
+    good = sweep_checkpoint.read_sweep(path)[0]
+    for field, value, words in (
+            ("groups", [{"members": [0]}], r"meta 'groups'\[0\] must be an object of"),
+            ("settings", {**good["settings"], "image_side": "28"}, "meta .settings. needs image_side .int."),
+            ("settings", {**good["settings"], "share_order": 0}, "meta .settings. needs share_order .bool.")):
+        save_checkpoint(tmp_path / "bad.npz", {"w": np.zeros(2)}, {**good, field: value})
+        with pytest.raises(CheckpointError, match=f"bad.npz: {words}"):
+            sweep.run_sweep(configs, DATA, resume=tmp_path / "bad.npz")
 
 
 def test_an_ensemble_stopped_by_a_signal_resumes_to_the_same_members_and_ensemble(tmp_path):
